@@ -1,0 +1,277 @@
+//! The keyhole host as a library: storage, runtime and connections wired together.
+//! The CLI, the tests and (later) the HTTP server all drive this type.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::{DB_FILE, Limits};
+use crate::connections::{ConnectionError, Connections, Gateway};
+use crate::runtime::{InvokeError, LoadSource, Runtime, RuntimeConfig, UploadError, content_hash};
+use crate::secrets::{MasterKey, SealError, Sealer};
+use crate::services::validate_name;
+use crate::storage::{FunctionRow, FunctionSummary, InvocationRow, NewFunction, OutboundCall, Storage, StorageError, now_ms};
+
+const KEY_CHECK: &str = "key_check";
+const KEY_CHECK_CONTEXT: &str = "keyhole:key-check";
+
+/// Errors from host operations other than invoking.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// Upload refused.
+    #[error(transparent)]
+    Upload(#[from] UploadError),
+    /// Storage failure.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Master key problem.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// Connection or service problem.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// Bad argument.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such function.
+    #[error("no function named {0:?}; `keyhole functions list` shows what is uploaded")]
+    UnknownFunction(String),
+    /// Startup failure.
+    #[error("{0}")]
+    Startup(String),
+}
+
+/// One finished invocation.
+#[derive(Debug, Serialize)]
+pub struct Invocation {
+    /// Invocation record id.
+    pub id: i64,
+    /// Function name.
+    pub function: String,
+    /// Version run.
+    pub version: i64,
+    /// Output JSON text, or the error.
+    #[serde(skip)]
+    pub result: Result<String, InvokeError>,
+    /// Guest log lines.
+    pub logs: Vec<String>,
+    /// Captured stdout.
+    pub stdout: String,
+    /// Captured stderr.
+    pub stderr: String,
+    /// Outbound calls.
+    pub outbound: Vec<OutboundCall>,
+    /// Wall time in microseconds.
+    pub duration_us: u64,
+}
+
+/// A function with all its versions and grants.
+#[derive(Debug, Serialize)]
+pub struct FunctionDetail {
+    /// Name.
+    pub name: String,
+    /// Versions, newest first.
+    pub versions: Vec<FunctionRow>,
+    /// Connections granted.
+    pub grants: Vec<String>,
+}
+
+/// Options for an upload.
+#[derive(Debug, Default, Clone)]
+pub struct UploadOptions {
+    /// Limits for the new version (`None`: keep the previous version's, else defaults).
+    pub limits: Option<Limits>,
+    /// Connections to grant.
+    pub grants: Vec<String>,
+    /// Drop the grants of earlier versions first.
+    pub reset_grants: bool,
+}
+
+/// The host.
+pub struct Keyhole {
+    home: PathBuf,
+    storage: Arc<Storage>,
+    runtime: Arc<Runtime>,
+    connections: Connections,
+}
+
+impl std::fmt::Debug for Keyhole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyhole").field("home", &self.home).finish_non_exhaustive()
+    }
+}
+
+impl Keyhole {
+    /// Open the host on data directory `home` (created if needed).
+    pub fn open(home: &Path, config: RuntimeConfig) -> Result<Self, HostError> {
+        std::fs::create_dir_all(home)
+            .map_err(|e| HostError::Startup(format!("cannot create data directory {}: {e}", home.display())))?;
+        let storage = Arc::new(Storage::open(&home.join(DB_FILE))?);
+        let check = storage.meta_get(KEY_CHECK)?;
+        let key = MasterKey::load(home, check.is_none())?;
+        let sealer = Sealer::new(&key);
+        match check {
+            Some(blob) => {
+                sealer.open(&blob, KEY_CHECK_CONTEXT).map_err(|_| SealError::WrongKey)?;
+            }
+            None => storage.meta_set(KEY_CHECK, &sealer.seal(b"keyhole", KEY_CHECK_CONTEXT))?,
+        }
+        let runtime = Arc::new(Runtime::new(config).map_err(|e| HostError::Startup(format!("cannot start the wasm runtime: {e:#}")))?);
+        let gateway = Arc::new(Gateway::new(storage.clone(), Arc::new(sealer)));
+        Ok(Self { home: home.to_path_buf(), storage, runtime, connections: Connections::new(gateway) })
+    }
+
+    /// The data directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The storage layer.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// The wasm runtime.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Connection and service administration.
+    pub fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// Validate, compile and store `wasm` as a new version of `name`.
+    pub async fn upload(&self, name: &str, wasm: Vec<u8>, options: UploadOptions) -> Result<FunctionRow, HostError> {
+        validate_name("function", name).map_err(|e| HostError::Invalid(e.to_string()))?;
+        for g in &options.grants {
+            if self.storage.get_connection(g)?.is_none() {
+                return Err(ConnectionError::UnknownConnection(g.clone()).into());
+            }
+        }
+        let previous = self.storage.latest_function(name)?;
+        let limits = options.limits.or(previous.as_ref().map(|p| p.limits)).unwrap_or_default();
+        limits.validate().map_err(HostError::Invalid)?;
+
+        let hash = content_hash(&wasm);
+        let runtime = self.runtime.clone();
+        let (wasm, compiled) = tokio::task::spawn_blocking(move || {
+            let r = runtime.compile(&wasm);
+            (wasm, r)
+        })
+        .await
+        .map_err(|e| HostError::Startup(format!("compiler task failed: {e}")))?;
+        let (artifact, prepared) = compiled?;
+
+        self.storage.put_artifact(&hash, self.runtime.engine_hash(), &artifact)?;
+        let row = self.storage.insert_function(&NewFunction { name, content_hash: &hash, wasm: &wasm, limits })?;
+        self.runtime.remember(&hash, prepared);
+        if options.reset_grants {
+            self.storage.clear_grants(name)?;
+        }
+        for g in &options.grants {
+            self.storage.grant(name, g)?;
+        }
+        tracing::info!(function = name, version = row.version, content_hash = %hash, "function uploaded");
+        Ok(row)
+    }
+
+    /// Every function with its latest version.
+    pub fn list_functions(&self) -> Result<Vec<FunctionSummary>, HostError> {
+        Ok(self.storage.list_functions()?)
+    }
+
+    /// One function's versions and grants.
+    pub fn show_function(&self, name: &str) -> Result<FunctionDetail, HostError> {
+        let versions = self.storage.function_versions(name)?;
+        if versions.is_empty() {
+            return Err(HostError::UnknownFunction(name.to_string()));
+        }
+        Ok(FunctionDetail { name: name.to_string(), versions, grants: self.storage.grants_of_function(name)? })
+    }
+
+    /// Delete every version of a function and its grants.
+    pub fn delete_function(&self, name: &str) -> Result<usize, HostError> {
+        match self.storage.delete_function(name)? {
+            0 => Err(HostError::UnknownFunction(name.to_string())),
+            n => Ok(n),
+        }
+    }
+
+    /// Recent invocations.
+    pub fn logs(&self, function: Option<&str>, limit: usize) -> Result<Vec<InvocationRow>, HostError> {
+        Ok(self.storage.recent_invocations(function, limit)?)
+    }
+
+    /// Run the latest version of `name` with `input` and record the invocation.
+    pub async fn invoke(&self, name: &str, input: &str) -> Result<Invocation, InvokeError> {
+        let host = |e: &dyn std::fmt::Display| InvokeError::Host(e.to_string());
+        let row = self.storage.latest_function(name).map_err(|e| host(&e))?.ok_or_else(|| InvokeError::NotFound(name.to_string()))?;
+        let (prepared, source, new_artifact) = {
+            let storage = self.storage.clone();
+            let runtime = self.runtime.clone();
+            let hash = row.content_hash.clone();
+            tokio::task::spawn_blocking(move || {
+                runtime.load(
+                    &hash,
+                    || storage.artifact(&hash, runtime.engine_hash()).ok().flatten(),
+                    || storage.function_wasm(&hash).ok().flatten(),
+                )
+            })
+            .await
+            .map_err(|e| host(&e))?
+            .map_err(|e| host(&e))?
+        };
+        if let Some(artifact) = new_artifact
+            && let Err(e) = self.storage.put_artifact(&row.content_hash, self.runtime.engine_hash(), &artifact)
+        {
+            tracing::warn!(error = %e, "could not store the compiled artifact");
+        }
+        if source != LoadSource::Memory {
+            tracing::debug!(function = name, ?source, "function loaded");
+        }
+        let started_at = now_ms();
+        let gateway = Some(self.connections.gateway().clone());
+        let outcome = self.runtime.invoke(&prepared, name, input, row.limits, gateway).await;
+        let record = InvocationRow {
+            id: 0,
+            function: name.to_string(),
+            version: row.version,
+            started_at,
+            duration_us: outcome.duration.as_micros() as i64,
+            outcome: match &outcome.result {
+                Ok(_) => "ok".to_string(),
+                Err(e) => e.kind().to_string(),
+            },
+            error: outcome.result.as_ref().err().map(|e| e.to_string()),
+            output_bytes: outcome.result.as_ref().map(|o| o.len() as i64).unwrap_or(0),
+            logs: outcome.logs.clone(),
+            stdout: outcome.stdout.clone(),
+            stderr: outcome.stderr.clone(),
+            outbound: outcome.outbound.clone(),
+        };
+        let id = match self.storage.insert_invocation(&record) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %e, "could not record the invocation");
+                0
+            }
+        };
+        match &outcome.result {
+            Ok(_) => tracing::info!(function = name, version = row.version, duration_us = record.duration_us, "invocation ok"),
+            Err(e) => tracing::info!(function = name, version = row.version, outcome = e.kind(), "invocation failed"),
+        }
+        Ok(Invocation {
+            id,
+            function: name.to_string(),
+            version: row.version,
+            result: outcome.result,
+            logs: outcome.logs,
+            stdout: outcome.stdout,
+            stderr: outcome.stderr,
+            outbound: outcome.outbound,
+            duration_us: outcome.duration.as_micros() as u64,
+        })
+    }
+}

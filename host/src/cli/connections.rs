@@ -1,0 +1,303 @@
+//! `keyhole connections …`: create, connect, inspect, edit, test, revoke, delete.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+
+use clap::{Args, Subcommand};
+
+use super::output;
+use crate::Keyhole;
+use crate::connections::{ConnectionView, VerifyOutcome};
+use crate::secrets::Secret;
+use crate::services::ParamDef;
+
+/// `keyhole connections` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConnectionsCmd {
+    /// Create a connection to a service (status `pending` until connected).
+    ///
+    /// Names: 1-50 characters, a lowercase letter first, then lowercase letters, digits
+    /// or hyphens. Functions use the connection by this name.
+    Add {
+        /// Connection name.
+        name: String,
+        /// Service (preset or custom; see `keyhole services list`).
+        #[arg(long)]
+        service: String,
+        /// Scope to request (repeatable; default: the service's default scopes).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Override the service's base URL (enterprise hosts, local testing).
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Supply credentials: asks for each param by its display name (secrets hidden),
+    /// then runs the service's verification request.
+    Connect(ConnectArgs),
+    /// List connections.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a connection's summary (secrets masked).
+    Show {
+        /// Connection name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change scopes, base URL override or non-secret params.
+    Edit {
+        /// Connection name.
+        name: String,
+        /// Replace the scopes (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// New base URL override.
+        #[arg(long, conflicts_with = "clear_base_url")]
+        base_url: Option<String>,
+        /// Remove the base URL override.
+        #[arg(long)]
+        clear_base_url: bool,
+        /// Set a non-secret param (NAME=VALUE, repeatable).
+        #[arg(long = "param", value_parser = parse_kv)]
+        params: Vec<(String, String)>,
+    },
+    /// Run the service's verification request with the stored credentials.
+    Test {
+        /// Connection name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wipe the credentials (status `revoked`); `connect` works again with the same name.
+    Revoke {
+        /// Connection name.
+        name: String,
+    },
+    /// Delete a connection and its grants.
+    Delete {
+        /// Connection name.
+        name: String,
+    },
+}
+
+/// Arguments of `connections connect`.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Connection name.
+    pub name: String,
+    /// A param value as NAME=VALUE, by wire name or display name (repeatable).
+    #[arg(long = "param", value_parser = parse_kv)]
+    pub params: Vec<(String, String)>,
+    /// Read NAME=VALUE lines from stdin (for scripts; keeps secrets out of the process list).
+    #[arg(long)]
+    pub params_stdin: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .ok_or_else(|| "expected NAME=VALUE".to_string())
+}
+
+pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<i32> {
+    let c = host.connections();
+    match cmd {
+        ConnectionsCmd::Add { name, service, scopes, base_url, json } => {
+            let view = c.add(&name, &service, scopes, base_url)?;
+            if json {
+                output::json(&view)?;
+            } else {
+                println!("created connection {name} ({}), status pending", view.service_display_name);
+                println!("next: keyhole connections connect {name}");
+            }
+            Ok(0)
+        }
+        ConnectionsCmd::Connect(args) => connect(host, args).await,
+        ConnectionsCmd::List { json } => {
+            let list = c.list()?;
+            if json {
+                output::json(&list)?;
+            } else if list.is_empty() {
+                println!("no connections yet; create one with `keyhole connections add NAME --service SERVICE`");
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.name.clone(),
+                            v.service.clone(),
+                            status_name(v),
+                            v.base_url.clone().unwrap_or_else(|| "-".into()),
+                            output::time(v.last_used_at),
+                            v.granted_functions.join(","),
+                        ]
+                    })
+                    .collect();
+                output::table(&["NAME", "SERVICE", "STATUS", "BASE URL", "LAST USED", "FUNCTIONS"], &rows);
+            }
+            Ok(0)
+        }
+        ConnectionsCmd::Show { name, json } => {
+            let v = c.show(&name)?;
+            if json {
+                output::json(&v)?;
+            } else {
+                show(&v);
+            }
+            Ok(0)
+        }
+        ConnectionsCmd::Edit { name, scopes, base_url, clear_base_url, params } => {
+            let scopes = (!scopes.is_empty()).then_some(scopes);
+            let base = if clear_base_url { Some(None) } else { base_url.map(Some) };
+            let v = c.edit(&name, scopes, base, params.into_iter().collect())?;
+            println!("updated connection {name}");
+            show(&v);
+            Ok(0)
+        }
+        ConnectionsCmd::Test { name, json } => {
+            let outcome = c.test(&name).await?;
+            if json {
+                output::json(&outcome)?;
+            } else {
+                print_verify(&outcome);
+            }
+            Ok(if outcome.ok { 0 } else { 1 })
+        }
+        ConnectionsCmd::Revoke { name } => {
+            c.revoke(&name).await?;
+            println!("revoked connection {name}: credentials wiped; reconnect with `keyhole connections connect {name}`");
+            Ok(0)
+        }
+        ConnectionsCmd::Delete { name } => {
+            c.delete(&name)?;
+            println!("deleted connection {name}");
+            Ok(0)
+        }
+    }
+}
+
+fn status_name(v: &ConnectionView) -> String {
+    serde_json::to_value(v.status).ok().and_then(|s| s.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn show(v: &ConnectionView) {
+    let mut pairs = vec![
+        ("name", v.name.clone()),
+        ("service", format!("{} ({})", v.service, v.service_display_name)),
+        ("auth", serde_json::to_value(v.auth).ok().and_then(|s| s.as_str().map(str::to_string)).unwrap_or_default()),
+        ("status", status_name(v)),
+    ];
+    if let Some(r) = &v.status_reason {
+        pairs.push(("status reason", r.clone()));
+    }
+    pairs.extend([
+        ("scopes", if v.scopes.is_empty() { "-".into() } else { v.scopes.join(" ") }),
+        (
+            "base url",
+            format!("{}{}", v.base_url.clone().unwrap_or_else(|| "-".into()), if v.base_url_overridden { " (override)" } else { "" }),
+        ),
+        ("allowed origins", v.allowed_origins.join(", ")),
+        ("created", output::time(Some(v.created_at))),
+        ("connected", output::time(v.connected_at)),
+        ("last used", output::time(v.last_used_at)),
+        ("functions", if v.granted_functions.is_empty() { "(none)".into() } else { v.granted_functions.join(", ") }),
+    ]);
+    for p in &v.params {
+        pairs.push(("param", format!("{} ({}): {}", p.display_name, p.name, p.value.clone().unwrap_or_else(|| "(not set)".into()))));
+    }
+    if let Some(obj) = v.token.as_object()
+        && !obj.is_empty()
+    {
+        for (k, val) in obj {
+            pairs.push(("token", format!("{k}: {val}")));
+        }
+    }
+    output::fields(&pairs);
+}
+
+fn print_verify(v: &VerifyOutcome) {
+    if v.ok {
+        println!("verification {} succeeded ({})", v.request, v.status.map(|s| s.to_string()).unwrap_or_default());
+    } else {
+        println!("verification failed: {}", v.reason.clone().unwrap_or_default());
+    }
+}
+
+fn find_param<'a>(params: &'a [ParamDef], key: &str) -> Option<&'a ParamDef> {
+    params.iter().find(|p| p.name == key).or_else(|| params.iter().find(|p| p.display_name.eq_ignore_ascii_case(key)))
+}
+
+async fn connect(host: &Keyhole, args: ConnectArgs) -> anyhow::Result<i32> {
+    let c = host.connections();
+    let (service, params) = c.params_to_ask(&args.name)?;
+    let mut given: Vec<(String, String)> = args.params;
+    if args.params_stdin {
+        for line in std::io::stdin().lock().lines() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            given.push(parse_kv(&line).map_err(|e| anyhow::anyhow!("stdin line: {e}"))?);
+        }
+    }
+    let mut values: BTreeMap<String, Secret> = BTreeMap::new();
+    for (k, v) in given {
+        let p = find_param(&params, &k).ok_or_else(|| {
+            let names: Vec<String> = params.iter().map(|p| format!("{} ({})", p.name, p.display_name)).collect();
+            anyhow::anyhow!("service {} has no param {k:?}; its params are: {}", service.name, names.join(", "))
+        })?;
+        values.insert(p.name.clone(), Secret::new(v));
+    }
+    let interactive = std::io::stdin().is_terminal() && !args.params_stdin;
+    for p in &params {
+        if values.contains_key(&p.name) {
+            continue;
+        }
+        if !interactive {
+            continue; // `connect` reports what is missing by display name
+        }
+        let prompt = match (&p.default, &p.description) {
+            (Some(d), _) => format!("{} [{}]: ", p.display_name, d),
+            (None, Some(desc)) => format!("{} ({desc}): ", p.display_name),
+            (None, None) => format!("{}: ", p.display_name),
+        };
+        let value = if p.secret {
+            rpassword::prompt_password(&prompt)?
+        } else {
+            eprint!("{prompt}");
+            std::io::stderr().flush()?;
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        };
+        if !value.is_empty() {
+            values.insert(p.name.clone(), Secret::new(value));
+        }
+    }
+    let outcome = c.connect(&args.name, values).await?;
+    if args.json {
+        output::json(&outcome)?;
+    } else {
+        if let Some(v) = &outcome.verification {
+            print_verify(v);
+        }
+        let status = status_name(&outcome.connection);
+        if outcome.stored {
+            println!("connection {} is {status}", args.name);
+        } else {
+            println!("the new credentials were not stored; connection {} keeps its previous credentials ({status})", args.name);
+        }
+    }
+    Ok(if status_name(&outcome.connection) == "connected" && outcome.stored { 0 } else { 1 })
+}

@@ -1,0 +1,79 @@
+//! The `keyhole` command line: argument parsing (clap) and dispatch into the library.
+//! Human output by default, `--json` on every listing for scripts; errors go to stderr
+//! with a non-zero exit code.
+
+mod connections;
+mod functions;
+mod output;
+mod services;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::Keyhole;
+use crate::runtime::RuntimeConfig;
+
+/// keyhole: run WebAssembly custom functions that call third-party APIs through named
+/// connections. Functions never see a secret: the host injects credentials.
+#[derive(Debug, Parser)]
+#[command(name = "keyhole", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Data directory (database, master key). Default: $KEYHOLE_HOME, else the
+    /// platform's per-user data directory (~/.local/share/keyhole on Linux).
+    #[arg(long, global = true, env = "KEYHOLE_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Log more (info level); RUST_LOG overrides.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Upload, list, inspect and delete functions; grant them connections.
+    #[command(subcommand)]
+    Functions(functions::FunctionsCmd),
+    /// Invoke the latest version of a function and print its output.
+    Run(functions::RunArgs),
+    /// Show recent invocations with outcome, duration, logs and outbound calls.
+    Logs(functions::LogsArgs),
+    /// The service catalog: presets ("pick your service") and custom services.
+    #[command(subcommand)]
+    Services(services::ServicesCmd),
+    /// Connections: a service plus credentials, used by functions by name.
+    #[command(subcommand)]
+    Connections(connections::ConnectionsCmd),
+}
+
+/// Run the CLI; returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    let home = cli.home.clone().unwrap_or_else(crate::config::default_home);
+    match dispatch(cli, home).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn open(home: &std::path::Path, max_instances: u32) -> anyhow::Result<Keyhole> {
+    Ok(Keyhole::open(home, RuntimeConfig { max_instances, ..Default::default() })?)
+}
+
+async fn dispatch(cli: Cli, home: PathBuf) -> anyhow::Result<i32> {
+    // One-shot commands need few instance slots; a server asks for more.
+    let host = open(&home, 16)?;
+    match cli.command {
+        Command::Functions(cmd) => functions::functions(&host, cmd).await,
+        Command::Run(args) => functions::run(&host, args).await,
+        Command::Logs(args) => functions::logs(&host, args),
+        Command::Services(cmd) => services::services(&host, cmd),
+        Command::Connections(cmd) => connections::connections(&host, cmd).await,
+    }
+}

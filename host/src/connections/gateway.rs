@@ -1,0 +1,280 @@
+//! The guest's path to an API: grant check, destination check, header check, credential
+//! injection (last), bounded send, scrubbed response, and a record of the call.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderName, HeaderValue};
+
+use super::credentials::Credentials;
+use super::redact::Redactor;
+use super::{Catalog, ConnectionError, OutboundRequest, OutboundResponse, SendError, Status, egress, inject};
+use crate::runtime::HttpState;
+use crate::secrets::Sealer;
+use crate::services::{Endpoint, ParamLocation, ServiceDef, validate_name};
+use crate::storage::{ConnectionRow, OutboundCall, Storage};
+
+/// Headers a guest may never set on a connection request: the connection decides them.
+const REFUSED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "host"];
+
+/// Shared by every invocation: storage, the sealer, the catalog and one pooled HTTP client.
+pub struct Gateway {
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) sealer: Arc<Sealer>,
+    pub(crate) catalog: Catalog,
+    pub(crate) client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+/// A connection opened for one request.
+pub(crate) struct Loaded {
+    pub row: ConnectionRow,
+    pub service: ServiceDef,
+    pub creds: Credentials,
+    pub endpoint: Endpoint,
+}
+
+/// Limits for one request.
+pub(crate) struct RequestLimits {
+    pub timeout: Duration,
+    pub max_response_bytes: u64,
+    pub max_request_bytes: u64,
+}
+
+/// The shared outbound client: never follows redirects (a 3xx goes back to the guest,
+/// so credentials never travel to a Location the upstream chose) and ignores proxy
+/// environment variables (credentials go only where the connection says).
+pub fn build_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("keyhole/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the TLS backend initialises")
+}
+
+impl Gateway {
+    /// A gateway over `storage`, sealing with `sealer`.
+    pub fn new(storage: Arc<Storage>, sealer: Arc<Sealer>) -> Self {
+        Self { catalog: Catalog::new(storage.clone()), storage, sealer, client: build_client() }
+    }
+
+    /// Handle a guest's `http.send`.
+    pub async fn send(&self, ctx: &mut HttpState, connection: &str, req: OutboundRequest) -> Result<OutboundResponse, SendError> {
+        let started = Instant::now();
+        let mut record = OutboundCall {
+            connection: connection.to_string(),
+            method: req.method.clone(),
+            origin: String::new(),
+            path: String::new(),
+            status: None,
+            error: None,
+            latency_ms: 0,
+            bytes: 0,
+        };
+        let result = self.send_checked(ctx, connection, req, &mut record).await;
+        record.latency_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(r) => {
+                record.status = Some(r.status);
+                record.bytes = r.body.len() as u64;
+            }
+            Err(e) => record.error = Some(e.kind().to_string()),
+        }
+        tracing::debug!(
+            function = %ctx.function,
+            connection,
+            method = %record.method,
+            origin = %record.origin,
+            path = %record.path,
+            status = ?record.status,
+            error = ?record.error,
+            latency_ms = record.latency_ms,
+            "outbound call"
+        );
+        ctx.calls.push(record);
+        result
+    }
+
+    async fn send_checked(
+        &self,
+        ctx: &HttpState,
+        connection: &str,
+        req: OutboundRequest,
+        record: &mut OutboundCall,
+    ) -> Result<OutboundResponse, SendError> {
+        if ctx.calls.len() as u32 >= ctx.limits.max_outbound_requests {
+            return Err(SendError::TooManyRequests);
+        }
+        // Unknown and ungranted answer the same, and a malformed name is just unknown.
+        if validate_name("connection", connection).is_err() {
+            return Err(SendError::AccessDenied);
+        }
+        let granted = self.storage.has_grant(&ctx.function, connection).map_err(|e| host_fault(&e))?;
+        if !granted {
+            return Err(SendError::AccessDenied);
+        }
+        let loaded = match self.load(connection) {
+            Ok(Some(l)) => l,
+            Ok(None) => return Err(SendError::AccessDenied),
+            Err(ConnectionError::Seal(e)) => {
+                tracing::error!(connection, error = %e, "cannot open a connection's credentials");
+                return Err(SendError::NotConnected);
+            }
+            Err(e) => return Err(host_fault(&e)),
+        };
+        if Status::parse(&loaded.row.status) != Status::Connected {
+            return Err(SendError::NotConnected);
+        }
+        let remaining = ctx.deadline.saturating_duration_since(Instant::now());
+        let wanted = req.timeout_ms.map(|ms| Duration::from_millis(ms.into())).unwrap_or(Duration::from_millis(ctx.limits.request_timeout_ms));
+        let limits = RequestLimits {
+            timeout: wanted.min(remaining),
+            max_response_bytes: ctx.limits.max_response_bytes,
+            max_request_bytes: ctx.limits.max_request_bytes,
+        };
+        let response = self.execute(&loaded, req, &limits, Some(record)).await?;
+        if let Err(e) = self.storage.touch_connection(connection) {
+            tracing::warn!(connection, error = %e, "could not record last use");
+        }
+        Ok(response)
+    }
+
+    /// Open a connection's row, service, credentials and endpoint. `Ok(None)` if absent.
+    pub(crate) fn load(&self, name: &str) -> Result<Option<Loaded>, ConnectionError> {
+        let Some(row) = self.storage.get_connection(name)? else { return Ok(None) };
+        let service = self.catalog.require(&row.service)?.def;
+        let creds = match &row.sealed {
+            Some(blob) => Credentials::open(&self.sealer, name, blob)?,
+            None => Credentials::default(),
+        };
+        let endpoint = resolve_endpoint(&service, &row, &creds)?;
+        Ok(Some(Loaded { row, service, creds, endpoint }))
+    }
+
+    /// Check, inject, send and scrub one request for an already-authorised caller
+    /// (a granted guest, or an admin's verification request).
+    pub(crate) async fn execute(
+        &self,
+        loaded: &Loaded,
+        req: OutboundRequest,
+        limits: &RequestLimits,
+        record: Option<&mut OutboundCall>,
+    ) -> Result<OutboundResponse, SendError> {
+        let method = reqwest::Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| SendError::InvalidRequest(format!("{:?} is not a valid HTTP method", req.method)))?;
+        if matches!(method.as_str(), "CONNECT" | "TRACE") {
+            return Err(SendError::InvalidRequest(format!("method {method} is not allowed")));
+        }
+        let url = egress::resolve_target(&loaded.endpoint, &req.target, &req.query)?;
+        let mut redactor = inject::redactor_for(&loaded.service, &loaded.creds);
+        if let Some(record) = record {
+            record.origin = crate::services::Origin::of(&url).to_string();
+            record.path = scrub_path(&loaded.service, &redactor, url.path());
+        }
+        let (reserved_headers, reserved_query) = inject::reserved_names(&loaded.service);
+        if let Some((k, _)) = url.query_pairs().find(|(k, _)| reserved_query.iter().any(|r| r == k)) {
+            return Err(SendError::InvalidRequest(format!("query parameter {k:?} is set by the connection")));
+        }
+        let body = req.body.unwrap_or_default();
+        if body.len() as u64 > limits.max_request_bytes {
+            return Err(SendError::InvalidRequest(format!(
+                "request body is {} bytes, over the {}-byte limit",
+                body.len(),
+                limits.max_request_bytes
+            )));
+        }
+        let mut request = reqwest::Request::new(method, url);
+        for (name, value) in &req.headers {
+            let lower = name.to_ascii_lowercase();
+            if REFUSED_HEADERS.contains(&lower.as_str()) || reserved_headers.contains(&lower) {
+                return Err(SendError::InvalidRequest(format!("header {name:?} is set by the connection and may not be supplied")));
+            }
+            if name.chars().chain(value.chars()).any(|c| c.is_control() && c != '\t') {
+                return Err(SendError::InvalidRequest(format!("header {name:?} contains control characters")));
+            }
+            let hn = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| SendError::InvalidRequest(format!("{name:?} is not a valid header name")))?;
+            let hv = HeaderValue::from_str(value)
+                .map_err(|_| SendError::InvalidRequest(format!("the value of header {name:?} is not valid")))?;
+            request.headers_mut().append(hn, hv);
+        }
+        if !body.is_empty() {
+            *request.body_mut() = Some(body.into());
+        }
+        // Last step before sending: attach the credentials.
+        inject::apply(&mut request, &loaded.service, &loaded.creds, &loaded.row.params, &mut redactor)?;
+
+        let send = async {
+            let response = self.client.execute(request).await.map_err(|e| map_reqwest(e, &redactor))?;
+            let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), redactor.scrub(&String::from_utf8_lossy(v.as_bytes()))))
+                .collect();
+            if response.content_length().is_some_and(|n| n > limits.max_response_bytes) {
+                return Err(SendError::TooLarge);
+            }
+            let mut response = response;
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| map_reqwest(e, &redactor))? {
+                if (body.len() + chunk.len()) as u64 > limits.max_response_bytes {
+                    return Err(SendError::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(OutboundResponse { status, headers, body: redactor.scrub_bytes(&body) })
+        };
+        if limits.timeout.is_zero() {
+            return Err(SendError::Timeout);
+        }
+        tokio::time::timeout(limits.timeout, send).await.map_err(|_| SendError::Timeout)?
+    }
+}
+
+/// Resolve the service's endpoint with this connection's `url` params (secret ones too:
+/// a webhook's capability URL is a secret `url` param).
+pub(crate) fn resolve_endpoint(service: &ServiceDef, row: &ConnectionRow, creds: &Credentials) -> Result<Endpoint, ConnectionError> {
+    let mut url_params = std::collections::BTreeMap::new();
+    for p in service.params.iter().filter(|p| p.location == ParamLocation::Url) {
+        if let Some(v) = creds.params.get(&p.name) {
+            url_params.insert(p.name.clone(), v.expose().to_string());
+        } else if let Some(v) = row.params.get(&p.name) {
+            url_params.insert(p.name.clone(), v.clone());
+        }
+    }
+    Ok(service.resolve(&url_params, row.base_url.as_deref())?)
+}
+
+fn scrub_path(service: &ServiceDef, redactor: &Redactor, path: &str) -> String {
+    let secret_url = service.params.iter().any(|p| p.secret && p.location == ParamLocation::Url);
+    if secret_url { "[redacted]".to_string() } else { redactor.scrub(path) }
+}
+
+fn map_reqwest(e: reqwest::Error, redactor: &Redactor) -> SendError {
+    if e.is_timeout() {
+        return SendError::Timeout;
+    }
+    // `without_url`: the URL may carry an API key in its query.
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    SendError::UpstreamUnreachable(redactor.scrub(&message))
+}
+
+fn host_fault(e: &dyn std::fmt::Display) -> SendError {
+    tracing::error!(error = %e, "host fault while handling an outbound request");
+    SendError::UpstreamUnreachable("keyhole host error; see the host's logs".into())
+}

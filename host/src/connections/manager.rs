@@ -1,0 +1,474 @@
+//! Administering connections: add, connect (ask, seal, verify), show, edit, test,
+//! revoke, delete, and the grants that let functions use them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::credentials::Credentials;
+use super::gateway::{Loaded, RequestLimits, resolve_endpoint};
+use super::{Catalog, ConnectionError, Gateway, OutboundRequest, Status};
+use crate::config::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES};
+use crate::secrets::Secret;
+use crate::services::{AuthKind, ParamDef, ParamLocation, ServiceDef, validate_name};
+use crate::storage::{ConnectionRow, now_ms};
+
+/// Timeout of a verification request.
+pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest excerpt of an upstream's answer shown as a failure reason.
+const REASON_EXCERPT: usize = 300;
+
+/// Administration of connections. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Connections {
+    gateway: Arc<Gateway>,
+}
+
+/// One param of a connection as shown to an admin: secrets only masked.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParamView {
+    /// Wire name (the "actual parameter").
+    pub name: String,
+    /// Name shown to the admin.
+    pub display_name: String,
+    /// Whether the value is secret.
+    pub secret: bool,
+    /// The value, or a mask for secrets, or `None` when unset.
+    pub value: Option<String>,
+}
+
+/// The connection summary (`connections show`). Contains no secret value.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionView {
+    /// Connection name.
+    pub name: String,
+    /// Service name.
+    pub service: String,
+    /// Service display name.
+    pub service_display_name: String,
+    /// Auth type.
+    pub auth: AuthKind,
+    /// Status.
+    pub status: Status,
+    /// Why (e.g. the upstream's answer to a failed verification).
+    pub status_reason: Option<String>,
+    /// Requested scopes.
+    pub scopes: Vec<String>,
+    /// Effective base URL (when resolvable).
+    pub base_url: Option<String>,
+    /// Whether the base URL is a connection-level override.
+    pub base_url_overridden: bool,
+    /// Allowed origins.
+    pub allowed_origins: Vec<String>,
+    /// Params with masked secrets.
+    pub params: Vec<ParamView>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub connected_at: Option<i64>,
+    /// Unix ms.
+    pub last_used_at: Option<i64>,
+    /// Functions granted this connection.
+    pub granted_functions: Vec<String>,
+    /// OAuth token metadata (expiry, granted scopes, last refresh), never token values.
+    pub token: serde_json::Value,
+}
+
+/// Result of a verification request.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyOutcome {
+    /// Whether the credentials worked.
+    pub ok: bool,
+    /// `METHOD /path` that was sent.
+    pub request: String,
+    /// Upstream status, when one came back.
+    pub status: Option<u16>,
+    /// Upstream's reason on failure (scrubbed excerpt), or the transport error.
+    pub reason: Option<String>,
+}
+
+/// Result of `connect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectOutcome {
+    /// The connection after connecting.
+    pub connection: ConnectionView,
+    /// The verification, when the service declares one.
+    pub verification: Option<VerifyOutcome>,
+    /// Whether the new credentials were stored.
+    pub stored: bool,
+}
+
+impl Connections {
+    /// Administration over `gateway`'s storage.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+
+    /// The service catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.gateway.catalog
+    }
+
+    /// The gateway guests send through.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    fn row(&self, name: &str) -> Result<ConnectionRow, ConnectionError> {
+        self.gateway.storage.get_connection(name)?.ok_or_else(|| ConnectionError::UnknownConnection(name.to_string()))
+    }
+
+    /// Create a pending connection to `service`.
+    pub fn add(&self, name: &str, service: &str, scopes: Vec<String>, base_url: Option<String>) -> Result<ConnectionView, ConnectionError> {
+        validate_name("connection", name)?;
+        let entry = self.catalog().require(service)?;
+        let scopes = if scopes.is_empty() {
+            entry.def.oauth2.as_ref().map(|o| o.default_scopes.clone()).unwrap_or_default()
+        } else {
+            scopes
+        };
+        if let Some(url) = &base_url {
+            check_override(&entry.def, url)?;
+        }
+        let row = ConnectionRow {
+            name: name.to_string(),
+            service: service.to_string(),
+            status: Status::Pending.as_str().to_string(),
+            status_reason: Some("created; run `keyhole connections connect` to supply credentials".into()),
+            scopes,
+            base_url,
+            params: BTreeMap::new(),
+            sealed: None,
+            generation: 0,
+            token_info: serde_json::json!({}),
+            created_at: now_ms(),
+            connected_at: None,
+            last_used_at: None,
+        };
+        self.gateway.storage.insert_connection(&row)?;
+        tracing::info!(connection = name, service, "connection created");
+        self.show(name)
+    }
+
+    /// Every connection.
+    pub fn list(&self) -> Result<Vec<ConnectionView>, ConnectionError> {
+        self.gateway.storage.list_connections()?.into_iter().map(|row| self.view(row)).collect()
+    }
+
+    /// One connection's summary.
+    pub fn show(&self, name: &str) -> Result<ConnectionView, ConnectionError> {
+        let row = self.row(name)?;
+        self.view(row)
+    }
+
+    fn view(&self, row: ConnectionRow) -> Result<ConnectionView, ConnectionError> {
+        let entry = self.catalog().require(&row.service)?;
+        let service = entry.def;
+        // Show which secrets are set without opening the blob: a wrong key must not stop
+        // an admin from seeing the connection.
+        let secret_names: Vec<String> = match &row.sealed {
+            Some(blob) => match Credentials::open(&self.gateway.sealer, &row.name, blob) {
+                Ok(c) => c.params.keys().cloned().collect(),
+                Err(_) => vec![],
+            },
+            None => vec![],
+        };
+        let endpoint = match &row.sealed {
+            Some(blob) => Credentials::open(&self.gateway.sealer, &row.name, blob)
+                .ok()
+                .and_then(|c| resolve_endpoint(&service, &row, &c).ok()),
+            None => resolve_endpoint(&service, &row, &Credentials::default()).ok(),
+        };
+        let secret_url = service.params.iter().any(|p| p.secret && p.location == ParamLocation::Url);
+        let params = service
+            .params
+            .iter()
+            .map(|p| ParamView {
+                name: p.name.clone(),
+                display_name: p.display_name.clone(),
+                secret: p.secret,
+                value: if p.secret {
+                    secret_names.contains(&p.name).then(|| "••••••••".to_string())
+                } else {
+                    row.params.get(&p.name).cloned().or_else(|| p.default.clone())
+                },
+            })
+            .collect();
+        Ok(ConnectionView {
+            granted_functions: self.gateway.storage.grants_of_connection(&row.name)?,
+            name: row.name,
+            service_display_name: service.display_name.clone(),
+            service: row.service,
+            auth: service.auth,
+            status: Status::parse(&row.status),
+            status_reason: row.status_reason,
+            scopes: row.scopes,
+            base_url: endpoint.as_ref().map(|e| if secret_url { "[secret webhook URL]".to_string() } else { e.base_url.to_string() }),
+            base_url_overridden: row.base_url.is_some(),
+            allowed_origins: endpoint.map(|e| e.allowed_origins.iter().map(|o| o.to_string()).collect()).unwrap_or_default(),
+            params,
+            created_at: row.created_at,
+            connected_at: row.connected_at,
+            last_used_at: row.last_used_at,
+            token: row.token_info,
+        })
+    }
+
+    /// The params `connect` asks for, in order.
+    pub fn params_to_ask(&self, name: &str) -> Result<(ServiceDef, Vec<ParamDef>), ConnectionError> {
+        let row = self.row(name)?;
+        let service = self.catalog().require(&row.service)?.def;
+        let params = service.params.clone();
+        Ok((service, params))
+    }
+
+    /// Change a connection's scopes, base URL override or non-secret params.
+    pub fn edit(
+        &self,
+        name: &str,
+        scopes: Option<Vec<String>>,
+        base_url: Option<Option<String>>,
+        params: BTreeMap<String, String>,
+    ) -> Result<ConnectionView, ConnectionError> {
+        let mut row = self.row(name)?;
+        let service = self.catalog().require(&row.service)?.def;
+        if let Some(s) = scopes {
+            row.scopes = s;
+        }
+        if let Some(b) = base_url {
+            if let Some(url) = &b {
+                check_override(&service, url)?;
+            }
+            row.base_url = b;
+        }
+        for (k, v) in params {
+            let p = service.param(&k).ok_or_else(|| unknown_param(&service, &k))?;
+            if p.secret {
+                return Err(ConnectionError::Invalid(format!(
+                    "{:?} is a secret; set it with `keyhole connections connect {name}`",
+                    p.display_name
+                )));
+            }
+            check_choice(p, &v)?;
+            row.params.insert(k, v);
+        }
+        resolve_endpoint(&service, &row, &Credentials::default()).or_else(|e| {
+            // Secret url params are not known here; only fail for non-secret problems.
+            if service.params.iter().any(|p| p.secret && p.location == ParamLocation::Url) { Ok(dummy_endpoint()) } else { Err(e) }
+        })?;
+        self.gateway.storage.update_connection_settings(&row)?;
+        self.show(name)
+    }
+
+    /// Supply credentials (values by param name), verify them, and store them.
+    ///
+    /// A failed verification of a connection that was working leaves its old
+    /// credentials in place; a never-connected one keeps the new ones as `pending`.
+    pub async fn connect(&self, name: &str, values: BTreeMap<String, Secret>) -> Result<ConnectOutcome, ConnectionError> {
+        let row = self.row(name)?;
+        let service = self.catalog().require(&row.service)?.def;
+        if service.auth == AuthKind::Oauth2 {
+            return Err(ConnectionError::Invalid(format!(
+                "{:?} uses OAuth 2.0; its connect flow goes through the provider's consent page",
+                service.display_name
+            )));
+        }
+        let mut creds = Credentials::default();
+        let mut plain = row.params.clone();
+        for key in values.keys() {
+            if service.param(key).is_none() {
+                return Err(unknown_param(&service, key));
+            }
+        }
+        for p in &service.params {
+            match values.get(&p.name) {
+                Some(v) => {
+                    check_choice(p, v.expose())?;
+                    if p.secret {
+                        creds.params.insert(p.name.clone(), v.clone());
+                    } else {
+                        plain.insert(p.name.clone(), v.expose().to_string());
+                    }
+                }
+                None if p.required && p.default.is_none() && !(!p.secret && plain.contains_key(&p.name)) => {
+                    return Err(ConnectionError::Invalid(format!(
+                        "missing a value for {:?}; pass --param {}=VALUE (or answer the prompt)",
+                        p.display_name, p.name
+                    )));
+                }
+                None => {}
+            }
+        }
+        let mut candidate = row.clone();
+        candidate.params = plain;
+        let endpoint = resolve_endpoint(&service, &candidate, &creds)?;
+        let loaded = Loaded { row: candidate.clone(), service: service.clone(), creds, endpoint };
+
+        let verification = match &service.verify {
+            Some(_) => Some(self.verify(&loaded).await),
+            None => None,
+        };
+        let ok = verification.as_ref().is_none_or(|v| v.ok);
+        let was_connected = Status::parse(&row.status) == Status::Connected;
+        let stored = ok || !was_connected;
+        if stored {
+            let sealed = (!loaded.creds.is_empty()).then(|| loaded.creds.seal(&self.gateway.sealer, name));
+            let (status, reason) = if ok {
+                (Status::Connected, None)
+            } else {
+                (Status::Pending, verification.as_ref().and_then(|v| v.reason.clone()).map(|r| format!("verification failed: {r}")))
+            };
+            self.gateway.storage.update_connection_settings(&candidate)?;
+            let swapped = self.gateway.storage.swap_credentials(
+                name,
+                row.generation,
+                sealed.as_deref(),
+                status.as_str(),
+                reason.as_deref(),
+                &serde_json::json!({}),
+                ok,
+            )?;
+            if swapped.is_none() {
+                return Err(ConnectionError::Invalid(format!(
+                    "connection {name:?} changed while connecting; run the command again"
+                )));
+            }
+            tracing::info!(connection = name, status = status.as_str(), "credentials stored");
+        } else {
+            tracing::info!(connection = name, "verification failed; previous credentials kept");
+        }
+        Ok(ConnectOutcome { connection: self.show(name)?, verification, stored })
+    }
+
+    async fn verify(&self, loaded: &Loaded) -> VerifyOutcome {
+        let Some(v) = &loaded.service.verify else {
+            return VerifyOutcome { ok: true, request: String::new(), status: None, reason: None };
+        };
+        let request = format!("{} {}", v.method, v.path);
+        let req = OutboundRequest { method: v.method.clone(), target: v.path.clone(), ..Default::default() };
+        let limits = RequestLimits {
+            timeout: VERIFY_TIMEOUT,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+        };
+        match self.gateway.execute(loaded, req, &limits, None).await {
+            Ok(r) if v.is_success(r.status) => VerifyOutcome { ok: true, request, status: Some(r.status), reason: None },
+            Ok(r) => {
+                let body = String::from_utf8_lossy(&r.body);
+                let excerpt: String = body.trim().chars().take(REASON_EXCERPT).collect();
+                VerifyOutcome {
+                    ok: false,
+                    reason: Some(format!("{request} answered {}: {excerpt}", r.status)),
+                    request,
+                    status: Some(r.status),
+                }
+            }
+            Err(e) => VerifyOutcome { ok: false, reason: Some(format!("{request} failed: {e}")), request, status: None },
+        }
+    }
+
+    /// Run the service's verification request with the stored credentials.
+    pub async fn test(&self, name: &str) -> Result<VerifyOutcome, ConnectionError> {
+        let loaded = self.gateway.load(name)?.ok_or_else(|| ConnectionError::UnknownConnection(name.to_string()))?;
+        if loaded.row.sealed.is_none() && loaded.service.params.iter().any(|p| p.secret) {
+            return Err(ConnectionError::Invalid(format!(
+                "connection {name:?} has no credentials (status {}); run `keyhole connections connect {name}`",
+                loaded.row.status
+            )));
+        }
+        if loaded.service.verify.is_none() {
+            return Err(ConnectionError::Invalid(format!(
+                "service {:?} declares no verification request, so there is nothing to test",
+                loaded.service.name
+            )));
+        }
+        let outcome = self.verify(&loaded).await;
+        Ok(outcome)
+    }
+
+    /// Wipe a connection's credentials; it stays, with status `revoked`, and can be
+    /// connected again under the same name with the same grants.
+    pub async fn revoke(&self, name: &str) -> Result<ConnectionView, ConnectionError> {
+        let row = self.row(name)?;
+        let reason = format!("revoked by admin at {}", crate::util::format_ms(now_ms()));
+        self.gateway.storage.swap_credentials(
+            name,
+            row.generation,
+            None,
+            Status::Revoked.as_str(),
+            Some(&reason),
+            &serde_json::json!({}),
+            false,
+        )?;
+        tracing::info!(connection = name, "connection revoked; credentials wiped");
+        self.show(name)
+    }
+
+    /// Delete a connection and its grants.
+    pub fn delete(&self, name: &str) -> Result<(), ConnectionError> {
+        if !self.gateway.storage.delete_connection(name)? {
+            return Err(ConnectionError::UnknownConnection(name.to_string()));
+        }
+        tracing::info!(connection = name, "connection deleted");
+        Ok(())
+    }
+
+    /// Grant `connection` to `function` (the function must exist).
+    pub fn grant(&self, function: &str, connection: &str) -> Result<(), ConnectionError> {
+        if self.gateway.storage.latest_function(function)?.is_none() {
+            return Err(ConnectionError::UnknownFunction(function.to_string()));
+        }
+        self.row(connection)?;
+        self.gateway.storage.grant(function, connection)?;
+        tracing::info!(function, connection, "grant added");
+        Ok(())
+    }
+
+    /// Take a grant back.
+    pub fn revoke_grant(&self, function: &str, connection: &str) -> Result<(), ConnectionError> {
+        if !self.gateway.storage.revoke_grant(function, connection)? {
+            return Err(ConnectionError::Invalid(format!("function {function:?} holds no grant for connection {connection:?}")));
+        }
+        Ok(())
+    }
+}
+
+fn check_override(service: &ServiceDef, url: &str) -> Result<(), ConnectionError> {
+    // Resolving with the override validates it (https, or http to loopback; no userinfo).
+    let mut params = BTreeMap::new();
+    for p in service.params.iter().filter(|p| p.location == ParamLocation::Url) {
+        params.insert(p.name.clone(), p.default.clone().unwrap_or_else(|| "x".into()));
+    }
+    match service.resolve(&params, Some(url)) {
+        Ok(_) => Ok(()),
+        Err(e @ crate::services::ServiceError::InvalidUrl { .. }) => Err(e.into()),
+        Err(_) => Ok(()),
+    }
+}
+
+fn check_choice(p: &ParamDef, value: &str) -> Result<(), ConnectionError> {
+    if !p.choices.is_empty() && !p.choices.iter().any(|c| c == value) {
+        return Err(ConnectionError::Invalid(format!(
+            "{:?} must be one of: {}",
+            p.display_name,
+            p.choices.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+fn unknown_param(service: &ServiceDef, key: &str) -> ConnectionError {
+    let known: Vec<&str> = service.params.iter().map(|p| p.name.as_str()).collect();
+    ConnectionError::Invalid(format!(
+        "service {:?} has no param {key:?}; its params are: {}",
+        service.name,
+        if known.is_empty() { "(none)".to_string() } else { known.join(", ") }
+    ))
+}
+
+fn dummy_endpoint() -> crate::services::Endpoint {
+    let url = url::Url::parse("https://placeholder.invalid/").expect("static URL");
+    crate::services::Endpoint { allowed_origins: vec![crate::services::Origin::of(&url)], base_url: url }
+}

@@ -1,0 +1,76 @@
+//! Scrubbing secret values out of anything headed for a guest or a record.
+//!
+//! An upstream may echo a credential back (an echo endpoint, an error page quoting the
+//! request). Every form in which we sent a secret — raw, inside a formatted header,
+//! Basic-encoded, percent-encoded in a query — is replaced by `[redacted]`.
+
+/// What replaces a secret.
+pub const REDACTED: &str = "[redacted]";
+
+/// The byte strings to scrub for one request.
+#[derive(Debug, Default, Clone)]
+pub struct Redactor {
+    needles: Vec<Vec<u8>>,
+}
+
+impl Redactor {
+    /// Add a secret value in every encoding we might have sent it in.
+    pub fn add(&mut self, secret: &str) {
+        if secret.is_empty() {
+            return;
+        }
+        self.push(secret.as_bytes().to_vec());
+        let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        self.push(encoded.into_bytes());
+        let pct = percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC).to_string();
+        self.push(pct.into_bytes());
+    }
+
+    /// Add an exact byte string (e.g. a Basic `user:pass` base64 value).
+    pub fn add_exact(&mut self, value: &str) {
+        if !value.is_empty() {
+            self.push(value.as_bytes().to_vec());
+        }
+    }
+
+    fn push(&mut self, needle: Vec<u8>) {
+        if !self.needles.contains(&needle) {
+            self.needles.push(needle);
+        }
+    }
+
+    /// Replace every occurrence of every secret in `data`.
+    pub fn scrub_bytes(&self, data: &[u8]) -> Vec<u8> {
+        if self.needles.is_empty() {
+            return data.to_vec();
+        }
+        let matcher = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(&self.needles)
+            .expect("a handful of literal needles always builds");
+        let replacements = vec![REDACTED.as_bytes(); self.needles.len()];
+        matcher.replace_all_bytes(data, &replacements)
+    }
+
+    /// Replace every occurrence of every secret in `text`.
+    pub fn scrub(&self, text: &str) -> String {
+        String::from_utf8_lossy(&self.scrub_bytes(text.as_bytes())).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubs_raw_and_encoded_forms() {
+        let mut r = Redactor::default();
+        r.add("s3cr et/+");
+        r.add_exact("dXNlcjpwYXNz");
+        let text = "a s3cr et/+ b s3cr+et%2F%2B c s3cr%20et%2F%2B d dXNlcjpwYXNz";
+        let out = r.scrub(text);
+        assert!(!out.contains("s3cr"), "{out}");
+        assert!(!out.contains("dXNlcjpwYXNz"));
+        assert_eq!(out.matches(REDACTED).count(), 4);
+    }
+}

@@ -1,0 +1,121 @@
+//! What one invocation's `Store` holds: the denied-by-default WASI context, the memory
+//! limiter, captured output and the per-invocation HTTP and log state.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::output::CapturedOutput;
+use crate::config::Limits;
+use crate::connections::Gateway;
+use crate::storage::OutboundCall;
+
+/// Data of one invocation's store; dropped with the store when the call ends.
+pub struct InvocationState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) stdout: CapturedOutput,
+    pub(crate) stderr: CapturedOutput,
+    pub(crate) logs: LogBuffer,
+    pub(crate) http: HttpState,
+}
+
+/// Per-invocation context for `http.send`.
+pub struct HttpState {
+    /// The calling function (grants are checked against it).
+    pub function: String,
+    /// The connection gateway; `None` means no connections exist for this host.
+    pub gateway: Option<Arc<Gateway>>,
+    /// Outbound calls made so far, for the invocation record.
+    pub calls: Vec<OutboundCall>,
+    /// Limits of this invocation.
+    pub limits: Limits,
+    /// When the invocation must end.
+    pub deadline: Instant,
+}
+
+impl InvocationState {
+    pub(crate) fn new(limits: Limits, function: &str, gateway: Option<Arc<Gateway>>, deadline: Instant) -> Self {
+        let cap = limits.max_log_bytes as usize;
+        let stdout = CapturedOutput::new(cap);
+        let stderr = CapturedOutput::new(cap);
+        // Deny by default: `WasiCtxBuilder::new()` gives no preopened directories, no
+        // environment, no arguments, closed stdin and no TCP/UDP or name lookup. We only
+        // redirect stdout/stderr into bounded buffers. Clocks and randomness stay real.
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { limit: limits.memory_bytes as usize, exceeded: false },
+            stdout,
+            stderr,
+            logs: LogBuffer::new(cap),
+            http: HttpState { function: function.to_string(), gateway, calls: Vec::new(), limits, deadline },
+        }
+    }
+}
+
+impl WasiView for InvocationState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps each linear memory at the function's limit and remembers when it was hit, so
+/// the trap that follows is reported as out-of-memory rather than a generic trap.
+pub struct MemoryLimiter {
+    limit: usize,
+    pub(crate) exceeded: bool,
+}
+
+/// Most table elements a guest may grow to (function tables of big Rust guests fit easily).
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            wasmtime::bail!("memory limit of {} bytes exceeded (wanted {desired})", self.limit);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Log lines from the guest, capped in total bytes.
+pub struct LogBuffer {
+    lines: Vec<String>,
+    bytes: usize,
+    cap: usize,
+    dropped: usize,
+}
+
+impl LogBuffer {
+    fn new(cap: usize) -> Self {
+        Self { lines: Vec::new(), bytes: 0, cap, dropped: 0 }
+    }
+
+    /// Append a line unless the cap is reached.
+    pub fn push(&mut self, line: String) {
+        if self.bytes + line.len() > self.cap {
+            self.dropped += 1;
+            return;
+        }
+        self.bytes += line.len();
+        self.lines.push(line);
+    }
+
+    /// The kept lines, plus a note of how many were dropped.
+    pub fn into_lines(mut self) -> Vec<String> {
+        if self.dropped > 0 {
+            self.lines.push(format!("[keyhole: {} more log lines dropped at the {}-byte cap]", self.dropped, self.cap));
+        }
+        self.lines
+    }
+}

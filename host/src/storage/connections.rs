@@ -1,0 +1,375 @@
+//! Custom services, connections (credentials as sealed blobs) and grants.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::{Storage, StorageError, now_ms};
+
+/// A custom service definition as stored (TOML text, same schema as presets).
+#[derive(Debug, Clone)]
+pub struct ServiceRow {
+    /// Service name.
+    pub name: String,
+    /// TOML definition.
+    pub definition: String,
+    /// Sealed OAuth client credentials, if set.
+    pub sealed_client: Option<Vec<u8>>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+/// A connection as stored. `sealed` is opaque here: only `connections` opens it.
+#[derive(Debug, Clone)]
+pub struct ConnectionRow {
+    /// Connection name.
+    pub name: String,
+    /// Service name (preset or custom).
+    pub service: String,
+    /// `pending`, `connected`, `needs-reauth`, `revoked`.
+    pub status: String,
+    /// Why the status is what it is (e.g. the upstream's answer to verification).
+    pub status_reason: Option<String>,
+    /// Requested scopes.
+    pub scopes: Vec<String>,
+    /// Connection-level base URL override.
+    pub base_url: Option<String>,
+    /// Non-secret parameter values.
+    pub params: BTreeMap<String, String>,
+    /// Sealed credential material.
+    pub sealed: Option<Vec<u8>>,
+    /// Credential generation: bumped on every credential write, used for compare-and-swap.
+    pub generation: i64,
+    /// Non-secret token metadata (expiry, granted scopes, last refresh).
+    pub token_info: serde_json::Value,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms of the last successful connect.
+    pub connected_at: Option<i64>,
+    /// Unix ms of the last outbound request.
+    pub last_used_at: Option<i64>,
+}
+
+/// A grant of a connection to a function.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantRow {
+    /// Function name.
+    pub function: String,
+    /// Connection name.
+    pub connection: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+const CONN_COLUMNS: &str = "name, service, status, status_reason, scopes, base_url, params, sealed, generation, token_info, created_at, connected_at, last_used_at";
+
+fn row_to_connection(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
+    let scopes: String = r.get(4)?;
+    let params: String = r.get(6)?;
+    let token_info: String = r.get(9)?;
+    Ok(ConnectionRow {
+        name: r.get(0)?,
+        service: r.get(1)?,
+        status: r.get(2)?,
+        status_reason: r.get(3)?,
+        scopes: serde_json::from_str(&scopes).unwrap_or_default(),
+        base_url: r.get(5)?,
+        params: serde_json::from_str(&params).unwrap_or_default(),
+        sealed: r.get(7)?,
+        generation: r.get(8)?,
+        token_info: serde_json::from_str(&token_info).unwrap_or(serde_json::Value::Null),
+        created_at: r.get(10)?,
+        connected_at: r.get(11)?,
+        last_used_at: r.get(12)?,
+    })
+}
+
+fn json(v: &impl Serialize) -> Result<String, StorageError> {
+    serde_json::to_string(v).map_err(|e| StorageError::Malformed(e.to_string()))
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+impl Storage {
+    // ---- services ----
+
+    /// Insert a custom service; refuses a duplicate name.
+    pub fn insert_service(&self, name: &str, definition: &str) -> Result<(), StorageError> {
+        let now = now_ms();
+        self.lock()
+            .execute(
+                "INSERT INTO services (name, definition, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                params![name, definition, now],
+            )
+            .map(drop)
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StorageError::Conflict(format!("a service named {name:?} already exists; pick another name or use `keyhole services edit {name}`"))
+                } else {
+                    self.err(e)
+                }
+            })
+    }
+
+    /// Replace a custom service's definition. Returns false if it does not exist.
+    pub fn update_service(&self, name: &str, definition: &str) -> Result<bool, StorageError> {
+        self.lock()
+            .execute(
+                "UPDATE services SET definition = ?2, updated_at = ?3 WHERE name = ?1",
+                params![name, definition, now_ms()],
+            )
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Store sealed OAuth client credentials for a service (custom or preset: a preset
+    /// gets a row holding only its client credentials, with an empty definition).
+    pub fn set_service_client(&self, name: &str, sealed: Option<&[u8]>) -> Result<(), StorageError> {
+        let now = now_ms();
+        self.lock()
+            .execute(
+                "INSERT INTO services (name, definition, sealed_client, created_at, updated_at) VALUES (?1, '', ?2, ?3, ?3) \
+                 ON CONFLICT(name) DO UPDATE SET sealed_client = excluded.sealed_client, updated_at = excluded.updated_at",
+                params![name, sealed, now],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// A stored service row.
+    pub fn get_service(&self, name: &str) -> Result<Option<ServiceRow>, StorageError> {
+        self.lock()
+            .query_row(
+                "SELECT name, definition, sealed_client, created_at, updated_at FROM services WHERE name = ?1",
+                params![name],
+                |r| {
+                    Ok(ServiceRow {
+                        name: r.get(0)?,
+                        definition: r.get(1)?,
+                        sealed_client: r.get(2)?,
+                        created_at: r.get(3)?,
+                        updated_at: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every stored service row, by name.
+    pub fn list_services(&self) -> Result<Vec<ServiceRow>, StorageError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT name, definition, sealed_client, created_at, updated_at FROM services ORDER BY name")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(ServiceRow {
+                    name: r.get(0)?,
+                    definition: r.get(1)?,
+                    sealed_client: r.get(2)?,
+                    created_at: r.get(3)?,
+                    updated_at: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Delete a service row, refusing while a connection uses it. Returns false if absent.
+    pub fn delete_service(&self, name: &str) -> Result<bool, StorageError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let users: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT name FROM connections WHERE service = ?1 ORDER BY name").map_err(|e| self.err(e))?;
+            let rows = stmt.query_map(params![name], |r| r.get(0)).map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
+        };
+        if !users.is_empty() {
+            return Err(StorageError::Conflict(format!(
+                "service {name:?} is used by connection(s) {}; delete those connections first",
+                users.join(", ")
+            )));
+        }
+        let n = tx.execute("DELETE FROM services WHERE name = ?1", params![name]).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    // ---- connections ----
+
+    /// Insert a new connection; refuses a duplicate name.
+    pub fn insert_connection(&self, c: &ConnectionRow) -> Result<(), StorageError> {
+        self.lock()
+            .execute(
+                &format!("INSERT INTO connections ({CONN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+                params![
+                    c.name,
+                    c.service,
+                    c.status,
+                    c.status_reason,
+                    json(&c.scopes)?,
+                    c.base_url,
+                    json(&c.params)?,
+                    c.sealed,
+                    c.generation,
+                    json(&c.token_info)?,
+                    c.created_at,
+                    c.connected_at,
+                    c.last_used_at
+                ],
+            )
+            .map(drop)
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StorageError::Conflict(format!(
+                        "a connection named {:?} already exists; pick another name, or `keyhole connections connect {}` to re-authorize it",
+                        c.name, c.name
+                    ))
+                } else {
+                    self.err(e)
+                }
+            })
+    }
+
+    /// A connection by name.
+    pub fn get_connection(&self, name: &str) -> Result<Option<ConnectionRow>, StorageError> {
+        self.lock()
+            .query_row(&format!("SELECT {CONN_COLUMNS} FROM connections WHERE name = ?1"), params![name], row_to_connection)
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every connection, by name.
+    pub fn list_connections(&self) -> Result<Vec<ConnectionRow>, StorageError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("SELECT {CONN_COLUMNS} FROM connections ORDER BY name")).map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], row_to_connection).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Update a connection's non-credential settings (scopes, base URL, params).
+    pub fn update_connection_settings(&self, c: &ConnectionRow) -> Result<bool, StorageError> {
+        self.lock()
+            .execute(
+                "UPDATE connections SET scopes = ?2, base_url = ?3, params = ?4 WHERE name = ?1",
+                params![c.name, json(&c.scopes)?, c.base_url, json(&c.params)?],
+            )
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Compare-and-swap the credentials: writes only if the stored generation still
+    /// equals `expected_generation`, then bumps it. Returns the new generation, or
+    /// `None` when another writer got there first (the caller must re-read).
+    #[allow(clippy::too_many_arguments)]
+    pub fn swap_credentials(
+        &self,
+        name: &str,
+        expected_generation: i64,
+        sealed: Option<&[u8]>,
+        status: &str,
+        status_reason: Option<&str>,
+        token_info: &serde_json::Value,
+        connected_now: bool,
+    ) -> Result<Option<i64>, StorageError> {
+        let now = now_ms();
+        let n = self
+            .lock()
+            .execute(
+                "UPDATE connections SET sealed = ?3, status = ?4, status_reason = ?5, token_info = ?6, generation = generation + 1, \
+                 connected_at = CASE WHEN ?7 THEN ?8 ELSE connected_at END WHERE name = ?1 AND generation = ?2",
+                params![name, expected_generation, sealed, status, status_reason, json(token_info)?, connected_now, now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok((n > 0).then_some(expected_generation + 1))
+    }
+
+    /// Set status and reason without touching credentials (e.g. verification failed).
+    pub fn set_connection_status(&self, name: &str, status: &str, reason: Option<&str>) -> Result<(), StorageError> {
+        self.lock()
+            .execute("UPDATE connections SET status = ?2, status_reason = ?3 WHERE name = ?1", params![name, status, reason])
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Record that a connection was just used.
+    pub fn touch_connection(&self, name: &str) -> Result<(), StorageError> {
+        self.lock()
+            .execute("UPDATE connections SET last_used_at = ?2 WHERE name = ?1", params![name, now_ms()])
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Delete a connection and its grants. Returns false if absent.
+    pub fn delete_connection(&self, name: &str) -> Result<bool, StorageError> {
+        self.lock()
+            .execute("DELETE FROM connections WHERE name = ?1", params![name])
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+
+    // ---- grants ----
+
+    /// Grant `connection` to `function` (idempotent).
+    pub fn grant(&self, function: &str, connection: &str) -> Result<(), StorageError> {
+        self.lock()
+            .execute(
+                "INSERT OR IGNORE INTO grants (function, connection, created_at) VALUES (?1, ?2, ?3)",
+                params![function, connection, now_ms()],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Remove a grant. Returns false if there was none.
+    pub fn revoke_grant(&self, function: &str, connection: &str) -> Result<bool, StorageError> {
+        self.lock()
+            .execute("DELETE FROM grants WHERE function = ?1 AND connection = ?2", params![function, connection])
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Remove every grant of a function.
+    pub fn clear_grants(&self, function: &str) -> Result<(), StorageError> {
+        self.lock()
+            .execute("DELETE FROM grants WHERE function = ?1", params![function])
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Connections granted to a function.
+    pub fn grants_of_function(&self, function: &str) -> Result<Vec<String>, StorageError> {
+        self.query_strings("SELECT connection FROM grants WHERE function = ?1 ORDER BY connection", function)
+    }
+
+    /// Functions granted a connection.
+    pub fn grants_of_connection(&self, connection: &str) -> Result<Vec<String>, StorageError> {
+        self.query_strings("SELECT function FROM grants WHERE connection = ?1 ORDER BY function", connection)
+    }
+
+    /// Whether `function` holds a grant for `connection`.
+    pub fn has_grant(&self, function: &str, connection: &str) -> Result<bool, StorageError> {
+        self.lock()
+            .query_row(
+                "SELECT 1 FROM grants WHERE function = ?1 AND connection = ?2",
+                params![function, connection],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(|e| self.err(e))
+    }
+
+    fn query_strings(&self, sql: &str, arg: &str) -> Result<Vec<String>, StorageError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(sql).map_err(|e| self.err(e))?;
+        let rows = stmt.query_map(params![arg], |r| r.get(0)).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,175 @@
+//! Function versions and their precompiled artifacts.
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::{Storage, StorageError, now_ms};
+use crate::config::Limits;
+
+/// A function version to insert.
+#[derive(Debug)]
+pub struct NewFunction<'a> {
+    /// Function name.
+    pub name: &'a str,
+    /// SHA-256 of the wasm bytes, hex.
+    pub content_hash: &'a str,
+    /// The component bytes.
+    pub wasm: &'a [u8],
+    /// Limits for this version.
+    pub limits: Limits,
+}
+
+/// One stored function version (without its wasm bytes).
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionRow {
+    /// Function name.
+    pub name: String,
+    /// Version, starting at 1.
+    pub version: i64,
+    /// SHA-256 of the wasm bytes, hex.
+    pub content_hash: String,
+    /// Size of the wasm in bytes.
+    pub size: i64,
+    /// Limits for this version.
+    pub limits: Limits,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// A function and its latest version, for listings.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionSummary {
+    /// The latest version.
+    #[serde(flatten)]
+    pub latest: FunctionRow,
+    /// How many versions are stored.
+    pub versions: i64,
+}
+
+const COLUMNS: &str = "name, version, content_hash, length(wasm), limits, created_at";
+
+fn row_to_function(r: &Row<'_>) -> rusqlite::Result<FunctionRow> {
+    let limits: String = r.get(4)?;
+    Ok(FunctionRow {
+        name: r.get(0)?,
+        version: r.get(1)?,
+        content_hash: r.get(2)?,
+        size: r.get(3)?,
+        // Limits are written by us as JSON; an unreadable value falls back to defaults
+        // rather than making the function unusable.
+        limits: serde_json::from_str(&limits).unwrap_or_default(),
+        created_at: r.get(5)?,
+    })
+}
+
+impl Storage {
+    /// Store a new version of a function (version = previous + 1) and return it.
+    pub fn insert_function(&self, f: &NewFunction<'_>) -> Result<FunctionRow, StorageError> {
+        let limits = serde_json::to_string(&f.limits).map_err(|e| StorageError::Malformed(e.to_string()))?;
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let version: i64 = tx
+            .query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM functions WHERE name = ?1", params![f.name], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO functions (name, version, content_hash, wasm, limits, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![f.name, version, f.content_hash, f.wasm, limits, now_ms()],
+        )
+        .map_err(|e| self.err(e))?;
+        let row = tx
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM functions WHERE name = ?1 AND version = ?2"),
+                params![f.name, version],
+                row_to_function,
+            )
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(row)
+    }
+
+    /// The latest version of `name`, if any.
+    pub fn latest_function(&self, name: &str) -> Result<Option<FunctionRow>, StorageError> {
+        self.lock()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM functions WHERE name = ?1 ORDER BY version DESC LIMIT 1"),
+                params![name],
+                row_to_function,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every version of `name`, newest first.
+    pub fn function_versions(&self, name: &str) -> Result<Vec<FunctionRow>, StorageError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!("SELECT {COLUMNS} FROM functions WHERE name = ?1 ORDER BY version DESC"))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map(params![name], row_to_function).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Every function with its latest version, by name.
+    pub fn list_functions(&self) -> Result<Vec<FunctionSummary>, StorageError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {COLUMNS}, (SELECT COUNT(*) FROM functions g WHERE g.name = f.name) FROM functions f \
+                 WHERE version = (SELECT MAX(version) FROM functions h WHERE h.name = f.name) ORDER BY name"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok(FunctionSummary { latest: row_to_function(r)?, versions: r.get(6)? }))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The wasm bytes with this content hash.
+    pub fn function_wasm(&self, content_hash: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.lock()
+            .query_row("SELECT wasm FROM functions WHERE content_hash = ?1 LIMIT 1", params![content_hash], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Delete every version of `name` and its grants. Returns how many versions were removed.
+    /// Invocation records stay: they are history.
+    pub fn delete_function(&self, name: &str) -> Result<usize, StorageError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let n = tx.execute("DELETE FROM functions WHERE name = ?1", params![name]).map_err(|e| self.err(e))?;
+        tx.execute("DELETE FROM grants WHERE function = ?1", params![name]).map_err(|e| self.err(e))?;
+        tx.execute(
+            "DELETE FROM artifacts WHERE content_hash NOT IN (SELECT content_hash FROM functions)",
+            [],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+
+    /// The precompiled artifact for a content hash and engine compatibility hash.
+    pub fn artifact(&self, content_hash: &str, engine_hash: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.lock()
+            .query_row(
+                "SELECT artifact FROM artifacts WHERE content_hash = ?1 AND engine_hash = ?2",
+                params![content_hash, engine_hash],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Store a precompiled artifact (idempotent).
+    pub fn put_artifact(&self, content_hash: &str, engine_hash: &str, artifact: &[u8]) -> Result<(), StorageError> {
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO artifacts (content_hash, engine_hash, artifact, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![content_hash, engine_hash, artifact, now_ms()],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+}

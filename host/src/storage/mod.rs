@@ -1,0 +1,119 @@
+//! SQLite persistence: the only module that knows SQL.
+//!
+//! One database file in the data directory, WAL mode, versioned migrations applied in
+//! order at open. Every other module talks to [`Storage`] through typed methods; sealed
+//! credential blobs pass through here opaque (this module never sees plaintext secrets).
+
+mod connections;
+mod functions;
+mod invocations;
+mod migrations;
+
+pub use connections::{ConnectionRow, GrantRow, ServiceRow};
+pub use functions::{FunctionRow, FunctionSummary, NewFunction};
+pub use invocations::{InvocationRow, OutboundCall};
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Errors from the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database could not be opened or queried.
+    #[error("database error in {path}: {source}")]
+    Sqlite {
+        /// Path of the database file.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer keyhole.
+    #[error(
+        "database {path} has schema version {found}, newer than this keyhole understands ({supported}); upgrade keyhole"
+    )]
+    TooNew {
+        /// Path of the database file.
+        path: PathBuf,
+        /// Version in the file.
+        found: i64,
+        /// Highest version this build knows.
+        supported: i64,
+    },
+    /// A stored JSON column did not parse.
+    #[error("stored record is malformed: {0}")]
+    Malformed(String),
+    /// A uniqueness rule was violated.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Handle to the database. Calls are short, so one connection behind a mutex is enough.
+pub struct Storage {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("path", &self.path).finish()
+    }
+}
+
+/// Current time as Unix milliseconds (every timestamp column uses this).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Storage {
+    /// Open (creating if needed) the database at `path` and apply pending migrations.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let err = |source| StorageError::Sqlite { path: path.to_path_buf(), source };
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
+        migrations::apply(&mut conn, path)?;
+        Ok(Self { conn: Mutex::new(conn), path: path.to_path_buf() })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (each call is
+        // one statement or one transaction), so recover from poisoning.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StorageError {
+        StorageError::Sqlite { path: self.path.clone(), source }
+    }
+
+    /// Read a value from the `meta` table.
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.lock()
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Write a value into the `meta` table.
+    pub fn meta_set(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.lock()
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,86 @@
+//! A test fixture that misbehaves on request, so tests can check the host's
+//! limits (fuel/epochs, memory, stack, output and log caps) and error paths.
+
+use std::hint::black_box;
+
+use keyhole_sdk::{Connection, Error};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case")]
+enum Mode {
+    Loop,
+    Memory,
+    Panic,
+    Stack,
+    Stdout,
+    BigOutput { bytes: usize },
+    Logs { count: u32 },
+    Error,
+    SleepHttp { connection: String, target: Option<String> },
+}
+
+const CHUNK: usize = 16 << 20;
+
+#[keyhole_sdk::function]
+fn run(mode: Mode) -> Result<Value, Error> {
+    match mode {
+        Mode::Loop => spin(),
+        Mode::Memory => hoard(),
+        Mode::Panic => panic!("misbehave: deliberate panic"),
+        Mode::Stack => Ok(json!(recurse(black_box(1)))),
+        Mode::Stdout => {
+            println!("to-stdout");
+            eprintln!("to-stderr");
+            Ok(json!("ok"))
+        }
+        Mode::BigOutput { bytes } => Ok(json!("x".repeat(bytes))),
+        Mode::Logs { count } => {
+            for i in 0..count {
+                keyhole_sdk::info!("line {i}");
+            }
+            Ok(json!(count))
+        }
+        Mode::Error => Err(Error::msg("misbehave: deliberate error")),
+        Mode::SleepHttp { connection, target } => {
+            let response = Connection::new(connection)
+                .get(target.as_deref().unwrap_or("/"))
+                .send()
+                // Keep the stable kind in the message so tests can match on it.
+                .map_err(|err| Error::msg(format!("{}: {err}", err.kind())))?;
+            Ok(json!({ "status": response.status(), "body": response.text() }))
+        }
+    }
+}
+
+/// Spins forever; `black_box` keeps the optimiser from proving the loop
+/// side-effect free and deleting it (an infinite loop without effects is UB).
+fn spin() -> ! {
+    let mut counter = 0u64;
+    loop {
+        counter = black_box(counter.wrapping_add(1));
+    }
+}
+
+/// Allocates and touches 16 MiB chunks until the host refuses more memory.
+fn hoard() -> ! {
+    let mut chunks = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        // Touch every page so lazily committed memory is really used.
+        for page in chunk.iter_mut().step_by(4096) {
+            *page = 1;
+        }
+        chunks.push(black_box(chunk));
+    }
+}
+
+/// Recurses without bound; the frame-local array and the use of the result
+/// after the call stop the optimiser from turning it into a loop.
+#[allow(unconditional_recursion, reason = "exhausting the stack is the point")]
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 32]);
+    let below = recurse(black_box(depth + 1));
+    black_box(below.wrapping_add(frame[(depth % 32) as usize]))
+}

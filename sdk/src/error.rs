@@ -1,0 +1,228 @@
+//! The SDK's error type: every way a connection request can fail, plus room for
+//! a plugin's own errors.
+
+use std::fmt;
+
+use crate::__private::http::Error as WitError;
+
+/// How many bytes of an upstream body [`Error::Status`] shows when displayed,
+/// so one error page does not flood the caller's message.
+const DISPLAYED_BODY_LIMIT: usize = 256;
+
+/// Why a keyhole call (or the plugin itself) failed.
+///
+/// The first eight cases mirror the host's answers to an HTTP request; every
+/// one is something the function can act on. `?` converts `serde_json` errors
+/// into [`Error::Json`], and [`Error::msg`] builds a plugin's own error.
+///
+/// ```no_run
+/// use keyhole_sdk::{Connection, Error};
+///
+/// match Connection::new("github").get("/user").send() {
+///     Ok(response) => println!("{}", response.status()),
+///     Err(Error::NotConnected) => println!("ask an admin to reconnect github"),
+///     Err(other) => println!("{}: {other}", other.kind()),
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The connection does not exist or this function was not granted it.
+    /// Both answer the same, so a function cannot probe for names.
+    AccessDenied,
+    /// The connection exists and is granted but has no usable credentials: it
+    /// is pending, revoked, or needs re-authorization by an admin.
+    NotConnected,
+    /// The target resolves outside the connection's allowed origins or base
+    /// path. Nothing was sent.
+    ForbiddenDestination(String),
+    /// The request is malformed (bad method, bad or refused header, body too
+    /// large, ...). Nothing was sent.
+    InvalidRequest(String),
+    /// The upstream did not answer within the request's timeout.
+    Timeout,
+    /// The upstream's response body exceeded the host's size cap.
+    TooLarge,
+    /// This invocation already made its maximum number of outbound requests.
+    TooManyRequests,
+    /// The upstream could not be reached (DNS, connect, TLS, reset, ...).
+    UpstreamUnreachable(String),
+    /// The upstream answered with a non-2xx status; see
+    /// [`Response::error_for_status`](crate::Response::error_for_status).
+    Status {
+        /// The HTTP status code.
+        status: u16,
+        /// The response body, decoded as UTF-8 with invalid bytes replaced.
+        body: String,
+    },
+    /// JSON could not be encoded or decoded.
+    Json(String),
+    /// A plugin's own error, built with [`Error::msg`].
+    Message(String),
+}
+
+impl Error {
+    /// Builds a plugin's own error from a message.
+    ///
+    /// ```
+    /// let err = keyhole_sdk::Error::msg("no comments found");
+    /// assert_eq!(err.to_string(), "no comments found");
+    /// ```
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Self::Message(message.to_string())
+    }
+
+    /// A stable, kebab-case name for the case, for logs and machine-readable
+    /// answers: `access-denied`, `not-connected`, `forbidden-destination`,
+    /// `invalid-request`, `timeout`, `too-large`, `too-many-requests`,
+    /// `upstream-unreachable`, `status`, `json` or `message`.
+    ///
+    /// ```
+    /// assert_eq!(keyhole_sdk::Error::TooManyRequests.kind(), "too-many-requests");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::AccessDenied => "access-denied",
+            Self::NotConnected => "not-connected",
+            Self::ForbiddenDestination(_) => "forbidden-destination",
+            Self::InvalidRequest(_) => "invalid-request",
+            Self::Timeout => "timeout",
+            Self::TooLarge => "too-large",
+            Self::TooManyRequests => "too-many-requests",
+            Self::UpstreamUnreachable(_) => "upstream-unreachable",
+            Self::Status { .. } => "status",
+            Self::Json(_) => "json",
+            Self::Message(_) => "message",
+        }
+    }
+
+    /// The detail text carried by the case, if any: the host's explanation
+    /// for `forbidden-destination`, `invalid-request` and
+    /// `upstream-unreachable`, the body for `status`, the message otherwise.
+    ///
+    /// ```
+    /// let err = keyhole_sdk::Error::InvalidRequest("refused header: cookie".into());
+    /// assert_eq!(err.detail(), Some("refused header: cookie"));
+    /// assert_eq!(keyhole_sdk::Error::Timeout.detail(), None);
+    /// ```
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Self::ForbiddenDestination(detail)
+            | Self::InvalidRequest(detail)
+            | Self::UpstreamUnreachable(detail)
+            | Self::Json(detail)
+            | Self::Message(detail) => Some(detail),
+            Self::Status { body, .. } => Some(body),
+            Self::AccessDenied
+            | Self::NotConnected
+            | Self::Timeout
+            | Self::TooLarge
+            | Self::TooManyRequests => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AccessDenied => f.write_str(
+                "access denied: the connection does not exist or is not granted to this \
+                 function; check the name or ask an admin to grant it",
+            ),
+            Self::NotConnected => f.write_str(
+                "connection has no usable credentials (pending, revoked or expired); \
+                 ask an admin to reconnect it",
+            ),
+            Self::ForbiddenDestination(detail) => write!(
+                f,
+                "forbidden destination: {detail}; use a path under the connection's base URL"
+            ),
+            Self::InvalidRequest(detail) => write!(f, "invalid request: {detail}"),
+            Self::Timeout => f.write_str(
+                "upstream did not answer in time; retry, or raise the timeout with \
+                 RequestBuilder::timeout",
+            ),
+            Self::TooLarge => f.write_str(
+                "upstream response is larger than the host allows; ask for less data, \
+                 e.g. a smaller page",
+            ),
+            Self::TooManyRequests => f.write_str(
+                "this invocation reached its limit of outbound requests; make fewer \
+                 requests per run",
+            ),
+            Self::UpstreamUnreachable(detail) => write!(f, "upstream unreachable: {detail}"),
+            Self::Status { status, body } => {
+                write!(f, "upstream answered HTTP {status}")?;
+                if !body.is_empty() {
+                    write!(f, ": {}", truncate(body, DISPLAYED_BODY_LIMIT))?;
+                }
+                Ok(())
+            }
+            Self::Json(detail) => write!(f, "invalid JSON: {detail}"),
+            Self::Message(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<serde_json::Error> for Error {
+    fn from(err: serde_json::Error) -> Self {
+        Self::Json(err.to_string())
+    }
+}
+
+impl From<WitError> for Error {
+    fn from(err: WitError) -> Self {
+        match err {
+            WitError::AccessDenied => Self::AccessDenied,
+            WitError::NotConnected => Self::NotConnected,
+            WitError::ForbiddenDestination(detail) => Self::ForbiddenDestination(detail),
+            WitError::InvalidRequest(detail) => Self::InvalidRequest(detail),
+            WitError::Timeout => Self::Timeout,
+            WitError::TooLarge => Self::TooLarge,
+            WitError::TooManyRequests => Self::TooManyRequests,
+            WitError::UpstreamUnreachable(detail) => Self::UpstreamUnreachable(detail),
+        }
+    }
+}
+
+/// Cuts `text` to at most `limit` bytes on a character boundary, marking the cut.
+fn truncate(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_display_truncates_long_bodies() {
+        let err = Error::Status { status: 500, body: "é".repeat(200) };
+        let shown = err.to_string();
+        assert!(shown.starts_with("upstream answered HTTP 500: é"));
+        assert!(shown.ends_with("..."));
+        assert!(shown.len() < 300);
+    }
+
+    #[test]
+    fn status_display_omits_empty_body() {
+        let err = Error::Status { status: 404, body: String::new() };
+        assert_eq!(err.to_string(), "upstream answered HTTP 404");
+    }
+
+    #[test]
+    fn serde_errors_convert_with_question_mark() {
+        fn parse() -> Result<u32, Error> {
+            Ok(serde_json::from_str("nope")?)
+        }
+        assert_eq!(parse().unwrap_err().kind(), "json");
+    }
+}

@@ -1,0 +1,148 @@
+//! A keyhole host on a fresh temporary data directory, driven through the library or
+//! through the real `keyhole` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::io::Write;
+
+use keyhole::runtime::RuntimeConfig;
+use keyhole::{Keyhole, UploadOptions};
+
+/// A temporary data directory plus a library handle on it.
+pub struct TestHost {
+    dir: tempfile::TempDir,
+    /// The library host (opened lazily so CLI-only tests don't hold the DB).
+    pub host: Keyhole,
+}
+
+impl TestHost {
+    /// A new host on a new temp dir.
+    pub fn new() -> Self {
+        crate::init_tracing();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let host = Keyhole::open(dir.path(), RuntimeConfig { max_instances: 64, ..Default::default() }).expect("open host");
+        Self { dir, host }
+    }
+
+    /// The data directory.
+    pub fn home(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Reopen the library host on the same directory (a "restart").
+    pub fn reopen(&mut self) {
+        let host = Keyhole::open(self.dir.path(), RuntimeConfig { max_instances: 64, ..Default::default() }).expect("reopen host");
+        self.host = host;
+    }
+
+    /// Upload a built plugin under `name` with grants.
+    pub async fn upload(&self, plugin: &str, name: &str, grants: &[&str]) {
+        let options = UploadOptions { grants: grants.iter().map(|g| g.to_string()).collect(), ..Default::default() };
+        self.host.upload(name, crate::plugins::plugin(plugin), options).await.expect("upload");
+    }
+
+    /// Run the `keyhole` binary against this host's directory.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        run_cli(self.home(), args, None, &[])
+    }
+
+    /// Run the binary with stdin and extra environment.
+    pub fn cli_with(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> CliOutput {
+        run_cli(self.home(), args, stdin, env)
+    }
+
+    /// Raw bytes of the database file and its WAL, for grepping for secrets.
+    pub fn raw_database(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for name in ["keyhole.db", "keyhole.db-wal", "keyhole.db-shm"] {
+            if let Ok(b) = std::fs::read(self.home().join(name)) {
+                out.extend_from_slice(&b);
+            }
+        }
+        out
+    }
+}
+
+impl Default for TestHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a CLI run produced.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Assert exit 0 and return stdout.
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "command failed\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        &self.stdout
+    }
+
+    /// Assert a non-zero exit and return stderr.
+    pub fn err(&self) -> &str {
+        assert_ne!(self.code, 0, "command unexpectedly succeeded\nstdout:\n{}", self.stdout);
+        &self.stderr
+    }
+
+    /// Stdout parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
+    }
+
+    /// Both streams, for grepping.
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// Path of the `keyhole` binary (built by `cargo test --workspace`; built here if missing).
+pub fn keyhole_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/keyhole
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let bin = profile_dir.join("keyhole");
+    if !bin.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "keyhole-host", "--bin", "keyhole"])
+            .current_dir(crate::plugins::repo_root())
+            .status()
+            .expect("build keyhole");
+        assert!(status.success(), "building the keyhole binary failed");
+    }
+    bin
+}
+
+fn run_cli(home: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> CliOutput {
+    let mut cmd = Command::new(keyhole_bin());
+    cmd.args(args)
+        .env("KEYHOLE_HOME", home)
+        .env_remove("KEYHOLE_MASTER_KEY")
+        .env("RUST_LOG", std::env::var("KEYHOLE_TEST_CLI_LOG").unwrap_or_else(|_| "trace".into()))
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn keyhole");
+    if let Some(input) = stdin {
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    }
+    let Output { status, stdout, stderr } = child.wait_with_output().expect("wait keyhole");
+    let out = CliOutput {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    };
+    crate::record_cli_output(&out.all());
+    out
+}
