@@ -1,9 +1,9 @@
 //! A keyhole host on a fresh temporary data directory, driven through the library or
 //! through the real `keyhole` binary.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::io::Write;
 
 use keyhole::runtime::RuntimeConfig;
 use keyhole::{Keyhole, UploadOptions};
@@ -18,9 +18,16 @@ pub struct TestHost {
 impl TestHost {
     /// A new host on a new temp dir.
     pub fn new() -> Self {
-        crate::init_tracing();
+        crate::capture::init();
         let dir = tempfile::tempdir().expect("temp dir");
-        let host = Keyhole::open(dir.path(), RuntimeConfig { max_instances: 64, ..Default::default() }).expect("open host");
+        let host = Keyhole::open(
+            dir.path(),
+            RuntimeConfig {
+                max_instances: 64,
+                ..Default::default()
+            },
+        )
+        .expect("open host");
         Self { dir, host }
     }
 
@@ -31,14 +38,27 @@ impl TestHost {
 
     /// Reopen the library host on the same directory (a "restart").
     pub fn reopen(&mut self) {
-        let host = Keyhole::open(self.dir.path(), RuntimeConfig { max_instances: 64, ..Default::default() }).expect("reopen host");
+        let host = Keyhole::open(
+            self.dir.path(),
+            RuntimeConfig {
+                max_instances: 64,
+                ..Default::default()
+            },
+        )
+        .expect("reopen host");
         self.host = host;
     }
 
     /// Upload a built plugin under `name` with grants.
     pub async fn upload(&self, plugin: &str, name: &str, grants: &[&str]) {
-        let options = UploadOptions { grants: grants.iter().map(|g| g.to_string()).collect(), ..Default::default() };
-        self.host.upload(name, crate::plugins::plugin(plugin), options).await.expect("upload");
+        let options = UploadOptions {
+            grants: grants.iter().map(|g| g.to_string()).collect(),
+            ..Default::default()
+        };
+        self.host
+            .upload(name, crate::plugins::plugin(plugin), options)
+            .await
+            .expect("upload");
     }
 
     /// Run the `keyhole` binary against this host's directory.
@@ -83,19 +103,28 @@ pub struct CliOutput {
 impl CliOutput {
     /// Assert exit 0 and return stdout.
     pub fn ok(&self) -> &str {
-        assert_eq!(self.code, 0, "command failed\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "command failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         &self.stdout
     }
 
     /// Assert a non-zero exit and return stderr.
     pub fn err(&self) -> &str {
-        assert_ne!(self.code, 0, "command unexpectedly succeeded\nstdout:\n{}", self.stdout);
+        assert_ne!(
+            self.code, 0,
+            "command unexpectedly succeeded\nstdout:\n{}",
+            self.stdout
+        );
         &self.stderr
     }
 
     /// Stdout parsed as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
+        serde_json::from_str(self.ok())
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
     }
 
     /// Both streams, for grepping.
@@ -104,21 +133,28 @@ impl CliOutput {
     }
 }
 
-/// Path of the `keyhole` binary (built by `cargo test --workspace`; built here if missing).
+/// Path of the `keyhole` binary, (re)built once per test process with the same profile
+/// as the test binary, so a test never runs a stale binary.
 pub fn keyhole_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/keyhole
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
-    let bin = profile_dir.join("keyhole");
-    if !bin.exists() {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        // target/<profile>/deps/<test> -> target/<profile>/keyhole
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev".to_string(),
+            Some(other) => other.to_string(),
+            None => "dev".to_string(),
+        };
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "keyhole-host", "--bin", "keyhole"])
+            .args(["build", "--quiet", "-p", "keyhole-host", "--bin", "keyhole", "--profile", &profile])
             .current_dir(crate::plugins::repo_root())
             .status()
             .expect("build keyhole");
         assert!(status.success(), "building the keyhole binary failed");
-    }
-    bin
+        profile_dir.join("keyhole")
+    })
+    .clone()
 }
 
 fn run_cli(home: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> CliOutput {
@@ -126,8 +162,15 @@ fn run_cli(home: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]
     cmd.args(args)
         .env("KEYHOLE_HOME", home)
         .env_remove("KEYHOLE_MASTER_KEY")
-        .env("RUST_LOG", std::env::var("KEYHOLE_TEST_CLI_LOG").unwrap_or_else(|_| "trace".into()))
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .env(
+            "RUST_LOG",
+            std::env::var("KEYHOLE_TEST_CLI_LOG").unwrap_or_else(|_| crate::capture::FILTER.into()),
+        )
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
@@ -135,14 +178,23 @@ fn run_cli(home: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]
     }
     let mut child = cmd.spawn().expect("spawn keyhole");
     if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
     }
-    let Output { status, stdout, stderr } = child.wait_with_output().expect("wait keyhole");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("wait keyhole");
     let out = CliOutput {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     };
-    crate::record_cli_output(&out.all());
+    crate::capture::record(&out.all());
     out
 }

@@ -124,12 +124,18 @@ pub struct FakeApi {
 impl FakeApi {
     /// Starts an API demanding `credential`.
     pub async fn start(credential: Credential) -> Self {
-        Self::start_with(vec![credential]).await
+        Self::start_blocking(vec![credential])
     }
 
     /// Starts an API demanding every credential in `credentials` at once (several `Bearer`
     /// entries are alternatives). An empty list lets everything through.
     pub async fn start_with(credentials: Vec<Credential>) -> Self {
+        Self::start_blocking(credentials)
+    }
+
+    /// [`start_with`](Self::start_with) for synchronous tests: the server runs on a thread
+    /// of its own either way, so no runtime is needed.
+    pub fn start_blocking(credentials: Vec<Credential>) -> Self {
         let log = Arc::new(RequestLog::default());
         let state = Arc::new(ApiState {
             required: Mutex::new(credentials),
@@ -150,7 +156,7 @@ impl FakeApi {
             .route("/status/{code}", any(status))
             .with_state(state.clone())
             .layer(axum::middleware::from_fn_with_state(log, record));
-        let server = TestServer::spawn(router).await;
+        let server = TestServer::spawn(router);
         Self { server, state }
     }
 

@@ -1,12 +1,16 @@
 //! Shared harness for keyhole's end-to-end suite: real HTTP servers on `127.0.0.1` (a fake
 //! third-party API and a strict OAuth 2.0 authorization server) and small utilities.
 //!
-//! Every server binds an ephemeral loopback port, runs on a task of the calling tokio
-//! runtime and shuts down when its handle drops. Host-side helpers (a keyhole host on a
-//! temp dir, building wasm fixtures) live in sibling modules of their own.
+//! Every server binds an ephemeral loopback port, runs on a thread and runtime of its own
+//! (so it keeps answering while a test blocks, e.g. on a child `keyhole` process) and
+//! shuts down when its handle drops. Host-side helpers (a keyhole host on a temp dir,
+//! building wasm fixtures) live in sibling modules of their own.
 
+pub mod capture;
+pub mod env;
 pub mod fake_api;
 pub mod oauth_server;
+pub mod plugins;
 mod server;
 
 pub use fake_api::{Credential, FakeApi, basic_blob};

@@ -40,11 +40,17 @@ impl OAuthServer {
     /// Starts a server with no registered clients and the defaults: access tokens live
     /// 3600 s, codes 60 s, refresh tokens rotate, no delay, no injected failures.
     pub async fn start() -> Self {
+        Self::start_blocking()
+    }
+
+    /// [`start`](Self::start) for synchronous tests: the server runs on a thread of its
+    /// own either way, so no runtime is needed.
+    pub fn start_blocking() -> Self {
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
             log: Arc::new(RequestLog::default()),
         });
-        let server = TestServer::spawn(endpoints::router(shared.clone())).await;
+        let server = TestServer::spawn(endpoints::router(shared.clone()));
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()

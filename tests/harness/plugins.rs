@@ -7,7 +7,10 @@ use std::sync::OnceLock;
 
 /// The repository root (parent of `tests/`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 fn plugins_target() -> PathBuf {
@@ -42,7 +45,10 @@ pub fn build_plugins() -> &'static Path {
 
 /// Path of a built plugin, e.g. `plugin_path("echo")`, `plugin_path("hello-http")`.
 pub fn plugin_path(name: &str) -> PathBuf {
-    build_plugins().join(format!("{}.wasm", name.replace('-', "_")))
+    // Library crates get `-` replaced by `_`; binaries (like `not-a-function`) keep it.
+    let dir = build_plugins();
+    let lib = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    if lib.exists() { lib } else { dir.join(format!("{name}.wasm")) }
 }
 
 /// Bytes of a built plugin.

@@ -14,46 +14,65 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// Request bodies larger than this are not recorded whole; the servers answer 413 instead.
 pub const MAX_RECORDED_BODY: usize = 64 * 1024 * 1024;
 
-/// A router served on an ephemeral loopback port. Dropping it starts a graceful shutdown.
+/// A router served on an ephemeral loopback port by a thread of its own. Dropping it
+/// starts a graceful shutdown.
+///
+/// The server owns its runtime (one current-thread runtime on a dedicated OS thread) so
+/// that it keeps answering while a test blocks its own thread, e.g. waiting on a child
+/// `keyhole` process, and so that it works from plain `#[test]`s and any runtime flavour.
 pub(crate) struct TestServer {
     addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    stopped: Option<oneshot::Receiver<()>>,
 }
 
 impl TestServer {
-    /// Binds `127.0.0.1:0` and serves `router` on a spawned task of the current runtime.
+    /// Binds `127.0.0.1:0` and serves `router` until the handle drops.
     ///
-    /// Panics when no loopback port can be bound: a test cannot go on without one.
-    pub(crate) async fn spawn(router: Router) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0 for a test server");
+    /// Panics when no loopback port or thread can be had: a test cannot go on without one.
+    pub(crate) fn spawn(router: Router) -> Self {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 for a test server");
+        listener
+            .set_nonblocking(true)
+            .expect("make the test server's listener non-blocking");
         let addr = listener
             .local_addr()
             .expect("local address of a bound listener");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let shutdown = async {
-                // Either an explicit signal or the handle being dropped ends the server.
-                let _ = rx.await;
-            };
-            if let Err(err) = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::warn!(%addr, %err, "test server stopped with an error");
-            }
-        });
+        let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("test-server-{}", addr.port()))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("build a runtime for a test server");
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener)
+                        .expect("register the test server's listener with tokio");
+                    let shutdown = async {
+                        // Either an explicit signal or the handle being dropped ends it.
+                        let _ = rx.await;
+                    };
+                    if let Err(err) = axum::serve(listener, router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                    {
+                        tracing::warn!(%addr, %err, "test server stopped with an error");
+                    }
+                });
+                let _ = stopped_tx.send(());
+            })
+            .expect("spawn a test server thread");
         Self {
             addr,
             shutdown: Some(tx),
-            task: Some(task),
+            stopped: Some(stopped_rx),
         }
     }
 
@@ -71,8 +90,8 @@ impl TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        if let Some(stopped) = self.stopped.take() {
+            let _ = stopped.await;
         }
     }
 }

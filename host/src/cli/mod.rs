@@ -17,7 +17,7 @@ use crate::runtime::RuntimeConfig;
 /// keyhole: run WebAssembly custom functions that call third-party APIs through named
 /// connections. Functions never see a secret: the host injects credentials.
 #[derive(Debug, Parser)]
-#[command(name = "keyhole", version, about, long_about = None, propagate_version = true)]
+#[command(name = "keyhole", version, propagate_version = true)]
 pub struct Cli {
     /// Data directory (database, master key). Default: $KEYHOLE_HOME, else the
     /// platform's per-user data directory (~/.local/share/keyhole on Linux).

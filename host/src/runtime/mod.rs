@@ -393,6 +393,13 @@ fn classify_trap(e: &wasmtime::Error, memory_exceeded: bool, limits: &Limits, st
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => return InvokeError::Timeout { limit: limits.timeout() },
         Some(Trap::StackOverflow) => return InvokeError::StackOverflow,
+        Some(Trap::MemoryOutOfBounds) if panic_message(stderr).is_none() => {
+            // Rust guests keep a shadow stack in linear memory; overflowing it shows up
+            // as an out-of-bounds access rather than a wasm stack overflow.
+            return InvokeError::Trap(
+                "out of bounds memory access (a bug in the function, or its shadow stack overflowed)".into(),
+            );
+        }
         _ => {}
     }
     if let Some(message) = panic_message(stderr) {

@@ -78,9 +78,11 @@ fn hoard() -> ! {
 
 /// Recurses without bound; the frame-local array and the use of the result
 /// after the call stop the optimiser from turning it into a loop.
+/// Recurses on scalars only, so every frame lives on the wasm stack (not Rust's shadow
+/// stack in linear memory) and the host's stack limit is what stops it. The mixed
+/// multiply-add keeps LLVM from turning the recursion into a loop.
 #[allow(unconditional_recursion, reason = "exhausting the stack is the point")]
+#[inline(never)]
 fn recurse(depth: u64) -> u64 {
-    let frame = black_box([depth; 32]);
-    let below = recurse(black_box(depth + 1));
-    black_box(below.wrapping_add(frame[(depth % 32) as usize]))
+    recurse(depth.wrapping_add(1)).wrapping_mul(3).wrapping_add(depth)
 }

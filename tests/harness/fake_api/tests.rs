@@ -255,3 +255,17 @@ async fn dropping_stops_the_server() {
     }
     assert!(refused, "server still answering after drop");
 }
+
+#[test]
+fn serves_a_blocked_synchronous_caller() {
+    use std::io::{Read, Write};
+    let api = FakeApi::start_blocking(vec![]);
+    let mut stream = std::net::TcpStream::connect(api.addr()).unwrap();
+    stream
+        .write_all(b"GET /user HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("keyhole-test"));
+}

@@ -444,8 +444,20 @@ async fn revoke(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     }
 }
 
+/// A 401 from the resource, carrying its `WWW-Authenticate` challenge.
+struct Unauthorized(String);
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
+        let challenge = [(header::WWW_AUTHENTICATE, self.0)];
+        let body = Json(json!({ "error": "unauthorized" }));
+        (StatusCode::UNAUTHORIZED, challenge, body).into_response()
+    }
+}
+
 /// RFC 6750 §3: no error code when no credentials came, `invalid_token` for anything else.
-fn check_bearer(shared: &Shared, headers: &HeaderMap) -> Result<(String, String), Response> {
+/// Answers the owner and scope of a valid token.
+fn check_bearer(shared: &Shared, headers: &HeaderMap) -> Result<(String, String), Unauthorized> {
     let values: Vec<&str> = headers
         .get_all(header::AUTHORIZATION)
         .iter()
@@ -469,13 +481,7 @@ fn check_bearer(shared: &Shared, headers: &HeaderMap) -> Result<(String, String)
              error_description=\"more than one Authorization header\""
         ),
     };
-    let body = json!({ "error": "unauthorized" });
-    Err((
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, challenge)],
-        Json(body),
-    )
-        .into_response())
+    Err(Unauthorized(challenge))
 }
 
 async fn api_user(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
@@ -486,7 +492,7 @@ async fn api_user(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Resp
             "scope": scope,
         }))
         .into_response(),
-        Err(resp) => resp,
+        Err(unauthorized) => unauthorized.into_response(),
     }
 }
 
@@ -499,6 +505,6 @@ async fn api_echo(
 ) -> Response {
     match check_bearer(&shared, &headers) {
         Ok(_) => Json(Echo::of(&method, &uri, &headers, &body)).into_response(),
-        Err(resp) => resp,
+        Err(unauthorized) => unauthorized.into_response(),
     }
 }

@@ -1,0 +1,339 @@
+//! The sandboxed runtime through the library: uploads (good and bad), invocation,
+//! limits and failure isolation, concurrency, and the compiled-artifact cache.
+
+use std::time::{Duration, Instant};
+
+use keyhole::runtime::{InvokeError, UploadError};
+use keyhole::{HostError, UploadOptions};
+use keyhole_tests::env::TestHost;
+use keyhole_tests::plugins::plugin;
+use serde_json::{Value, json};
+
+async fn run_ok(t: &TestHost, name: &str, input: Value) -> Value {
+    let inv = t
+        .host
+        .invoke(name, &input.to_string())
+        .await
+        .expect("function exists");
+    let out = inv.result.unwrap_or_else(|e| panic!("{name} failed: {e}"));
+    serde_json::from_str(&out).expect("output is JSON")
+}
+
+async fn run_err(t: &TestHost, name: &str, input: Value) -> InvokeError {
+    let inv = t
+        .host
+        .invoke(name, &input.to_string())
+        .await
+        .expect("function exists");
+    match inv.result {
+        Ok(out) => panic!("{name} unexpectedly succeeded: {out}"),
+        Err(e) => e,
+    }
+}
+
+async fn echo_still_works(t: &TestHost) {
+    let input = json!({"still": "alive", "n": 7});
+    assert_eq!(run_ok(t, "echo", input.clone()).await, input);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_and_run_echo() {
+    let t = TestHost::new();
+    let row = t
+        .host
+        .upload("echo", plugin("echo"), UploadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(row.version, 1);
+    let input = json!({"hello": "world", "list": [1, 2, 3]});
+    let inv = t.host.invoke("echo", &input.to_string()).await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(inv.result.as_ref().unwrap()).unwrap(),
+        input
+    );
+    assert!(
+        inv.logs.iter().any(|l| l.starts_with("INFO echo")),
+        "logs: {:?}",
+        inv.logs
+    );
+
+    let logs = t.host.logs(Some("echo"), 10).unwrap();
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].outcome, "ok");
+    assert_eq!(logs[0].id, inv.id);
+    assert!(logs[0].logs.iter().any(|l| l.contains("echo")));
+
+    // A second upload is a new version.
+    let row = t
+        .host
+        .upload("echo", plugin("echo"), UploadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(row.version, 2);
+    assert_eq!(t.host.show_function("echo").unwrap().versions.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_uploads_are_refused_with_a_clear_error_and_store_nothing() {
+    let t = TestHost::new();
+    let echo = plugin("echo");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not wasm", b"#!/bin/sh\necho hi\n".to_vec()),
+        ("core module", b"\0asm\x01\0\0\0".to_vec()),
+        ("truncated", echo[..echo.len() / 2].to_vec()),
+        ("other world", plugin("not-a-function")),
+    ];
+    for (what, bytes) in cases {
+        let err = t
+            .host
+            .upload("bad", bytes, UploadOptions::default())
+            .await
+            .expect_err(what);
+        let msg = err.to_string();
+        match (what, &err) {
+            ("not wasm", HostError::Upload(UploadError::NotWasm)) => {
+                assert!(msg.contains("not a WebAssembly file"))
+            }
+            ("core module", HostError::Upload(UploadError::CoreModule)) => {
+                assert!(msg.contains("core WebAssembly module, not a component"))
+            }
+            ("truncated", HostError::Upload(UploadError::Malformed(_))) => {
+                assert!(msg.contains("malformed or truncated"))
+            }
+            ("other world", HostError::Upload(UploadError::WrongWorld(_))) => {
+                assert!(msg.contains("not a keyhole custom function"), "{msg}")
+            }
+            _ => panic!("{what}: unexpected error {err:?}"),
+        }
+    }
+    assert!(
+        t.host.list_functions().unwrap().is_empty(),
+        "a refused upload stored something"
+    );
+    assert!(matches!(
+        t.host.upload("Bad_Name", echo, UploadOptions::default()).await,
+        Err(HostError::Invalid(m)) if m.contains("invalid function name")
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn misbehaving_guests_get_typed_errors_and_the_host_keeps_serving() {
+    let t = TestHost::new();
+    t.upload("echo", "echo", &[]).await;
+    let limits = keyhole::config::Limits {
+        timeout_ms: 500,
+        memory_bytes: 32 << 20,
+        ..Default::default()
+    };
+    let options = UploadOptions {
+        limits: Some(limits),
+        ..Default::default()
+    };
+    t.host
+        .upload("misbehave", plugin("misbehave"), options)
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let err = run_err(&t, "misbehave", json!({"mode": "loop"})).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(err, InvokeError::Timeout { limit } if limit == Duration::from_millis(500)),
+        "{err:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(500),
+        "stopped before the limit: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "stopped far past the limit: {took:?}"
+    );
+    echo_still_works(&t).await;
+
+    let err = run_err(&t, "misbehave", json!({"mode": "memory"})).await;
+    assert!(
+        matches!(err, InvokeError::OutOfMemory { limit } if limit == 32 << 20),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("memory limit"));
+    echo_still_works(&t).await;
+
+    let err = run_err(&t, "misbehave", json!({"mode": "panic"})).await;
+    assert!(
+        matches!(&err, InvokeError::Panic(m) if m.contains("misbehave: deliberate panic")),
+        "{err:?}"
+    );
+    echo_still_works(&t).await;
+
+    let err = run_err(&t, "misbehave", json!({"mode": "stack"})).await;
+    assert!(matches!(err, InvokeError::StackOverflow), "{err:?}");
+    echo_still_works(&t).await;
+
+    let err = run_err(&t, "misbehave", json!({"mode": "error"})).await;
+    assert!(
+        matches!(&err, InvokeError::Guest(m) if m.contains("deliberate error")),
+        "{err:?}"
+    );
+
+    let err = run_err(
+        &t,
+        "misbehave",
+        json!({"mode": "big-output", "bytes": 2 << 20}),
+    )
+    .await;
+    assert!(matches!(err, InvokeError::OutputTooLarge { .. }), "{err:?}");
+
+    let err = run_err(&t, "echo", json!("x".repeat(2 << 20))).await;
+    assert!(matches!(err, InvokeError::InputTooLarge { .. }), "{err:?}");
+
+    let inv = t.host.invoke("echo", "{not json").await.unwrap();
+    assert!(matches!(inv.result, Err(InvokeError::InvalidInput(_))));
+
+    assert!(matches!(
+        t.host.invoke("nope", "{}").await,
+        Err(InvokeError::NotFound(_))
+    ));
+
+    // Every failure was recorded with its kind.
+    let outcomes: Vec<String> = t
+        .host
+        .logs(Some("misbehave"), 50)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.outcome)
+        .collect();
+    for kind in [
+        "timeout",
+        "out-of-memory",
+        "panic",
+        "stack-overflow",
+        "guest-error",
+        "output-too-large",
+    ] {
+        assert!(
+            outcomes.iter().any(|o| o == kind),
+            "no {kind} record in {outcomes:?}"
+        );
+    }
+    echo_still_works(&t).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_output_is_captured_and_bounded() {
+    let t = TestHost::new();
+    let limits = keyhole::config::Limits {
+        max_log_bytes: 1024,
+        ..Default::default()
+    };
+    t.host
+        .upload(
+            "misbehave",
+            plugin("misbehave"),
+            UploadOptions {
+                limits: Some(limits),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let inv = t
+        .host
+        .invoke("misbehave", &json!({"mode": "stdout"}).to_string())
+        .await
+        .unwrap();
+    inv.result.as_ref().unwrap();
+    assert!(inv.stdout.contains("to-stdout"), "{:?}", inv.stdout);
+    assert!(inv.stderr.contains("to-stderr"), "{:?}", inv.stderr);
+
+    let inv = t
+        .host
+        .invoke(
+            "misbehave",
+            &json!({"mode": "logs", "count": 1000}).to_string(),
+        )
+        .await
+        .unwrap();
+    inv.result.as_ref().unwrap();
+    assert!(inv.logs.len() < 1000);
+    assert!(
+        inv.logs.last().unwrap().contains("more log lines dropped"),
+        "{:?}",
+        inv.logs.last()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_concurrent_invocations_all_succeed() {
+    let t = std::sync::Arc::new(TestHost::new());
+    t.upload("echo", "echo", &[]).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let input = json!({ "i": i });
+            let inv = t.host.invoke("echo", &input.to_string()).await.unwrap();
+            assert_eq!(
+                serde_json::from_str::<Value>(&inv.result.unwrap()).unwrap(),
+                input
+            );
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(t.host.logs(Some("echo"), 500).unwrap().len(), 200);
+    assert_eq!(
+        t.host.runtime().available_permits(),
+        t.host.runtime().max_instances() as usize
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_host_reuses_the_stored_artifact() {
+    let mut t = TestHost::new();
+    t.upload("echo", "echo", &[]).await;
+    assert_eq!(
+        t.host
+            .runtime()
+            .stats()
+            .compiles
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    t.reopen();
+    echo_still_works(&t).await;
+    let stats = t.host.runtime().stats();
+    assert_eq!(
+        stats.compiles.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "restart recompiled"
+    );
+    assert_eq!(
+        stats
+            .artifact_loads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // Warm: the second call uses the in-memory pre-instance.
+    echo_still_works(&t).await;
+    assert_eq!(
+        stats
+            .artifact_loads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_send_without_a_grant_is_access_denied() {
+    let t = TestHost::new();
+    t.upload("hello-http", "hello-http", &[]).await;
+    let out = run_ok(&t, "hello-http", json!({"connection": "github"})).await;
+    assert_eq!(out["error"], "access-denied", "{out}");
+    let out = run_ok(&t, "hello-http", json!({"connection": "Not A Name!"})).await;
+    assert_eq!(out["error"], "access-denied", "{out}");
+    let rec = &t.host.logs(Some("hello-http"), 1).unwrap()[0];
+    assert_eq!(rec.outbound.len(), 1);
+    assert_eq!(rec.outbound[0].error.as_deref(), Some("access-denied"));
+}
