@@ -20,7 +20,11 @@ const TOKEN: &str = "kh-test-bearer-9e1c3a5f7d";
 /// Define a custom service from TOML text.
 fn add_service(t: &TestHost, toml: &str) {
     let def = ServiceDef::from_toml(toml).expect("service parses");
-    t.host.connections().catalog().add(&def).expect("service added");
+    t.host
+        .connections()
+        .catalog()
+        .add(&def)
+        .expect("service added");
 }
 
 fn api_key_header_service(name: &str, base: &str) -> String {
@@ -42,12 +46,20 @@ location = "header"
     )
 }
 
-async fn connect(t: &TestHost, name: &str, service: &str, values: &[(&str, &str)]) -> keyhole::connections::ConnectOutcome {
+async fn connect(
+    t: &TestHost,
+    name: &str,
+    service: &str,
+    values: &[(&str, &str)],
+) -> keyhole::connections::ConnectOutcome {
     let c = t.host.connections();
     if c.show(name).is_err() {
         c.add(name, service, vec![], None).unwrap();
     }
-    let values: BTreeMap<String, Secret> = values.iter().map(|(k, v)| (k.to_string(), Secret::new(*v))).collect();
+    let values: BTreeMap<String, Secret> = values
+        .iter()
+        .map(|(k, v)| (k.to_string(), Secret::new(*v)))
+        .collect();
     c.connect(name, values).await.unwrap()
 }
 
@@ -63,7 +75,11 @@ async fn acme() -> (TestHost, FakeApi) {
     let t = TestHost::new();
     add_service(&t, &api_key_header_service("acme", &api.base_url()));
     let out = connect(&t, "acme", "acme", &[("X-API-Key", KEY)]).await;
-    assert!(out.verification.as_ref().unwrap().ok, "{:?}", out.verification);
+    assert!(
+        out.verification.as_ref().unwrap().ok,
+        "{:?}",
+        out.verification
+    );
     t.upload("hello-http", "hello", &["acme"]).await;
     api.clear_requests();
     (t, api)
@@ -75,40 +91,104 @@ async fn readme_flow_through_the_cli() {
     let t = TestHost::new();
     let base = api.base_url();
     let out = t.cli(&[
-        "services", "add", "--name", "acme", "--auth", "api-key", "--base-url", &base, "--key-header", "X-API-Key",
-        "--param-display-name", "Acme API key", "--verify", "GET /user",
+        "services",
+        "add",
+        "--name",
+        "acme",
+        "--auth",
+        "api-key",
+        "--base-url",
+        &base,
+        "--key-header",
+        "X-API-Key",
+        "--param-display-name",
+        "Acme API key",
+        "--verify",
+        "GET /user",
     ]);
     assert!(out.ok().contains("added custom service acme"));
     let show = t.cli(&["services", "show", "acme"]);
-    assert!(show.ok().contains("Acme API key") && show.stdout.contains("X-API-Key"), "{}", show.stdout);
+    assert!(
+        show.ok().contains("Acme API key") && show.stdout.contains("X-API-Key"),
+        "{}",
+        show.stdout
+    );
 
-    t.cli(&["connections", "add", "acme", "--service", "acme"]).ok();
+    t.cli(&["connections", "add", "acme", "--service", "acme"])
+        .ok();
     // Wrong key: verification fails, the upstream's reason is shown, status stays pending.
-    let bad = t.cli_with(&["connections", "connect", "acme", "--params-stdin"], Some("Acme API key=wrong-key-123\n"), &[]);
+    let bad = t.cli_with(
+        &["connections", "connect", "acme", "--params-stdin"],
+        Some("Acme API key=wrong-key-123\n"),
+        &[],
+    );
     assert_eq!(bad.code, 1);
-    assert!(bad.stdout.contains("verification failed") && bad.stdout.contains("401"), "{}", bad.stdout);
-    assert_eq!(t.cli(&["connections", "show", "acme", "--json"]).json()["status"], "pending");
+    assert!(
+        bad.stdout.contains("verification failed") && bad.stdout.contains("401"),
+        "{}",
+        bad.stdout
+    );
+    assert_eq!(
+        t.cli(&["connections", "show", "acme", "--json"]).json()["status"],
+        "pending"
+    );
 
-    let good = t.cli_with(&["connections", "connect", "acme", "--params-stdin"], Some(&format!("X-API-Key={KEY}\n")), &[]);
-    assert!(good.ok().contains("connection acme is connected"), "{}", good.stdout);
+    let good = t.cli_with(
+        &["connections", "connect", "acme", "--params-stdin"],
+        Some(&format!("X-API-Key={KEY}\n")),
+        &[],
+    );
+    assert!(
+        good.ok().contains("connection acme is connected"),
+        "{}",
+        good.stdout
+    );
 
     let hello = plugin_path("hello-http");
-    t.cli(&["functions", "upload", hello.to_str().unwrap(), "--name", "hello", "--grant", "acme"]).ok();
-    let run = t.cli(&["run", "hello", "--input", r#"{"connection":"acme","target":"/user"}"#]).json();
+    t.cli(&[
+        "functions",
+        "upload",
+        hello.to_str().unwrap(),
+        "--name",
+        "hello",
+        "--grant",
+        "acme",
+    ])
+    .ok();
+    let run = t
+        .cli(&[
+            "run",
+            "hello",
+            "--input",
+            r#"{"connection":"acme","target":"/user"}"#,
+        ])
+        .json();
     assert_eq!(run["status"], 200, "{run}");
     assert!(run["body"].as_str().unwrap().contains("keyhole-test"));
     let sent = api.requests_to("/user");
     assert_eq!(sent.last().unwrap().header("x-api-key"), Some(KEY));
 
     let show = t.cli(&["connections", "show", "acme"]);
-    assert!(show.ok().contains("connected") && show.stdout.contains("hello"), "{}", show.stdout);
+    assert!(
+        show.ok().contains("connected") && show.stdout.contains("hello"),
+        "{}",
+        show.stdout
+    );
     let view = t.cli(&["connections", "show", "acme", "--json"]).json();
     assert_eq!(view["granted_functions"], json!(["hello"]));
     assert_eq!(view["params"][0]["value"], "••••••••");
     assert!(view["last_used_at"].is_i64());
-    assert!(t.cli(&["connections", "test", "acme"]).ok().contains("succeeded"));
+    assert!(
+        t.cli(&["connections", "test", "acme"])
+            .ok()
+            .contains("succeeded")
+    );
     let logs = t.cli(&["logs", "hello", "--details"]);
-    assert!(logs.ok().contains("acme GET") && logs.stdout.contains("/user -> 200"), "{}", logs.stdout);
+    assert!(
+        logs.ok().contains("acme GET") && logs.stdout.contains("/user -> 200"),
+        "{}",
+        logs.stdout
+    );
 
     assert!(!String::from_utf8_lossy(&t.raw_database()).contains(KEY));
     capture::assert_no_secrets(&[KEY, "wrong-key-123"]);
@@ -119,9 +199,21 @@ async fn basic_query_basic_user_and_bearer_credentials_are_injected() {
     let t = TestHost::new();
     // Basic user + password.
     let basic = FakeApi::start(Credential::basic(USER, PASSWORD)).await;
-    let out = t.cli(&["services", "add", "--name", "basic-svc", "--auth", "basic", "--base-url", &basic.base_url(), "--verify", "GET /user"]);
+    let out = t.cli(&[
+        "services",
+        "add",
+        "--name",
+        "basic-svc",
+        "--auth",
+        "basic",
+        "--base-url",
+        &basic.base_url(),
+        "--verify",
+        "GET /user",
+    ]);
     out.ok();
-    t.cli(&["connections", "add", "basic", "--service", "basic-svc"]).ok();
+    t.cli(&["connections", "add", "basic", "--service", "basic-svc"])
+        .ok();
     t.cli_with(
         &["connections", "connect", "basic", "--params-stdin"],
         Some(&format!("username={USER}\npassword={PASSWORD}\n")),
@@ -130,21 +222,79 @@ async fn basic_query_basic_user_and_bearer_credentials_are_injected() {
     .ok();
     // API key in the query.
     let query = FakeApi::start(Credential::api_key_query("key", KEY)).await;
-    t.cli(&["services", "add", "--name", "query-svc", "--auth", "api-key", "--base-url", &query.base_url(), "--key-query", "key", "--verify", "GET /user"]).ok();
-    t.cli(&["connections", "add", "query", "--service", "query-svc"]).ok();
-    t.cli_with(&["connections", "connect", "query", "--params-stdin"], Some(&format!("key={KEY}\n")), &[]).ok();
+    t.cli(&[
+        "services",
+        "add",
+        "--name",
+        "query-svc",
+        "--auth",
+        "api-key",
+        "--base-url",
+        &query.base_url(),
+        "--key-query",
+        "key",
+        "--verify",
+        "GET /user",
+    ])
+    .ok();
+    t.cli(&["connections", "add", "query", "--service", "query-svc"])
+        .ok();
+    t.cli_with(
+        &["connections", "connect", "query", "--params-stdin"],
+        Some(&format!("key={KEY}\n")),
+        &[],
+    )
+    .ok();
     // API key as the Basic user.
     let as_user = FakeApi::start(Credential::basic(KEY, "")).await;
-    t.cli(&["services", "add", "--name", "user-svc", "--auth", "api-key", "--base-url", &as_user.base_url(), "--key-as-basic-user"]).ok();
-    t.cli(&["connections", "add", "as-user", "--service", "user-svc"]).ok();
-    t.cli_with(&["connections", "connect", "as-user", "--params-stdin"], Some(&format!("api_key={KEY}\n")), &[]).ok();
+    t.cli(&[
+        "services",
+        "add",
+        "--name",
+        "user-svc",
+        "--auth",
+        "api-key",
+        "--base-url",
+        &as_user.base_url(),
+        "--key-as-basic-user",
+    ])
+    .ok();
+    t.cli(&["connections", "add", "as-user", "--service", "user-svc"])
+        .ok();
+    t.cli_with(
+        &["connections", "connect", "as-user", "--params-stdin"],
+        Some(&format!("api_key={KEY}\n")),
+        &[],
+    )
+    .ok();
     // Static bearer token.
     let bearer = FakeApi::start(Credential::bearer(TOKEN)).await;
-    t.cli(&["services", "add", "--name", "bearer-svc", "--auth", "bearer", "--base-url", &bearer.base_url()]).ok();
-    t.cli(&["connections", "add", "bearer", "--service", "bearer-svc"]).ok();
-    t.cli_with(&["connections", "connect", "bearer", "--params-stdin"], Some(&format!("Token={TOKEN}\n")), &[]).ok();
+    t.cli(&[
+        "services",
+        "add",
+        "--name",
+        "bearer-svc",
+        "--auth",
+        "bearer",
+        "--base-url",
+        &bearer.base_url(),
+    ])
+    .ok();
+    t.cli(&["connections", "add", "bearer", "--service", "bearer-svc"])
+        .ok();
+    t.cli_with(
+        &["connections", "connect", "bearer", "--params-stdin"],
+        Some(&format!("Token={TOKEN}\n")),
+        &[],
+    )
+    .ok();
 
-    t.upload("hello-http", "hello", &["basic", "query", "as-user", "bearer"]).await;
+    t.upload(
+        "hello-http",
+        "hello",
+        &["basic", "query", "as-user", "bearer"],
+    )
+    .await;
     for conn in ["basic", "query", "as-user", "bearer"] {
         let out = call(&t, "hello", json!({"connection": conn, "target": "/user"})).await;
         assert_eq!(out["status"], 200, "{conn}: {out}");
@@ -154,13 +304,28 @@ async fn basic_query_basic_user_and_bearer_credentials_are_injected() {
         assert_eq!(echo["status"], 200, "{conn}: {echo}");
         assert!(body.contains("[redacted]"), "{conn}: {body}");
         for s in [KEY, PASSWORD, TOKEN] {
-            assert!(!body.contains(s), "{conn} leaked a secret to the guest: {body}");
+            assert!(
+                !body.contains(s),
+                "{conn} leaked a secret to the guest: {body}"
+            );
         }
     }
-    assert_eq!(query.requests_to("/user").last().unwrap().query_param("key").as_deref(), Some(KEY));
+    assert_eq!(
+        query
+            .requests_to("/user")
+            .last()
+            .unwrap()
+            .query_param("key")
+            .as_deref(),
+        Some(KEY)
+    );
     // The outbound record keeps the path, never the query with the key.
     let rec = t.host.logs(Some("hello"), 50).unwrap();
-    assert!(rec.iter().flat_map(|r| &r.outbound).all(|c| !c.path.contains(KEY) && !c.path.contains('?')));
+    assert!(
+        rec.iter()
+            .flat_map(|r| &r.outbound)
+            .all(|c| !c.path.contains(KEY) && !c.path.contains('?'))
+    );
     let raw = String::from_utf8_lossy(&t.raw_database()).into_owned();
     for s in [KEY, PASSWORD, TOKEN] {
         assert!(!raw.contains(s), "raw database contains a secret");
@@ -174,17 +339,46 @@ async fn unknown_and_ungranted_connections_are_both_access_denied() {
     add_service(&t, &api_key_header_service("other-svc", &api.base_url()));
     connect(&t, "other", "other-svc", &[("X-API-Key", KEY)]).await;
     api.clear_requests();
-    let ungranted = call(&t, "hello", json!({"connection": "other", "target": "/user"})).await;
-    let unknown = call(&t, "hello", json!({"connection": "does-not-exist", "target": "/user"})).await;
+    let ungranted = call(
+        &t,
+        "hello",
+        json!({"connection": "other", "target": "/user"}),
+    )
+    .await;
+    let unknown = call(
+        &t,
+        "hello",
+        json!({"connection": "does-not-exist", "target": "/user"}),
+    )
+    .await;
     assert_eq!(ungranted["error"], "access-denied");
-    assert_eq!(unknown, ungranted, "unknown and ungranted must answer the same");
+    assert_eq!(
+        unknown, ungranted,
+        "unknown and ungranted must answer the same"
+    );
     assert!(api.requests().is_empty());
 
     // Granting makes it work; taking the grant back denies again.
     t.host.connections().grant("hello", "other").unwrap();
-    assert_eq!(call(&t, "hello", json!({"connection": "other", "target": "/user"})).await["status"], 200);
+    assert_eq!(
+        call(
+            &t,
+            "hello",
+            json!({"connection": "other", "target": "/user"})
+        )
+        .await["status"],
+        200
+    );
     t.host.connections().revoke_grant("hello", "other").unwrap();
-    assert_eq!(call(&t, "hello", json!({"connection": "other", "target": "/user"})).await["error"], "access-denied");
+    assert_eq!(
+        call(
+            &t,
+            "hello",
+            json!({"connection": "other", "target": "/user"})
+        )
+        .await["error"],
+        "access-denied"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -194,16 +388,43 @@ async fn revoke_then_reconnect_in_place_keeps_name_and_grants() {
     let view = c.revoke("acme").await.unwrap();
     assert_eq!(view.status, keyhole::connections::Status::Revoked);
     assert!(view.params[0].value.is_none(), "credentials not wiped");
-    assert_eq!(call(&t, "hello", json!({"connection": "acme", "target": "/user"})).await["error"], "not-connected");
+    assert_eq!(
+        call(
+            &t,
+            "hello",
+            json!({"connection": "acme", "target": "/user"})
+        )
+        .await["error"],
+        "not-connected"
+    );
     assert!(api.requests().is_empty());
     // Pending (never connected) is not-connected too.
     c.add("fresh", "acme", vec![], None).unwrap();
     c.grant("hello", "fresh").unwrap();
-    assert_eq!(call(&t, "hello", json!({"connection": "fresh", "target": "/user"})).await["error"], "not-connected");
+    assert_eq!(
+        call(
+            &t,
+            "hello",
+            json!({"connection": "fresh", "target": "/user"})
+        )
+        .await["error"],
+        "not-connected"
+    );
 
     connect(&t, "acme", "acme", &[("X-API-Key", KEY)]).await;
-    assert_eq!(call(&t, "hello", json!({"connection": "acme", "target": "/user"})).await["status"], 200);
-    assert_eq!(c.show("acme").unwrap().granted_functions, vec!["hello".to_string()]);
+    assert_eq!(
+        call(
+            &t,
+            "hello",
+            json!({"connection": "acme", "target": "/user"})
+        )
+        .await["status"],
+        200
+    );
+    assert_eq!(
+        c.show("acme").unwrap().granted_functions,
+        vec!["hello".to_string()]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -212,7 +433,15 @@ async fn a_failed_reconnect_keeps_the_working_credentials() {
     let out = connect(&t, "acme", "acme", &[("X-API-Key", "wrong-key-456")]).await;
     assert!(!out.stored);
     assert!(out.verification.unwrap().reason.unwrap().contains("401"));
-    assert_eq!(call(&t, "hello", json!({"connection": "acme", "target": "/user"})).await["status"], 200);
+    assert_eq!(
+        call(
+            &t,
+            "hello",
+            json!({"connection": "acme", "target": "/user"})
+        )
+        .await["status"],
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -239,18 +468,35 @@ async fn destinations_outside_the_connection_are_refused_and_nothing_is_sent() {
         (json!([["Authorization", "Bearer guest"]]), "authorization"),
         (json!([["Proxy-Authorization", "x"]]), "proxy-authorization"),
         (json!([["Cookie", "a=b"]]), "cookie"),
-        (json!([["X-API-Key", "guest-key"]]), "the connection's own header"),
+        (
+            json!([["X-API-Key", "guest-key"]]),
+            "the connection's own header",
+        ),
         (json!([["X-Ok", "a\r\nX-Injected: 1"]]), "CR/LF"),
         (json!([["Bad\nName", "v"]]), "bad name"),
     ] {
-        let out = call(&t, "hello", json!({"connection": "acme", "target": "/echo", "headers": headers})).await;
+        let out = call(
+            &t,
+            "hello",
+            json!({"connection": "acme", "target": "/echo", "headers": headers}),
+        )
+        .await;
         assert_eq!(out["error"], "invalid-request", "{why}: {out}");
     }
-    assert!(api.requests().is_empty(), "a refused request reached the API: {:?}", api.requests());
+    assert!(
+        api.requests().is_empty(),
+        "a refused request reached the API: {:?}",
+        api.requests()
+    );
     assert!(other.requests().is_empty());
 
     // An absolute URL on the connection's own origin is fine.
-    let out = call(&t, "hello", json!({"connection": "acme", "target": format!("{}/user", api.base_url())})).await;
+    let out = call(
+        &t,
+        "hello",
+        json!({"connection": "acme", "target": format!("{}/user", api.base_url())}),
+    )
+    .await;
     assert_eq!(out["status"], 200);
 }
 
@@ -258,15 +504,28 @@ async fn destinations_outside_the_connection_are_refused_and_nothing_is_sent() {
 async fn relative_targets_stay_under_the_base_path() {
     let api = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
     let t = TestHost::new();
-    add_service(&t, &api_key_header_service("v1", &format!("{}/v1", api.base_url())));
+    add_service(
+        &t,
+        &api_key_header_service("v1", &format!("{}/v1", api.base_url())),
+    );
     connect(&t, "v1", "v1", &[("X-API-Key", KEY)]).await;
     t.upload("hello-http", "hello", &["v1"]).await;
-    let out = call(&t, "hello", json!({"connection": "v1", "target": "/echo/a/b", "query": [["q", "1 2"]]})).await;
+    let out = call(
+        &t,
+        "hello",
+        json!({"connection": "v1", "target": "/echo/a/b", "query": [["q", "1 2"]]}),
+    )
+    .await;
     assert_eq!(out["status"], 200, "{out}");
     let echo: Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
     assert_eq!(echo["path"], "/v1/echo/a/b");
     assert_eq!(echo["query_pairs"], json!([["q", "1 2"]]));
-    let out = call(&t, "hello", json!({"connection": "v1", "target": "/../leak"})).await;
+    let out = call(
+        &t,
+        "hello",
+        json!({"connection": "v1", "target": "/../leak"}),
+    )
+    .await;
     assert_eq!(out["error"], "forbidden-destination");
 }
 
@@ -275,11 +534,24 @@ async fn redirects_are_not_followed_and_secrets_are_scrubbed() {
     let (t, api) = acme().await;
     let elsewhere = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
     let to = format!("{}/user", elsewhere.base_url());
-    let out = call(&t, "hello", json!({"connection": "acme", "target": "/redirect", "query": [["to", to]]})).await;
+    let out = call(
+        &t,
+        "hello",
+        json!({"connection": "acme", "target": "/redirect", "query": [["to", to]]}),
+    )
+    .await;
     assert_eq!(out["status"], 302, "{out}");
-    assert!(elsewhere.requests().is_empty(), "the redirect was followed with credentials");
+    assert!(
+        elsewhere.requests().is_empty(),
+        "the redirect was followed with credentials"
+    );
 
-    let leak = call(&t, "hello", json!({"connection": "acme", "target": "/leak"})).await;
+    let leak = call(
+        &t,
+        "hello",
+        json!({"connection": "acme", "target": "/leak"}),
+    )
+    .await;
     assert_eq!(leak["status"], 200);
     let text = leak.to_string();
     assert!(!text.contains(KEY), "secret reached the guest: {text}");
@@ -290,21 +562,51 @@ async fn redirects_are_not_followed_and_secrets_are_scrubbed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn timeouts_size_caps_and_request_caps_are_typed_errors() {
     let (t, _api) = acme().await;
-    let limits = Limits { max_response_bytes: 64 << 10, max_outbound_requests: 3, ..Default::default() };
+    let limits = Limits {
+        max_response_bytes: 64 << 10,
+        max_outbound_requests: 3,
+        ..Default::default()
+    };
     t.host
-        .upload("capped", plugin("hello-http"), UploadOptions { limits: Some(limits), grants: vec!["acme".into()], ..Default::default() })
+        .upload(
+            "capped",
+            plugin("hello-http"),
+            UploadOptions {
+                limits: Some(limits),
+                grants: vec!["acme".into()],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let slow = call(&t, "capped", json!({"connection": "acme", "target": "/slow", "query": [["ms", "3000"]], "timeout_ms": 200})).await;
     assert_eq!(slow["error"], "timeout", "{slow}");
-    let big = call(&t, "capped", json!({"connection": "acme", "target": "/big", "query": [["bytes", "200000"]]})).await;
+    let big = call(
+        &t,
+        "capped",
+        json!({"connection": "acme", "target": "/big", "query": [["bytes", "200000"]]}),
+    )
+    .await;
     assert_eq!(big["error"], "too-large", "{big}");
-    let many = call(&t, "capped", json!({"connection": "acme", "target": "/user", "repeat": 5})).await;
+    let many = call(
+        &t,
+        "capped",
+        json!({"connection": "acme", "target": "/user", "repeat": 5}),
+    )
+    .await;
     assert_eq!(many["error"], "too-many-requests", "{many}");
     let rec = &t.host.logs(Some("capped"), 1).unwrap()[0];
     assert_eq!(rec.outbound.len(), 4, "three sent plus the refused fourth");
     let first = &rec.outbound[0];
-    assert_eq!((first.connection.as_str(), first.method.as_str(), first.path.as_str(), first.status), ("acme", "GET", "/user", Some(200)));
+    assert_eq!(
+        (
+            first.connection.as_str(),
+            first.method.as_str(),
+            first.path.as_str(),
+            first.status
+        ),
+        ("acme", "GET", "/user", Some(200))
+    );
     assert!(first.bytes > 0);
     assert_eq!(rec.outbound[3].error.as_deref(), Some("too-many-requests"));
 }
@@ -313,31 +615,68 @@ async fn timeouts_size_caps_and_request_caps_are_typed_errors() {
 async fn admin_rules_names_duplicates_service_deletion_and_grants_on_new_versions() {
     let (t, api) = acme().await;
     let c = t.host.connections();
-    for bad in ["", "Upper", "1st", "has space", "under_score", &"a".repeat(51)] {
+    for bad in [
+        "",
+        "Upper",
+        "1st",
+        "has space",
+        "under_score",
+        &"a".repeat(51),
+    ] {
         let e = c.add(bad, "acme", vec![], None).unwrap_err().to_string();
         assert!(e.contains("invalid connection name"), "{bad:?}: {e}");
     }
     let dup = c.add("acme", "acme", vec![], None).unwrap_err().to_string();
     assert!(dup.contains("already exists"), "{dup}");
-    assert!(c.add("x", "no-such-service", vec![], None).unwrap_err().to_string().contains("no service named"));
-    let e = c.add("remote", "acme", vec![], Some("http://example.com".into())).unwrap_err().to_string();
+    assert!(
+        c.add("x", "no-such-service", vec![], None)
+            .unwrap_err()
+            .to_string()
+            .contains("no service named")
+    );
+    let e = c
+        .add("remote", "acme", vec![], Some("http://example.com".into()))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("https"), "{e}");
 
     let del = t.cli(&["services", "delete", "acme"]);
-    assert!(del.err().contains("used by connection(s) acme"), "{}", del.stderr);
+    assert!(
+        del.err().contains("used by connection(s) acme"),
+        "{}",
+        del.stderr
+    );
 
     // A new version keeps its grants unless told otherwise.
     t.upload("hello-http", "hello", &[]).await;
-    assert_eq!(t.host.show_function("hello").unwrap().grants, vec!["acme".to_string()]);
-    let options = UploadOptions { reset_grants: true, ..Default::default() };
-    t.host.upload("hello", plugin("hello-http"), options).await.unwrap();
+    assert_eq!(
+        t.host.show_function("hello").unwrap().grants,
+        vec!["acme".to_string()]
+    );
+    let options = UploadOptions {
+        reset_grants: true,
+        ..Default::default()
+    };
+    t.host
+        .upload("hello", plugin("hello-http"), options)
+        .await
+        .unwrap();
     assert!(t.host.show_function("hello").unwrap().grants.is_empty());
 
     // Base URL override via edit; delete removes the connection and its grants.
     let moved = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
-    c.edit("acme", None, Some(Some(moved.base_url())), BTreeMap::new()).unwrap();
+    c.edit("acme", None, Some(Some(moved.base_url())), BTreeMap::new())
+        .unwrap();
     c.grant("hello", "acme").unwrap();
-    assert_eq!(call(&t, "hello", json!({"connection": "acme", "target": "/user"})).await["status"], 200);
+    assert_eq!(
+        call(
+            &t,
+            "hello",
+            json!({"connection": "acme", "target": "/user"})
+        )
+        .await["status"],
+        200
+    );
     assert_eq!(moved.hits("/user"), 1);
     assert!(api.requests().is_empty());
     c.delete("acme").unwrap();
@@ -349,15 +688,41 @@ async fn admin_rules_names_duplicates_service_deletion_and_grants_on_new_version
 async fn presets_are_listed_and_shown() {
     let t = TestHost::new();
     let list = t.cli(&["services", "list", "--json"]).json();
-    let names: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     for want in [
-        "google", "github", "gitlab", "slack", "microsoft", "dropbox", "zoom", "salesforce", "hubspot", "notion", "stripe", "openai",
-        "twilio", "jira", "zoho", "webhook",
+        "google",
+        "github",
+        "gitlab",
+        "slack",
+        "microsoft",
+        "dropbox",
+        "zoom",
+        "salesforce",
+        "hubspot",
+        "notion",
+        "stripe",
+        "openai",
+        "twilio",
+        "jira",
+        "zoho",
+        "webhook",
     ] {
-        assert!(names.contains(&want), "preset {want} missing from {names:?}");
+        assert!(
+            names.contains(&want),
+            "preset {want} missing from {names:?}"
+        );
     }
     let gh = t.cli(&["services", "show", "github"]);
-    assert!(gh.ok().contains("https://github.com/login/oauth/authorize"), "{}", gh.stdout);
+    assert!(
+        gh.ok().contains("https://github.com/login/oauth/authorize"),
+        "{}",
+        gh.stdout
+    );
     let jira = t.cli(&["services", "show", "jira", "--json"]).json();
     assert_eq!(jira["auth"], "basic");
 }
@@ -367,23 +732,58 @@ async fn a_wrong_or_missing_master_key_is_a_clear_error_and_loses_nothing() {
     let (t, _api) = acme().await;
     let home = t.home().to_path_buf();
     let wrong = "00".repeat(32);
-    let out = t.cli_with(&["connections", "list"], None, &[("KEYHOLE_MASTER_KEY", &wrong)]);
-    assert!(out.err().contains("master key does not match"), "{}", out.stderr);
-    let out = t.cli_with(&["connections", "list"], None, &[("KEYHOLE_MASTER_KEY", "not-a-key")]);
-    assert!(out.err().contains("KEYHOLE_MASTER_KEY is not a valid key"), "{}", out.stderr);
+    let out = t.cli_with(
+        &["connections", "list"],
+        None,
+        &[("KEYHOLE_MASTER_KEY", &wrong)],
+    );
+    assert!(
+        out.err().contains("master key does not match"),
+        "{}",
+        out.stderr
+    );
+    let out = t.cli_with(
+        &["connections", "list"],
+        None,
+        &[("KEYHOLE_MASTER_KEY", "not-a-key")],
+    );
+    assert!(
+        out.err().contains("KEYHOLE_MASTER_KEY is not a valid key"),
+        "{}",
+        out.stderr
+    );
 
     let key = std::fs::read(home.join("master.key")).unwrap();
     std::fs::rename(home.join("master.key"), home.join("master.key.bak")).unwrap();
     let out = t.cli(&["connections", "list"]);
     assert!(out.err().contains("no master key found"), "{}", out.stderr);
-    assert!(!home.join("master.key").exists(), "a new key was made over sealed data");
+    assert!(
+        !home.join("master.key").exists(),
+        "a new key was made over sealed data"
+    );
     std::fs::rename(home.join("master.key.bak"), home.join("master.key")).unwrap();
 
     // The right key (from the file, or the same key in the environment) still works.
-    let out = t.cli(&["run", "hello", "--input", r#"{"connection":"acme","target":"/user"}"#]).json();
+    let out = t
+        .cli(&[
+            "run",
+            "hello",
+            "--input",
+            r#"{"connection":"acme","target":"/user"}"#,
+        ])
+        .json();
     assert_eq!(out["status"], 200);
     let hex_key = String::from_utf8(key).unwrap();
-    let out = t.cli_with(&["run", "hello", "--input", r#"{"connection":"acme","target":"/user"}"#], None, &[("KEYHOLE_MASTER_KEY", hex_key.trim())]);
+    let out = t.cli_with(
+        &[
+            "run",
+            "hello",
+            "--input",
+            r#"{"connection":"acme","target":"/user"}"#,
+        ],
+        None,
+        &[("KEYHOLE_MASTER_KEY", hex_key.trim())],
+    );
     assert_eq!(out.json()["status"], 200);
     capture::assert_no_secrets(&[KEY, hex_key.trim()]);
 }

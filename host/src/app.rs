@@ -11,7 +11,10 @@ use crate::connections::{ConnectionError, Connections, Gateway};
 use crate::runtime::{InvokeError, LoadSource, Runtime, RuntimeConfig, UploadError, content_hash};
 use crate::secrets::{MasterKey, SealError, Sealer};
 use crate::services::validate_name;
-use crate::storage::{FunctionRow, FunctionSummary, InvocationRow, NewFunction, OutboundCall, Storage, StorageError, now_ms};
+use crate::storage::{
+    FunctionRow, FunctionSummary, InvocationRow, NewFunction, OutboundCall, Storage, StorageError,
+    now_ms,
+};
 
 const KEY_CHECK: &str = "key_check";
 const KEY_CHECK_CONTEXT: &str = "keyhole:key-check";
@@ -98,28 +101,44 @@ pub struct Keyhole {
 
 impl std::fmt::Debug for Keyhole {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyhole").field("home", &self.home).finish_non_exhaustive()
+        f.debug_struct("Keyhole")
+            .field("home", &self.home)
+            .finish_non_exhaustive()
     }
 }
 
 impl Keyhole {
     /// Open the host on data directory `home` (created if needed).
     pub fn open(home: &Path, config: RuntimeConfig) -> Result<Self, HostError> {
-        std::fs::create_dir_all(home)
-            .map_err(|e| HostError::Startup(format!("cannot create data directory {}: {e}", home.display())))?;
+        std::fs::create_dir_all(home).map_err(|e| {
+            HostError::Startup(format!(
+                "cannot create data directory {}: {e}",
+                home.display()
+            ))
+        })?;
         let storage = Arc::new(Storage::open(&home.join(DB_FILE))?);
         let check = storage.meta_get(KEY_CHECK)?;
         let key = MasterKey::load(home, check.is_none())?;
         let sealer = Sealer::new(&key);
         match check {
             Some(blob) => {
-                sealer.open(&blob, KEY_CHECK_CONTEXT).map_err(|_| SealError::WrongKey)?;
+                sealer
+                    .open(&blob, KEY_CHECK_CONTEXT)
+                    .map_err(|_| SealError::WrongKey)?;
             }
             None => storage.meta_set(KEY_CHECK, &sealer.seal(b"keyhole", KEY_CHECK_CONTEXT))?,
         }
-        let runtime = Arc::new(Runtime::new(config).map_err(|e| HostError::Startup(format!("cannot start the wasm runtime: {e:#}")))?);
+        let runtime =
+            Arc::new(Runtime::new(config).map_err(|e| {
+                HostError::Startup(format!("cannot start the wasm runtime: {e:#}"))
+            })?);
         let gateway = Arc::new(Gateway::new(storage.clone(), Arc::new(sealer)));
-        Ok(Self { home: home.to_path_buf(), storage, runtime, connections: Connections::new(gateway) })
+        Ok(Self {
+            home: home.to_path_buf(),
+            storage,
+            runtime,
+            connections: Connections::new(gateway),
+        })
     }
 
     /// The data directory.
@@ -143,7 +162,12 @@ impl Keyhole {
     }
 
     /// Validate, compile and store `wasm` as a new version of `name`.
-    pub async fn upload(&self, name: &str, wasm: Vec<u8>, options: UploadOptions) -> Result<FunctionRow, HostError> {
+    pub async fn upload(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        options: UploadOptions,
+    ) -> Result<FunctionRow, HostError> {
         validate_name("function", name).map_err(|e| HostError::Invalid(e.to_string()))?;
         for g in &options.grants {
             if self.storage.get_connection(g)?.is_none() {
@@ -151,7 +175,10 @@ impl Keyhole {
             }
         }
         let previous = self.storage.latest_function(name)?;
-        let limits = options.limits.or(previous.as_ref().map(|p| p.limits)).unwrap_or_default();
+        let limits = options
+            .limits
+            .or(previous.as_ref().map(|p| p.limits))
+            .unwrap_or_default();
         limits.validate().map_err(HostError::Invalid)?;
 
         let hash = content_hash(&wasm);
@@ -164,8 +191,14 @@ impl Keyhole {
         .map_err(|e| HostError::Startup(format!("compiler task failed: {e}")))?;
         let (artifact, prepared) = compiled?;
 
-        self.storage.put_artifact(&hash, self.runtime.engine_hash(), &artifact)?;
-        let row = self.storage.insert_function(&NewFunction { name, content_hash: &hash, wasm: &wasm, limits })?;
+        self.storage
+            .put_artifact(&hash, self.runtime.engine_hash(), &artifact)?;
+        let row = self.storage.insert_function(&NewFunction {
+            name,
+            content_hash: &hash,
+            wasm: &wasm,
+            limits,
+        })?;
         self.runtime.remember(&hash, prepared);
         if options.reset_grants {
             self.storage.clear_grants(name)?;
@@ -188,7 +221,11 @@ impl Keyhole {
         if versions.is_empty() {
             return Err(HostError::UnknownFunction(name.to_string()));
         }
-        Ok(FunctionDetail { name: name.to_string(), versions, grants: self.storage.grants_of_function(name)? })
+        Ok(FunctionDetail {
+            name: name.to_string(),
+            versions,
+            grants: self.storage.grants_of_function(name)?,
+        })
     }
 
     /// Delete every version of a function and its grants.
@@ -200,14 +237,22 @@ impl Keyhole {
     }
 
     /// Recent invocations.
-    pub fn logs(&self, function: Option<&str>, limit: usize) -> Result<Vec<InvocationRow>, HostError> {
+    pub fn logs(
+        &self,
+        function: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<InvocationRow>, HostError> {
         Ok(self.storage.recent_invocations(function, limit)?)
     }
 
     /// Run the latest version of `name` with `input` and record the invocation.
     pub async fn invoke(&self, name: &str, input: &str) -> Result<Invocation, InvokeError> {
         let host = |e: &dyn std::fmt::Display| InvokeError::Host(e.to_string());
-        let row = self.storage.latest_function(name).map_err(|e| host(&e))?.ok_or_else(|| InvokeError::NotFound(name.to_string()))?;
+        let row = self
+            .storage
+            .latest_function(name)
+            .map_err(|e| host(&e))?
+            .ok_or_else(|| InvokeError::NotFound(name.to_string()))?;
         let (prepared, source, new_artifact) = {
             let storage = self.storage.clone();
             let runtime = self.runtime.clone();
@@ -215,7 +260,12 @@ impl Keyhole {
             tokio::task::spawn_blocking(move || {
                 runtime.load(
                     &hash,
-                    || storage.artifact(&hash, runtime.engine_hash()).ok().flatten(),
+                    || {
+                        storage
+                            .artifact(&hash, runtime.engine_hash())
+                            .ok()
+                            .flatten()
+                    },
                     || storage.function_wasm(&hash).ok().flatten(),
                 )
             })
@@ -224,7 +274,9 @@ impl Keyhole {
             .map_err(|e| host(&e))?
         };
         if let Some(artifact) = new_artifact
-            && let Err(e) = self.storage.put_artifact(&row.content_hash, self.runtime.engine_hash(), &artifact)
+            && let Err(e) =
+                self.storage
+                    .put_artifact(&row.content_hash, self.runtime.engine_hash(), &artifact)
         {
             tracing::warn!(error = %e, "could not store the compiled artifact");
         }
@@ -233,7 +285,10 @@ impl Keyhole {
         }
         let started_at = now_ms();
         let gateway = Some(self.connections.gateway().clone());
-        let outcome = self.runtime.invoke(&prepared, name, input, row.limits, gateway).await;
+        let outcome = self
+            .runtime
+            .invoke(&prepared, name, input, row.limits, gateway)
+            .await;
         let record = InvocationRow {
             id: 0,
             function: name.to_string(),
@@ -259,8 +314,18 @@ impl Keyhole {
             }
         };
         match &outcome.result {
-            Ok(_) => tracing::info!(function = name, version = row.version, duration_us = record.duration_us, "invocation ok"),
-            Err(e) => tracing::info!(function = name, version = row.version, outcome = e.kind(), "invocation failed"),
+            Ok(_) => tracing::info!(
+                function = name,
+                version = row.version,
+                duration_us = record.duration_us,
+                "invocation ok"
+            ),
+            Err(e) => tracing::info!(
+                function = name,
+                version = row.version,
+                outcome = e.kind(),
+                "invocation failed"
+            ),
         }
         Ok(Invocation {
             id,

@@ -16,7 +16,9 @@ pub fn default_home() -> PathBuf {
     if let Some(dir) = std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
         return PathBuf::from(dir);
     }
-    dirs::data_dir().map(|d| d.join("keyhole")).unwrap_or_else(|| PathBuf::from(".keyhole"))
+    dirs::data_dir()
+        .map(|d| d.join("keyhole"))
+        .unwrap_or_else(|| PathBuf::from(".keyhole"))
 }
 
 /// Default wall-clock limit for one invocation.
@@ -91,10 +93,16 @@ impl Limits {
     /// Check the limits are within the host's hard ceilings.
     pub fn validate(&self) -> Result<(), String> {
         if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT.as_millis() as u64 {
-            return Err(format!("timeout must be between 1ms and {}s", MAX_TIMEOUT.as_secs()));
+            return Err(format!(
+                "timeout must be between 1ms and {}s",
+                MAX_TIMEOUT.as_secs()
+            ));
         }
         if self.memory_bytes < (1 << 20) || self.memory_bytes > MAX_MEMORY_BYTES {
-            return Err(format!("memory limit must be between 1 MiB and {} MiB", MAX_MEMORY_BYTES >> 20));
+            return Err(format!(
+                "memory limit must be between 1 MiB and {} MiB",
+                MAX_MEMORY_BYTES >> 20
+            ));
         }
         if self.max_input_bytes == 0 || self.max_output_bytes == 0 {
             return Err("input and output caps must be at least 1 byte".into());

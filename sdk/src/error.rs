@@ -205,7 +205,10 @@ mod tests {
 
     #[test]
     fn status_display_truncates_long_bodies() {
-        let err = Error::Status { status: 500, body: "é".repeat(200) };
+        let err = Error::Status {
+            status: 500,
+            body: "é".repeat(200),
+        };
         let shown = err.to_string();
         assert!(shown.starts_with("upstream answered HTTP 500: é"));
         assert!(shown.ends_with("..."));
@@ -214,7 +217,10 @@ mod tests {
 
     #[test]
     fn status_display_omits_empty_body() {
-        let err = Error::Status { status: 404, body: String::new() };
+        let err = Error::Status {
+            status: 404,
+            body: String::new(),
+        };
         assert_eq!(err.to_string(), "upstream answered HTTP 404");
     }
 

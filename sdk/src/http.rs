@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Error;
 use crate::__private::http as wit;
+use crate::Error;
 
 /// A connection an administrator created and granted to this function, named
 /// as in `keyhole connections`.
@@ -40,7 +40,9 @@ impl Connection {
     /// let github = keyhole_sdk::Connection::new("github");
     /// ```
     pub fn new(name: impl AsRef<str>) -> Self {
-        Self { name: name.as_ref().to_owned() }
+        Self {
+            name: name.as_ref().to_owned(),
+        }
     }
 
     /// The connection's name.
@@ -164,7 +166,9 @@ impl RequestBuilder {
     /// # Ok::<(), keyhole_sdk::Error>(())
     /// ```
     pub fn query(mut self, name: impl AsRef<str>, value: impl AsRef<str>) -> Self {
-        self.request.query.push((name.as_ref().to_owned(), value.as_ref().to_owned()));
+        self.request
+            .query
+            .push((name.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
@@ -180,7 +184,9 @@ impl RequestBuilder {
     /// # Ok::<(), keyhole_sdk::Error>(())
     /// ```
     pub fn header(mut self, name: impl AsRef<str>, value: impl AsRef<str>) -> Self {
-        self.request.headers.push((name.as_ref().to_owned(), value.as_ref().to_owned()));
+        self.request
+            .headers
+            .push((name.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
@@ -212,8 +218,12 @@ impl RequestBuilder {
     pub fn json_body<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
         match serde_json::to_vec(value) {
             Ok(body) => {
-                self.request.headers.retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
-                self.request.headers.push(("content-type".to_owned(), "application/json".to_owned()));
+                self.request
+                    .headers
+                    .retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
+                self.request
+                    .headers
+                    .push(("content-type".to_owned(), "application/json".to_owned()));
                 self.request.body = Some(body);
             }
             Err(err) => self.deferred_error = Some(err.into()),
@@ -380,7 +390,10 @@ impl Response {
         if self.is_success() {
             Ok(self)
         } else {
-            Err(Error::Status { status: self.status, body: self.text() })
+            Err(Error::Status {
+                status: self.status,
+                body: self.text(),
+            })
         }
     }
 }
@@ -399,7 +412,10 @@ mod tests {
 
     #[test]
     fn header_lookup_ignores_case() {
-        assert_eq!(response(200, "").header("content-type"), Some("application/json"));
+        assert_eq!(
+            response(200, "").header("content-type"),
+            Some("application/json")
+        );
         assert_eq!(response(200, "").header("x-missing"), None);
     }
 
@@ -407,7 +423,13 @@ mod tests {
     fn error_for_status_keeps_success_and_rejects_others() {
         assert!(response(204, "").error_for_status().is_ok());
         let err = response(404, "not here").error_for_status().unwrap_err();
-        assert_eq!(err, Error::Status { status: 404, body: "not here".to_owned() });
+        assert_eq!(
+            err,
+            Error::Status {
+                status: 404,
+                body: "not here".to_owned()
+            }
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@ static CAPTURED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
 /// Every level of everything that could see a secret (keyhole, HTTP clients and servers);
 /// the compiler crates stay at warn because their trace output is huge and secret-free.
-pub const FILTER: &str = "trace,cranelift=warn,regalloc2=warn,wasmtime=info,wasmparser=warn,wit_parser=warn";
+pub const FILTER: &str =
+    "trace,cranelift=warn,regalloc2=warn,wasmtime=info,wasmparser=warn,wit_parser=warn";
 
 /// Install a trace-level subscriber (once per process) that writes into the capture.
 /// `RUST_LOG` is ignored on purpose: the point is to see every level.

@@ -140,14 +140,26 @@ pub fn keyhole_bin() -> PathBuf {
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("current exe");
         // target/<profile>/deps/<test> -> target/<profile>/keyhole
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target profile dir");
         let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
             Some("debug") => "dev".to_string(),
             Some(other) => other.to_string(),
             None => "dev".to_string(),
         };
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--quiet", "-p", "keyhole-host", "--bin", "keyhole", "--profile", &profile])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "keyhole-host",
+                "--bin",
+                "keyhole",
+                "--profile",
+                &profile,
+            ])
             .current_dir(crate::plugins::repo_root())
             .status()
             .expect("build keyhole");

@@ -48,7 +48,11 @@ pub fn plugin_path(name: &str) -> PathBuf {
     // Library crates get `-` replaced by `_`; binaries (like `not-a-function`) keep it.
     let dir = build_plugins();
     let lib = dir.join(format!("{}.wasm", name.replace('-', "_")));
-    if lib.exists() { lib } else { dir.join(format!("{name}.wasm")) }
+    if lib.exists() {
+        lib
+    } else {
+        dir.join(format!("{name}.wasm"))
+    }
 }
 
 /// Bytes of a built plugin.

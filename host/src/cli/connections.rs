@@ -113,12 +113,21 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<i32> {
     let c = host.connections();
     match cmd {
-        ConnectionsCmd::Add { name, service, scopes, base_url, json } => {
+        ConnectionsCmd::Add {
+            name,
+            service,
+            scopes,
+            base_url,
+            json,
+        } => {
             let view = c.add(&name, &service, scopes, base_url)?;
             if json {
                 output::json(&view)?;
             } else {
-                println!("created connection {name} ({}), status pending", view.service_display_name);
+                println!(
+                    "created connection {name} ({}), status pending",
+                    view.service_display_name
+                );
                 println!("next: keyhole connections connect {name}");
             }
             Ok(0)
@@ -129,7 +138,9 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
             if json {
                 output::json(&list)?;
             } else if list.is_empty() {
-                println!("no connections yet; create one with `keyhole connections add NAME --service SERVICE`");
+                println!(
+                    "no connections yet; create one with `keyhole connections add NAME --service SERVICE`"
+                );
             } else {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -144,7 +155,17 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
                         ]
                     })
                     .collect();
-                output::table(&["NAME", "SERVICE", "STATUS", "BASE URL", "LAST USED", "FUNCTIONS"], &rows);
+                output::table(
+                    &[
+                        "NAME",
+                        "SERVICE",
+                        "STATUS",
+                        "BASE URL",
+                        "LAST USED",
+                        "FUNCTIONS",
+                    ],
+                    &rows,
+                );
             }
             Ok(0)
         }
@@ -157,9 +178,19 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
             }
             Ok(0)
         }
-        ConnectionsCmd::Edit { name, scopes, base_url, clear_base_url, params } => {
+        ConnectionsCmd::Edit {
+            name,
+            scopes,
+            base_url,
+            clear_base_url,
+            params,
+        } => {
             let scopes = (!scopes.is_empty()).then_some(scopes);
-            let base = if clear_base_url { Some(None) } else { base_url.map(Some) };
+            let base = if clear_base_url {
+                Some(None)
+            } else {
+                base_url.map(Some)
+            };
             let v = c.edit(&name, scopes, base, params.into_iter().collect())?;
             println!("updated connection {name}");
             show(&v);
@@ -176,7 +207,9 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
         }
         ConnectionsCmd::Revoke { name } => {
             c.revoke(&name).await?;
-            println!("revoked connection {name}: credentials wiped; reconnect with `keyhole connections connect {name}`");
+            println!(
+                "revoked connection {name}: credentials wiped; reconnect with `keyhole connections connect {name}`"
+            );
             Ok(0)
         }
         ConnectionsCmd::Delete { name } => {
@@ -188,33 +221,75 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
 }
 
 fn status_name(v: &ConnectionView) -> String {
-    serde_json::to_value(v.status).ok().and_then(|s| s.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(v.status)
+        .ok()
+        .and_then(|s| s.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn show(v: &ConnectionView) {
     let mut pairs = vec![
         ("name", v.name.clone()),
-        ("service", format!("{} ({})", v.service, v.service_display_name)),
-        ("auth", serde_json::to_value(v.auth).ok().and_then(|s| s.as_str().map(str::to_string)).unwrap_or_default()),
+        (
+            "service",
+            format!("{} ({})", v.service, v.service_display_name),
+        ),
+        (
+            "auth",
+            serde_json::to_value(v.auth)
+                .ok()
+                .and_then(|s| s.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        ),
         ("status", status_name(v)),
     ];
     if let Some(r) = &v.status_reason {
         pairs.push(("status reason", r.clone()));
     }
     pairs.extend([
-        ("scopes", if v.scopes.is_empty() { "-".into() } else { v.scopes.join(" ") }),
+        (
+            "scopes",
+            if v.scopes.is_empty() {
+                "-".into()
+            } else {
+                v.scopes.join(" ")
+            },
+        ),
         (
             "base url",
-            format!("{}{}", v.base_url.clone().unwrap_or_else(|| "-".into()), if v.base_url_overridden { " (override)" } else { "" }),
+            format!(
+                "{}{}",
+                v.base_url.clone().unwrap_or_else(|| "-".into()),
+                if v.base_url_overridden {
+                    " (override)"
+                } else {
+                    ""
+                }
+            ),
         ),
         ("allowed origins", v.allowed_origins.join(", ")),
         ("created", output::time(Some(v.created_at))),
         ("connected", output::time(v.connected_at)),
         ("last used", output::time(v.last_used_at)),
-        ("functions", if v.granted_functions.is_empty() { "(none)".into() } else { v.granted_functions.join(", ") }),
+        (
+            "functions",
+            if v.granted_functions.is_empty() {
+                "(none)".into()
+            } else {
+                v.granted_functions.join(", ")
+            },
+        ),
     ]);
     for p in &v.params {
-        pairs.push(("param", format!("{} ({}): {}", p.display_name, p.name, p.value.clone().unwrap_or_else(|| "(not set)".into()))));
+        pairs.push((
+            "param",
+            format!(
+                "{} ({}): {}",
+                p.display_name,
+                p.name,
+                p.value.clone().unwrap_or_else(|| "(not set)".into())
+            ),
+        ));
     }
     if let Some(obj) = v.token.as_object()
         && !obj.is_empty()
@@ -228,14 +303,25 @@ fn show(v: &ConnectionView) {
 
 fn print_verify(v: &VerifyOutcome) {
     if v.ok {
-        println!("verification {} succeeded ({})", v.request, v.status.map(|s| s.to_string()).unwrap_or_default());
+        println!(
+            "verification {} succeeded ({})",
+            v.request,
+            v.status.map(|s| s.to_string()).unwrap_or_default()
+        );
     } else {
-        println!("verification failed: {}", v.reason.clone().unwrap_or_default());
+        println!(
+            "verification failed: {}",
+            v.reason.clone().unwrap_or_default()
+        );
     }
 }
 
 fn find_param<'a>(params: &'a [ParamDef], key: &str) -> Option<&'a ParamDef> {
-    params.iter().find(|p| p.name == key).or_else(|| params.iter().find(|p| p.display_name.eq_ignore_ascii_case(key)))
+    params.iter().find(|p| p.name == key).or_else(|| {
+        params
+            .iter()
+            .find(|p| p.display_name.eq_ignore_ascii_case(key))
+    })
 }
 
 async fn connect(host: &Keyhole, args: ConnectArgs) -> anyhow::Result<i32> {
@@ -254,8 +340,15 @@ async fn connect(host: &Keyhole, args: ConnectArgs) -> anyhow::Result<i32> {
     let mut values: BTreeMap<String, Secret> = BTreeMap::new();
     for (k, v) in given {
         let p = find_param(&params, &k).ok_or_else(|| {
-            let names: Vec<String> = params.iter().map(|p| format!("{} ({})", p.name, p.display_name)).collect();
-            anyhow::anyhow!("service {} has no param {k:?}; its params are: {}", service.name, names.join(", "))
+            let names: Vec<String> = params
+                .iter()
+                .map(|p| format!("{} ({})", p.name, p.display_name))
+                .collect();
+            anyhow::anyhow!(
+                "service {} has no param {k:?}; its params are: {}",
+                service.name,
+                names.join(", ")
+            )
         })?;
         values.insert(p.name.clone(), Secret::new(v));
     }
@@ -296,8 +389,17 @@ async fn connect(host: &Keyhole, args: ConnectArgs) -> anyhow::Result<i32> {
         if outcome.stored {
             println!("connection {} is {status}", args.name);
         } else {
-            println!("the new credentials were not stored; connection {} keeps its previous credentials ({status})", args.name);
+            println!(
+                "the new credentials were not stored; connection {} keeps its previous credentials ({status})",
+                args.name
+            );
         }
     }
-    Ok(if status_name(&outcome.connection) == "connected" && outcome.stored { 0 } else { 1 })
+    Ok(
+        if status_name(&outcome.connection) == "connected" && outcome.stored {
+            0
+        } else {
+            1
+        },
+    )
 }

@@ -130,7 +130,9 @@ pub async fn functions(host: &Keyhole, cmd: FunctionsCmd) -> anyhow::Result<i32>
             if flag.json {
                 output::json(&list)?;
             } else if list.is_empty() {
-                println!("no functions yet; upload one with `keyhole functions upload FILE.wasm --name NAME`");
+                println!(
+                    "no functions yet; upload one with `keyhole functions upload FILE.wasm --name NAME`"
+                );
             } else {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -145,7 +147,10 @@ pub async fn functions(host: &Keyhole, cmd: FunctionsCmd) -> anyhow::Result<i32>
                         ]
                     })
                     .collect();
-                output::table(&["NAME", "VERSION", "VERSIONS", "SIZE", "HASH", "UPLOADED"], &rows);
+                output::table(
+                    &["NAME", "VERSION", "VERSIONS", "SIZE", "HASH", "UPLOADED"],
+                    &rows,
+                );
             }
             Ok(0)
         }
@@ -163,17 +168,42 @@ pub async fn functions(host: &Keyhole, cmd: FunctionsCmd) -> anyhow::Result<i32>
                 ("size", output::bytes(latest.size)),
                 ("uploaded", crate::util::format_ms(latest.created_at)),
                 ("timeout", format!("{} ms", latest.limits.timeout_ms)),
-                ("memory", format!("{} MiB", latest.limits.memory_bytes >> 20)),
-                ("max input/output", format!("{} / {} bytes", latest.limits.max_input_bytes, latest.limits.max_output_bytes)),
-                ("max requests", latest.limits.max_outbound_requests.to_string()),
-                ("grants", if detail.grants.is_empty() { "(none)".into() } else { detail.grants.join(", ") }),
+                (
+                    "memory",
+                    format!("{} MiB", latest.limits.memory_bytes >> 20),
+                ),
+                (
+                    "max input/output",
+                    format!(
+                        "{} / {} bytes",
+                        latest.limits.max_input_bytes, latest.limits.max_output_bytes
+                    ),
+                ),
+                (
+                    "max requests",
+                    latest.limits.max_outbound_requests.to_string(),
+                ),
+                (
+                    "grants",
+                    if detail.grants.is_empty() {
+                        "(none)".into()
+                    } else {
+                        detail.grants.join(", ")
+                    },
+                ),
             ]);
             if detail.versions.len() > 1 {
                 println!("\nversions:");
                 let rows: Vec<Vec<String>> = detail
                     .versions
                     .iter()
-                    .map(|v| vec![v.version.to_string(), v.content_hash[..12].to_string(), crate::util::format_ms(v.created_at)])
+                    .map(|v| {
+                        vec![
+                            v.version.to_string(),
+                            v.content_hash[..12].to_string(),
+                            crate::util::format_ms(v.created_at),
+                        ]
+                    })
                     .collect();
                 output::table(&["VERSION", "HASH", "UPLOADED"], &rows);
             }
@@ -181,15 +211,24 @@ pub async fn functions(host: &Keyhole, cmd: FunctionsCmd) -> anyhow::Result<i32>
         }
         FunctionsCmd::Delete { name } => {
             let n = host.delete_function(&name)?;
-            println!("deleted function {name} ({n} version{})", if n == 1 { "" } else { "s" });
+            println!(
+                "deleted function {name} ({n} version{})",
+                if n == 1 { "" } else { "s" }
+            );
             Ok(0)
         }
-        FunctionsCmd::Grant { function, connection } => {
+        FunctionsCmd::Grant {
+            function,
+            connection,
+        } => {
             host.connections().grant(&function, &connection)?;
             println!("granted connection {connection} to function {function}");
             Ok(0)
         }
-        FunctionsCmd::RevokeGrant { function, connection } => {
+        FunctionsCmd::RevokeGrant {
+            function,
+            connection,
+        } => {
             host.connections().revoke_grant(&function, &connection)?;
             println!("revoked function {function}'s grant for connection {connection}");
             Ok(0)
@@ -198,7 +237,8 @@ pub async fn functions(host: &Keyhole, cmd: FunctionsCmd) -> anyhow::Result<i32>
 }
 
 async fn upload(host: &Keyhole, args: UploadArgs) -> anyhow::Result<i32> {
-    let wasm = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let wasm = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
     let previous = host.storage().latest_function(&args.name)?;
     let mut limits = previous.map(|p| p.limits).unwrap_or_default();
     let mut custom = false;
@@ -223,14 +263,26 @@ async fn upload(host: &Keyhole, args: UploadArgs) -> anyhow::Result<i32> {
         custom = true;
     }
     let spinner = indicatif::ProgressBar::new_spinner();
-    spinner.set_message(format!("validating and compiling {} ({})", args.file.display(), output::bytes(wasm.len() as i64)));
+    spinner.set_message(format!(
+        "validating and compiling {} ({})",
+        args.file.display(),
+        output::bytes(wasm.len() as i64)
+    ));
     if std::io::stderr().is_terminal() {
         spinner.enable_steady_tick(Duration::from_millis(100));
     } else {
-        eprintln!("compiling {} ({})…", args.file.display(), output::bytes(wasm.len() as i64));
+        eprintln!(
+            "compiling {} ({})…",
+            args.file.display(),
+            output::bytes(wasm.len() as i64)
+        );
     }
     let started = Instant::now();
-    let options = UploadOptions { limits: custom.then_some(limits), grants: args.grants, reset_grants: args.reset_grants };
+    let options = UploadOptions {
+        limits: custom.then_some(limits),
+        grants: args.grants,
+        reset_grants: args.reset_grants,
+    };
     let result = host.upload(&args.name, wasm, options).await;
     spinner.finish_and_clear();
     let row = result?;
@@ -239,12 +291,31 @@ async fn upload(host: &Keyhole, args: UploadArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let grants = host.storage().grants_of_function(&row.name)?;
-    println!("uploaded {} version {} (compiled in {} ms)", row.name, row.version, started.elapsed().as_millis());
+    println!(
+        "uploaded {} version {} (compiled in {} ms)",
+        row.name,
+        row.version,
+        started.elapsed().as_millis()
+    );
     output::fields(&[
         ("content hash", row.content_hash.clone()),
         ("size", output::bytes(row.size)),
-        ("limits", format!("timeout {} ms, memory {} MiB", row.limits.timeout_ms, row.limits.memory_bytes >> 20)),
-        ("grants", if grants.is_empty() { "(none)".into() } else { grants.join(", ") }),
+        (
+            "limits",
+            format!(
+                "timeout {} ms, memory {} MiB",
+                row.limits.timeout_ms,
+                row.limits.memory_bytes >> 20
+            ),
+        ),
+        (
+            "grants",
+            if grants.is_empty() {
+                "(none)".into()
+            } else {
+                grants.join(", ")
+            },
+        ),
     ]);
     println!("run it with: keyhole run {} --input '{{}}'", row.name);
     Ok(0)
@@ -253,15 +324,21 @@ async fn upload(host: &Keyhole, args: UploadArgs) -> anyhow::Result<i32> {
 pub async fn run(host: &Keyhole, args: RunArgs) -> anyhow::Result<i32> {
     let input = match (&args.input, &args.input_file) {
         (Some(i), _) => i.clone(),
-        (None, Some(path)) if path.as_os_str() == "-" => std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?,
-        (None, Some(path)) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?
+        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
         (None, None) => "{}".to_string(),
     };
     let inv = host.invoke(&args.name, &input).await?;
     if args.json {
         let mut v = serde_json::to_value(&inv)?;
         match &inv.result {
-            Ok(out) => v["output"] = serde_json::from_str(out).unwrap_or(serde_json::Value::String(out.clone())),
+            Ok(out) => {
+                v["output"] =
+                    serde_json::from_str(out).unwrap_or(serde_json::Value::String(out.clone()))
+            }
             Err(e) => {
                 v["error"] = serde_json::json!({ "kind": e.kind(), "message": e.to_string() });
             }
@@ -279,7 +356,10 @@ pub async fn run(host: &Keyhole, args: RunArgs) -> anyhow::Result<i32> {
             if !inv.stderr.trim().is_empty() {
                 eprintln!("guest stderr:\n{}", inv.stderr.trim_end());
             }
-            eprintln!("(invocation {} recorded; `keyhole logs {}` shows it)", inv.id, inv.function);
+            eprintln!(
+                "(invocation {} recorded; `keyhole logs {}` shows it)",
+                inv.id, inv.function
+            );
             Ok(1)
         }
     }
@@ -309,7 +389,12 @@ pub fn logs(host: &Keyhole, args: LogsArgs) -> anyhow::Result<i32> {
             ]
         })
         .collect();
-    output::table(&["ID", "STARTED", "FUNCTION", "OUTCOME", "DURATION", "CALLS", "ERROR"], &table);
+    output::table(
+        &[
+            "ID", "STARTED", "FUNCTION", "OUTCOME", "DURATION", "CALLS", "ERROR",
+        ],
+        &table,
+    );
     if args.details {
         for r in &rows {
             println!("\n#{} {}@{} {}", r.id, r.function, r.version, r.outcome);
@@ -323,7 +408,10 @@ pub fn logs(host: &Keyhole, args: LogsArgs) -> anyhow::Result<i32> {
                     c.method,
                     c.origin,
                     c.path,
-                    c.status.map(|s| s.to_string()).or(c.error.clone()).unwrap_or_default(),
+                    c.status
+                        .map(|s| s.to_string())
+                        .or(c.error.clone())
+                        .unwrap_or_default(),
                     c.latency_ms,
                     c.bytes
                 );
@@ -338,4 +426,3 @@ pub fn logs(host: &Keyhole, args: LogsArgs) -> anyhow::Result<i32> {
     }
     Ok(0)
 }
-

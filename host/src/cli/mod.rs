@@ -63,7 +63,13 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 fn open(home: &std::path::Path, max_instances: u32) -> anyhow::Result<Keyhole> {
-    Ok(Keyhole::open(home, RuntimeConfig { max_instances, ..Default::default() })?)
+    Ok(Keyhole::open(
+        home,
+        RuntimeConfig {
+            max_instances,
+            ..Default::default()
+        },
+    )?)
 }
 
 async fn dispatch(cli: Cli, home: PathBuf) -> anyhow::Result<i32> {

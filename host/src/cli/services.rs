@@ -28,7 +28,7 @@ pub enum ServicesCmd {
         json: bool,
     },
     /// Define a custom service, from flags or from a TOML file in the preset schema.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// Replace a custom service's definition with the contents of a TOML file.
     Edit {
         /// Service name.
@@ -122,7 +122,10 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd) -> anyhow::Result<i32> {
                         ]
                     })
                     .collect();
-                output::table(&["NAME", "DISPLAY NAME", "AUTH", "SOURCE", "BASE URL"], &rows);
+                output::table(
+                    &["NAME", "DISPLAY NAME", "AUTH", "SOURCE", "BASE URL"],
+                    &rows,
+                );
             }
             Ok(0)
         }
@@ -147,7 +150,11 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd) -> anyhow::Result<i32> {
         }
         ServicesCmd::Edit { name, file } => {
             let def = parse_file(&file)?;
-            anyhow::ensure!(def.name == name, "the file defines service {:?}, not {name:?}", def.name);
+            anyhow::ensure!(
+                def.name == name,
+                "the file defines service {:?}, not {name:?}",
+                def.name
+            );
             catalog.edit(&def)?;
             println!("updated service {name}");
             Ok(0)
@@ -161,12 +168,16 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd) -> anyhow::Result<i32> {
 }
 
 fn parse_file(path: &PathBuf) -> anyhow::Result<ServiceDef> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(ServiceDef::from_toml(&text)?)
 }
 
 fn auth_name(def: &ServiceDef) -> String {
-    serde_json::to_value(def.auth).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(def.auth)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn entry_json(e: &CatalogEntry) -> serde_json::Value {
@@ -183,7 +194,14 @@ fn show(e: &CatalogEntry) {
         ("source", format!("{:?}", e.source).to_lowercase()),
         ("auth", auth_name(d)),
         ("base url", d.base_url.clone()),
-        ("allowed origins", if d.allowed_origins.is_empty() { "(origin of the base url)".into() } else { d.allowed_origins.join(", ") }),
+        (
+            "allowed origins",
+            if d.allowed_origins.is_empty() {
+                "(origin of the base url)".into()
+            } else {
+                d.allowed_origins.join(", ")
+            },
+        ),
     ];
     if !d.description.is_empty() {
         pairs.push(("description", d.description.clone()));
@@ -192,9 +210,15 @@ fn show(e: &CatalogEntry) {
         pairs.push(("verification", format!("{} {}", v.method, v.path)));
     }
     if let Some(o) = &d.oauth2 {
-        pairs.push(("authorize url", o.authorize_url.clone().unwrap_or_else(|| "-".into())));
+        pairs.push((
+            "authorize url",
+            o.authorize_url.clone().unwrap_or_else(|| "-".into()),
+        ));
         pairs.push(("token url", o.token_url.clone()));
-        pairs.push(("revocation url", o.revocation_url.clone().unwrap_or_else(|| "(none)".into())));
+        pairs.push((
+            "revocation url",
+            o.revocation_url.clone().unwrap_or_else(|| "(none)".into()),
+        ));
         pairs.push(("scopes", o.scopes.join(" ")));
         pairs.push(("default scopes", o.default_scopes.join(" ")));
         pairs.push(("scope separator", format!("{:?}", o.scope_separator)));
@@ -212,13 +236,29 @@ fn show(e: &CatalogEntry) {
                 vec![
                     p.display_name.clone(),
                     p.name.clone(),
-                    serde_json::to_value(p.location).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                    serde_json::to_value(p.location)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
                     if p.secret { "yes".into() } else { "no".into() },
-                    if p.required { "yes".into() } else { "no".into() },
+                    if p.required {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
                 ]
             })
             .collect();
-        output::table(&["DISPLAY NAME", "PARAMETER", "LOCATION", "SECRET", "REQUIRED"], &rows);
+        output::table(
+            &[
+                "DISPLAY NAME",
+                "PARAMETER",
+                "LOCATION",
+                "SECRET",
+                "REQUIRED",
+            ],
+            &rows,
+        );
     }
 }
 
@@ -231,7 +271,10 @@ fn from_flags(a: &AddArgs) -> anyhow::Result<ServiceDef> {
     let auth = a.auth.unwrap_or(FlagAuth::None);
     let mut t = String::new();
     t.push_str(&format!("name = {}\n", toml_str(&name)));
-    t.push_str(&format!("display_name = {}\n", toml_str(a.display_name.as_deref().unwrap_or(&name))));
+    t.push_str(&format!(
+        "display_name = {}\n",
+        toml_str(a.display_name.as_deref().unwrap_or(&name))
+    ));
     if let Some(d) = &a.description {
         t.push_str(&format!("description = {}\n", toml_str(d)));
     }
@@ -242,9 +285,13 @@ fn from_flags(a: &AddArgs) -> anyhow::Result<ServiceDef> {
         FlagAuth::None => "none",
     };
     t.push_str(&format!("auth = {}\n", toml_str(auth_kind)));
-    t.push_str(&format!("base_url = {}\n", toml_str(a.base_url.as_deref().unwrap_or_default())));
+    t.push_str(&format!(
+        "base_url = {}\n",
+        toml_str(a.base_url.as_deref().unwrap_or_default())
+    ));
     if !a.origins.is_empty() {
-        let base = url::Url::parse(a.base_url.as_deref().unwrap_or_default()).context("--base-url is not a valid URL")?;
+        let base = url::Url::parse(a.base_url.as_deref().unwrap_or_default())
+            .context("--base-url is not a valid URL")?;
         let mut origins = vec![base.origin().ascii_serialization()];
         origins.extend(a.origins.iter().cloned());
         let list: Vec<String> = origins.iter().map(|o| toml_str(o)).collect();
@@ -274,23 +321,42 @@ fn from_flags(a: &AddArgs) -> anyhow::Result<ServiceDef> {
             } else if a.key_as_basic_user {
                 params.push_str(&param("api_key", d, "basic_user", None));
             } else {
-                anyhow::bail!("an api-key service needs --key-header NAME, --key-query NAME or --key-as-basic-user");
+                anyhow::bail!(
+                    "an api-key service needs --key-header NAME, --key-query NAME or --key-as-basic-user"
+                );
             }
         }
         FlagAuth::Basic => {
             let mut user = param("username", "Username", "basic_user", None);
             user = user.replace("secret = true\n", "");
             params.push_str(&user);
-            params.push_str(&param("password", display.unwrap_or("Password"), "basic_password", None));
+            params.push_str(&param(
+                "password",
+                display.unwrap_or("Password"),
+                "basic_password",
+                None,
+            ));
         }
         FlagAuth::Bearer => {
-            params.push_str(&param("Authorization", display.unwrap_or("Token"), "header", Some(a.key_format.as_deref().unwrap_or("Bearer {value}"))));
+            params.push_str(&param(
+                "Authorization",
+                display.unwrap_or("Token"),
+                "header",
+                Some(a.key_format.as_deref().unwrap_or("Bearer {value}")),
+            ));
         }
         FlagAuth::None => {}
     }
     if let Some(v) = &a.verify {
-        let (method, path) = v.split_once(' ').map(|(m, p)| (m.to_string(), p.trim().to_string())).unwrap_or(("GET".into(), v.clone()));
-        t.push_str(&format!("\n[verify]\nmethod = {}\npath = {}\n", toml_str(&method), toml_str(&path)));
+        let (method, path) = v
+            .split_once(' ')
+            .map(|(m, p)| (m.to_string(), p.trim().to_string()))
+            .unwrap_or(("GET".into(), v.clone()));
+        t.push_str(&format!(
+            "\n[verify]\nmethod = {}\npath = {}\n",
+            toml_str(&method),
+            toml_str(&path)
+        ));
     }
     t.push_str(&params);
     Ok(ServiceDef::from_toml(&t)?)

@@ -46,24 +46,39 @@ impl Catalog {
             && !row.definition.is_empty()
         {
             let def = ServiceDef::from_toml(&row.definition)?;
-            return Ok(Some(CatalogEntry { def, source: ServiceSource::Custom }));
+            return Ok(Some(CatalogEntry {
+                def,
+                source: ServiceSource::Custom,
+            }));
         }
-        Ok(find_preset(name).map(|def| CatalogEntry { def: def.clone(), source: ServiceSource::Preset }))
+        Ok(find_preset(name).map(|def| CatalogEntry {
+            def: def.clone(),
+            source: ServiceSource::Preset,
+        }))
     }
 
     /// A service by name, or a clear error naming how to find one.
     pub fn require(&self, name: &str) -> Result<CatalogEntry, ConnectionError> {
-        self.get(name)?.ok_or_else(|| ConnectionError::UnknownService(name.to_string()))
+        self.get(name)?
+            .ok_or_else(|| ConnectionError::UnknownService(name.to_string()))
     }
 
     /// Every service: presets then custom, each by name.
     pub fn list(&self) -> Result<Vec<CatalogEntry>, ConnectionError> {
-        let mut out: Vec<CatalogEntry> =
-            presets().iter().map(|d| CatalogEntry { def: d.clone(), source: ServiceSource::Preset }).collect();
+        let mut out: Vec<CatalogEntry> = presets()
+            .iter()
+            .map(|d| CatalogEntry {
+                def: d.clone(),
+                source: ServiceSource::Preset,
+            })
+            .collect();
         for row in self.storage.list_services()? {
             if !row.definition.is_empty() {
                 let def = ServiceDef::from_toml(&row.definition)?;
-                out.push(CatalogEntry { def, source: ServiceSource::Custom });
+                out.push(CatalogEntry {
+                    def,
+                    source: ServiceSource::Custom,
+                });
             }
         }
         out.sort_by(|a, b| a.def.name.cmp(&b.def.name));
@@ -102,7 +117,9 @@ impl Catalog {
     /// Delete a custom service; refused while a connection uses it.
     pub fn delete(&self, name: &str) -> Result<(), ConnectionError> {
         if find_preset(name).is_some() {
-            return Err(ConnectionError::Invalid(format!("{name:?} is a preset and cannot be deleted")));
+            return Err(ConnectionError::Invalid(format!(
+                "{name:?} is a preset and cannot be deleted"
+            )));
         }
         if !self.storage.delete_service(name)? {
             return Err(ConnectionError::UnknownService(name.to_string()));

@@ -62,12 +62,20 @@ impl Credentials {
     /// Seal for storage in the row of `connection`.
     pub fn seal(&self, sealer: &Sealer, connection: &str) -> Vec<u8> {
         let payload = Payload {
-            params: self.params.iter().map(|(k, v)| (k.clone(), v.expose().to_string())).collect(),
+            params: self
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                .collect(),
             access: self.tokens.as_ref().map(|t| t.access.expose().to_string()),
-            refresh: self.tokens.as_ref().and_then(|t| t.refresh.as_ref().map(|r| r.expose().to_string())),
+            refresh: self
+                .tokens
+                .as_ref()
+                .and_then(|t| t.refresh.as_ref().map(|r| r.expose().to_string())),
             expires_at: self.tokens.as_ref().and_then(|t| t.expires_at),
         };
-        let json = Zeroizing::new(serde_json::to_vec(&payload).expect("credential payload serializes"));
+        let json =
+            Zeroizing::new(serde_json::to_vec(&payload).expect("credential payload serializes"));
         sealer.seal(&json, &seal_context(connection))
     }
 
@@ -75,8 +83,13 @@ impl Credentials {
     pub fn open(sealer: &Sealer, connection: &str, blob: &[u8]) -> Result<Self, SealError> {
         let json = sealer.open(blob, &seal_context(connection))?;
         let mut payload: Payload =
-            serde_json::from_slice(&json).map_err(|_| SealError::Corrupt { context: seal_context(connection) })?;
-        let params = std::mem::take(&mut payload.params).into_iter().map(|(k, v)| (k, Secret::new(v))).collect();
+            serde_json::from_slice(&json).map_err(|_| SealError::Corrupt {
+                context: seal_context(connection),
+            })?;
+        let params = std::mem::take(&mut payload.params)
+            .into_iter()
+            .map(|(k, v)| (k, Secret::new(v)))
+            .collect();
         let tokens = payload.access.take().map(|access| Tokens {
             access: Secret::new(access),
             refresh: payload.refresh.take().map(Secret::new),
@@ -95,13 +108,21 @@ mod tests {
     fn seal_round_trip_is_bound_to_the_connection() {
         let sealer = Sealer::new(&MasterKey::from_bytes([1; 32]));
         let mut c = Credentials::default();
-        c.params.insert("api_key".into(), Secret::new("sk-live-123456"));
-        c.tokens = Some(Tokens { access: Secret::new("at-1"), refresh: Some(Secret::new("rt-1")), expires_at: Some(5) });
+        c.params
+            .insert("api_key".into(), Secret::new("sk-live-123456"));
+        c.tokens = Some(Tokens {
+            access: Secret::new("at-1"),
+            refresh: Some(Secret::new("rt-1")),
+            expires_at: Some(5),
+        });
         let blob = c.seal(&sealer, "a");
         let back = Credentials::open(&sealer, "a", &blob).unwrap();
         assert_eq!(back.params["api_key"].expose(), "sk-live-123456");
         let t = back.tokens.unwrap();
-        assert_eq!((t.access.expose(), t.refresh.unwrap().expose(), t.expires_at), ("at-1", "rt-1", Some(5)));
+        assert_eq!(
+            (t.access.expose(), t.refresh.unwrap().expose(), t.expires_at),
+            ("at-1", "rt-1", Some(5))
+        );
         assert!(Credentials::open(&sealer, "b", &blob).is_err());
     }
 }

@@ -12,12 +12,20 @@ use super::SendError;
 use crate::services::{Endpoint, Origin};
 
 /// Resolve `target` plus `query` pairs into the URL to request.
-pub fn resolve_target(endpoint: &Endpoint, target: &str, query: &[(String, String)]) -> Result<Url, SendError> {
+pub fn resolve_target(
+    endpoint: &Endpoint,
+    target: &str,
+    query: &[(String, String)],
+) -> Result<Url, SendError> {
     if target.chars().any(|c| c.is_control()) {
-        return Err(SendError::InvalidRequest("target contains control characters".into()));
+        return Err(SendError::InvalidRequest(
+            "target contains control characters".into(),
+        ));
     }
     if target.contains('\\') {
-        return Err(SendError::ForbiddenDestination("target contains a backslash".into()));
+        return Err(SendError::ForbiddenDestination(
+            "target contains a backslash".into(),
+        ));
     }
     if target.starts_with("//") {
         return Err(SendError::ForbiddenDestination(
@@ -39,7 +47,9 @@ pub fn resolve_target(endpoint: &Endpoint, target: &str, query: &[(String, Strin
     // Defence in depth: whatever the branch, the final origin must be allowed.
     let origin = Origin::of(&url);
     if !endpoint.allowed_origins.contains(&origin) {
-        return Err(SendError::ForbiddenDestination(format!("{origin} is not an allowed origin of this connection")));
+        return Err(SendError::ForbiddenDestination(format!(
+            "{origin} is not an allowed origin of this connection"
+        )));
     }
     Ok(url)
 }
@@ -50,7 +60,9 @@ fn has_scheme(target: &str) -> bool {
             let scheme = &target[..i];
             !scheme.is_empty()
                 && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
                 && !target[..i].contains('/')
         }
         None => false,
@@ -58,16 +70,24 @@ fn has_scheme(target: &str) -> bool {
 }
 
 fn absolute(endpoint: &Endpoint, target: &str) -> Result<Url, SendError> {
-    let url = Url::parse(target).map_err(|e| SendError::InvalidRequest(format!("target is not a valid URL: {e}")))?;
+    let url = Url::parse(target)
+        .map_err(|e| SendError::InvalidRequest(format!("target is not a valid URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(SendError::ForbiddenDestination(format!("scheme {:?} is not allowed", url.scheme())));
+        return Err(SendError::ForbiddenDestination(format!(
+            "scheme {:?} is not allowed",
+            url.scheme()
+        )));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(SendError::ForbiddenDestination("URLs with userinfo are not allowed".into()));
+        return Err(SendError::ForbiddenDestination(
+            "URLs with userinfo are not allowed".into(),
+        ));
     }
     let origin = Origin::of(&url);
     if !endpoint.allowed_origins.contains(&origin) {
-        return Err(SendError::ForbiddenDestination(format!("{origin} is not an allowed origin of this connection")));
+        return Err(SendError::ForbiddenDestination(format!(
+            "{origin} is not an allowed origin of this connection"
+        )));
     }
     Ok(url)
 }
@@ -81,26 +101,38 @@ fn relative(base: &Url, target: &str) -> Result<Url, SendError> {
     for segment in path.split('/') {
         let decoded = percent_decode(segment);
         if decoded == "." || decoded == ".." {
-            return Err(SendError::ForbiddenDestination("dot segments (. and ..) are not allowed in targets".into()));
+            return Err(SendError::ForbiddenDestination(
+                "dot segments (. and ..) are not allowed in targets".into(),
+            ));
         }
         if segment.contains('%') && (decoded.contains('/') || decoded.contains('\\')) {
-            return Err(SendError::ForbiddenDestination("encoded slashes are not allowed in targets".into()));
+            return Err(SendError::ForbiddenDestination(
+                "encoded slashes are not allowed in targets".into(),
+            ));
         }
     }
     let mut url = base.clone();
     let base_path = base.path().trim_end_matches('/');
     let rel = path.trim_start_matches('/');
-    let joined = if rel.is_empty() { format!("{base_path}/") } else { format!("{base_path}/{rel}") };
+    let joined = if rel.is_empty() {
+        format!("{base_path}/")
+    } else {
+        format!("{base_path}/{rel}")
+    };
     url.set_path(&joined);
     url.set_query(query.filter(|q| !q.is_empty()));
     if !url.path().starts_with(base_path) {
-        return Err(SendError::ForbiddenDestination("target escapes the connection's base path".into()));
+        return Err(SendError::ForbiddenDestination(
+            "target escapes the connection's base path".into(),
+        ));
     }
     Ok(url)
 }
 
 fn percent_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -110,11 +142,16 @@ mod tests {
     fn endpoint() -> Endpoint {
         let base = Url::parse("https://api.example.com/v1").unwrap();
         let other = Url::parse("https://uploads.example.com").unwrap();
-        Endpoint { allowed_origins: vec![Origin::of(&base), Origin::of(&other)], base_url: base }
+        Endpoint {
+            allowed_origins: vec![Origin::of(&base), Origin::of(&other)],
+            base_url: base,
+        }
     }
 
     fn ok(target: &str) -> String {
-        resolve_target(&endpoint(), target, &[]).unwrap().to_string()
+        resolve_target(&endpoint(), target, &[])
+            .unwrap()
+            .to_string()
     }
 
     fn forbidden(target: &str) {
@@ -130,20 +167,37 @@ mod tests {
         assert_eq!(ok("users/1?x=y"), "https://api.example.com/v1/users/1?x=y");
         assert_eq!(ok(""), "https://api.example.com/v1/");
         assert_eq!(ok("/a%20b"), "https://api.example.com/v1/a%20b");
-        let with_query = resolve_target(&endpoint(), "/s", &[("q".into(), "a b&c".into())]).unwrap();
-        assert_eq!(with_query.as_str(), "https://api.example.com/v1/s?q=a+b%26c");
+        let with_query =
+            resolve_target(&endpoint(), "/s", &[("q".into(), "a b&c".into())]).unwrap();
+        assert_eq!(
+            with_query.as_str(),
+            "https://api.example.com/v1/s?q=a+b%26c"
+        );
     }
 
     #[test]
     fn escapes_are_refused() {
-        for t in ["/../admin", "/a/../../x", "/%2e%2e/admin", "/%2E./x", "/.", "/a/%2fetc", "/a%5cb", "/a\\b", "//evil.example/x"] {
+        for t in [
+            "/../admin",
+            "/a/../../x",
+            "/%2e%2e/admin",
+            "/%2E./x",
+            "/.",
+            "/a/%2fetc",
+            "/a%5cb",
+            "/a\\b",
+            "//evil.example/x",
+        ] {
             forbidden(t);
         }
     }
 
     #[test]
     fn absolute_urls_need_an_allowed_origin() {
-        assert_eq!(ok("https://uploads.example.com/f"), "https://uploads.example.com/f");
+        assert_eq!(
+            ok("https://uploads.example.com/f"),
+            "https://uploads.example.com/f"
+        );
         forbidden("https://evil.example/x");
         forbidden("http://api.example.com/v1/users");
         forbidden("https://api.example.com:8443/v1");
@@ -154,7 +208,13 @@ mod tests {
 
     #[test]
     fn control_characters_are_invalid() {
-        assert!(matches!(resolve_target(&endpoint(), "/a\r\nHost: x", &[]), Err(SendError::InvalidRequest(_))));
-        assert!(matches!(resolve_target(&endpoint(), "/a\0", &[]), Err(SendError::InvalidRequest(_))));
+        assert!(matches!(
+            resolve_target(&endpoint(), "/a\r\nHost: x", &[]),
+            Err(SendError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            resolve_target(&endpoint(), "/a\0", &[]),
+            Err(SendError::InvalidRequest(_))
+        ));
     }
 }

@@ -8,7 +8,9 @@ use reqwest::header::{HeaderName, HeaderValue};
 
 use super::credentials::Credentials;
 use super::redact::Redactor;
-use super::{Catalog, ConnectionError, OutboundRequest, OutboundResponse, SendError, Status, egress, inject};
+use super::{
+    Catalog, ConnectionError, OutboundRequest, OutboundResponse, SendError, Status, egress, inject,
+};
 use crate::runtime::HttpState;
 use crate::secrets::Sealer;
 use crate::services::{Endpoint, ParamLocation, ServiceDef, validate_name};
@@ -62,11 +64,21 @@ pub fn build_client() -> reqwest::Client {
 impl Gateway {
     /// A gateway over `storage`, sealing with `sealer`.
     pub fn new(storage: Arc<Storage>, sealer: Arc<Sealer>) -> Self {
-        Self { catalog: Catalog::new(storage.clone()), storage, sealer, client: build_client() }
+        Self {
+            catalog: Catalog::new(storage.clone()),
+            storage,
+            sealer,
+            client: build_client(),
+        }
     }
 
     /// Handle a guest's `http.send`.
-    pub async fn send(&self, ctx: &mut HttpState, connection: &str, req: OutboundRequest) -> Result<OutboundResponse, SendError> {
+    pub async fn send(
+        &self,
+        ctx: &mut HttpState,
+        connection: &str,
+        req: OutboundRequest,
+    ) -> Result<OutboundResponse, SendError> {
         let started = Instant::now();
         let mut record = OutboundCall {
             connection: connection.to_string(),
@@ -116,7 +128,10 @@ impl Gateway {
         if validate_name("connection", connection).is_err() {
             return Err(SendError::AccessDenied);
         }
-        let granted = self.storage.has_grant(&ctx.function, connection).map_err(|e| host_fault(&e))?;
+        let granted = self
+            .storage
+            .has_grant(&ctx.function, connection)
+            .map_err(|e| host_fault(&e))?;
         if !granted {
             return Err(SendError::AccessDenied);
         }
@@ -133,7 +148,10 @@ impl Gateway {
             return Err(SendError::NotConnected);
         }
         let remaining = ctx.deadline.saturating_duration_since(Instant::now());
-        let wanted = req.timeout_ms.map(|ms| Duration::from_millis(ms.into())).unwrap_or(Duration::from_millis(ctx.limits.request_timeout_ms));
+        let wanted = req
+            .timeout_ms
+            .map(|ms| Duration::from_millis(ms.into()))
+            .unwrap_or(Duration::from_millis(ctx.limits.request_timeout_ms));
         let limits = RequestLimits {
             timeout: wanted.min(remaining),
             max_response_bytes: ctx.limits.max_response_bytes,
@@ -148,14 +166,21 @@ impl Gateway {
 
     /// Open a connection's row, service, credentials and endpoint. `Ok(None)` if absent.
     pub(crate) fn load(&self, name: &str) -> Result<Option<Loaded>, ConnectionError> {
-        let Some(row) = self.storage.get_connection(name)? else { return Ok(None) };
+        let Some(row) = self.storage.get_connection(name)? else {
+            return Ok(None);
+        };
         let service = self.catalog.require(&row.service)?.def;
         let creds = match &row.sealed {
             Some(blob) => Credentials::open(&self.sealer, name, blob)?,
             None => Credentials::default(),
         };
         let endpoint = resolve_endpoint(&service, &row, &creds)?;
-        Ok(Some(Loaded { row, service, creds, endpoint }))
+        Ok(Some(Loaded {
+            row,
+            service,
+            creds,
+            endpoint,
+        }))
     }
 
     /// Check, inject, send and scrub one request for an already-authorised caller
@@ -167,10 +192,13 @@ impl Gateway {
         limits: &RequestLimits,
         record: Option<&mut OutboundCall>,
     ) -> Result<OutboundResponse, SendError> {
-        let method = reqwest::Method::from_bytes(req.method.as_bytes())
-            .map_err(|_| SendError::InvalidRequest(format!("{:?} is not a valid HTTP method", req.method)))?;
+        let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|_| {
+            SendError::InvalidRequest(format!("{:?} is not a valid HTTP method", req.method))
+        })?;
         if matches!(method.as_str(), "CONNECT" | "TRACE") {
-            return Err(SendError::InvalidRequest(format!("method {method} is not allowed")));
+            return Err(SendError::InvalidRequest(format!(
+                "method {method} is not allowed"
+            )));
         }
         let url = egress::resolve_target(&loaded.endpoint, &req.target, &req.query)?;
         let mut redactor = inject::redactor_for(&loaded.service, &loaded.creds);
@@ -179,8 +207,13 @@ impl Gateway {
             record.path = scrub_path(&loaded.service, &redactor, url.path());
         }
         let (reserved_headers, reserved_query) = inject::reserved_names(&loaded.service);
-        if let Some((k, _)) = url.query_pairs().find(|(k, _)| reserved_query.iter().any(|r| r == k)) {
-            return Err(SendError::InvalidRequest(format!("query parameter {k:?} is set by the connection")));
+        if let Some((k, _)) = url
+            .query_pairs()
+            .find(|(k, _)| reserved_query.iter().any(|r| r == k))
+        {
+            return Err(SendError::InvalidRequest(format!(
+                "query parameter {k:?} is set by the connection"
+            )));
         }
         let body = req.body.unwrap_or_default();
         if body.len() as u64 > limits.max_request_bytes {
@@ -194,56 +227,102 @@ impl Gateway {
         for (name, value) in &req.headers {
             let lower = name.to_ascii_lowercase();
             if REFUSED_HEADERS.contains(&lower.as_str()) || reserved_headers.contains(&lower) {
-                return Err(SendError::InvalidRequest(format!("header {name:?} is set by the connection and may not be supplied")));
+                return Err(SendError::InvalidRequest(format!(
+                    "header {name:?} is set by the connection and may not be supplied"
+                )));
             }
-            if name.chars().chain(value.chars()).any(|c| c.is_control() && c != '\t') {
-                return Err(SendError::InvalidRequest(format!("header {name:?} contains control characters")));
+            if name
+                .chars()
+                .chain(value.chars())
+                .any(|c| c.is_control() && c != '\t')
+            {
+                return Err(SendError::InvalidRequest(format!(
+                    "header {name:?} contains control characters"
+                )));
             }
-            let hn = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| SendError::InvalidRequest(format!("{name:?} is not a valid header name")))?;
-            let hv = HeaderValue::from_str(value)
-                .map_err(|_| SendError::InvalidRequest(format!("the value of header {name:?} is not valid")))?;
+            let hn = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                SendError::InvalidRequest(format!("{name:?} is not a valid header name"))
+            })?;
+            let hv = HeaderValue::from_str(value).map_err(|_| {
+                SendError::InvalidRequest(format!("the value of header {name:?} is not valid"))
+            })?;
             request.headers_mut().append(hn, hv);
         }
         if !body.is_empty() {
             *request.body_mut() = Some(body.into());
         }
         // Last step before sending: attach the credentials.
-        inject::apply(&mut request, &loaded.service, &loaded.creds, &loaded.row.params, &mut redactor)?;
+        inject::apply(
+            &mut request,
+            &loaded.service,
+            &loaded.creds,
+            &loaded.row.params,
+            &mut redactor,
+        )?;
 
         let send = async {
-            let response = self.client.execute(request).await.map_err(|e| map_reqwest(e, &redactor))?;
+            let response = self
+                .client
+                .execute(request)
+                .await
+                .map_err(|e| map_reqwest(e, &redactor))?;
             let status = response.status().as_u16();
             let headers = response
                 .headers()
                 .iter()
-                .map(|(k, v)| (k.as_str().to_string(), redactor.scrub(&String::from_utf8_lossy(v.as_bytes()))))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        redactor.scrub(&String::from_utf8_lossy(v.as_bytes())),
+                    )
+                })
                 .collect();
-            if response.content_length().is_some_and(|n| n > limits.max_response_bytes) {
+            if response
+                .content_length()
+                .is_some_and(|n| n > limits.max_response_bytes)
+            {
                 return Err(SendError::TooLarge);
             }
             let mut response = response;
             let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(|e| map_reqwest(e, &redactor))? {
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| map_reqwest(e, &redactor))?
+            {
                 if (body.len() + chunk.len()) as u64 > limits.max_response_bytes {
                     return Err(SendError::TooLarge);
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(OutboundResponse { status, headers, body: redactor.scrub_bytes(&body) })
+            Ok(OutboundResponse {
+                status,
+                headers,
+                body: redactor.scrub_bytes(&body),
+            })
         };
         if limits.timeout.is_zero() {
             return Err(SendError::Timeout);
         }
-        tokio::time::timeout(limits.timeout, send).await.map_err(|_| SendError::Timeout)?
+        tokio::time::timeout(limits.timeout, send)
+            .await
+            .map_err(|_| SendError::Timeout)?
     }
 }
 
 /// Resolve the service's endpoint with this connection's `url` params (secret ones too:
 /// a webhook's capability URL is a secret `url` param).
-pub(crate) fn resolve_endpoint(service: &ServiceDef, row: &ConnectionRow, creds: &Credentials) -> Result<Endpoint, ConnectionError> {
+pub(crate) fn resolve_endpoint(
+    service: &ServiceDef,
+    row: &ConnectionRow,
+    creds: &Credentials,
+) -> Result<Endpoint, ConnectionError> {
     let mut url_params = std::collections::BTreeMap::new();
-    for p in service.params.iter().filter(|p| p.location == ParamLocation::Url) {
+    for p in service
+        .params
+        .iter()
+        .filter(|p| p.location == ParamLocation::Url)
+    {
         if let Some(v) = creds.params.get(&p.name) {
             url_params.insert(p.name.clone(), v.expose().to_string());
         } else if let Some(v) = row.params.get(&p.name) {
@@ -254,8 +333,15 @@ pub(crate) fn resolve_endpoint(service: &ServiceDef, row: &ConnectionRow, creds:
 }
 
 fn scrub_path(service: &ServiceDef, redactor: &Redactor, path: &str) -> String {
-    let secret_url = service.params.iter().any(|p| p.secret && p.location == ParamLocation::Url);
-    if secret_url { "[redacted]".to_string() } else { redactor.scrub(path) }
+    let secret_url = service
+        .params
+        .iter()
+        .any(|p| p.secret && p.location == ParamLocation::Url);
+    if secret_url {
+        "[redacted]".to_string()
+    } else {
+        redactor.scrub(path)
+    }
 }
 
 fn map_reqwest(e: reqwest::Error, redactor: &Redactor) -> SendError {

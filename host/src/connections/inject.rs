@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
 
+use super::SendError;
 use super::credentials::Credentials;
 use super::redact::Redactor;
-use super::SendError;
 use crate::services::{ParamLocation, ServiceDef, TokenLocation};
 
 /// Header names and query keys the credentials occupy: a guest may not set these.
@@ -95,11 +95,19 @@ pub fn apply(
         let pair = format!("{user}:{}", basic_password.unwrap_or_default());
         let encoded = base64::engine::general_purpose::STANDARD.encode(pair.as_bytes());
         redactor.add_exact(&encoded);
-        set_header(request, AUTHORIZATION.as_str(), &format!("Basic {encoded}"), true)?;
+        set_header(
+            request,
+            AUTHORIZATION.as_str(),
+            &format!("Basic {encoded}"),
+            true,
+        )?;
     }
 
     if let (Some(o), Some(t)) = (&service.oauth2, &creds.tokens) {
-        let rendered = o.token_placement.format().replace("{token}", t.access.expose());
+        let rendered = o
+            .token_placement
+            .format()
+            .replace("{token}", t.access.expose());
         match o.token_placement.location {
             TokenLocation::Header => {
                 redactor.add_exact(&rendered);
@@ -118,11 +126,19 @@ pub fn apply(
     Ok(())
 }
 
-fn set_header(request: &mut reqwest::Request, name: &str, value: &str, sensitive: bool) -> Result<(), SendError> {
+fn set_header(
+    request: &mut reqwest::Request,
+    name: &str,
+    value: &str,
+    sensitive: bool,
+) -> Result<(), SendError> {
     // Values come from the admin; a bad one is a configuration problem, reported
     // without echoing the value.
-    let name = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| SendError::InvalidRequest(format!("connection header name {name:?} is invalid; fix the service definition")))?;
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+        SendError::InvalidRequest(format!(
+            "connection header name {name:?} is invalid; fix the service definition"
+        ))
+    })?;
     let mut value = HeaderValue::from_str(value).map_err(|_| {
         SendError::InvalidRequest(format!("the connection's value for header {name} is not a valid header value; reconnect with a valid credential"))
     })?;

@@ -117,15 +117,29 @@ impl Connections {
     }
 
     fn row(&self, name: &str) -> Result<ConnectionRow, ConnectionError> {
-        self.gateway.storage.get_connection(name)?.ok_or_else(|| ConnectionError::UnknownConnection(name.to_string()))
+        self.gateway
+            .storage
+            .get_connection(name)?
+            .ok_or_else(|| ConnectionError::UnknownConnection(name.to_string()))
     }
 
     /// Create a pending connection to `service`.
-    pub fn add(&self, name: &str, service: &str, scopes: Vec<String>, base_url: Option<String>) -> Result<ConnectionView, ConnectionError> {
+    pub fn add(
+        &self,
+        name: &str,
+        service: &str,
+        scopes: Vec<String>,
+        base_url: Option<String>,
+    ) -> Result<ConnectionView, ConnectionError> {
         validate_name("connection", name)?;
         let entry = self.catalog().require(service)?;
         let scopes = if scopes.is_empty() {
-            entry.def.oauth2.as_ref().map(|o| o.default_scopes.clone()).unwrap_or_default()
+            entry
+                .def
+                .oauth2
+                .as_ref()
+                .map(|o| o.default_scopes.clone())
+                .unwrap_or_default()
         } else {
             scopes
         };
@@ -136,7 +150,9 @@ impl Connections {
             name: name.to_string(),
             service: service.to_string(),
             status: Status::Pending.as_str().to_string(),
-            status_reason: Some("created; run `keyhole connections connect` to supply credentials".into()),
+            status_reason: Some(
+                "created; run `keyhole connections connect` to supply credentials".into(),
+            ),
             scopes,
             base_url,
             params: BTreeMap::new(),
@@ -154,7 +170,12 @@ impl Connections {
 
     /// Every connection.
     pub fn list(&self) -> Result<Vec<ConnectionView>, ConnectionError> {
-        self.gateway.storage.list_connections()?.into_iter().map(|row| self.view(row)).collect()
+        self.gateway
+            .storage
+            .list_connections()?
+            .into_iter()
+            .map(|row| self.view(row))
+            .collect()
     }
 
     /// One connection's summary.
@@ -181,7 +202,10 @@ impl Connections {
                 .and_then(|c| resolve_endpoint(&service, &row, &c).ok()),
             None => resolve_endpoint(&service, &row, &Credentials::default()).ok(),
         };
-        let secret_url = service.params.iter().any(|p| p.secret && p.location == ParamLocation::Url);
+        let secret_url = service
+            .params
+            .iter()
+            .any(|p| p.secret && p.location == ParamLocation::Url);
         let params = service
             .params
             .iter()
@@ -190,9 +214,14 @@ impl Connections {
                 display_name: p.display_name.clone(),
                 secret: p.secret,
                 value: if p.secret {
-                    secret_names.contains(&p.name).then(|| "••••••••".to_string())
+                    secret_names
+                        .contains(&p.name)
+                        .then(|| "••••••••".to_string())
                 } else {
-                    row.params.get(&p.name).cloned().or_else(|| p.default.clone())
+                    row.params
+                        .get(&p.name)
+                        .cloned()
+                        .or_else(|| p.default.clone())
                 },
             })
             .collect();
@@ -205,9 +234,17 @@ impl Connections {
             status: Status::parse(&row.status),
             status_reason: row.status_reason,
             scopes: row.scopes,
-            base_url: endpoint.as_ref().map(|e| if secret_url { "[secret webhook URL]".to_string() } else { e.base_url.to_string() }),
+            base_url: endpoint.as_ref().map(|e| {
+                if secret_url {
+                    "[secret webhook URL]".to_string()
+                } else {
+                    e.base_url.to_string()
+                }
+            }),
             base_url_overridden: row.base_url.is_some(),
-            allowed_origins: endpoint.map(|e| e.allowed_origins.iter().map(|o| o.to_string()).collect()).unwrap_or_default(),
+            allowed_origins: endpoint
+                .map(|e| e.allowed_origins.iter().map(|o| o.to_string()).collect())
+                .unwrap_or_default(),
             params,
             created_at: row.created_at,
             connected_at: row.connected_at,
@@ -217,7 +254,10 @@ impl Connections {
     }
 
     /// The params `connect` asks for, in order.
-    pub fn params_to_ask(&self, name: &str) -> Result<(ServiceDef, Vec<ParamDef>), ConnectionError> {
+    pub fn params_to_ask(
+        &self,
+        name: &str,
+    ) -> Result<(ServiceDef, Vec<ParamDef>), ConnectionError> {
         let row = self.row(name)?;
         let service = self.catalog().require(&row.service)?.def;
         let params = service.params.clone();
@@ -244,7 +284,9 @@ impl Connections {
             row.base_url = b;
         }
         for (k, v) in params {
-            let p = service.param(&k).ok_or_else(|| unknown_param(&service, &k))?;
+            let p = service
+                .param(&k)
+                .ok_or_else(|| unknown_param(&service, &k))?;
             if p.secret {
                 return Err(ConnectionError::Invalid(format!(
                     "{:?} is a secret; set it with `keyhole connections connect {name}`",
@@ -256,7 +298,15 @@ impl Connections {
         }
         resolve_endpoint(&service, &row, &Credentials::default()).or_else(|e| {
             // Secret url params are not known here; only fail for non-secret problems.
-            if service.params.iter().any(|p| p.secret && p.location == ParamLocation::Url) { Ok(dummy_endpoint()) } else { Err(e) }
+            if service
+                .params
+                .iter()
+                .any(|p| p.secret && p.location == ParamLocation::Url)
+            {
+                Ok(dummy_endpoint())
+            } else {
+                Err(e)
+            }
         })?;
         self.gateway.storage.update_connection_settings(&row)?;
         self.show(name)
@@ -266,7 +316,11 @@ impl Connections {
     ///
     /// A failed verification of a connection that was working leaves its old
     /// credentials in place; a never-connected one keeps the new ones as `pending`.
-    pub async fn connect(&self, name: &str, values: BTreeMap<String, Secret>) -> Result<ConnectOutcome, ConnectionError> {
+    pub async fn connect(
+        &self,
+        name: &str,
+        values: BTreeMap<String, Secret>,
+    ) -> Result<ConnectOutcome, ConnectionError> {
         let row = self.row(name)?;
         let service = self.catalog().require(&row.service)?.def;
         if service.auth == AuthKind::Oauth2 {
@@ -292,7 +346,10 @@ impl Connections {
                         plain.insert(p.name.clone(), v.expose().to_string());
                     }
                 }
-                None if p.required && p.default.is_none() && !(!p.secret && plain.contains_key(&p.name)) => {
+                None if p.required
+                    && p.default.is_none()
+                    && (p.secret || !plain.contains_key(&p.name)) =>
+                {
                     return Err(ConnectionError::Invalid(format!(
                         "missing a value for {:?}; pass --param {}=VALUE (or answer the prompt)",
                         p.display_name, p.name
@@ -304,7 +361,12 @@ impl Connections {
         let mut candidate = row.clone();
         candidate.params = plain;
         let endpoint = resolve_endpoint(&service, &candidate, &creds)?;
-        let loaded = Loaded { row: candidate.clone(), service: service.clone(), creds, endpoint };
+        let loaded = Loaded {
+            row: candidate.clone(),
+            service: service.clone(),
+            creds,
+            endpoint,
+        };
 
         let verification = match &service.verify {
             Some(_) => Some(self.verify(&loaded).await),
@@ -314,13 +376,22 @@ impl Connections {
         let was_connected = Status::parse(&row.status) == Status::Connected;
         let stored = ok || !was_connected;
         if stored {
-            let sealed = (!loaded.creds.is_empty()).then(|| loaded.creds.seal(&self.gateway.sealer, name));
+            let sealed =
+                (!loaded.creds.is_empty()).then(|| loaded.creds.seal(&self.gateway.sealer, name));
             let (status, reason) = if ok {
                 (Status::Connected, None)
             } else {
-                (Status::Pending, verification.as_ref().and_then(|v| v.reason.clone()).map(|r| format!("verification failed: {r}")))
+                (
+                    Status::Pending,
+                    verification
+                        .as_ref()
+                        .and_then(|v| v.reason.clone())
+                        .map(|r| format!("verification failed: {r}")),
+                )
             };
-            self.gateway.storage.update_connection_settings(&candidate)?;
+            self.gateway
+                .storage
+                .update_connection_settings(&candidate)?;
             let swapped = self.gateway.storage.swap_credentials(
                 name,
                 row.generation,
@@ -335,26 +406,51 @@ impl Connections {
                     "connection {name:?} changed while connecting; run the command again"
                 )));
             }
-            tracing::info!(connection = name, status = status.as_str(), "credentials stored");
+            tracing::info!(
+                connection = name,
+                status = status.as_str(),
+                "credentials stored"
+            );
         } else {
-            tracing::info!(connection = name, "verification failed; previous credentials kept");
+            tracing::info!(
+                connection = name,
+                "verification failed; previous credentials kept"
+            );
         }
-        Ok(ConnectOutcome { connection: self.show(name)?, verification, stored })
+        Ok(ConnectOutcome {
+            connection: self.show(name)?,
+            verification,
+            stored,
+        })
     }
 
     async fn verify(&self, loaded: &Loaded) -> VerifyOutcome {
         let Some(v) = &loaded.service.verify else {
-            return VerifyOutcome { ok: true, request: String::new(), status: None, reason: None };
+            return VerifyOutcome {
+                ok: true,
+                request: String::new(),
+                status: None,
+                reason: None,
+            };
         };
         let request = format!("{} {}", v.method, v.path);
-        let req = OutboundRequest { method: v.method.clone(), target: v.path.clone(), ..Default::default() };
+        let req = OutboundRequest {
+            method: v.method.clone(),
+            target: v.path.clone(),
+            ..Default::default()
+        };
         let limits = RequestLimits {
             timeout: VERIFY_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         };
         match self.gateway.execute(loaded, req, &limits, None).await {
-            Ok(r) if v.is_success(r.status) => VerifyOutcome { ok: true, request, status: Some(r.status), reason: None },
+            Ok(r) if v.is_success(r.status) => VerifyOutcome {
+                ok: true,
+                request,
+                status: Some(r.status),
+                reason: None,
+            },
             Ok(r) => {
                 let body = String::from_utf8_lossy(&r.body);
                 let excerpt: String = body.trim().chars().take(REASON_EXCERPT).collect();
@@ -365,13 +461,21 @@ impl Connections {
                     status: Some(r.status),
                 }
             }
-            Err(e) => VerifyOutcome { ok: false, reason: Some(format!("{request} failed: {e}")), request, status: None },
+            Err(e) => VerifyOutcome {
+                ok: false,
+                reason: Some(format!("{request} failed: {e}")),
+                request,
+                status: None,
+            },
         }
     }
 
     /// Run the service's verification request with the stored credentials.
     pub async fn test(&self, name: &str) -> Result<VerifyOutcome, ConnectionError> {
-        let loaded = self.gateway.load(name)?.ok_or_else(|| ConnectionError::UnknownConnection(name.to_string()))?;
+        let loaded = self
+            .gateway
+            .load(name)?
+            .ok_or_else(|| ConnectionError::UnknownConnection(name.to_string()))?;
         if loaded.row.sealed.is_none() && loaded.service.params.iter().any(|p| p.secret) {
             return Err(ConnectionError::Invalid(format!(
                 "connection {name:?} has no credentials (status {}); run `keyhole connections connect {name}`",
@@ -429,7 +533,9 @@ impl Connections {
     /// Take a grant back.
     pub fn revoke_grant(&self, function: &str, connection: &str) -> Result<(), ConnectionError> {
         if !self.gateway.storage.revoke_grant(function, connection)? {
-            return Err(ConnectionError::Invalid(format!("function {function:?} holds no grant for connection {connection:?}")));
+            return Err(ConnectionError::Invalid(format!(
+                "function {function:?} holds no grant for connection {connection:?}"
+            )));
         }
         Ok(())
     }
@@ -438,8 +544,15 @@ impl Connections {
 fn check_override(service: &ServiceDef, url: &str) -> Result<(), ConnectionError> {
     // Resolving with the override validates it (https, or http to loopback; no userinfo).
     let mut params = BTreeMap::new();
-    for p in service.params.iter().filter(|p| p.location == ParamLocation::Url) {
-        params.insert(p.name.clone(), p.default.clone().unwrap_or_else(|| "x".into()));
+    for p in service
+        .params
+        .iter()
+        .filter(|p| p.location == ParamLocation::Url)
+    {
+        params.insert(
+            p.name.clone(),
+            p.default.clone().unwrap_or_else(|| "x".into()),
+        );
     }
     match service.resolve(&params, Some(url)) {
         Ok(_) => Ok(()),
@@ -464,11 +577,18 @@ fn unknown_param(service: &ServiceDef, key: &str) -> ConnectionError {
     ConnectionError::Invalid(format!(
         "service {:?} has no param {key:?}; its params are: {}",
         service.name,
-        if known.is_empty() { "(none)".to_string() } else { known.join(", ") }
+        if known.is_empty() {
+            "(none)".to_string()
+        } else {
+            known.join(", ")
+        }
     ))
 }
 
 fn dummy_endpoint() -> crate::services::Endpoint {
     let url = url::Url::parse("https://placeholder.invalid/").expect("static URL");
-    crate::services::Endpoint { allowed_origins: vec![crate::services::Origin::of(&url)], base_url: url }
+    crate::services::Endpoint {
+        allowed_origins: vec![crate::services::Origin::of(&url)],
+        base_url: url,
+    }
 }

@@ -17,7 +17,7 @@ pub mod redact;
 pub use catalog::{Catalog, CatalogEntry, ServiceSource};
 pub use credentials::{Credentials, Tokens};
 pub use gateway::Gateway;
-pub use manager::{ConnectionView, Connections, ConnectOutcome, ParamView, VerifyOutcome};
+pub use manager::{ConnectOutcome, ConnectionView, Connections, ParamView, VerifyOutcome};
 
 use serde::{Deserialize, Serialize};
 

@@ -22,7 +22,8 @@ impl Redactor {
         self.push(secret.as_bytes().to_vec());
         let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
         self.push(encoded.into_bytes());
-        let pct = percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let pct = percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
         self.push(pct.into_bytes());
     }
 

@@ -6,16 +6,24 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     /// Not a wasm binary at all.
-    #[error("not a WebAssembly file (it does not start with the \\0asm magic bytes); upload the .wasm a plugin build produces, e.g. target/wasm32-wasip2/release/NAME.wasm")]
+    #[error(
+        "not a WebAssembly file (it does not start with the \\0asm magic bytes); upload the .wasm a plugin build produces, e.g. target/wasm32-wasip2/release/NAME.wasm"
+    )]
     NotWasm,
     /// A core module, not a component.
-    #[error("this is a core WebAssembly module, not a component; build the plugin with `cargo build --target wasm32-wasip2 --release` (or wrap it with `wasm-tools component new`)")]
+    #[error(
+        "this is a core WebAssembly module, not a component; build the plugin with `cargo build --target wasm32-wasip2 --release` (or wrap it with `wasm-tools component new`)"
+    )]
     CoreModule,
     /// The binary is malformed or cut short.
-    #[error("the component is malformed or truncated: {0}; rebuild the plugin and upload the complete file")]
+    #[error(
+        "the component is malformed or truncated: {0}; rebuild the plugin and upload the complete file"
+    )]
     Malformed(String),
     /// A valid component, but for another world.
-    #[error("this component is not a keyhole custom function: {0}; build it against the keyhole:function/custom-function world (the keyhole-sdk does this)")]
+    #[error(
+        "this component is not a keyhole custom function: {0}; build it against the keyhole:function/custom-function world (the keyhole-sdk does this)"
+    )]
     WrongWorld(String),
     /// Too large to accept.
     #[error("the component is {size} bytes, over the {limit}-byte upload limit")]

@@ -26,7 +26,10 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 
 use self::bindings::{CustomFunction, CustomFunctionPre};
 use self::state::InvocationState;
@@ -52,7 +55,10 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { max_instances: DEFAULT_MAX_INSTANCES, pooling: true }
+        Self {
+            max_instances: DEFAULT_MAX_INSTANCES,
+            pooling: true,
+        }
     }
 }
 
@@ -113,7 +119,10 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("engine_hash", &self.engine_hash).field("max_instances", &self.max_instances).finish()
+        f.debug_struct("Runtime")
+            .field("engine_hash", &self.engine_hash)
+            .field("max_instances", &self.max_instances)
+            .finish()
     }
 }
 
@@ -190,7 +199,8 @@ impl Runtime {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
-        CustomFunction::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| anyhow::anyhow!("{e}"))?;
+        CustomFunction::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
 
         // One ticker thread per engine, never per call (wasmtime #11814). It holds only a
         // weak reference so it ends when the runtime is dropped.
@@ -246,7 +256,10 @@ impl Runtime {
     /// blocking thread.
     pub fn compile(&self, bytes: &[u8]) -> Result<(Vec<u8>, Prepared), UploadError> {
         check_component_binary(bytes)?;
-        let artifact = self.engine.precompile_component(bytes).map_err(|e| UploadError::Compile(format!("{e:#}")))?;
+        let artifact = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| UploadError::Compile(format!("{e:#}")))?;
         self.stats.compiles.fetch_add(1, Ordering::Relaxed);
         let prepared = self.prepare_artifact(&artifact)?;
         Ok((artifact, prepared))
@@ -260,8 +273,12 @@ impl Runtime {
         // configuration with an error.
         let component = unsafe { Component::deserialize(&self.engine, artifact) }
             .map_err(|e| UploadError::Compile(format!("{e:#}")))?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| UploadError::WrongWorld(format!("{e:#}")))?;
-        let pre = CustomFunctionPre::new(pre).map_err(|e| UploadError::WrongWorld(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| UploadError::WrongWorld(format!("{e:#}")))?;
+        let pre =
+            CustomFunctionPre::new(pre).map_err(|e| UploadError::WrongWorld(format!("{e:#}")))?;
         Ok(Prepared { pre })
     }
 
@@ -273,37 +290,58 @@ impl Runtime {
         stored_artifact: impl FnOnce() -> Option<Vec<u8>>,
         wasm: impl FnOnce() -> Option<Vec<u8>>,
     ) -> Result<(Prepared, LoadSource, Option<Vec<u8>>), UploadError> {
-        if let Some(p) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(content_hash) {
+        if let Some(p) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(content_hash)
+        {
             return Ok((p.clone(), LoadSource::Memory, None));
         }
         let (prepared, source, new_artifact) = match stored_artifact() {
             Some(artifact) => match self.prepare_artifact(&artifact) {
                 Ok(p) => {
                     self.stats.artifact_loads.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(content_hash, "loaded precompiled artifact from the store (no compile)");
+                    tracing::info!(
+                        content_hash,
+                        "loaded precompiled artifact from the store (no compile)"
+                    );
                     (p, LoadSource::Artifact, None)
                 }
                 Err(e) => {
                     tracing::warn!(content_hash, error = %e, "stored artifact unusable; recompiling");
-                    let bytes = wasm().ok_or_else(|| UploadError::Compile("function bytes missing from the store".into()))?;
+                    let bytes = wasm().ok_or_else(|| {
+                        UploadError::Compile("function bytes missing from the store".into())
+                    })?;
                     let (artifact, p) = self.compile(&bytes)?;
                     (p, LoadSource::Compiled, Some(artifact))
                 }
             },
             None => {
-                let bytes = wasm().ok_or_else(|| UploadError::Compile("function bytes missing from the store".into()))?;
-                tracing::info!(content_hash, "compiling component (no artifact for this engine yet)");
+                let bytes = wasm().ok_or_else(|| {
+                    UploadError::Compile("function bytes missing from the store".into())
+                })?;
+                tracing::info!(
+                    content_hash,
+                    "compiling component (no artifact for this engine yet)"
+                );
                 let (artifact, p) = self.compile(&bytes)?;
                 (p, LoadSource::Compiled, Some(artifact))
             }
         };
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(content_hash.to_string(), prepared.clone());
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(content_hash.to_string(), prepared.clone());
         Ok((prepared, source, new_artifact))
     }
 
     /// Put a prepared component in the memory cache.
     pub fn remember(&self, content_hash: &str, prepared: Prepared) {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(content_hash.to_string(), prepared);
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(content_hash.to_string(), prepared);
     }
 
     /// Run `run(input)` once in a fresh store under `limits`. Never panics on guest
@@ -326,7 +364,10 @@ impl Runtime {
             duration: started.elapsed(),
         };
         if input.len() as u64 > limits.max_input_bytes {
-            return fail(InvokeError::InputTooLarge { size: input.len() as u64, limit: limits.max_input_bytes });
+            return fail(InvokeError::InputTooLarge {
+                size: input.len() as u64,
+                limit: limits.max_input_bytes,
+            });
         }
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(input) {
             return fail(InvokeError::InvalidInput(e.to_string()));
@@ -337,7 +378,10 @@ impl Runtime {
 
         let timeout = limits.timeout();
         let deadline = Instant::now() + timeout;
-        let mut store = Store::new(&self.engine, InvocationState::new(limits, function, gateway, deadline));
+        let mut store = Store::new(
+            &self.engine,
+            InvocationState::new(limits, function, gateway, deadline),
+        );
         store.limiter(|s| &mut s.limiter);
         // Trap once the wall-clock deadline passes; until then yield to tokio every tick
         // so a busy guest never starves other tasks on this worker.
@@ -380,18 +424,33 @@ impl Runtime {
 
 fn check_output(output: String, limits: &Limits) -> Result<String, InvokeError> {
     if output.len() as u64 > limits.max_output_bytes {
-        return Err(InvokeError::OutputTooLarge { size: output.len() as u64, limit: limits.max_output_bytes });
+        return Err(InvokeError::OutputTooLarge {
+            size: output.len() as u64,
+            limit: limits.max_output_bytes,
+        });
     }
-    serde_json::from_str::<serde::de::IgnoredAny>(&output).map_err(|e| InvokeError::InvalidOutput(e.to_string()))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&output)
+        .map_err(|e| InvokeError::InvalidOutput(e.to_string()))?;
     Ok(output)
 }
 
-fn classify_trap(e: &wasmtime::Error, memory_exceeded: bool, limits: &Limits, stderr: &str) -> InvokeError {
+fn classify_trap(
+    e: &wasmtime::Error,
+    memory_exceeded: bool,
+    limits: &Limits,
+    stderr: &str,
+) -> InvokeError {
     if memory_exceeded {
-        return InvokeError::OutOfMemory { limit: limits.memory_bytes };
+        return InvokeError::OutOfMemory {
+            limit: limits.memory_bytes,
+        };
     }
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => return InvokeError::Timeout { limit: limits.timeout() },
+        Some(Trap::Interrupt) => {
+            return InvokeError::Timeout {
+                limit: limits.timeout(),
+            };
+        }
         Some(Trap::StackOverflow) => return InvokeError::StackOverflow,
         Some(Trap::MemoryOutOfBounds) if panic_message(stderr).is_none() => {
             // Rust guests keep a shadow stack in linear memory; overflowing it shows up
@@ -405,10 +464,15 @@ fn classify_trap(e: &wasmtime::Error, memory_exceeded: bool, limits: &Limits, st
     if let Some(message) = panic_message(stderr) {
         return InvokeError::Panic(message);
     }
-    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
         return InvokeError::AtCapacity;
     }
-    let trap = e.downcast_ref::<Trap>().map(|t| t.to_string()).unwrap_or_else(|| format!("{e:#}"));
+    let trap = e
+        .downcast_ref::<Trap>()
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| format!("{e:#}"));
     InvokeError::Trap(trap)
 }
 
@@ -418,10 +482,17 @@ fn panic_message(stderr: &str) -> Option<String> {
     let start = stderr.find("panicked at")?;
     let rest = &stderr[start..];
     let mut lines = rest.lines();
-    let location = lines.next()?.trim_start_matches("panicked at ").trim_end_matches(':');
+    let location = lines
+        .next()?
+        .trim_start_matches("panicked at ")
+        .trim_end_matches(':');
     let message: Vec<&str> = lines.take_while(|l| !l.starts_with("note:")).collect();
     let message = message.join("\n").trim().to_string();
-    Some(if message.is_empty() { location.to_string() } else { format!("{message} (at {location})") })
+    Some(if message.is_empty() {
+        location.to_string()
+    } else {
+        format!("{message} (at {location})")
+    })
 }
 
 #[cfg(test)]
@@ -431,7 +502,10 @@ mod tests {
     #[test]
     fn extracts_panic_messages() {
         let stderr = "\nthread '<unnamed>' panicked at src/lib.rs:10:5:\nmisbehave: deliberate panic\nnote: run with `RUST_BACKTRACE=1`\n";
-        assert_eq!(panic_message(stderr).unwrap(), "misbehave: deliberate panic (at src/lib.rs:10:5)");
+        assert_eq!(
+            panic_message(stderr).unwrap(),
+            "misbehave: deliberate panic (at src/lib.rs:10:5)"
+        );
         assert!(panic_message("plain output").is_none());
     }
 }

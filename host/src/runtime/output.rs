@@ -28,7 +28,12 @@ struct Captured {
 impl CapturedOutput {
     /// A sink keeping at most `capacity` bytes.
     pub fn new(capacity: usize) -> Self {
-        Self { inner: Arc::new(Mutex::new(Captured { capacity, ..Default::default() })) }
+        Self {
+            inner: Arc::new(Mutex::new(Captured {
+                capacity,
+                ..Default::default()
+            })),
+        }
     }
 
     fn write(&self, bytes: &[u8]) {
@@ -44,7 +49,10 @@ impl CapturedOutput {
         let c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut s = String::from_utf8_lossy(&c.buf).into_owned();
         if c.dropped > 0 {
-            s.push_str(&format!("\n[keyhole: {} more bytes dropped at the {}-byte cap]", c.dropped, c.capacity));
+            s.push_str(&format!(
+                "\n[keyhole: {} more bytes dropped at the {}-byte cap]",
+                c.dropped, c.capacity
+            ));
         }
         s
     }
@@ -63,7 +71,11 @@ impl StdoutStream for CapturedOutput {
 }
 
 impl AsyncWrite for CapturedOutput {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.write(buf);
         // Report everything as written so the guest never blocks or fails on a full cap.
         Poll::Ready(Ok(buf.len()))
@@ -87,6 +99,9 @@ mod tests {
         let out = CapturedOutput::new(5);
         out.write(b"abc");
         out.write(b"defgh");
-        assert!(out.text().starts_with("abcde\n[keyhole: 3 more bytes dropped"));
+        assert!(
+            out.text()
+                .starts_with("abcde\n[keyhole: 3 more bytes dropped")
+        );
     }
 }

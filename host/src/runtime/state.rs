@@ -38,29 +38,49 @@ pub struct HttpState {
 }
 
 impl InvocationState {
-    pub(crate) fn new(limits: Limits, function: &str, gateway: Option<Arc<Gateway>>, deadline: Instant) -> Self {
+    pub(crate) fn new(
+        limits: Limits,
+        function: &str,
+        gateway: Option<Arc<Gateway>>,
+        deadline: Instant,
+    ) -> Self {
         let cap = limits.max_log_bytes as usize;
         let stdout = CapturedOutput::new(cap);
         let stderr = CapturedOutput::new(cap);
         // Deny by default: `WasiCtxBuilder::new()` gives no preopened directories, no
         // environment, no arguments, closed stdin and no TCP/UDP or name lookup. We only
         // redirect stdout/stderr into bounded buffers. Clocks and randomness stay real.
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
         Self {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: limits.memory_bytes as usize, exceeded: false },
+            limiter: MemoryLimiter {
+                limit: limits.memory_bytes as usize,
+                exceeded: false,
+            },
             stdout,
             stderr,
             logs: LogBuffer::new(cap),
-            http: HttpState { function: function.to_string(), gateway, calls: Vec::new(), limits, deadline },
+            http: HttpState {
+                function: function.to_string(),
+                gateway,
+                calls: Vec::new(),
+                limits,
+                deadline,
+            },
         }
     }
 }
 
 impl WasiView for InvocationState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -75,15 +95,28 @@ pub struct MemoryLimiter {
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.exceeded = true;
-            wasmtime::bail!("memory limit of {} bytes exceeded (wanted {desired})", self.limit);
+            wasmtime::bail!(
+                "memory limit of {} bytes exceeded (wanted {desired})",
+                self.limit
+            );
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
@@ -98,7 +131,12 @@ pub struct LogBuffer {
 
 impl LogBuffer {
     fn new(cap: usize) -> Self {
-        Self { lines: Vec::new(), bytes: 0, cap, dropped: 0 }
+        Self {
+            lines: Vec::new(),
+            bytes: 0,
+            cap,
+            dropped: 0,
+        }
     }
 
     /// Append a line unless the cap is reached.
@@ -114,7 +152,10 @@ impl LogBuffer {
     /// The kept lines, plus a note of how many were dropped.
     pub fn into_lines(mut self) -> Vec<String> {
         if self.dropped > 0 {
-            self.lines.push(format!("[keyhole: {} more log lines dropped at the {}-byte cap]", self.dropped, self.cap));
+            self.lines.push(format!(
+                "[keyhole: {} more log lines dropped at the {}-byte cap]",
+                self.dropped, self.cap
+            ));
         }
         self.lines
     }

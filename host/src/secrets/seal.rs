@@ -32,7 +32,9 @@ pub enum SealError {
     )]
     BadEnvKey,
     /// The key file exists but does not hold a valid key.
-    #[error("master key file {path} is not a valid key: expected 64 hex characters; restore the original file or set {MASTER_KEY_ENV}")]
+    #[error(
+        "master key file {path} is not a valid key: expected 64 hex characters; restore the original file or set {MASTER_KEY_ENV}"
+    )]
     BadKeyFile {
         /// Path of the key file.
         path: PathBuf,
@@ -51,7 +53,9 @@ pub enum SealError {
     )]
     WrongKey,
     /// A sealed blob failed authentication: tampered, truncated or bound to another row.
-    #[error("sealed data for {context} failed to open: it was altered or belongs to another record (nothing was changed)")]
+    #[error(
+        "sealed data for {context} failed to open: it was altered or belongs to another record (nothing was changed)"
+    )]
     Corrupt {
         /// The associated data naming the record.
         context: String,
@@ -86,7 +90,9 @@ pub struct MasterKey {
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MasterKey").field("source", &self.source).finish_non_exhaustive()
+        f.debug_struct("MasterKey")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }
 
@@ -96,13 +102,20 @@ impl MasterKey {
     pub fn load(dir: &Path, may_create: bool) -> Result<Self, SealError> {
         if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
             let bytes = parse_key(text.trim()).ok_or(SealError::BadEnvKey)?;
-            return Ok(Self { bytes, source: KeySource::Env });
+            return Ok(Self {
+                bytes,
+                source: KeySource::Env,
+            });
         }
         let path = dir.join(MASTER_KEY_FILE);
         match fs::read_to_string(&path) {
             Ok(text) => {
-                let bytes = parse_key(text.trim()).ok_or_else(|| SealError::BadKeyFile { path: path.clone() })?;
-                Ok(Self { bytes, source: KeySource::File(path) })
+                let bytes = parse_key(text.trim())
+                    .ok_or_else(|| SealError::BadKeyFile { path: path.clone() })?;
+                Ok(Self {
+                    bytes,
+                    source: KeySource::File(path),
+                })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !may_create {
@@ -110,8 +123,14 @@ impl MasterKey {
                 }
                 let mut bytes = Zeroizing::new([0u8; 32]);
                 rand::rng().fill_bytes(bytes.as_mut());
-                write_key_file(&path, &bytes).map_err(|source| SealError::Io { path: path.clone(), source })?;
-                Ok(Self { bytes, source: KeySource::Created(path) })
+                write_key_file(&path, &bytes).map_err(|source| SealError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(Self {
+                    bytes,
+                    source: KeySource::Created(path),
+                })
             }
             Err(source) => Err(SealError::Io { path, source }),
         }
@@ -119,7 +138,10 @@ impl MasterKey {
 
     /// A key from raw bytes (tests and benchmarks).
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self { bytes: Zeroizing::new(bytes), source: KeySource::Env }
+        Self {
+            bytes: Zeroizing::new(bytes),
+            source: KeySource::Env,
+        }
     }
 
     /// Where this key came from.
@@ -132,7 +154,9 @@ fn parse_key(text: &str) -> Option<Zeroizing<[u8; 32]>> {
     let raw = Zeroizing::new(if text.len() == 64 {
         hex::decode(text).ok()?
     } else {
-        base64::engine::general_purpose::STANDARD.decode(text).ok()?
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()?
     });
     let arr: [u8; 32] = raw.as_slice().try_into().ok()?;
     Some(Zeroizing::new(arr))
@@ -166,7 +190,9 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// A sealer using `key`.
     pub fn new(key: &MasterKey) -> Self {
-        Self { cipher: XChaCha20Poly1305::new(key.bytes.as_ref().into()) }
+        Self {
+            cipher: XChaCha20Poly1305::new(key.bytes.as_ref().into()),
+        }
     }
 
     /// Seal `plaintext`, bound to `context` (e.g. `connection:github`).
@@ -175,7 +201,13 @@ impl Sealer {
         rand::rng().fill_bytes(&mut nonce);
         let ciphertext = self
             .cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: context.as_bytes() })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: context.as_bytes(),
+                },
+            )
             .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
         let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
         out.push(BLOB_VERSION);
@@ -186,13 +218,21 @@ impl Sealer {
 
     /// Open a blob sealed with [`Sealer::seal`] under the same `context`.
     pub fn open(&self, blob: &[u8], context: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        let corrupt = || SealError::Corrupt { context: context.to_string() };
+        let corrupt = || SealError::Corrupt {
+            context: context.to_string(),
+        };
         if blob.len() < 1 + NONCE_LEN || blob[0] != BLOB_VERSION {
             return Err(corrupt());
         }
         let (nonce, ciphertext) = blob[1..].split_at(NONCE_LEN);
         self.cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: context.as_bytes() })
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: context.as_bytes(),
+                },
+            )
             .map(Zeroizing::new)
             .map_err(|_| corrupt())
     }
@@ -207,8 +247,14 @@ mod tests {
         let sealer = Sealer::new(&MasterKey::from_bytes([7; 32]));
         let blob = sealer.seal(b"top-secret-value", "connection:a");
         assert!(!blob.windows(16).any(|w| w == b"top-secret-value"));
-        assert_eq!(&sealer.open(&blob, "connection:a").unwrap()[..], b"top-secret-value");
-        assert!(matches!(sealer.open(&blob, "connection:b"), Err(SealError::Corrupt { .. })));
+        assert_eq!(
+            &sealer.open(&blob, "connection:a").unwrap()[..],
+            b"top-secret-value"
+        );
+        assert!(matches!(
+            sealer.open(&blob, "connection:b"),
+            Err(SealError::Corrupt { .. })
+        ));
         let other = Sealer::new(&MasterKey::from_bytes([8; 32]));
         assert!(other.open(&blob, "connection:a").is_err());
         let mut tampered = blob.clone();
@@ -220,13 +266,19 @@ mod tests {
     #[test]
     fn key_file_is_created_with_0600_and_reloaded() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(MasterKey::load(dir.path(), false), Err(SealError::MissingKey { .. })));
+        assert!(matches!(
+            MasterKey::load(dir.path(), false),
+            Err(SealError::MissingKey { .. })
+        ));
         let k1 = MasterKey::load(dir.path(), true).unwrap();
         assert!(matches!(k1.source(), KeySource::Created(_)));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join(MASTER_KEY_FILE)).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join(MASTER_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let k2 = MasterKey::load(dir.path(), true).unwrap();

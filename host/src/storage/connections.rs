@@ -129,7 +129,11 @@ impl Storage {
 
     /// Store sealed OAuth client credentials for a service (custom or preset: a preset
     /// gets a row holding only its client credentials, with an empty definition).
-    pub fn set_service_client(&self, name: &str, sealed: Option<&[u8]>) -> Result<(), StorageError> {
+    pub fn set_service_client(
+        &self,
+        name: &str,
+        sealed: Option<&[u8]>,
+    ) -> Result<(), StorageError> {
         let now = now_ms();
         self.lock()
             .execute(
@@ -186,8 +190,12 @@ impl Storage {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let users: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT name FROM connections WHERE service = ?1 ORDER BY name").map_err(|e| self.err(e))?;
-            let rows = stmt.query_map(params![name], |r| r.get(0)).map_err(|e| self.err(e))?;
+            let mut stmt = tx
+                .prepare("SELECT name FROM connections WHERE service = ?1 ORDER BY name")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map(params![name], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
             rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
         };
         if !users.is_empty() {
@@ -196,7 +204,9 @@ impl Storage {
                 users.join(", ")
             )));
         }
-        let n = tx.execute("DELETE FROM services WHERE name = ?1", params![name]).map_err(|e| self.err(e))?;
+        let n = tx
+            .execute("DELETE FROM services WHERE name = ?1", params![name])
+            .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(n > 0)
     }
@@ -240,7 +250,11 @@ impl Storage {
     /// A connection by name.
     pub fn get_connection(&self, name: &str) -> Result<Option<ConnectionRow>, StorageError> {
         self.lock()
-            .query_row(&format!("SELECT {CONN_COLUMNS} FROM connections WHERE name = ?1"), params![name], row_to_connection)
+            .query_row(
+                &format!("SELECT {CONN_COLUMNS} FROM connections WHERE name = ?1"),
+                params![name],
+                row_to_connection,
+            )
             .optional()
             .map_err(|e| self.err(e))
     }
@@ -248,8 +262,14 @@ impl Storage {
     /// Every connection, by name.
     pub fn list_connections(&self) -> Result<Vec<ConnectionRow>, StorageError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(&format!("SELECT {CONN_COLUMNS} FROM connections ORDER BY name")).map_err(|e| self.err(e))?;
-        let rows = stmt.query_map([], row_to_connection).map_err(|e| self.err(e))?;
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {CONN_COLUMNS} FROM connections ORDER BY name"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], row_to_connection)
+            .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
@@ -291,9 +311,17 @@ impl Storage {
     }
 
     /// Set status and reason without touching credentials (e.g. verification failed).
-    pub fn set_connection_status(&self, name: &str, status: &str, reason: Option<&str>) -> Result<(), StorageError> {
+    pub fn set_connection_status(
+        &self,
+        name: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<(), StorageError> {
         self.lock()
-            .execute("UPDATE connections SET status = ?2, status_reason = ?3 WHERE name = ?1", params![name, status, reason])
+            .execute(
+                "UPDATE connections SET status = ?2, status_reason = ?3 WHERE name = ?1",
+                params![name, status, reason],
+            )
             .map(drop)
             .map_err(|e| self.err(e))
     }
@@ -301,7 +329,10 @@ impl Storage {
     /// Record that a connection was just used.
     pub fn touch_connection(&self, name: &str) -> Result<(), StorageError> {
         self.lock()
-            .execute("UPDATE connections SET last_used_at = ?2 WHERE name = ?1", params![name, now_ms()])
+            .execute(
+                "UPDATE connections SET last_used_at = ?2 WHERE name = ?1",
+                params![name, now_ms()],
+            )
             .map(drop)
             .map_err(|e| self.err(e))
     }
@@ -330,7 +361,10 @@ impl Storage {
     /// Remove a grant. Returns false if there was none.
     pub fn revoke_grant(&self, function: &str, connection: &str) -> Result<bool, StorageError> {
         self.lock()
-            .execute("DELETE FROM grants WHERE function = ?1 AND connection = ?2", params![function, connection])
+            .execute(
+                "DELETE FROM grants WHERE function = ?1 AND connection = ?2",
+                params![function, connection],
+            )
             .map(|n| n > 0)
             .map_err(|e| self.err(e))
     }
@@ -345,12 +379,18 @@ impl Storage {
 
     /// Connections granted to a function.
     pub fn grants_of_function(&self, function: &str) -> Result<Vec<String>, StorageError> {
-        self.query_strings("SELECT connection FROM grants WHERE function = ?1 ORDER BY connection", function)
+        self.query_strings(
+            "SELECT connection FROM grants WHERE function = ?1 ORDER BY connection",
+            function,
+        )
     }
 
     /// Functions granted a connection.
     pub fn grants_of_connection(&self, connection: &str) -> Result<Vec<String>, StorageError> {
-        self.query_strings("SELECT function FROM grants WHERE connection = ?1 ORDER BY function", connection)
+        self.query_strings(
+            "SELECT function FROM grants WHERE connection = ?1 ORDER BY function",
+            connection,
+        )
     }
 
     /// Whether `function` holds a grant for `connection`.
@@ -369,7 +409,9 @@ impl Storage {
     fn query_strings(&self, sql: &str, arg: &str) -> Result<Vec<String>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn.prepare(sql).map_err(|e| self.err(e))?;
-        let rows = stmt.query_map(params![arg], |r| r.get(0)).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![arg], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 }

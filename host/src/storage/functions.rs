@@ -65,13 +65,16 @@ fn row_to_function(r: &Row<'_>) -> rusqlite::Result<FunctionRow> {
 impl Storage {
     /// Store a new version of a function (version = previous + 1) and return it.
     pub fn insert_function(&self, f: &NewFunction<'_>) -> Result<FunctionRow, StorageError> {
-        let limits = serde_json::to_string(&f.limits).map_err(|e| StorageError::Malformed(e.to_string()))?;
+        let limits =
+            serde_json::to_string(&f.limits).map_err(|e| StorageError::Malformed(e.to_string()))?;
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let version: i64 = tx
-            .query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM functions WHERE name = ?1", params![f.name], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM functions WHERE name = ?1",
+                params![f.name],
+                |r| r.get(0),
+            )
             .map_err(|e| self.err(e))?;
         tx.execute(
             "INSERT INTO functions (name, version, content_hash, wasm, limits, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -93,7 +96,9 @@ impl Storage {
     pub fn latest_function(&self, name: &str) -> Result<Option<FunctionRow>, StorageError> {
         self.lock()
             .query_row(
-                &format!("SELECT {COLUMNS} FROM functions WHERE name = ?1 ORDER BY version DESC LIMIT 1"),
+                &format!(
+                    "SELECT {COLUMNS} FROM functions WHERE name = ?1 ORDER BY version DESC LIMIT 1"
+                ),
                 params![name],
                 row_to_function,
             )
@@ -105,9 +110,13 @@ impl Storage {
     pub fn function_versions(&self, name: &str) -> Result<Vec<FunctionRow>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare(&format!("SELECT {COLUMNS} FROM functions WHERE name = ?1 ORDER BY version DESC"))
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM functions WHERE name = ?1 ORDER BY version DESC"
+            ))
             .map_err(|e| self.err(e))?;
-        let rows = stmt.query_map(params![name], row_to_function).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![name], row_to_function)
+            .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
@@ -121,7 +130,12 @@ impl Storage {
             ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| Ok(FunctionSummary { latest: row_to_function(r)?, versions: r.get(6)? }))
+            .query_map([], |r| {
+                Ok(FunctionSummary {
+                    latest: row_to_function(r)?,
+                    versions: r.get(6)?,
+                })
+            })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
@@ -129,7 +143,11 @@ impl Storage {
     /// The wasm bytes with this content hash.
     pub fn function_wasm(&self, content_hash: &str) -> Result<Option<Vec<u8>>, StorageError> {
         self.lock()
-            .query_row("SELECT wasm FROM functions WHERE content_hash = ?1 LIMIT 1", params![content_hash], |r| r.get(0))
+            .query_row(
+                "SELECT wasm FROM functions WHERE content_hash = ?1 LIMIT 1",
+                params![content_hash],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| self.err(e))
     }
@@ -139,8 +157,11 @@ impl Storage {
     pub fn delete_function(&self, name: &str) -> Result<usize, StorageError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let n = tx.execute("DELETE FROM functions WHERE name = ?1", params![name]).map_err(|e| self.err(e))?;
-        tx.execute("DELETE FROM grants WHERE function = ?1", params![name]).map_err(|e| self.err(e))?;
+        let n = tx
+            .execute("DELETE FROM functions WHERE name = ?1", params![name])
+            .map_err(|e| self.err(e))?;
+        tx.execute("DELETE FROM grants WHERE function = ?1", params![name])
+            .map_err(|e| self.err(e))?;
         tx.execute(
             "DELETE FROM artifacts WHERE content_hash NOT IN (SELECT content_hash FROM functions)",
             [],
@@ -151,7 +172,11 @@ impl Storage {
     }
 
     /// The precompiled artifact for a content hash and engine compatibility hash.
-    pub fn artifact(&self, content_hash: &str, engine_hash: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    pub fn artifact(
+        &self,
+        content_hash: &str,
+        engine_hash: &str,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
         self.lock()
             .query_row(
                 "SELECT artifact FROM artifacts WHERE content_hash = ?1 AND engine_hash = ?2",
@@ -163,7 +188,12 @@ impl Storage {
     }
 
     /// Store a precompiled artifact (idempotent).
-    pub fn put_artifact(&self, content_hash: &str, engine_hash: &str, artifact: &[u8]) -> Result<(), StorageError> {
+    pub fn put_artifact(
+        &self,
+        content_hash: &str,
+        engine_hash: &str,
+        artifact: &[u8],
+    ) -> Result<(), StorageError> {
         self.lock()
             .execute(
                 "INSERT OR REPLACE INTO artifacts (content_hash, engine_hash, artifact, created_at) VALUES (?1, ?2, ?3, ?4)",

@@ -78,8 +78,10 @@ fn row_to_invocation(r: &Row<'_>) -> rusqlite::Result<InvocationRow> {
 impl Storage {
     /// Record an invocation; returns its id.
     pub fn insert_invocation(&self, inv: &InvocationRow) -> Result<i64, StorageError> {
-        let logs = serde_json::to_string(&inv.logs).map_err(|e| StorageError::Malformed(e.to_string()))?;
-        let outbound = serde_json::to_string(&inv.outbound).map_err(|e| StorageError::Malformed(e.to_string()))?;
+        let logs =
+            serde_json::to_string(&inv.logs).map_err(|e| StorageError::Malformed(e.to_string()))?;
+        let outbound = serde_json::to_string(&inv.outbound)
+            .map_err(|e| StorageError::Malformed(e.to_string()))?;
         let conn = self.lock();
         conn.execute(
             "INSERT INTO invocations (function, version, started_at, duration_us, outcome, error, output_bytes, logs, stdout, stderr, outbound) \
@@ -103,12 +105,18 @@ impl Storage {
     }
 
     /// The most recent invocations, newest first, optionally for one function.
-    pub fn recent_invocations(&self, function: Option<&str>, limit: usize) -> Result<Vec<InvocationRow>, StorageError> {
+    pub fn recent_invocations(
+        &self,
+        function: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<InvocationRow>, StorageError> {
         let conn = self.lock();
         let sql = "SELECT id, function, version, started_at, duration_us, outcome, error, output_bytes, logs, stdout, stderr, outbound \
                    FROM invocations WHERE (?1 IS NULL OR function = ?1) ORDER BY id DESC LIMIT ?2";
         let mut stmt = conn.prepare(sql).map_err(|e| self.err(e))?;
-        let rows = stmt.query_map(params![function, limit as i64], row_to_invocation).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![function, limit as i64], row_to_invocation)
+            .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 }

@@ -80,16 +80,26 @@ const MIGRATIONS: &[&str] = &[
 
 /// Bring the schema up to date.
 pub fn apply(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
-    let err = |source| StorageError::Sqlite { path: path.to_path_buf(), source };
-    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
+    let err = |source| StorageError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let current: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(err)?;
     let supported = MIGRATIONS.len() as i64;
     if current > supported {
-        return Err(StorageError::TooNew { path: path.to_path_buf(), found: current, supported });
+        return Err(StorageError::TooNew {
+            path: path.to_path_buf(),
+            found: current,
+            supported,
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction().map_err(err)?;
         tx.execute_batch(sql).map_err(err)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(err)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(err)?;
         tx.commit().map_err(err)?;
         tracing::debug!(version = i + 1, "applied schema migration");
     }

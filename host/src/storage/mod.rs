@@ -73,14 +73,24 @@ pub fn now_ms() -> i64 {
 impl Storage {
     /// Open (creating if needed) the database at `path` and apply pending migrations.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let err = |source| StorageError::Sqlite { path: path.to_path_buf(), source };
+        let err = |source| StorageError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
         migrations::apply(&mut conn, path)?;
-        Ok(Self { conn: Mutex::new(conn), path: path.to_path_buf() })
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
     }
 
     /// Path of the database file.
@@ -95,13 +105,18 @@ impl Storage {
     }
 
     fn err(&self, source: rusqlite::Error) -> StorageError {
-        StorageError::Sqlite { path: self.path.clone(), source }
+        StorageError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// Read a value from the `meta` table.
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         self.lock()
-            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.err(e))
     }

@@ -15,10 +15,17 @@ enum Mode {
     Panic,
     Stack,
     Stdout,
-    BigOutput { bytes: usize },
-    Logs { count: u32 },
+    BigOutput {
+        bytes: usize,
+    },
+    Logs {
+        count: u32,
+    },
     Error,
-    SleepHttp { connection: String, target: Option<String> },
+    SleepHttp {
+        connection: String,
+        target: Option<String>,
+    },
 }
 
 const CHUNK: usize = 16 << 20;
@@ -84,5 +91,7 @@ fn hoard() -> ! {
 #[allow(unconditional_recursion, reason = "exhausting the stack is the point")]
 #[inline(never)]
 fn recurse(depth: u64) -> u64 {
-    recurse(depth.wrapping_add(1)).wrapping_mul(3).wrapping_add(depth)
+    recurse(depth.wrapping_add(1))
+        .wrapping_mul(3)
+        .wrapping_add(depth)
 }

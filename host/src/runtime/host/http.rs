@@ -6,7 +6,11 @@ use crate::runtime::bindings::http::{Error, Host, Request, Response};
 use crate::runtime::state::InvocationState;
 
 impl Host for InvocationState {
-    async fn send(&mut self, connection: String, request: Request) -> wasmtime::Result<Result<Response, Error>> {
+    async fn send(
+        &mut self,
+        connection: String,
+        request: Request,
+    ) -> wasmtime::Result<Result<Response, Error>> {
         let Some(gateway) = self.http.gateway.clone() else {
             // No connection store at all: the true answer for a function with no grants.
             return Ok(Err(Error::AccessDenied));
@@ -21,7 +25,11 @@ impl Host for InvocationState {
         };
         let result = gateway.send(&mut self.http, &connection, request).await;
         Ok(result
-            .map(|r| Response { status: r.status, headers: r.headers, body: r.body })
+            .map(|r| Response {
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+            })
             .map_err(|e| match e {
                 SendError::AccessDenied => Error::AccessDenied,
                 SendError::NotConnected => Error::NotConnected,
