@@ -36,7 +36,7 @@ pub struct Connection {
 impl Connection {
     /// Names the connection to send requests through.
     ///
-    /// ```no_run
+    /// ```
     /// let github = keyhole_sdk::Connection::new("github");
     /// ```
     pub fn new(name: impl AsRef<str>) -> Self {
@@ -47,7 +47,7 @@ impl Connection {
 
     /// The connection's name.
     ///
-    /// ```no_run
+    /// ```
     /// assert_eq!(keyhole_sdk::Connection::new("github").name(), "github");
     /// ```
     pub fn name(&self) -> &str {
