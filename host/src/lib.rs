@@ -8,6 +8,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod oauth;
 pub mod connections;
 pub mod runtime;
 pub mod secrets;

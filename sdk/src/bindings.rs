@@ -23,15 +23,45 @@ wit_bindgen::generate!({
 
 pub use self::keyhole::function::{http, log};
 
+/// What a plugin function may return: `Result<Out, E>` with `Out: Serialize`
+/// and `E: Display`. A trait rather than a plain bound so a wrong return type
+/// gets a message saying what is expected.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a keyhole function result",
+    label = "return `Result<Out, E>` where `Out: Serialize` and `E: Display`"
+)]
+pub trait Outcome {
+    /// The success value, encoded as the JSON answer.
+    type Out: Serialize;
+    /// The failure, shown to the caller as text.
+    type Err: Display;
+    /// Unpacks the value.
+    fn into_result(self) -> Result<Self::Out, Self::Err>;
+}
+
+impl<O: Serialize, E: Display> Outcome for Result<O, E> {
+    type Out = O;
+    type Err = E;
+
+    fn into_result(self) -> Self {
+        self
+    }
+}
+
+/// Checks the plugin's input type where the macro can point at it.
+pub fn assert_input<I: DeserializeOwned>() {}
+
+/// Checks the plugin's return type where the macro can point at it.
+pub fn assert_outcome<R: Outcome>() {}
+
 /// Decodes `input`, calls the plugin function and encodes its answer, so the
-/// macro's expansion stays a one-liner that the type checker can point at.
-pub fn run_json<I, O, E>(input: &str, f: fn(I) -> Result<O, E>) -> Result<String, String>
+/// macro's expansion stays a few lines.
+pub fn run_json<I, R>(input: &str, f: fn(I) -> R) -> Result<String, String>
 where
     I: DeserializeOwned,
-    O: Serialize,
-    E: Display,
+    R: Outcome,
 {
     let input: I = serde_json::from_str(input).map_err(|e| format!("invalid input: {e}"))?;
-    let output = f(input).map_err(|e| e.to_string())?;
+    let output = f(input).into_result().map_err(|e| e.to_string())?;
     serde_json::to_string(&output).map_err(|e| format!("cannot encode output as JSON: {e}"))
 }

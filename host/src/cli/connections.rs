@@ -99,6 +99,12 @@ pub struct ConnectArgs {
     /// Read NAME=VALUE lines from stdin (for scripts; keeps secrets out of the process list).
     #[arg(long)]
     pub params_stdin: bool,
+    /// OAuth: print the authorization URL and exit; `keyhole serve` receives the callback.
+    #[arg(long)]
+    pub no_listen: bool,
+    /// OAuth: don't try to open a browser.
+    #[arg(long)]
+    pub no_browser: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -327,6 +333,9 @@ fn find_param<'a>(params: &'a [ParamDef], key: &str) -> Option<&'a ParamDef> {
 async fn connect(host: &Keyhole, args: ConnectArgs) -> anyhow::Result<i32> {
     let c = host.connections();
     let (service, params) = c.params_to_ask(&args.name)?;
+    if service.oauth2.as_ref().is_some_and(|o| o.grant == crate::services::GrantType::AuthorizationCode) {
+        return connect_oauth(host, &args).await;
+    }
     let mut given: Vec<(String, String)> = args.params;
     if args.params_stdin {
         for line in std::io::stdin().lock().lines() {
@@ -402,4 +411,52 @@ async fn connect(host: &Keyhole, args: ConnectArgs) -> anyhow::Result<i32> {
             1
         },
     )
+}
+
+async fn connect_oauth(host: &Keyhole, args: &ConnectArgs) -> anyhow::Result<i32> {
+    let c = host.connections();
+    let pending = c.begin_authorization(&args.name)?;
+    println!("Open this URL in a browser to authorize keyhole (valid for 10 minutes):");
+    println!("{}", pending.authorize_url);
+    println!("waiting for the provider to redirect to {}", pending.redirect_url);
+    if !args.no_browser && !args.no_listen {
+        open_browser(&pending.authorize_url);
+    }
+    if args.no_listen {
+        println!("`keyhole serve` must be running where {} reaches it to complete the authorization", pending.redirect_url);
+        return Ok(0);
+    }
+    let params = crate::oauth::wait_for_callback(&pending.redirect_url, crate::oauth::STATE_TTL).await?;
+    match c.complete_authorization(&params, Some(&args.name)).await {
+        Ok(view) => {
+            if args.json {
+                output::json(&view)?;
+            } else {
+                println!("connection {} is {}", view.name, status_name(&view));
+                if let Some(exp) = view.token.get("expires_at").and_then(|v| v.as_i64()) {
+                    println!("access token expires {}", crate::util::format_ms(exp));
+                }
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("connection {} was not changed", args.name);
+            Ok(1)
+        }
+    }
+}
+
+/// Best effort: open the URL in the desktop's browser when there is a display.
+fn open_browser(url: &str) {
+    let has_display = std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    let opener = std::env::var("BROWSER").ok().or_else(|| has_display.then(|| "xdg-open".to_string()));
+    if let Some(cmd) = opener {
+        let _ = std::process::Command::new(cmd)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
 }

@@ -48,6 +48,12 @@ pub enum Command {
     /// Connections: a service plus credentials, used by functions by name.
     #[command(subcommand)]
     Connections(connections::ConnectionsCmd),
+    /// Run the host's HTTP server: the OAuth callback (`/oauth/callback`) and `/healthz`.
+    Serve {
+        /// Address to listen on (default: loopback only).
+        #[arg(long, default_value = "127.0.0.1:8976")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// Run the CLI; returns the process exit code.
@@ -81,5 +87,18 @@ async fn dispatch(cli: Cli, home: PathBuf) -> anyhow::Result<i32> {
         Command::Logs(args) => functions::logs(&host, args),
         Command::Services(cmd) => services::services(&host, cmd),
         Command::Connections(cmd) => connections::connections(&host, cmd).await,
+        Command::Serve { listen } => serve(&host, listen).await,
     }
+}
+
+async fn serve(host: &Keyhole, listen: std::net::SocketAddr) -> anyhow::Result<i32> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    println!("keyhole serving on http://{listen} (OAuth callback at /oauth/callback); Ctrl-C stops");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    crate::oauth::serve_callbacks(listener, host.connections().clone(), shutdown).await?;
+    Ok(0)
 }

@@ -37,6 +37,27 @@ pub enum ServicesCmd {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Set a service's OAuth client registration (client id, secret, redirect URL).
+    ///
+    /// Register keyhole's callback URL (shown by `services show`) at the provider first.
+    /// The secret is read from stdin with --client-secret-stdin, else asked for hidden.
+    SetClient {
+        /// Service name.
+        name: String,
+        /// Client id issued by the provider.
+        #[arg(long)]
+        client_id: String,
+        /// Read the client secret from the first line of stdin.
+        #[arg(long)]
+        client_secret_stdin: bool,
+        /// Public client: no client secret.
+        #[arg(long, conflicts_with = "client_secret_stdin")]
+        public: bool,
+        /// Redirect URL registered at the provider (default: $KEYHOLE_REDIRECT_URL, else
+        /// http://127.0.0.1:8976/oauth/callback).
+        #[arg(long)]
+        redirect_url: Option<String>,
+    },
     /// Delete a custom service (refused while a connection uses it).
     Delete {
         /// Service name.
@@ -131,10 +152,23 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd) -> anyhow::Result<i32> {
         }
         ServicesCmd::Show { name, json } => {
             let entry = catalog.require(&name)?;
+            let oauth = if entry.def.oauth2.is_some() { Some(host.connections().oauth_client_summary(&name)?) } else { None };
             if json {
-                output::json(&entry_json(&entry))?;
+                let mut v = entry_json(&entry);
+                if let Some((client_id, redirect)) = &oauth {
+                    v["oauth_client_id"] = serde_json::json!(client_id);
+                    v["callback_url"] = serde_json::json!(redirect);
+                }
+                output::json(&v)?;
             } else {
                 show(&entry);
+                if let Some((client_id, redirect)) = oauth {
+                    println!();
+                    output::fields(&[
+                        ("callback URL", format!("{redirect}  (register exactly this at the provider)")),
+                        ("client id", client_id.unwrap_or_else(|| format!("(not set: keyhole services set-client {name} --client-id ID --client-secret-stdin)"))),
+                    ]);
+                }
             }
             Ok(0)
         }
@@ -157,6 +191,24 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd) -> anyhow::Result<i32> {
             );
             catalog.edit(&def)?;
             println!("updated service {name}");
+            Ok(0)
+        }
+        ServicesCmd::SetClient { name, client_id, client_secret_stdin, public, redirect_url } => {
+            let client_secret = if public {
+                None
+            } else if client_secret_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                Some(crate::secrets::Secret::new(line.trim_end_matches(['\r', '\n'])))
+            } else if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                Some(crate::secrets::Secret::new(rpassword::prompt_password("Client secret: ")?))
+            } else {
+                anyhow::bail!("no client secret given: pass --client-secret-stdin (or --public for a public client)");
+            };
+            let config = crate::oauth::ClientConfig { client_id, client_secret, redirect_url };
+            host.connections().set_oauth_client(&name, &config)?;
+            println!("OAuth client for {name} saved (secret sealed)");
+            println!("callback URL to register at the provider: {}", config.effective_redirect_url());
             Ok(0)
         }
         ServicesCmd::Delete { name } => {

@@ -11,6 +11,7 @@ use super::redact::Redactor;
 use super::{
     Catalog, ConnectionError, OutboundRequest, OutboundResponse, SendError, Status, egress, inject,
 };
+use crate::oauth::OAuth;
 use crate::runtime::HttpState;
 use crate::secrets::Sealer;
 use crate::services::{Endpoint, ParamLocation, ServiceDef, validate_name};
@@ -25,6 +26,7 @@ pub struct Gateway {
     pub(crate) sealer: Arc<Sealer>,
     pub(crate) catalog: Catalog,
     pub(crate) client: reqwest::Client,
+    pub(crate) oauth: Arc<OAuth>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -64,12 +66,8 @@ pub fn build_client() -> reqwest::Client {
 impl Gateway {
     /// A gateway over `storage`, sealing with `sealer`.
     pub fn new(storage: Arc<Storage>, sealer: Arc<Sealer>) -> Self {
-        Self {
-            catalog: Catalog::new(storage.clone()),
-            storage,
-            sealer,
-            client: build_client(),
-        }
+        let oauth = Arc::new(OAuth::new(storage.clone(), sealer.clone()));
+        Self { catalog: Catalog::new(storage.clone()), storage, sealer, client: build_client(), oauth }
     }
 
     /// Handle a guest's `http.send`.
@@ -135,7 +133,7 @@ impl Gateway {
         if !granted {
             return Err(SendError::AccessDenied);
         }
-        let loaded = match self.load(connection) {
+        let mut loaded = match self.load(connection) {
             Ok(Some(l)) => l,
             Ok(None) => return Err(SendError::AccessDenied),
             Err(ConnectionError::Seal(e)) => {
@@ -157,7 +155,7 @@ impl Gateway {
             max_response_bytes: ctx.limits.max_response_bytes,
             max_request_bytes: ctx.limits.max_request_bytes,
         };
-        let response = self.execute(&loaded, req, &limits, Some(record)).await?;
+        let response = self.execute(&mut loaded, req, &limits, Some(record)).await?;
         if let Err(e) = self.storage.touch_connection(connection) {
             tracing::warn!(connection, error = %e, "could not record last use");
         }
@@ -184,130 +182,122 @@ impl Gateway {
     }
 
     /// Check, inject, send and scrub one request for an already-authorised caller
-    /// (a granted guest, or an admin's verification request).
+    /// (a granted guest, or an admin's verification request). For OAuth connections the
+    /// token is refreshed first when close to expiry, and once more after a 401.
     pub(crate) async fn execute(
         &self,
-        loaded: &Loaded,
+        loaded: &mut Loaded,
         req: OutboundRequest,
         limits: &RequestLimits,
         record: Option<&mut OutboundCall>,
     ) -> Result<OutboundResponse, SendError> {
-        let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|_| {
-            SendError::InvalidRequest(format!("{:?} is not a valid HTTP method", req.method))
-        })?;
-        if matches!(method.as_str(), "CONNECT" | "TRACE") {
-            return Err(SendError::InvalidRequest(format!(
-                "method {method} is not allowed"
-            )));
+        let prepared = prepare(loaded, req, limits, record)?;
+        let oauth = loaded.service.oauth2.is_some();
+        if oauth {
+            self.oauth.ensure_fresh(loaded, false).await?;
         }
-        let url = egress::resolve_target(&loaded.endpoint, &req.target, &req.query)?;
+        let response = self.send_prepared(loaded, &prepared, limits).await?;
+        if oauth && response.status == 401 {
+            tracing::info!(connection = %loaded.row.name, "upstream answered 401; refreshing the token once and retrying once");
+            self.oauth.ensure_fresh(loaded, true).await?;
+            return self.send_prepared(loaded, &prepared, limits).await;
+        }
+        Ok(response)
+    }
+
+    async fn send_prepared(&self, loaded: &Loaded, prepared: &Prepared, limits: &RequestLimits) -> Result<OutboundResponse, SendError> {
         let mut redactor = inject::redactor_for(&loaded.service, &loaded.creds);
-        if let Some(record) = record {
-            record.origin = crate::services::Origin::of(&url).to_string();
-            record.path = scrub_path(&loaded.service, &redactor, url.path());
-        }
-        let (reserved_headers, reserved_query) = inject::reserved_names(&loaded.service);
-        if let Some((k, _)) = url
-            .query_pairs()
-            .find(|(k, _)| reserved_query.iter().any(|r| r == k))
-        {
-            return Err(SendError::InvalidRequest(format!(
-                "query parameter {k:?} is set by the connection"
-            )));
-        }
-        let body = req.body.unwrap_or_default();
-        if body.len() as u64 > limits.max_request_bytes {
-            return Err(SendError::InvalidRequest(format!(
-                "request body is {} bytes, over the {}-byte limit",
-                body.len(),
-                limits.max_request_bytes
-            )));
-        }
-        let mut request = reqwest::Request::new(method, url);
-        for (name, value) in &req.headers {
-            let lower = name.to_ascii_lowercase();
-            if REFUSED_HEADERS.contains(&lower.as_str()) || reserved_headers.contains(&lower) {
-                return Err(SendError::InvalidRequest(format!(
-                    "header {name:?} is set by the connection and may not be supplied"
-                )));
-            }
-            if name
-                .chars()
-                .chain(value.chars())
-                .any(|c| c.is_control() && c != '\t')
-            {
-                return Err(SendError::InvalidRequest(format!(
-                    "header {name:?} contains control characters"
-                )));
-            }
-            let hn = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                SendError::InvalidRequest(format!("{name:?} is not a valid header name"))
-            })?;
-            let hv = HeaderValue::from_str(value).map_err(|_| {
-                SendError::InvalidRequest(format!("the value of header {name:?} is not valid"))
-            })?;
-            request.headers_mut().append(hn, hv);
-        }
-        if !body.is_empty() {
-            *request.body_mut() = Some(body.into());
+        let mut request = reqwest::Request::new(prepared.method.clone(), prepared.url.clone());
+        *request.headers_mut() = prepared.headers.clone();
+        if !prepared.body.is_empty() {
+            *request.body_mut() = Some(prepared.body.clone().into());
         }
         // Last step before sending: attach the credentials.
-        inject::apply(
-            &mut request,
-            &loaded.service,
-            &loaded.creds,
-            &loaded.row.params,
-            &mut redactor,
-        )?;
+        inject::apply(&mut request, &loaded.service, &loaded.creds, &loaded.row.params, &mut redactor)?;
 
         let send = async {
-            let response = self
-                .client
-                .execute(request)
-                .await
-                .map_err(|e| map_reqwest(e, &redactor))?;
+            let response = self.client.execute(request).await.map_err(|e| map_reqwest(e, &redactor))?;
             let status = response.status().as_u16();
             let headers = response
                 .headers()
                 .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        redactor.scrub(&String::from_utf8_lossy(v.as_bytes())),
-                    )
-                })
+                .map(|(k, v)| (k.as_str().to_string(), redactor.scrub(&String::from_utf8_lossy(v.as_bytes()))))
                 .collect();
-            if response
-                .content_length()
-                .is_some_and(|n| n > limits.max_response_bytes)
-            {
+            if response.content_length().is_some_and(|n| n > limits.max_response_bytes) {
                 return Err(SendError::TooLarge);
             }
             let mut response = response;
             let mut body = Vec::new();
-            while let Some(chunk) = response
-                .chunk()
-                .await
-                .map_err(|e| map_reqwest(e, &redactor))?
-            {
+            while let Some(chunk) = response.chunk().await.map_err(|e| map_reqwest(e, &redactor))? {
                 if (body.len() + chunk.len()) as u64 > limits.max_response_bytes {
                     return Err(SendError::TooLarge);
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(OutboundResponse {
-                status,
-                headers,
-                body: redactor.scrub_bytes(&body),
-            })
+            Ok(OutboundResponse { status, headers, body: redactor.scrub_bytes(&body) })
         };
         if limits.timeout.is_zero() {
             return Err(SendError::Timeout);
         }
-        tokio::time::timeout(limits.timeout, send)
-            .await
-            .map_err(|_| SendError::Timeout)?
+        tokio::time::timeout(limits.timeout, send).await.map_err(|_| SendError::Timeout)?
     }
+}
+
+/// A checked request, ready for credentials.
+struct Prepared {
+    method: reqwest::Method,
+    url: url::Url,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+/// Every guest-controlled check, before anything is sent: method, destination, reserved
+/// query keys and headers, control characters, body size.
+fn prepare(
+    loaded: &Loaded,
+    req: OutboundRequest,
+    limits: &RequestLimits,
+    record: Option<&mut OutboundCall>,
+) -> Result<Prepared, SendError> {
+    let method = reqwest::Method::from_bytes(req.method.as_bytes())
+        .map_err(|_| SendError::InvalidRequest(format!("{:?} is not a valid HTTP method", req.method)))?;
+    if matches!(method.as_str(), "CONNECT" | "TRACE") {
+        return Err(SendError::InvalidRequest(format!("method {method} is not allowed")));
+    }
+    let url = egress::resolve_target(&loaded.endpoint, &req.target, &req.query)?;
+    if let Some(record) = record {
+        let redactor = inject::redactor_for(&loaded.service, &loaded.creds);
+        record.origin = crate::services::Origin::of(&url).to_string();
+        record.path = scrub_path(&loaded.service, &redactor, url.path());
+    }
+    let (reserved_headers, reserved_query) = inject::reserved_names(&loaded.service);
+    if let Some((k, _)) = url.query_pairs().find(|(k, _)| reserved_query.iter().any(|r| r == k)) {
+        return Err(SendError::InvalidRequest(format!("query parameter {k:?} is set by the connection")));
+    }
+    let body = req.body.unwrap_or_default();
+    if body.len() as u64 > limits.max_request_bytes {
+        return Err(SendError::InvalidRequest(format!(
+            "request body is {} bytes, over the {}-byte limit",
+            body.len(),
+            limits.max_request_bytes
+        )));
+    }
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in &req.headers {
+        let lower = name.to_ascii_lowercase();
+        if REFUSED_HEADERS.contains(&lower.as_str()) || reserved_headers.contains(&lower) {
+            return Err(SendError::InvalidRequest(format!("header {name:?} is set by the connection and may not be supplied")));
+        }
+        if name.chars().chain(value.chars()).any(|c| c.is_control() && c != '\t') {
+            return Err(SendError::InvalidRequest(format!("header {name:?} contains control characters")));
+        }
+        let hn = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| SendError::InvalidRequest(format!("{name:?} is not a valid header name")))?;
+        let hv = HeaderValue::from_str(value)
+            .map_err(|_| SendError::InvalidRequest(format!("the value of header {name:?} is not valid")))?;
+        headers.append(hn, hv);
+    }
+    Ok(Prepared { method, url, headers, body })
 }
 
 /// Resolve the service's endpoint with this connection's `url` params (secret ones too:

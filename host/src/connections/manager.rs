@@ -12,7 +12,8 @@ use super::gateway::{Loaded, RequestLimits, resolve_endpoint};
 use super::{Catalog, ConnectionError, Gateway, OutboundRequest, Status};
 use crate::config::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES};
 use crate::secrets::Secret;
-use crate::services::{AuthKind, ParamDef, ParamLocation, ServiceDef, validate_name};
+use crate::oauth::{CallbackParams, ClientConfig, OAuthError, PendingAuthorization};
+use crate::services::{AuthKind, GrantType, ParamDef, ParamLocation, ServiceDef, validate_name};
 use crate::storage::{ConnectionRow, now_ms};
 
 /// Timeout of a verification request.
@@ -323,11 +324,24 @@ impl Connections {
     ) -> Result<ConnectOutcome, ConnectionError> {
         let row = self.row(name)?;
         let service = self.catalog().require(&row.service)?.def;
-        if service.auth == AuthKind::Oauth2 {
-            return Err(ConnectionError::Invalid(format!(
-                "{:?} uses OAuth 2.0; its connect flow goes through the provider's consent page",
-                service.display_name
-            )));
+        if let Some(def) = &service.oauth2 {
+            if def.grant != GrantType::ClientCredentials {
+                return Err(ConnectionError::Invalid(format!(
+                    "{:?} uses the OAuth 2.0 authorization-code flow; run `keyhole connections connect {name}` to authorize in a browser",
+                    service.display_name
+                )));
+            }
+            if let Some(k) = values.keys().next() {
+                return Err(unknown_param(&service, k));
+            }
+            self.gateway.oauth.client_credentials(&service, &row).await?;
+            let mut loaded =
+                self.gateway.load(name)?.ok_or_else(|| ConnectionError::UnknownConnection(name.to_string()))?;
+            let verification = match &service.verify {
+                Some(_) => Some(self.verify(&mut loaded).await),
+                None => None,
+            };
+            return Ok(ConnectOutcome { connection: self.show(name)?, verification, stored: true });
         }
         let mut creds = Credentials::default();
         let mut plain = row.params.clone();
@@ -361,7 +375,7 @@ impl Connections {
         let mut candidate = row.clone();
         candidate.params = plain;
         let endpoint = resolve_endpoint(&service, &candidate, &creds)?;
-        let loaded = Loaded {
+        let mut loaded = Loaded {
             row: candidate.clone(),
             service: service.clone(),
             creds,
@@ -369,7 +383,7 @@ impl Connections {
         };
 
         let verification = match &service.verify {
-            Some(_) => Some(self.verify(&loaded).await),
+            Some(_) => Some(self.verify(&mut loaded).await),
             None => None,
         };
         let ok = verification.as_ref().is_none_or(|v| v.ok);
@@ -424,8 +438,8 @@ impl Connections {
         })
     }
 
-    async fn verify(&self, loaded: &Loaded) -> VerifyOutcome {
-        let Some(v) = &loaded.service.verify else {
+    async fn verify(&self, loaded: &mut Loaded) -> VerifyOutcome {
+        let Some(v) = loaded.service.verify.clone() else {
             return VerifyOutcome {
                 ok: true,
                 request: String::new(),
@@ -472,11 +486,13 @@ impl Connections {
 
     /// Run the service's verification request with the stored credentials.
     pub async fn test(&self, name: &str) -> Result<VerifyOutcome, ConnectionError> {
-        let loaded = self
+        let mut loaded = self
             .gateway
             .load(name)?
             .ok_or_else(|| ConnectionError::UnknownConnection(name.to_string()))?;
-        if loaded.row.sealed.is_none() && loaded.service.params.iter().any(|p| p.secret) {
+        if loaded.row.sealed.is_none()
+            && (loaded.service.params.iter().any(|p| p.secret) || loaded.service.oauth2.is_some())
+        {
             return Err(ConnectionError::Invalid(format!(
                 "connection {name:?} has no credentials (status {}); run `keyhole connections connect {name}`",
                 loaded.row.status
@@ -488,7 +504,7 @@ impl Connections {
                 loaded.service.name
             )));
         }
-        let outcome = self.verify(&loaded).await;
+        let outcome = self.verify(&mut loaded).await;
         Ok(outcome)
     }
 
@@ -496,7 +512,21 @@ impl Connections {
     /// connected again under the same name with the same grants.
     pub async fn revoke(&self, name: &str) -> Result<ConnectionView, ConnectionError> {
         let row = self.row(name)?;
-        let reason = format!("revoked by admin at {}", crate::util::format_ms(now_ms()));
+        let service = self.catalog().require(&row.service)?.def;
+        let mut provider = Vec::new();
+        if service.oauth2.is_some()
+            && let Some(blob) = &row.sealed
+        {
+            match Credentials::open(&self.gateway.sealer, name, blob) {
+                Ok(creds) => provider = self.gateway.oauth.revoke_tokens(&service, &row, &creds).await,
+                Err(e) => provider.push(format!("could not open the stored tokens ({e}); wiped locally only")),
+            }
+        }
+        let mut reason = format!("revoked by admin at {}", crate::util::format_ms(now_ms()));
+        if !provider.is_empty() {
+            reason.push_str("; provider: ");
+            reason.push_str(&provider.join("; "));
+        }
         self.gateway.storage.swap_credentials(
             name,
             row.generation,
@@ -508,6 +538,76 @@ impl Connections {
         )?;
         tracing::info!(connection = name, "connection revoked; credentials wiped");
         self.show(name)
+    }
+
+    /// Store a service's OAuth client registration (sealed).
+    pub fn set_oauth_client(&self, service: &str, config: &ClientConfig) -> Result<(), ConnectionError> {
+        let entry = self.catalog().require(service)?;
+        if entry.def.oauth2.is_none() {
+            return Err(ConnectionError::Invalid(format!("service {service:?} does not use OAuth 2.0")));
+        }
+        if let Some(url) = &config.redirect_url {
+            url::Url::parse(url).map_err(|e| ConnectionError::Invalid(format!("redirect URL {url:?} is invalid: {e}")))?;
+        }
+        self.gateway.oauth.save_client(service, config)?;
+        tracing::info!(service, "OAuth client configured");
+        Ok(())
+    }
+
+    /// The OAuth client id and the exact redirect URL to register at the provider.
+    pub fn oauth_client_summary(&self, service: &str) -> Result<(Option<String>, String), ConnectionError> {
+        let config = self.gateway.oauth.load_client(service)?;
+        let redirect = config.as_ref().map(|c| c.effective_redirect_url()).unwrap_or_else(crate::oauth::client_default_redirect);
+        Ok((config.map(|c| c.client_id), redirect))
+    }
+
+    /// Start authorizing an OAuth connection: the URL to open in a browser.
+    pub fn begin_authorization(&self, name: &str) -> Result<PendingAuthorization, ConnectionError> {
+        let row = self.row(name)?;
+        let service = self.catalog().require(&row.service)?.def;
+        Ok(self.gateway.oauth.begin(&service, &row)?)
+    }
+
+    /// Finish an authorization from the provider's redirect. A bad state, a provider
+    /// `error=` or a failed exchange stores nothing; the reason is recorded on the
+    /// connection (its status is left as it was: pending, or connected with the old tokens).
+    pub async fn complete_authorization(&self, params: &CallbackParams, expected: Option<&str>) -> Result<ConnectionView, ConnectionError> {
+        let state = params.state.as_deref().ok_or_else(|| OAuthError::BadState("the callback carries no state".into()))?;
+        let (name, verifier) = match self.gateway.oauth.take_state(state, expected) {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(conn) = expected {
+                    self.note_failure(conn, &e.to_string());
+                }
+                return Err(e.into());
+            }
+        };
+        if let Some(error) = &params.error {
+            let mut why = error.clone();
+            if let Some(d) = &params.error_description {
+                why.push_str(": ");
+                why.push_str(d);
+            }
+            let e = OAuthError::Denied(why);
+            self.note_failure(&name, &e.to_string());
+            return Err(e.into());
+        }
+        let code = params.code.as_deref().ok_or_else(|| OAuthError::BadState("the callback carries no code".into()))?;
+        let row = self.row(&name)?;
+        let service = self.catalog().require(&row.service)?.def;
+        if let Err(e) = self.gateway.oauth.exchange(&service, &row, code, verifier).await {
+            self.note_failure(&name, &e.to_string());
+            return Err(e.into());
+        }
+        self.show(&name)
+    }
+
+    fn note_failure(&self, name: &str, reason: &str) {
+        if let Ok(Some(row)) = self.gateway.storage.get_connection(name) {
+            let status = Status::parse(&row.status);
+            let status = if status == Status::Connected { status } else { Status::Pending };
+            let _ = self.gateway.storage.set_connection_status(name, status.as_str(), Some(&format!("authorization failed: {reason}")));
+        }
     }
 
     /// Delete a connection and its grants.

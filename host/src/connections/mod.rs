@@ -9,7 +9,7 @@
 pub mod catalog;
 mod credentials;
 pub mod egress;
-mod gateway;
+pub(crate) mod gateway;
 pub mod inject;
 mod manager;
 pub mod redact;
@@ -158,4 +158,7 @@ pub enum ConnectionError {
     /// Storage problem.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// OAuth flow problem.
+    #[error(transparent)]
+    OAuth(#[from] crate::oauth::OAuthError),
 }

@@ -326,6 +326,14 @@ impl Storage {
             .map_err(|e| self.err(e))
     }
 
+    /// Replace the non-secret token facts without touching credentials or generation.
+    pub fn set_token_info(&self, name: &str, token_info: &serde_json::Value) -> Result<(), StorageError> {
+        self.lock()
+            .execute("UPDATE connections SET token_info = ?2 WHERE name = ?1", params![name, json(token_info)?])
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
     /// Record that a connection was just used.
     pub fn touch_connection(&self, name: &str) -> Result<(), StorageError> {
         self.lock()

@@ -76,6 +76,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (function, connection)
     );
     "#,
+    // 3: pending OAuth authorizations (state is stored hashed, the PKCE verifier sealed).
+    r#"
+    CREATE TABLE oauth_states (
+        state_hash TEXT PRIMARY KEY,
+        connection TEXT NOT NULL REFERENCES connections(name) ON DELETE CASCADE,
+        sealed_verifier BLOB NOT NULL,
+        redirect_url TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Bring the schema up to date.

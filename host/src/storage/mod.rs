@@ -8,10 +8,12 @@ mod connections;
 mod functions;
 mod invocations;
 mod migrations;
+mod oauth;
 
 pub use connections::{ConnectionRow, GrantRow, ServiceRow};
 pub use functions::{FunctionRow, FunctionSummary, NewFunction};
 pub use invocations::{InvocationRow, OutboundCall};
+pub use oauth::PendingState;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};

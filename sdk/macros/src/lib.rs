@@ -2,9 +2,7 @@
 //! the `run` export of the `custom-function` world.
 
 use proc_macro::TokenStream;
-use proc_macro2::Span;
-use quote::{quote, quote_spanned};
-use syn::spanned::Spanned;
+use quote::quote;
 use syn::{FnArg, ItemFn, ReturnType};
 
 /// Exports `fn NAME(input: In) -> Result<Out, E>` as the plugin's `run`,
@@ -31,14 +29,15 @@ fn expand(attr: proc_macro2::TokenStream, item: ItemFn) -> syn::Result<proc_macr
     check_signature(&item.sig)?;
 
     let name = &item.sig.ident;
-    // Spanning the call at the return type points type errors ("`Out` does not
-    // implement Serialize", "expected Result") at the signature, not the attribute.
-    let output_span = match &item.sig.output {
-        ReturnType::Type(_, ty) => ty.span(),
-        ReturnType::Default => Span::call_site(),
+    let (input_ty, output_ty) = match (item.sig.inputs.first(), &item.sig.output) {
+        (Some(FnArg::Typed(input)), ReturnType::Type(_, output)) => (&input.ty, output),
+        _ => unreachable!("check_signature accepted the signature"),
     };
-    let call = quote_spanned! {output_span=>
-        ::keyhole_sdk::__private::run_json(&input, #name)
+    // The checks carry the user's type tokens and so their spans: a type that
+    // cannot be decoded or returned is reported on the signature.
+    let checks = quote! {
+        ::keyhole_sdk::__private::assert_input::<#input_ty>();
+        ::keyhole_sdk::__private::assert_outcome::<#output_ty>();
     };
 
     Ok(quote! {
@@ -53,7 +52,8 @@ fn expand(attr: proc_macro2::TokenStream, item: ItemFn) -> syn::Result<proc_macr
                 fn run(input: ::std::string::String)
                     -> ::std::result::Result<::std::string::String, ::std::string::String>
                 {
-                    #call
+                    #checks
+                    ::keyhole_sdk::__private::run_json(&input, #name)
                 }
             }
 
@@ -111,6 +111,31 @@ fn check_signature(sig: &syn::Signature) -> syn::Result<()> {
         return Err(syn::Error::new_spanned(
             receiver,
             "a keyhole function is a free function; it cannot take `self`",
+        ));
+    }
+    if let Some(FnArg::Typed(input)) = sig.inputs.first()
+        && let syn::Type::ImplTrait(_) = *input.ty
+    {
+        return Err(syn::Error::new_spanned(
+            &input.ty,
+            "a keyhole function cannot be generic; name a concrete input type",
+        ));
+    }
+    if let Some(FnArg::Typed(input)) = sig.inputs.first()
+        && let syn::Type::Reference(_) = *input.ty
+    {
+        return Err(syn::Error::new_spanned(
+            &input.ty,
+            "a keyhole function takes its input by value; use an owned type such as \
+             `String` instead of `&str`",
+        ));
+    }
+    if let ReturnType::Type(_, output) = &sig.output
+        && let syn::Type::ImplTrait(_) = **output
+    {
+        return Err(syn::Error::new_spanned(
+            output,
+            "a keyhole function must name its return type, e.g. `Result<Out, keyhole_sdk::Error>`",
         ));
     }
     if let ReturnType::Default = sig.output {

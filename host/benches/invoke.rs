@@ -1,0 +1,476 @@
+//! Invocation benchmarks: warm calls of the `echo` plugin through keyhole's runtime
+//! against a bare-wasmtime baseline, and cold start (upload + first call) against
+//! restart (stored artifact + first call). Run with `cargo bench -p keyhole-host --bench
+//! invoke`; see BENCHMARKS.md.
+//!
+//! Criterion measures each case on its own. Because the machine this runs on is small
+//! and shared, the ratios printed at the end come from a second, interleaved
+//! measurement (rounds of A, B, A, B, …, median per case), which cancels out most of
+//! the drift between cases measured minutes apart.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, SamplingMode};
+use keyhole::config::{Limits, MAX_MEMORY_BYTES};
+use keyhole::runtime::{
+    DEFAULT_MAX_INSTANCES, EPOCH_TICK, MAX_WASM_STACK, Prepared, Runtime, RuntimeConfig,
+};
+use keyhole::{Keyhole, UploadOptions};
+use tokio::runtime::Runtime as Tokio;
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// The input every warm call sends.
+const INPUT: &str = r#"{"hello":"world"}"#;
+/// Name the function is uploaded under.
+const FUNCTION: &str = "echo";
+
+// ---------------------------------------------------------------------------------------
+// The echo component, built from source.
+
+/// Build the plugins workspace for wasm32-wasip2 (as `tests/harness/plugins.rs` does) and
+/// read `echo.wasm`.
+fn echo_wasm() -> Vec<u8> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf();
+    let target = root.join("plugins").join("target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "--target",
+            "wasm32-wasip2",
+            "--release",
+            "--quiet",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .current_dir(root.join("plugins"))
+        // The bench build's flags must not leak into the guest build.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("run cargo to build the plugins");
+    assert!(
+        out.status.success(),
+        "building plugins failed (is the wasm32-wasip2 target installed?):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = target.join("wasm32-wasip2/release/echo.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------------------------------
+// The bare-wasmtime baseline: the same component and world, nothing of keyhole's.
+
+mod bare_bindings {
+    // Only the import traits are used; the export is called through a raw `InstancePre`.
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "keyhole:function/custom-function",
+        imports: { default: async },
+    });
+}
+
+use bare_bindings::keyhole::function::{http, log};
+
+/// Store data for the baseline: a default (deny-all) WASI context and nothing else.
+struct BareState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for BareState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl http::Host for BareState {
+    async fn send(
+        &mut self,
+        _connection: String,
+        _request: http::Request,
+    ) -> Result<http::Response, http::Error> {
+        Err(http::Error::AccessDenied)
+    }
+}
+
+impl log::Host for BareState {
+    async fn log(&mut self, _level: log::Level, _message: String) {}
+}
+
+/// A bare embedding: engine, pre-instantiated component, the `run` export's index and
+/// an epoch ticker like keyhole's.
+struct Bare {
+    engine: Engine,
+    pre: InstancePre<BareState>,
+    run: ComponentExportIndex,
+    deadline_ticks: u64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// keyhole's engine settings (`runtime::engine_config` is private, so this mirrors it):
+/// pooling sized for `DEFAULT_MAX_INSTANCES`, epochs, 1 MiB wasm stack, zeroed async
+/// stacks, no component-model concurrency.
+fn keyhole_like_config() -> Config {
+    let n = DEFAULT_MAX_INSTANCES;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(n)
+        .total_core_instances(n * 8)
+        .total_memories(n * 2)
+        .total_tables(n * 8)
+        .total_stacks(n)
+        .max_core_instances_per_component(32)
+        .max_memories_per_component(4)
+        .max_tables_per_component(16)
+        .max_component_instance_size(1 << 20)
+        .max_core_instance_size(1 << 20)
+        .table_elements(100_000)
+        .max_memory_size(MAX_MEMORY_BYTES as usize)
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(64 << 10);
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .async_stack_zeroing(true)
+        .concurrency_support(false)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// wasmtime's defaults plus what any sandbox needs: the default pooling allocator and
+/// epoch interruption. Shows what keyhole's engine settings cost on their own.
+fn wasmtime_default_config() -> Config {
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(
+            PoolingAllocationConfig::default(),
+        ));
+    config
+}
+
+impl Bare {
+    fn new(config: &Config, wasm: &[u8]) -> Self {
+        let engine = Engine::new(config).expect("engine");
+        let mut linker = Linker::<BareState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("link wasi");
+        http::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .expect("link http");
+        log::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .expect("link log");
+        let component = Component::new(&engine, wasm).expect("compile echo");
+        let run = component
+            .get_export_index(None, "run")
+            .expect("echo exports run");
+        let pre = linker.instantiate_pre(&component).expect("instantiate_pre");
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (weak, flag) = (engine.weak(), stop.clone());
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        });
+        let ticks = Limits::default().timeout().as_millis() / EPOCH_TICK.as_millis();
+        Self {
+            engine,
+            pre,
+            run,
+            deadline_ticks: ticks as u64,
+            stop,
+        }
+    }
+
+    /// One call: fresh store, `instantiate_async`, `call_async` of `run`.
+    async fn call(&self, input: &str) -> String {
+        let state = BareState {
+            wasi: WasiCtxBuilder::new().build(),
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.set_epoch_deadline(self.deadline_ticks);
+        let instance = self.pre.instantiate_async(&mut store).await.expect("inst");
+        let run = instance
+            .get_typed_func::<(&str,), (Result<String, String>,)>(&mut store, &self.run)
+            .expect("typed run");
+        let (out,) = run.call_async(&mut store, (input,)).await.expect("call");
+        out.expect("echo succeeds")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// keyhole cases.
+
+/// keyhole's runtime with echo compiled once.
+struct Warm {
+    runtime: Runtime,
+    prepared: Prepared,
+}
+
+impl Warm {
+    fn new(wasm: &[u8]) -> Self {
+        let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
+        let (_artifact, prepared) = runtime.compile(wasm).expect("compile echo");
+        Self { runtime, prepared }
+    }
+
+    async fn call(&self, input: &str) -> String {
+        let outcome = self
+            .runtime
+            .invoke(&self.prepared, FUNCTION, input, Limits::default(), None)
+            .await;
+        outcome.result.expect("echo succeeds")
+    }
+}
+
+/// Cold start: on an opened, empty data directory, upload echo and call it once.
+/// Returns the time of upload + first call (opening the directory is not timed).
+fn cold_once(rt: &Tokio, wasm: &[u8]) -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = Keyhole::open(dir.path(), RuntimeConfig::default()).expect("open");
+    let wasm = wasm.to_vec();
+    let elapsed = rt.block_on(async {
+        let started = Instant::now();
+        host.upload(FUNCTION, wasm, UploadOptions::default())
+            .await
+            .expect("upload");
+        let inv = host.invoke(FUNCTION, INPUT).await.expect("invoke");
+        let elapsed = started.elapsed();
+        inv.result.expect("echo succeeds");
+        elapsed
+    });
+    drop(host);
+    elapsed
+}
+
+/// A data directory holding echo and its stored artifact.
+fn stored_dir(rt: &Tokio, wasm: &[u8]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = Keyhole::open(dir.path(), RuntimeConfig::default()).expect("open");
+    rt.block_on(host.upload(FUNCTION, wasm.to_vec(), UploadOptions::default()))
+        .expect("upload");
+    dir
+}
+
+/// Restart: a new `Keyhole` on `dir` (which holds the artifact), then the first call
+/// (stored artifact → deserialize → instantiate). Returns (open, first call).
+fn restart_once(rt: &Tokio, dir: &Path) -> (Duration, Duration) {
+    let started = Instant::now();
+    let host = Keyhole::open(dir, RuntimeConfig::default()).expect("open");
+    let open = started.elapsed();
+    let first = rt.block_on(async {
+        let started = Instant::now();
+        let inv = host.invoke(FUNCTION, INPUT).await.expect("invoke");
+        let elapsed = started.elapsed();
+        inv.result.expect("echo succeeds");
+        elapsed
+    });
+    drop(host);
+    (open, first)
+}
+
+// ---------------------------------------------------------------------------------------
+// Criterion groups.
+
+struct Fixture {
+    rt: Tokio,
+    wasm: Vec<u8>,
+    warm: Warm,
+    bare: Bare,
+    bare_defaults: Bare,
+    stored: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio");
+        let wasm = echo_wasm();
+        let warm = Warm::new(&wasm);
+        let bare = Bare::new(&keyhole_like_config(), &wasm);
+        let bare_defaults = Bare::new(&wasmtime_default_config(), &wasm);
+        // All three must do the same work.
+        let expected = rt.block_on(warm.call(INPUT));
+        assert_eq!(rt.block_on(bare.call(INPUT)), expected);
+        assert_eq!(rt.block_on(bare_defaults.call(INPUT)), expected);
+        let stored = stored_dir(&rt, &wasm);
+        Self {
+            rt,
+            wasm,
+            warm,
+            bare,
+            bare_defaults,
+            stored,
+        }
+    }
+
+    fn stored_path(&self) -> PathBuf {
+        self.stored.path().to_path_buf()
+    }
+}
+
+fn bench_warm(c: &mut Criterion, f: &Fixture) {
+    let mut group = c.benchmark_group("warm_echo");
+    group
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(6))
+        .sample_size(50);
+    group.bench_function("keyhole", |b| {
+        b.to_async(&f.rt).iter(|| async { black_box(f.warm.call(INPUT).await) })
+    });
+    group.bench_function("bare", |b| {
+        b.to_async(&f.rt).iter(|| async { black_box(f.bare.call(INPUT).await) })
+    });
+    group.bench_function("bare_wasmtime_defaults", |b| {
+        b.to_async(&f.rt)
+            .iter(|| async { black_box(f.bare_defaults.call(INPUT).await) })
+    });
+    group.finish();
+}
+
+fn bench_startup(c: &mut Criterion, f: &Fixture) {
+    let mut group = c.benchmark_group("startup_echo");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(8))
+        .sample_size(10);
+    group.bench_function("cold_upload_first_call", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| cold_once(&f.rt, &f.wasm)).sum())
+    });
+    let dir = f.stored_path();
+    group.bench_function("restart_first_call", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| restart_once(&f.rt, &dir).1).sum())
+    });
+    group.bench_function("restart_open_and_first_call", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    let (open, first) = restart_once(&f.rt, &dir);
+                    open + first
+                })
+                .sum()
+        })
+    });
+    group.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// Ratios from one interleaved measurement.
+
+/// Run each case's batch once per round, round after round, and return each case's
+/// median per-call time.
+fn interleaved(rounds: usize, cases: &mut [&mut dyn FnMut() -> Duration]) -> Vec<Duration> {
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(rounds); cases.len()];
+    for _ in 0..rounds {
+        for (case, out) in cases.iter_mut().zip(samples.iter_mut()) {
+            out.push(case());
+        }
+    }
+    samples
+        .into_iter()
+        .map(|mut s| {
+            s.sort();
+            s[s.len() / 2]
+        })
+        .collect()
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+fn print_ratios(f: &Fixture) {
+    const ROUNDS: usize = 21;
+    const BATCH: u32 = 200;
+    // One `block_on` per batch, as criterion's async bencher does per sample.
+    macro_rules! batch {
+        ($case:expr) => {
+            &mut || {
+                f.rt.block_on(async {
+                    let started = Instant::now();
+                    for _ in 0..BATCH {
+                        black_box($case.call(INPUT).await);
+                    }
+                    started.elapsed() / BATCH
+                })
+            }
+        };
+    }
+    let warm = interleaved(
+        ROUNDS,
+        &mut [batch!(f.warm), batch!(f.bare), batch!(f.bare_defaults)],
+    );
+    println!();
+    println!(
+        "warm ratio keyhole/bare = {:.2}  (keyhole {:.1?}, bare {:.1?} per call; median of {ROUNDS} interleaved rounds of {BATCH} calls)",
+        ratio(warm[0], warm[1]),
+        warm[0],
+        warm[1],
+    );
+    println!(
+        "warm ratio keyhole/bare-wasmtime-defaults = {:.2}  (bare with wasmtime's default pooling config, no stack zeroing: {:.1?})",
+        ratio(warm[0], warm[2]),
+        warm[2],
+    );
+
+    const START_ROUNDS: usize = 7;
+    let dir = f.stored_path();
+    let mut open = Vec::new();
+    let start = interleaved(
+        START_ROUNDS,
+        &mut [&mut || cold_once(&f.rt, &f.wasm), &mut || {
+            let (o, first) = restart_once(&f.rt, &dir);
+            open.push(o);
+            first
+        }],
+    );
+    open.sort();
+    println!(
+        "startup ratio cold/restart = {:.1}  (upload + first call {:.1?}; restart first call {:.1?}, plus {:.1?} to open the data dir; median of {START_ROUNDS} interleaved rounds)",
+        ratio(start[0], start[1]),
+        start[0],
+        start[1],
+        open[open.len() / 2],
+    );
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let fixture = Fixture::new();
+    bench_warm(&mut c, &fixture);
+    bench_startup(&mut c, &fixture);
+    c.final_summary();
+    // `cargo test --benches` and `--list` run the binary too; the ratios take ~10 s.
+    let quick = std::env::args().any(|a| a == "--test" || a == "--list");
+    if !quick {
+        print_ratios(&fixture);
+    }
+}

@@ -1,0 +1,113 @@
+//! Receiving the provider's redirect: a one-shot listener for CLI-only setups, and the
+//! `/oauth/callback` route of `keyhole serve`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::Html;
+use axum::routing::get;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::OAuthError;
+
+/// The query of a redirect to the callback URL (RFC 6749 §4.1.2).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CallbackParams {
+    /// Authorization code on success.
+    pub code: Option<String>,
+    /// The state we sent.
+    pub state: Option<String>,
+    /// Error code on refusal (e.g. `access_denied`).
+    pub error: Option<String>,
+    /// Human-readable error text.
+    pub error_description: Option<String>,
+}
+
+impl std::fmt::Display for CallbackParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the code: it is a credential until exchanged.
+        write!(f, "callback(error={:?})", self.error)
+    }
+}
+
+fn page(title: &str, message: &str) -> Html<String> {
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    Html(format!(
+        "<!doctype html><meta charset=utf-8><title>keyhole: {t}</title><h1>{t}</h1><p>{m}</p><p>You can close this tab.</p>",
+        t = esc(title),
+        m = esc(message)
+    ))
+}
+
+/// Wait (up to `timeout`) for one redirect to `redirect_url`, which must be an http URL
+/// on a loopback address: keyhole listens there itself.
+pub async fn wait_for_callback(redirect_url: &str, timeout: Duration) -> Result<CallbackParams, OAuthError> {
+    let url = url::Url::parse(redirect_url).map_err(|e| OAuthError::Callback(format!("redirect URL {redirect_url:?}: {e}")))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    if url.scheme() != "http" || !loopback {
+        return Err(OAuthError::Callback(format!(
+            "the redirect URL {redirect_url} is not a loopback http address, so this command cannot receive it; run `keyhole serve` where {redirect_url} reaches it and authorize with `keyhole connections connect NAME --no-listen`"
+        )));
+    }
+    let port = url.port_or_known_default().unwrap_or(80);
+    let host = if url.host_str() == Some("localhost") { "127.0.0.1".to_string() } else { url.host_str().unwrap_or("127.0.0.1").trim_matches(['[', ']']).to_string() };
+    let addr: SocketAddr = format!("{}:{port}", if host.contains(':') { format!("[{host}]") } else { host })
+        .parse()
+        .map_err(|e| OAuthError::Callback(format!("bad callback address: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| OAuthError::Callback(format!("cannot listen on {addr} for the OAuth callback: {e}")))?;
+
+    let (tx, mut rx) = mpsc::channel::<CallbackParams>(1);
+    let app = axum::Router::new()
+        .route(
+            url.path(),
+            get(|State(tx): State<mpsc::Sender<CallbackParams>>, Query(p): Query<CallbackParams>| async move {
+                let message = if p.error.is_some() { "The provider refused the authorization; see the terminal." } else { "keyhole received the authorization; see the terminal for the result." };
+                let _ = tx.send(p).await;
+                page("authorization received", message)
+            }),
+        )
+        .with_state(tx);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(async { let _ = stop_rx.await; }).await;
+    });
+    let result = tokio::time::timeout(timeout, rx.recv()).await;
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    match result {
+        Ok(Some(p)) => Ok(p),
+        Ok(None) => Err(OAuthError::Callback("the callback listener stopped".into())),
+        Err(_) => Err(OAuthError::Callback(format!("no callback arrived within {} minutes", timeout.as_secs() / 60))),
+    }
+}
+
+/// Serve `/oauth/callback` (and `/healthz`) until `shutdown` resolves. Each callback
+/// completes its connection's authorization.
+pub async fn serve_callbacks(
+    listener: tokio::net::TcpListener,
+    connections: crate::connections::Connections,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/oauth/callback",
+            get(|State(c): State<crate::connections::Connections>, Query(p): Query<CallbackParams>| async move {
+                match c.complete_authorization(&p, None).await {
+                    Ok(view) => page("connected", &format!("Connection {} is connected.", view.name)),
+                    Err(e) => page("authorization failed", &e.to_string()),
+                }
+            }),
+        )
+        .with_state(connections);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,212 @@
+//! The authorization-code flow (PKCE S256 + single-use, expiring state) and the
+//! client-credentials grant.
+
+use std::collections::BTreeMap;
+
+use oauth2::basic::{BasicErrorResponseType, BasicTokenResponse};
+use oauth2::{AuthorizationCode, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RequestTokenError, TokenResponse};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::{OAuth, OAuthError, STATE_TTL, TokenInfo};
+use crate::connections::{Credentials, Status, Tokens};
+use crate::secrets::Secret;
+use crate::services::{GrantType, ServiceDef};
+use crate::storage::{ConnectionRow, PendingState, now_ms};
+
+/// What an admin opens to authorize a connection.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PendingAuthorization {
+    /// The provider's authorization URL, with state and PKCE challenge.
+    pub authorize_url: String,
+    /// Where the provider will send the browser back.
+    pub redirect_url: String,
+    /// Unix ms after which the URL no longer completes.
+    pub expires_at: i64,
+}
+
+fn state_hash(state: &str) -> String {
+    hex::encode(Sha256::digest(state.as_bytes()))
+}
+
+fn verifier_context(connection: &str) -> String {
+    format!("keyhole:pkce-verifier:{connection}")
+}
+
+/// Non-secret url params of a connection (OAuth URLs may use them, e.g. Zoho's `dc`).
+pub(crate) fn url_params(service: &ServiceDef, row: &ConnectionRow) -> BTreeMap<String, String> {
+    service
+        .params
+        .iter()
+        .filter_map(|p| row.params.get(&p.name).or(p.default.as_ref()).map(|v| (p.name.clone(), v.clone())))
+        .collect()
+}
+
+/// Classify a token endpoint failure: `Ok(true)` for `invalid_grant` (terminal).
+pub(crate) fn describe<RE: std::error::Error + 'static>(
+    e: &RequestTokenError<RE, oauth2::basic::BasicErrorResponse>,
+) -> (bool, String) {
+    match e {
+        RequestTokenError::ServerResponse(r) => {
+            let terminal = matches!(r.error(), BasicErrorResponseType::InvalidGrant);
+            let mut msg = r.error().to_string();
+            if let Some(d) = r.error_description() {
+                msg.push_str(": ");
+                msg.push_str(d);
+            }
+            (terminal, msg)
+        }
+        RequestTokenError::Request(e) => (false, format!("could not reach the token endpoint: {e}")),
+        RequestTokenError::Parse(e, _) => (false, format!("unexpected token endpoint answer: {e}")),
+        RequestTokenError::Other(s) => (false, s.clone()),
+    }
+}
+
+/// Turn a token response into credentials and facts. `previous_refresh` is kept when the
+/// provider did not send a new refresh token.
+pub(crate) fn tokens_from(
+    response: &BasicTokenResponse,
+    previous_refresh: Option<Secret>,
+    requested_scopes: &[String],
+    separator: &str,
+) -> (Tokens, TokenInfo) {
+    let expires_at = response.expires_in().map(|d| now_ms() + d.as_millis() as i64);
+    let refresh = response.refresh_token().map(|r| Secret::new(r.secret().clone())).or(previous_refresh);
+    let granted_scopes = match response.scopes() {
+        Some(s) => s.iter().flat_map(|s| s.split(separator).map(str::to_string).collect::<Vec<_>>()).filter(|s| !s.is_empty()).collect(),
+        None => requested_scopes.to_vec(),
+    };
+    let info = TokenInfo {
+        expires_at,
+        granted_scopes,
+        has_refresh_token: refresh.is_some(),
+        last_refresh_at: None,
+        last_refresh_outcome: None,
+    };
+    (Tokens { access: Secret::new(response.access_token().secret().clone()), refresh, expires_at }, info)
+}
+
+impl OAuth {
+    /// Start the authorization-code flow for `row`: a fresh state (single use, 10 minutes)
+    /// and PKCE S256 pair bound to this connection.
+    pub fn begin(&self, service: &ServiceDef, row: &ConnectionRow) -> Result<PendingAuthorization, OAuthError> {
+        let def = service.oauth2.as_ref().ok_or_else(|| OAuthError::Config("not an OAuth service".into()))?;
+        if def.grant != GrantType::AuthorizationCode {
+            return Err(OAuthError::Config(format!(
+                "service {:?} uses the client-credentials grant; `connections connect` fetches a token directly",
+                service.name
+            )));
+        }
+        let (client, config, _) = self.client_for(service, &url_params(service, row))?;
+        let redirect_url = config.effective_redirect_url();
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut request = client
+            .authorize_url(CsrfToken::new_random)
+            .map_err(|e| OAuthError::Config(format!("service {:?} has no authorize URL: {e}", service.name)))?;
+        if !row.scopes.is_empty() {
+            request = request.add_extra_param("scope", row.scopes.join(&def.scope_separator));
+        }
+        for (k, v) in &def.auth_params {
+            request = request.add_extra_param(k.clone(), v.clone());
+        }
+        // PKCE always goes along: providers that ignore it are unaffected, and it is
+        // what binds the code to this client instance (RFC 9700 §2.1.1).
+        let (url, state) = request.set_pkce_challenge(challenge).url();
+        let expires_at = now_ms() + STATE_TTL.as_millis() as i64;
+        let sealed_verifier = self.sealer.seal(verifier.secret().as_bytes(), &verifier_context(&row.name));
+        self.storage
+            .insert_oauth_state(
+                &state_hash(state.secret()),
+                &PendingState { connection: row.name.clone(), sealed_verifier, redirect_url: redirect_url.clone(), expires_at },
+            )
+            .map_err(|e| OAuthError::Config(e.to_string()))?;
+        tracing::info!(connection = %row.name, "authorization started");
+        Ok(PendingAuthorization { authorize_url: url.to_string(), redirect_url, expires_at })
+    }
+
+    /// Take the pending authorization for a callback's `state`. The state is consumed
+    /// whatever happens next. Returns the connection name and the PKCE verifier.
+    pub fn take_state(&self, state: &str, expected_connection: Option<&str>) -> Result<(String, PkceCodeVerifier), OAuthError> {
+        let pending = self
+            .storage
+            .take_oauth_state(&state_hash(state))
+            .map_err(|e| OAuthError::Config(e.to_string()))?
+            .ok_or_else(|| OAuthError::BadState("the callback's state is unknown or was already used".into()))?;
+        if pending.expires_at < now_ms() {
+            return Err(OAuthError::BadState("the authorization expired (10 minutes)".into()));
+        }
+        if let Some(expected) = expected_connection
+            && expected != pending.connection
+        {
+            return Err(OAuthError::BadState(format!(
+                "the callback belongs to connection {:?}, not {expected:?}",
+                pending.connection
+            )));
+        }
+        let verifier = self
+            .sealer
+            .open(&pending.sealed_verifier, &verifier_context(&pending.connection))
+            .map_err(|e| OAuthError::Config(e.to_string()))?;
+        let verifier = String::from_utf8(verifier.to_vec()).map_err(|_| OAuthError::Config("stored verifier is malformed".into()))?;
+        Ok((pending.connection, PkceCodeVerifier::new(verifier)))
+    }
+
+    /// Exchange an authorization code and store the tokens; the connection becomes
+    /// `connected`.
+    pub async fn exchange(
+        &self,
+        service: &ServiceDef,
+        row: &ConnectionRow,
+        code: &str,
+        verifier: PkceCodeVerifier,
+    ) -> Result<(), OAuthError> {
+        let def = service.oauth2.as_ref().ok_or_else(|| OAuthError::Config("not an OAuth service".into()))?;
+        let (client, _, _) = self.client_for(service, &url_params(service, row))?;
+        let response = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| OAuthError::Config(e.to_string()))?
+            .set_pkce_verifier(verifier)
+            .request_async(&self.http)
+            .await
+            .map_err(|e| OAuthError::Token(describe(&e).1))?;
+        let (tokens, info) = tokens_from(&response, None, &row.scopes, &def.scope_separator);
+        self.store_tokens(row, tokens, info)
+    }
+
+    /// Fetch a token with the client-credentials grant and store it.
+    pub async fn client_credentials(&self, service: &ServiceDef, row: &ConnectionRow) -> Result<(), OAuthError> {
+        let (tokens, info) = self.fetch_client_credentials(service, row).await?;
+        self.store_tokens(row, tokens, info)
+    }
+
+    pub(crate) async fn fetch_client_credentials(&self, service: &ServiceDef, row: &ConnectionRow) -> Result<(Tokens, TokenInfo), OAuthError> {
+        let def = service.oauth2.as_ref().ok_or_else(|| OAuthError::Config("not an OAuth service".into()))?;
+        let (client, _, _) = self.client_for(service, &url_params(service, row))?;
+        let mut request = client.exchange_client_credentials().map_err(|e| OAuthError::Config(e.to_string()))?;
+        if !row.scopes.is_empty() {
+            request = request.add_extra_param("scope", row.scopes.join(&def.scope_separator));
+        }
+        let response = request.request_async(&self.http).await.map_err(|e| OAuthError::Token(describe(&e).1))?;
+        Ok(tokens_from(&response, None, &row.scopes, &def.scope_separator))
+    }
+
+    fn store_tokens(&self, row: &ConnectionRow, tokens: Tokens, info: TokenInfo) -> Result<(), OAuthError> {
+        let creds = Credentials { params: Default::default(), tokens: Some(tokens) };
+        let sealed = Zeroizing::new(creds.seal(&self.sealer, &row.name));
+        let current = self
+            .storage
+            .get_connection(&row.name)
+            .map_err(|e| OAuthError::Config(e.to_string()))?
+            .ok_or_else(|| OAuthError::Config(format!("connection {:?} was deleted meanwhile", row.name)))?;
+        let swapped = self
+            .storage
+            .swap_credentials(&row.name, current.generation, Some(&sealed), Status::Connected.as_str(), None, &info.to_json(), true)
+            .map_err(|e| OAuthError::Config(e.to_string()))?;
+        if swapped.is_none() {
+            return Err(OAuthError::Config(format!("connection {:?} changed while connecting; try again", row.name)));
+        }
+        self.note_success(&row.name);
+        tracing::info!(connection = %row.name, "tokens stored; connection connected");
+        Ok(())
+    }
+}

@@ -1,0 +1,144 @@
+//! OAuth 2.0 for connections: authorization code with PKCE (S256) and state, client
+//! credentials, single-flight refresh with rotation, and RFC 7009 revocation.
+//!
+//! Only this module sees refresh tokens and client secrets in the clear (the gateway
+//! sees the access token it injects). Token endpoints are called through the `oauth2`
+//! crate with a reqwest client that never follows redirects.
+
+mod callback;
+mod client;
+mod flow;
+mod refresh;
+mod revoke;
+
+pub use callback::{CallbackParams, serve_callbacks, wait_for_callback};
+pub use client::{ClientConfig, DEFAULT_REDIRECT_URL, REDIRECT_URL_ENV, default_redirect_url as client_default_redirect};
+pub use flow::PendingAuthorization;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::secrets::Sealer;
+use crate::storage::Storage;
+
+/// A token within this much of its expiry is refreshed before use.
+pub const REFRESH_SKEW: Duration = Duration::from_secs(60);
+/// How long an authorization URL (its `state`) stays valid.
+pub const STATE_TTL: Duration = Duration::from_secs(10 * 60);
+/// First and longest wait after a transient refresh failure.
+const BACKOFF_MIN: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Errors of the OAuth flows, shown to admins. Never carries a token or secret.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    /// The service has no client credentials yet.
+    #[error(
+        "service {0:?} has no OAuth client configured; register keyhole's callback URL at the provider, then run `keyhole services set-client {0} --client-id ID --client-secret-stdin`"
+    )]
+    NoClient(String),
+    /// The callback's state is unknown, reused, expired or for another connection.
+    #[error("{0}; start again with `keyhole connections connect`")]
+    BadState(String),
+    /// The provider redirected with `error=`.
+    #[error("the provider refused the authorization: {0}")]
+    Denied(String),
+    /// The token endpoint refused or failed.
+    #[error("the token request failed: {0}")]
+    Token(String),
+    /// Configuration problem (URLs, grant type).
+    #[error("{0}")]
+    Config(String),
+    /// The callback listener failed.
+    #[error("{0}")]
+    Callback(String),
+}
+
+/// Non-secret token facts kept in `connections.token_info` and shown by `connections show`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Unix ms when the access token expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// Scopes the provider granted (its `scope` answer), else those requested.
+    #[serde(default)]
+    pub granted_scopes: Vec<String>,
+    /// Whether a refresh token is held.
+    #[serde(default)]
+    pub has_refresh_token: bool,
+    /// Unix ms of the last refresh attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_at: Option<i64>,
+    /// `ok`, `invalid_grant`, or `transient: <reason>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_outcome: Option<String>,
+}
+
+impl TokenInfo {
+    /// Read from the stored JSON (missing or malformed reads as empty).
+    pub fn from_json(v: &serde_json::Value) -> Self {
+        serde_json::from_value(v.clone()).unwrap_or_default()
+    }
+
+    /// As stored JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+/// Shared OAuth state: the token-endpoint client, per-connection refresh locks and
+/// backoff after transient failures.
+pub struct OAuth {
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) sealer: Arc<Sealer>,
+    pub(crate) http: reqwest::Client,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    backoff: Mutex<HashMap<String, (Instant, Duration)>>,
+}
+
+impl std::fmt::Debug for OAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuth").finish_non_exhaustive()
+    }
+}
+
+impl OAuth {
+    /// OAuth over `storage`, sealing with `sealer`.
+    pub fn new(storage: Arc<Storage>, sealer: Arc<Sealer>) -> Self {
+        // SSRF guard (oauth2-rs docs): token endpoints must not redirect us anywhere.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("keyhole/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the TLS backend initialises");
+        Self { storage, sealer, http, locks: Mutex::new(HashMap::new()), backoff: Mutex::new(HashMap::new()) }
+    }
+
+    fn lock_for(&self, connection: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(connection.to_string()).or_default().clone()
+    }
+
+    fn backoff_until(&self, connection: &str) -> Option<Instant> {
+        self.backoff.lock().unwrap_or_else(|p| p.into_inner()).get(connection).map(|(until, _)| *until)
+    }
+
+    fn note_failure(&self, connection: &str) -> Duration {
+        let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let next = match map.get(connection) {
+            Some((_, last)) => (*last * 2).min(BACKOFF_MAX),
+            None => BACKOFF_MIN,
+        };
+        map.insert(connection.to_string(), (Instant::now() + next, next));
+        next
+    }
+
+    fn note_success(&self, connection: &str) {
+        self.backoff.lock().unwrap_or_else(|p| p.into_inner()).remove(connection);
+    }
+}

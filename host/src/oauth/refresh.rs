@@ -1,0 +1,183 @@
+//! Keeping access tokens fresh: refresh within the skew of expiry, force one refresh after
+//! a 401, single-flight per connection, rotation persisted before use, a generation
+//! compare-and-swap against stale writers, `invalid_grant` → needs-reauth, and backoff
+//! after transient failures (no refresh storms).
+
+use std::time::Instant;
+
+use oauth2::RefreshToken;
+use zeroize::Zeroizing;
+
+use super::flow::{describe, tokens_from, url_params};
+use super::{OAuth, REFRESH_SKEW, TokenInfo};
+use crate::connections::{Credentials, SendError, Status};
+use crate::connections::gateway::Loaded;
+use crate::services::GrantType;
+use crate::storage::now_ms;
+
+fn needs_refresh(loaded: &Loaded) -> bool {
+    match loaded.creds.tokens.as_ref().and_then(|t| t.expires_at) {
+        Some(at) => at - now_ms() <= REFRESH_SKEW.as_millis() as i64,
+        None => false,
+    }
+}
+
+fn expired(loaded: &Loaded) -> bool {
+    loaded.creds.tokens.as_ref().and_then(|t| t.expires_at).is_some_and(|at| at <= now_ms())
+}
+
+impl OAuth {
+    /// Make sure `loaded` holds a usable access token. With `force`, the upstream just
+    /// answered 401 to the token in `loaded`: refresh unless someone already did.
+    pub(crate) async fn ensure_fresh(&self, loaded: &mut Loaded, force: bool) -> Result<(), SendError> {
+        if loaded.creds.tokens.is_none() {
+            return Err(SendError::NotConnected);
+        }
+        if !force && !needs_refresh(loaded) {
+            return Ok(());
+        }
+        let name = loaded.row.name.clone();
+        if let Some(until) = self.backoff_until(&name)
+            && Instant::now() < until
+        {
+            // A recent refresh failed transiently: don't hammer the provider.
+            return if expired(loaded) || force {
+                Err(SendError::UpstreamUnreachable("token refresh is failing; keyhole retries after a backoff".into()))
+            } else {
+                Ok(())
+            };
+        }
+
+        let lock = self.lock_for(&name);
+        let _guard = lock.lock().await;
+        // Someone may have refreshed while we waited: re-read before asking the provider.
+        let current = self.reload(loaded)?;
+        if current.row.generation != loaded.row.generation {
+            *loaded = current;
+            if Status::parse(&loaded.row.status) != Status::Connected {
+                return Err(SendError::NotConnected);
+            }
+            return Ok(());
+        }
+        self.refresh_locked(loaded).await
+    }
+
+    fn reload(&self, loaded: &Loaded) -> Result<Loaded, SendError> {
+        let row = self
+            .storage
+            .get_connection(&loaded.row.name)
+            .map_err(|e| host_fault(&e))?
+            .ok_or(SendError::NotConnected)?;
+        let creds = match &row.sealed {
+            Some(blob) => Credentials::open(&self.sealer, &row.name, blob).map_err(|e| host_fault(&e))?,
+            None => Credentials::default(),
+        };
+        Ok(Loaded { row, service: loaded.service.clone(), creds, endpoint: loaded.endpoint.clone() })
+    }
+
+    async fn refresh_locked(&self, loaded: &mut Loaded) -> Result<(), SendError> {
+        let name = loaded.row.name.clone();
+        let def = loaded.service.oauth2.clone().ok_or(SendError::NotConnected)?;
+        let mut info = TokenInfo::from_json(&loaded.row.token_info);
+        info.last_refresh_at = Some(now_ms());
+
+        let result = if def.grant == GrantType::ClientCredentials {
+            self.fetch_client_credentials(&loaded.service, &loaded.row).await.map_err(|e| (false, e.to_string()))
+        } else {
+            let Some(refresh) = loaded.creds.tokens.as_ref().and_then(|t| t.refresh.clone()) else {
+                self.mark_needs_reauth(loaded, "the access token expired and the provider issued no refresh token")?;
+                return Err(SendError::NotConnected);
+            };
+            let (client, _, _) = match self.client_for(&loaded.service, &url_params(&loaded.service, &loaded.row)) {
+                Ok(c) => c,
+                Err(e) => return Err(SendError::UpstreamUnreachable(format!("cannot refresh: {e}"))),
+            };
+            let refresh_token = RefreshToken::new(refresh.expose().to_string());
+            let request = client
+                .exchange_refresh_token(&refresh_token)
+                .map_err(|e| SendError::UpstreamUnreachable(format!("cannot refresh: {e}")))?;
+            match request.request_async(&self.http).await {
+                Ok(response) => Ok(tokens_from(&response, Some(refresh), &loaded.row.scopes, &def.scope_separator)),
+                Err(e) => Err(describe(&e)),
+            }
+        };
+
+        match result {
+            Ok((tokens, mut new_info)) => {
+                new_info.last_refresh_at = info.last_refresh_at;
+                new_info.last_refresh_outcome = Some("ok".into());
+                let creds = Credentials { params: loaded.creds.params.clone(), tokens: Some(tokens) };
+                // Persist (sealed) before anyone uses the new token: a rotated refresh
+                // token that only lived in memory would be lost with the process.
+                let sealed = Zeroizing::new(creds.seal(&self.sealer, &name));
+                let swapped = self
+                    .storage
+                    .swap_credentials(&name, loaded.row.generation, Some(&sealed), Status::Connected.as_str(), None, &new_info.to_json(), false)
+                    .map_err(|e| host_fault(&e))?;
+                match swapped {
+                    Some(generation) => {
+                        loaded.row.generation = generation;
+                        loaded.row.token_info = new_info.to_json();
+                        loaded.creds = creds;
+                        self.note_success(&name);
+                        tracing::info!(connection = %name, "access token refreshed");
+                        Ok(())
+                    }
+                    None => {
+                        // Another writer (another process) stored newer credentials first.
+                        *loaded = self.reload(loaded)?;
+                        Ok(())
+                    }
+                }
+            }
+            Err((true, reason)) => {
+                // invalid_grant: unless someone else refreshed meanwhile, the grant is dead.
+                let current = self.reload(loaded)?;
+                if current.row.generation != loaded.row.generation {
+                    *loaded = current;
+                    return Ok(());
+                }
+                tracing::warn!(connection = %name, "refresh token rejected (invalid_grant); connection needs re-authorization");
+                self.mark_needs_reauth(loaded, &format!("the provider rejected the refresh token ({reason})"))?;
+                Err(SendError::NotConnected)
+            }
+            Err((false, reason)) => {
+                let wait = self.note_failure(&name);
+                tracing::warn!(connection = %name, %reason, retry_in_s = wait.as_secs(), "token refresh failed transiently");
+                info.last_refresh_outcome = Some(format!("transient: {reason}"));
+                if let Err(e) = self.storage.set_token_info(&name, &info.to_json()) {
+                    tracing::warn!(error = %e, "could not record the refresh outcome");
+                }
+                if expired(loaded) {
+                    Err(SendError::UpstreamUnreachable(format!("token refresh failed: {reason}")))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn mark_needs_reauth(&self, loaded: &Loaded, reason: &str) -> Result<(), SendError> {
+        let mut info = TokenInfo::from_json(&loaded.row.token_info);
+        info.last_refresh_at = Some(now_ms());
+        info.last_refresh_outcome = Some("invalid_grant".into());
+        let reason = format!("{reason}; reconnect with `keyhole connections connect {}`", loaded.row.name);
+        self.storage
+            .swap_credentials(
+                &loaded.row.name,
+                loaded.row.generation,
+                loaded.row.sealed.as_deref(),
+                Status::NeedsReauth.as_str(),
+                Some(&reason),
+                &info.to_json(),
+                false,
+            )
+            .map_err(|e| host_fault(&e))?;
+        Ok(())
+    }
+}
+
+fn host_fault(e: &dyn std::fmt::Display) -> SendError {
+    tracing::error!(error = %e, "host fault while refreshing a token");
+    SendError::UpstreamUnreachable("keyhole host error; see the host's logs".into())
+}

@@ -1,0 +1,53 @@
+//! Pending OAuth authorizations: single-use, expiring `state` values bound to a connection.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Storage, StorageError, now_ms};
+
+/// A pending authorization, taken (and deleted) by its state hash.
+#[derive(Debug, Clone)]
+pub struct PendingState {
+    /// Connection being authorized.
+    pub connection: String,
+    /// The PKCE verifier, sealed.
+    pub sealed_verifier: Vec<u8>,
+    /// Redirect URL used in the authorization request (must be repeated at the token endpoint).
+    pub redirect_url: String,
+    /// Unix ms.
+    pub expires_at: i64,
+}
+
+impl Storage {
+    /// Record a pending authorization. Older pending ones for the same connection are
+    /// dropped: only the newest authorization URL can complete.
+    pub fn insert_oauth_state(&self, state_hash: &str, p: &PendingState) -> Result<(), StorageError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute("DELETE FROM oauth_states WHERE connection = ?1 OR expires_at < ?2", params![p.connection, now_ms()])
+            .map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO oauth_states (state_hash, connection, sealed_verifier, redirect_url, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![state_hash, p.connection, p.sealed_verifier, p.redirect_url, now_ms(), p.expires_at],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Take a pending authorization by state hash: it is deleted whatever happens next,
+    /// so a state can be presented once.
+    pub fn take_oauth_state(&self, state_hash: &str) -> Result<Option<PendingState>, StorageError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let row = tx
+            .query_row(
+                "SELECT connection, sealed_verifier, redirect_url, expires_at FROM oauth_states WHERE state_hash = ?1",
+                params![state_hash],
+                |r| Ok(PendingState { connection: r.get(0)?, sealed_verifier: r.get(1)?, redirect_url: r.get(2)?, expires_at: r.get(3)? }),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        tx.execute("DELETE FROM oauth_states WHERE state_hash = ?1", params![state_hash]).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(row)
+    }
+}
