@@ -343,10 +343,12 @@ fn bench_warm(c: &mut Criterion, f: &Fixture) {
         .measurement_time(Duration::from_secs(6))
         .sample_size(50);
     group.bench_function("keyhole", |b| {
-        b.to_async(&f.rt).iter(|| async { black_box(f.warm.call(INPUT).await) })
+        b.to_async(&f.rt)
+            .iter(|| async { black_box(f.warm.call(INPUT).await) })
     });
     group.bench_function("bare", |b| {
-        b.to_async(&f.rt).iter(|| async { black_box(f.bare.call(INPUT).await) })
+        b.to_async(&f.rt)
+            .iter(|| async { black_box(f.bare.call(INPUT).await) })
     });
     group.bench_function("bare_wasmtime_defaults", |b| {
         b.to_async(&f.rt)

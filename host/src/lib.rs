@@ -8,8 +8,8 @@
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod oauth;
 pub mod connections;
+pub mod oauth;
 pub mod runtime;
 pub mod secrets;
 pub mod services;

@@ -71,6 +71,21 @@ impl TestHost {
         run_cli(self.home(), args, stdin, env)
     }
 
+    /// Start the binary in the background with stdout and stderr piped (for commands
+    /// that wait, like an OAuth `connections connect`).
+    pub fn spawn_cli(&self, args: &[&str]) -> std::process::Child {
+        Command::new(keyhole_bin())
+            .args(args)
+            .env("KEYHOLE_HOME", self.home())
+            .env_remove("KEYHOLE_MASTER_KEY")
+            .env("RUST_LOG", crate::capture::FILTER)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn keyhole")
+    }
+
     /// Raw bytes of the database file and its WAL, for grepping for secrets.
     pub fn raw_database(&self) -> Vec<u8> {
         let mut out = Vec::new();

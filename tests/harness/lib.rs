@@ -12,6 +12,8 @@ pub mod fake_api;
 pub mod oauth_server;
 pub mod plugins;
 mod server;
+pub mod webhook_receiver;
+pub mod youtube_api;
 
 pub use fake_api::{Credential, FakeApi, basic_blob};
 pub use oauth_server::{ClientAuth, OAuthServer, pkce_challenge, pkce_pair, query_param};

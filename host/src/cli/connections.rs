@@ -333,7 +333,11 @@ fn find_param<'a>(params: &'a [ParamDef], key: &str) -> Option<&'a ParamDef> {
 async fn connect(host: &Keyhole, args: ConnectArgs) -> anyhow::Result<i32> {
     let c = host.connections();
     let (service, params) = c.params_to_ask(&args.name)?;
-    if service.oauth2.as_ref().is_some_and(|o| o.grant == crate::services::GrantType::AuthorizationCode) {
+    if service
+        .oauth2
+        .as_ref()
+        .is_some_and(|o| o.grant == crate::services::GrantType::AuthorizationCode)
+    {
         return connect_oauth(host, &args).await;
     }
     let mut given: Vec<(String, String)> = args.params;
@@ -416,17 +420,31 @@ async fn connect(host: &Keyhole, args: ConnectArgs) -> anyhow::Result<i32> {
 async fn connect_oauth(host: &Keyhole, args: &ConnectArgs) -> anyhow::Result<i32> {
     let c = host.connections();
     let pending = c.begin_authorization(&args.name)?;
+    let listener = if args.no_listen {
+        None
+    } else {
+        Some(crate::oauth::bind_callback(&pending.redirect_url).await?)
+    };
     println!("Open this URL in a browser to authorize keyhole (valid for 10 minutes):");
     println!("{}", pending.authorize_url);
-    println!("waiting for the provider to redirect to {}", pending.redirect_url);
+    println!(
+        "waiting for the provider to redirect to {}",
+        pending.redirect_url
+    );
     if !args.no_browser && !args.no_listen {
         open_browser(&pending.authorize_url);
     }
     if args.no_listen {
-        println!("`keyhole serve` must be running where {} reaches it to complete the authorization", pending.redirect_url);
+        println!(
+            "`keyhole serve` must be running where {} reaches it to complete the authorization",
+            pending.redirect_url
+        );
         return Ok(0);
     }
-    let params = crate::oauth::wait_for_callback(&pending.redirect_url, crate::oauth::STATE_TTL).await?;
+    let Some(listener) = listener else {
+        return Ok(0);
+    };
+    let params = listener.wait(crate::oauth::STATE_TTL).await?;
     match c.complete_authorization(&params, Some(&args.name)).await {
         Ok(view) => {
             if args.json {
@@ -449,8 +467,11 @@ async fn connect_oauth(host: &Keyhole, args: &ConnectArgs) -> anyhow::Result<i32
 
 /// Best effort: open the URL in the desktop's browser when there is a display.
 fn open_browser(url: &str) {
-    let has_display = std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
-    let opener = std::env::var("BROWSER").ok().or_else(|| has_display.then(|| "xdg-open".to_string()));
+    let has_display =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    let opener = std::env::var("BROWSER")
+        .ok()
+        .or_else(|| has_display.then(|| "xdg-open".to_string()));
     if let Some(cmd) = opener {
         let _ = std::process::Command::new(cmd)
             .arg(url)

@@ -95,7 +95,9 @@ async fn serve(host: &Keyhole, listen: std::net::SocketAddr) -> anyhow::Result<i
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    println!("keyhole serving on http://{listen} (OAuth callback at /oauth/callback); Ctrl-C stops");
+    println!(
+        "keyhole serving on http://{listen} (OAuth callback at /oauth/callback); Ctrl-C stops"
+    );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -152,7 +152,11 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd) -> anyhow::Result<i32> {
         }
         ServicesCmd::Show { name, json } => {
             let entry = catalog.require(&name)?;
-            let oauth = if entry.def.oauth2.is_some() { Some(host.connections().oauth_client_summary(&name)?) } else { None };
+            let oauth = if entry.def.oauth2.is_some() {
+                Some(host.connections().oauth_client_summary(&name)?)
+            } else {
+                None
+            };
             if json {
                 let mut v = entry_json(&entry);
                 if let Some((client_id, redirect)) = &oauth {
@@ -193,22 +197,41 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd) -> anyhow::Result<i32> {
             println!("updated service {name}");
             Ok(0)
         }
-        ServicesCmd::SetClient { name, client_id, client_secret_stdin, public, redirect_url } => {
+        ServicesCmd::SetClient {
+            name,
+            client_id,
+            client_secret_stdin,
+            public,
+            redirect_url,
+        } => {
             let client_secret = if public {
                 None
             } else if client_secret_stdin {
                 let mut line = String::new();
                 std::io::stdin().read_line(&mut line)?;
-                Some(crate::secrets::Secret::new(line.trim_end_matches(['\r', '\n'])))
+                Some(crate::secrets::Secret::new(
+                    line.trim_end_matches(['\r', '\n']),
+                ))
             } else if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                Some(crate::secrets::Secret::new(rpassword::prompt_password("Client secret: ")?))
+                Some(crate::secrets::Secret::new(rpassword::prompt_password(
+                    "Client secret: ",
+                )?))
             } else {
-                anyhow::bail!("no client secret given: pass --client-secret-stdin (or --public for a public client)");
+                anyhow::bail!(
+                    "no client secret given: pass --client-secret-stdin (or --public for a public client)"
+                );
             };
-            let config = crate::oauth::ClientConfig { client_id, client_secret, redirect_url };
+            let config = crate::oauth::ClientConfig {
+                client_id,
+                client_secret,
+                redirect_url,
+            };
             host.connections().set_oauth_client(&name, &config)?;
             println!("OAuth client for {name} saved (secret sealed)");
-            println!("callback URL to register at the provider: {}", config.effective_redirect_url());
+            println!(
+                "callback URL to register at the provider: {}",
+                config.effective_redirect_url()
+            );
             Ok(0)
         }
         ServicesCmd::Delete { name } => {

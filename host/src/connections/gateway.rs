@@ -67,7 +67,13 @@ impl Gateway {
     /// A gateway over `storage`, sealing with `sealer`.
     pub fn new(storage: Arc<Storage>, sealer: Arc<Sealer>) -> Self {
         let oauth = Arc::new(OAuth::new(storage.clone(), sealer.clone()));
-        Self { catalog: Catalog::new(storage.clone()), storage, sealer, client: build_client(), oauth }
+        Self {
+            catalog: Catalog::new(storage.clone()),
+            storage,
+            sealer,
+            client: build_client(),
+            oauth,
+        }
     }
 
     /// Handle a guest's `http.send`.
@@ -155,7 +161,9 @@ impl Gateway {
             max_response_bytes: ctx.limits.max_response_bytes,
             max_request_bytes: ctx.limits.max_request_bytes,
         };
-        let response = self.execute(&mut loaded, req, &limits, Some(record)).await?;
+        let response = self
+            .execute(&mut loaded, req, &limits, Some(record))
+            .await?;
         if let Err(e) = self.storage.touch_connection(connection) {
             tracing::warn!(connection, error = %e, "could not record last use");
         }
@@ -205,7 +213,12 @@ impl Gateway {
         Ok(response)
     }
 
-    async fn send_prepared(&self, loaded: &Loaded, prepared: &Prepared, limits: &RequestLimits) -> Result<OutboundResponse, SendError> {
+    async fn send_prepared(
+        &self,
+        loaded: &Loaded,
+        prepared: &Prepared,
+        limits: &RequestLimits,
+    ) -> Result<OutboundResponse, SendError> {
         let mut redactor = inject::redactor_for(&loaded.service, &loaded.creds);
         let mut request = reqwest::Request::new(prepared.method.clone(), prepared.url.clone());
         *request.headers_mut() = prepared.headers.clone();
@@ -213,33 +226,61 @@ impl Gateway {
             *request.body_mut() = Some(prepared.body.clone().into());
         }
         // Last step before sending: attach the credentials.
-        inject::apply(&mut request, &loaded.service, &loaded.creds, &loaded.row.params, &mut redactor)?;
+        inject::apply(
+            &mut request,
+            &loaded.service,
+            &loaded.creds,
+            &loaded.row.params,
+            &mut redactor,
+        )?;
 
         let send = async {
-            let response = self.client.execute(request).await.map_err(|e| map_reqwest(e, &redactor))?;
+            let response = self
+                .client
+                .execute(request)
+                .await
+                .map_err(|e| map_reqwest(e, &redactor))?;
             let status = response.status().as_u16();
             let headers = response
                 .headers()
                 .iter()
-                .map(|(k, v)| (k.as_str().to_string(), redactor.scrub(&String::from_utf8_lossy(v.as_bytes()))))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        redactor.scrub(&String::from_utf8_lossy(v.as_bytes())),
+                    )
+                })
                 .collect();
-            if response.content_length().is_some_and(|n| n > limits.max_response_bytes) {
+            if response
+                .content_length()
+                .is_some_and(|n| n > limits.max_response_bytes)
+            {
                 return Err(SendError::TooLarge);
             }
             let mut response = response;
             let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(|e| map_reqwest(e, &redactor))? {
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| map_reqwest(e, &redactor))?
+            {
                 if (body.len() + chunk.len()) as u64 > limits.max_response_bytes {
                     return Err(SendError::TooLarge);
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(OutboundResponse { status, headers, body: redactor.scrub_bytes(&body) })
+            Ok(OutboundResponse {
+                status,
+                headers,
+                body: redactor.scrub_bytes(&body),
+            })
         };
         if limits.timeout.is_zero() {
             return Err(SendError::Timeout);
         }
-        tokio::time::timeout(limits.timeout, send).await.map_err(|_| SendError::Timeout)?
+        tokio::time::timeout(limits.timeout, send)
+            .await
+            .map_err(|_| SendError::Timeout)?
     }
 }
 
@@ -259,10 +300,13 @@ fn prepare(
     limits: &RequestLimits,
     record: Option<&mut OutboundCall>,
 ) -> Result<Prepared, SendError> {
-    let method = reqwest::Method::from_bytes(req.method.as_bytes())
-        .map_err(|_| SendError::InvalidRequest(format!("{:?} is not a valid HTTP method", req.method)))?;
+    let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|_| {
+        SendError::InvalidRequest(format!("{:?} is not a valid HTTP method", req.method))
+    })?;
     if matches!(method.as_str(), "CONNECT" | "TRACE") {
-        return Err(SendError::InvalidRequest(format!("method {method} is not allowed")));
+        return Err(SendError::InvalidRequest(format!(
+            "method {method} is not allowed"
+        )));
     }
     let url = egress::resolve_target(&loaded.endpoint, &req.target, &req.query)?;
     if let Some(record) = record {
@@ -271,8 +315,13 @@ fn prepare(
         record.path = scrub_path(&loaded.service, &redactor, url.path());
     }
     let (reserved_headers, reserved_query) = inject::reserved_names(&loaded.service);
-    if let Some((k, _)) = url.query_pairs().find(|(k, _)| reserved_query.iter().any(|r| r == k)) {
-        return Err(SendError::InvalidRequest(format!("query parameter {k:?} is set by the connection")));
+    if let Some((k, _)) = url
+        .query_pairs()
+        .find(|(k, _)| reserved_query.iter().any(|r| r == k))
+    {
+        return Err(SendError::InvalidRequest(format!(
+            "query parameter {k:?} is set by the connection"
+        )));
     }
     let body = req.body.unwrap_or_default();
     if body.len() as u64 > limits.max_request_bytes {
@@ -286,18 +335,33 @@ fn prepare(
     for (name, value) in &req.headers {
         let lower = name.to_ascii_lowercase();
         if REFUSED_HEADERS.contains(&lower.as_str()) || reserved_headers.contains(&lower) {
-            return Err(SendError::InvalidRequest(format!("header {name:?} is set by the connection and may not be supplied")));
+            return Err(SendError::InvalidRequest(format!(
+                "header {name:?} is set by the connection and may not be supplied"
+            )));
         }
-        if name.chars().chain(value.chars()).any(|c| c.is_control() && c != '\t') {
-            return Err(SendError::InvalidRequest(format!("header {name:?} contains control characters")));
+        if name
+            .chars()
+            .chain(value.chars())
+            .any(|c| c.is_control() && c != '\t')
+        {
+            return Err(SendError::InvalidRequest(format!(
+                "header {name:?} contains control characters"
+            )));
         }
-        let hn = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| SendError::InvalidRequest(format!("{name:?} is not a valid header name")))?;
-        let hv = HeaderValue::from_str(value)
-            .map_err(|_| SendError::InvalidRequest(format!("the value of header {name:?} is not valid")))?;
+        let hn = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            SendError::InvalidRequest(format!("{name:?} is not a valid header name"))
+        })?;
+        let hv = HeaderValue::from_str(value).map_err(|_| {
+            SendError::InvalidRequest(format!("the value of header {name:?} is not valid"))
+        })?;
         headers.append(hn, hv);
     }
-    Ok(Prepared { method, url, headers, body })
+    Ok(Prepared {
+        method,
+        url,
+        headers,
+        body,
+    })
 }
 
 /// Resolve the service's endpoint with this connection's `url` params (secret ones too:

@@ -11,8 +11,8 @@ use super::credentials::Credentials;
 use super::gateway::{Loaded, RequestLimits, resolve_endpoint};
 use super::{Catalog, ConnectionError, Gateway, OutboundRequest, Status};
 use crate::config::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES};
-use crate::secrets::Secret;
 use crate::oauth::{CallbackParams, ClientConfig, OAuthError, PendingAuthorization};
+use crate::secrets::Secret;
 use crate::services::{AuthKind, GrantType, ParamDef, ParamLocation, ServiceDef, validate_name};
 use crate::storage::{ConnectionRow, now_ms};
 
@@ -334,14 +334,23 @@ impl Connections {
             if let Some(k) = values.keys().next() {
                 return Err(unknown_param(&service, k));
             }
-            self.gateway.oauth.client_credentials(&service, &row).await?;
-            let mut loaded =
-                self.gateway.load(name)?.ok_or_else(|| ConnectionError::UnknownConnection(name.to_string()))?;
+            self.gateway
+                .oauth
+                .client_credentials(&service, &row)
+                .await?;
+            let mut loaded = self
+                .gateway
+                .load(name)?
+                .ok_or_else(|| ConnectionError::UnknownConnection(name.to_string()))?;
             let verification = match &service.verify {
                 Some(_) => Some(self.verify(&mut loaded).await),
                 None => None,
             };
-            return Ok(ConnectOutcome { connection: self.show(name)?, verification, stored: true });
+            return Ok(ConnectOutcome {
+                connection: self.show(name)?,
+                verification,
+                stored: true,
+            });
         }
         let mut creds = Credentials::default();
         let mut plain = row.params.clone();
@@ -518,8 +527,16 @@ impl Connections {
             && let Some(blob) = &row.sealed
         {
             match Credentials::open(&self.gateway.sealer, name, blob) {
-                Ok(creds) => provider = self.gateway.oauth.revoke_tokens(&service, &row, &creds).await,
-                Err(e) => provider.push(format!("could not open the stored tokens ({e}); wiped locally only")),
+                Ok(creds) => {
+                    provider = self
+                        .gateway
+                        .oauth
+                        .revoke_tokens(&service, &row, &creds)
+                        .await
+                }
+                Err(e) => provider.push(format!(
+                    "could not open the stored tokens ({e}); wiped locally only"
+                )),
             }
         }
         let mut reason = format!("revoked by admin at {}", crate::util::format_ms(now_ms()));
@@ -541,13 +558,21 @@ impl Connections {
     }
 
     /// Store a service's OAuth client registration (sealed).
-    pub fn set_oauth_client(&self, service: &str, config: &ClientConfig) -> Result<(), ConnectionError> {
+    pub fn set_oauth_client(
+        &self,
+        service: &str,
+        config: &ClientConfig,
+    ) -> Result<(), ConnectionError> {
         let entry = self.catalog().require(service)?;
         if entry.def.oauth2.is_none() {
-            return Err(ConnectionError::Invalid(format!("service {service:?} does not use OAuth 2.0")));
+            return Err(ConnectionError::Invalid(format!(
+                "service {service:?} does not use OAuth 2.0"
+            )));
         }
         if let Some(url) = &config.redirect_url {
-            url::Url::parse(url).map_err(|e| ConnectionError::Invalid(format!("redirect URL {url:?} is invalid: {e}")))?;
+            url::Url::parse(url).map_err(|e| {
+                ConnectionError::Invalid(format!("redirect URL {url:?} is invalid: {e}"))
+            })?;
         }
         self.gateway.oauth.save_client(service, config)?;
         tracing::info!(service, "OAuth client configured");
@@ -555,9 +580,15 @@ impl Connections {
     }
 
     /// The OAuth client id and the exact redirect URL to register at the provider.
-    pub fn oauth_client_summary(&self, service: &str) -> Result<(Option<String>, String), ConnectionError> {
+    pub fn oauth_client_summary(
+        &self,
+        service: &str,
+    ) -> Result<(Option<String>, String), ConnectionError> {
         let config = self.gateway.oauth.load_client(service)?;
-        let redirect = config.as_ref().map(|c| c.effective_redirect_url()).unwrap_or_else(crate::oauth::client_default_redirect);
+        let redirect = config
+            .as_ref()
+            .map(|c| c.effective_redirect_url())
+            .unwrap_or_else(crate::oauth::client_default_redirect);
         Ok((config.map(|c| c.client_id), redirect))
     }
 
@@ -571,8 +602,15 @@ impl Connections {
     /// Finish an authorization from the provider's redirect. A bad state, a provider
     /// `error=` or a failed exchange stores nothing; the reason is recorded on the
     /// connection (its status is left as it was: pending, or connected with the old tokens).
-    pub async fn complete_authorization(&self, params: &CallbackParams, expected: Option<&str>) -> Result<ConnectionView, ConnectionError> {
-        let state = params.state.as_deref().ok_or_else(|| OAuthError::BadState("the callback carries no state".into()))?;
+    pub async fn complete_authorization(
+        &self,
+        params: &CallbackParams,
+        expected: Option<&str>,
+    ) -> Result<ConnectionView, ConnectionError> {
+        let state = params
+            .state
+            .as_deref()
+            .ok_or_else(|| OAuthError::BadState("the callback carries no state".into()))?;
         let (name, verifier) = match self.gateway.oauth.take_state(state, expected) {
             Ok(v) => v,
             Err(e) => {
@@ -592,10 +630,18 @@ impl Connections {
             self.note_failure(&name, &e.to_string());
             return Err(e.into());
         }
-        let code = params.code.as_deref().ok_or_else(|| OAuthError::BadState("the callback carries no code".into()))?;
+        let code = params
+            .code
+            .as_deref()
+            .ok_or_else(|| OAuthError::BadState("the callback carries no code".into()))?;
         let row = self.row(&name)?;
         let service = self.catalog().require(&row.service)?.def;
-        if let Err(e) = self.gateway.oauth.exchange(&service, &row, code, verifier).await {
+        if let Err(e) = self
+            .gateway
+            .oauth
+            .exchange(&service, &row, code, verifier)
+            .await
+        {
             self.note_failure(&name, &e.to_string());
             return Err(e.into());
         }
@@ -605,8 +651,16 @@ impl Connections {
     fn note_failure(&self, name: &str, reason: &str) {
         if let Ok(Some(row)) = self.gateway.storage.get_connection(name) {
             let status = Status::parse(&row.status);
-            let status = if status == Status::Connected { status } else { Status::Pending };
-            let _ = self.gateway.storage.set_connection_status(name, status.as_str(), Some(&format!("authorization failed: {reason}")));
+            let status = if status == Status::Connected {
+                status
+            } else {
+                Status::Pending
+            };
+            let _ = self.gateway.storage.set_connection_status(
+                name,
+                status.as_str(),
+                Some(&format!("authorization failed: {reason}")),
+            );
         }
     }
 

@@ -33,7 +33,11 @@ impl std::fmt::Display for CallbackParams {
 }
 
 fn page(title: &str, message: &str) -> Html<String> {
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
     Html(format!(
         "<!doctype html><meta charset=utf-8><title>keyhole: {t}</title><h1>{t}</h1><p>{m}</p><p>You can close this tab.</p>",
         t = esc(title),
@@ -41,10 +45,19 @@ fn page(title: &str, message: &str) -> Html<String> {
     ))
 }
 
-/// Wait (up to `timeout`) for one redirect to `redirect_url`, which must be an http URL
-/// on a loopback address: keyhole listens there itself.
-pub async fn wait_for_callback(redirect_url: &str, timeout: Duration) -> Result<CallbackParams, OAuthError> {
-    let url = url::Url::parse(redirect_url).map_err(|e| OAuthError::Callback(format!("redirect URL {redirect_url:?}: {e}")))?;
+/// A bound one-shot callback listener: bind first, then show the authorization URL, so
+/// a fast browser can never beat the listener.
+#[derive(Debug)]
+pub struct CallbackListener {
+    listener: tokio::net::TcpListener,
+    path: String,
+}
+
+/// Bind a one-shot listener for redirects to `redirect_url`, which must be an http URL on
+/// a loopback address: keyhole listens there itself.
+pub async fn bind_callback(redirect_url: &str) -> Result<CallbackListener, OAuthError> {
+    let url = url::Url::parse(redirect_url)
+        .map_err(|e| OAuthError::Callback(format!("redirect URL {redirect_url:?}: {e}")))?;
     let loopback = match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -57,36 +70,76 @@ pub async fn wait_for_callback(redirect_url: &str, timeout: Duration) -> Result<
         )));
     }
     let port = url.port_or_known_default().unwrap_or(80);
-    let host = if url.host_str() == Some("localhost") { "127.0.0.1".to_string() } else { url.host_str().unwrap_or("127.0.0.1").trim_matches(['[', ']']).to_string() };
-    let addr: SocketAddr = format!("{}:{port}", if host.contains(':') { format!("[{host}]") } else { host })
-        .parse()
-        .map_err(|e| OAuthError::Callback(format!("bad callback address: {e}")))?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| OAuthError::Callback(format!("cannot listen on {addr} for the OAuth callback: {e}")))?;
+    let host = if url.host_str() == Some("localhost") {
+        "127.0.0.1".to_string()
+    } else {
+        url.host_str()
+            .unwrap_or("127.0.0.1")
+            .trim_matches(['[', ']'])
+            .to_string()
+    };
+    let addr: SocketAddr = format!(
+        "{}:{port}",
+        if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        }
+    )
+    .parse()
+    .map_err(|e| OAuthError::Callback(format!("bad callback address: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        OAuthError::Callback(format!(
+            "cannot listen on {addr} for the OAuth callback: {e}"
+        ))
+    })?;
+    Ok(CallbackListener {
+        listener,
+        path: url.path().to_string(),
+    })
+}
 
-    let (tx, mut rx) = mpsc::channel::<CallbackParams>(1);
-    let app = axum::Router::new()
-        .route(
-            url.path(),
-            get(|State(tx): State<mpsc::Sender<CallbackParams>>, Query(p): Query<CallbackParams>| async move {
-                let message = if p.error.is_some() { "The provider refused the authorization; see the terminal." } else { "keyhole received the authorization; see the terminal for the result." };
-                let _ = tx.send(p).await;
-                page("authorization received", message)
-            }),
-        )
-        .with_state(tx);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(async { let _ = stop_rx.await; }).await;
-    });
-    let result = tokio::time::timeout(timeout, rx.recv()).await;
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    match result {
-        Ok(Some(p)) => Ok(p),
-        Ok(None) => Err(OAuthError::Callback("the callback listener stopped".into())),
-        Err(_) => Err(OAuthError::Callback(format!("no callback arrived within {} minutes", timeout.as_secs() / 60))),
+impl CallbackListener {
+    /// Wait (up to `timeout`) for one redirect and return its query.
+    pub async fn wait(self, timeout: Duration) -> Result<CallbackParams, OAuthError> {
+        let CallbackListener { listener, path } = self;
+        let (tx, mut rx) = mpsc::channel::<CallbackParams>(1);
+        let app = axum::Router::new()
+            .route(
+                &path,
+                get(
+                    |State(tx): State<mpsc::Sender<CallbackParams>>,
+                     Query(p): Query<CallbackParams>| async move {
+                        let message = if p.error.is_some() {
+                            "The provider refused the authorization; see the terminal."
+                        } else {
+                            "keyhole received the authorization; see the terminal for the result."
+                        };
+                        let _ = tx.send(p).await;
+                        page("authorization received", message)
+                    },
+                ),
+            )
+            .with_state(tx);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+        });
+        let result = tokio::time::timeout(timeout, rx.recv()).await;
+        let _ = stop_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        match result {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err(OAuthError::Callback("the callback listener stopped".into())),
+            Err(_) => Err(OAuthError::Callback(format!(
+                "no callback arrived within {} minutes",
+                timeout.as_secs() / 60
+            ))),
+        }
     }
 }
 
@@ -101,13 +154,21 @@ pub async fn serve_callbacks(
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/oauth/callback",
-            get(|State(c): State<crate::connections::Connections>, Query(p): Query<CallbackParams>| async move {
-                match c.complete_authorization(&p, None).await {
-                    Ok(view) => page("connected", &format!("Connection {} is connected.", view.name)),
-                    Err(e) => page("authorization failed", &e.to_string()),
-                }
-            }),
+            get(
+                |State(c): State<crate::connections::Connections>,
+                 Query(p): Query<CallbackParams>| async move {
+                    match c.complete_authorization(&p, None).await {
+                        Ok(view) => page(
+                            "connected",
+                            &format!("Connection {} is connected.", view.name),
+                        ),
+                        Err(e) => page("authorization failed", &e.to_string()),
+                    }
+                },
+            ),
         )
         .with_state(connections);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use oauth2::basic::{BasicErrorResponseType, BasicTokenResponse};
-use oauth2::{AuthorizationCode, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RequestTokenError, TokenResponse};
+use oauth2::{
+    AuthorizationCode, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RequestTokenError,
+    TokenResponse,
+};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -38,7 +41,12 @@ pub(crate) fn url_params(service: &ServiceDef, row: &ConnectionRow) -> BTreeMap<
     service
         .params
         .iter()
-        .filter_map(|p| row.params.get(&p.name).or(p.default.as_ref()).map(|v| (p.name.clone(), v.clone())))
+        .filter_map(|p| {
+            row.params
+                .get(&p.name)
+                .or(p.default.as_ref())
+                .map(|v| (p.name.clone(), v.clone()))
+        })
         .collect()
 }
 
@@ -56,7 +64,9 @@ pub(crate) fn describe<RE: std::error::Error + 'static>(
             }
             (terminal, msg)
         }
-        RequestTokenError::Request(e) => (false, format!("could not reach the token endpoint: {e}")),
+        RequestTokenError::Request(e) => {
+            (false, format!("could not reach the token endpoint: {e}"))
+        }
         RequestTokenError::Parse(e, _) => (false, format!("unexpected token endpoint answer: {e}")),
         RequestTokenError::Other(s) => (false, s.clone()),
     }
@@ -70,10 +80,19 @@ pub(crate) fn tokens_from(
     requested_scopes: &[String],
     separator: &str,
 ) -> (Tokens, TokenInfo) {
-    let expires_at = response.expires_in().map(|d| now_ms() + d.as_millis() as i64);
-    let refresh = response.refresh_token().map(|r| Secret::new(r.secret().clone())).or(previous_refresh);
+    let expires_at = response
+        .expires_in()
+        .map(|d| now_ms() + d.as_millis() as i64);
+    let refresh = response
+        .refresh_token()
+        .map(|r| Secret::new(r.secret().clone()))
+        .or(previous_refresh);
     let granted_scopes = match response.scopes() {
-        Some(s) => s.iter().flat_map(|s| s.split(separator).map(str::to_string).collect::<Vec<_>>()).filter(|s| !s.is_empty()).collect(),
+        Some(s) => s
+            .iter()
+            .flat_map(|s| s.split(separator).map(str::to_string).collect::<Vec<_>>())
+            .filter(|s| !s.is_empty())
+            .collect(),
         None => requested_scopes.to_vec(),
     };
     let info = TokenInfo {
@@ -83,14 +102,28 @@ pub(crate) fn tokens_from(
         last_refresh_at: None,
         last_refresh_outcome: None,
     };
-    (Tokens { access: Secret::new(response.access_token().secret().clone()), refresh, expires_at }, info)
+    (
+        Tokens {
+            access: Secret::new(response.access_token().secret().clone()),
+            refresh,
+            expires_at,
+        },
+        info,
+    )
 }
 
 impl OAuth {
     /// Start the authorization-code flow for `row`: a fresh state (single use, 10 minutes)
     /// and PKCE S256 pair bound to this connection.
-    pub fn begin(&self, service: &ServiceDef, row: &ConnectionRow) -> Result<PendingAuthorization, OAuthError> {
-        let def = service.oauth2.as_ref().ok_or_else(|| OAuthError::Config("not an OAuth service".into()))?;
+    pub fn begin(
+        &self,
+        service: &ServiceDef,
+        row: &ConnectionRow,
+    ) -> Result<PendingAuthorization, OAuthError> {
+        let def = service
+            .oauth2
+            .as_ref()
+            .ok_or_else(|| OAuthError::Config("not an OAuth service".into()))?;
         if def.grant != GrantType::AuthorizationCode {
             return Err(OAuthError::Config(format!(
                 "service {:?} uses the client-credentials grant; `connections connect` fetches a token directly",
@@ -100,9 +133,12 @@ impl OAuth {
         let (client, config, _) = self.client_for(service, &url_params(service, row))?;
         let redirect_url = config.effective_redirect_url();
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let mut request = client
-            .authorize_url(CsrfToken::new_random)
-            .map_err(|e| OAuthError::Config(format!("service {:?} has no authorize URL: {e}", service.name)))?;
+        let mut request = client.authorize_url(CsrfToken::new_random).map_err(|e| {
+            OAuthError::Config(format!(
+                "service {:?} has no authorize URL: {e}",
+                service.name
+            ))
+        })?;
         if !row.scopes.is_empty() {
             request = request.add_extra_param("scope", row.scopes.join(&def.scope_separator));
         }
@@ -113,27 +149,46 @@ impl OAuth {
         // what binds the code to this client instance (RFC 9700 §2.1.1).
         let (url, state) = request.set_pkce_challenge(challenge).url();
         let expires_at = now_ms() + STATE_TTL.as_millis() as i64;
-        let sealed_verifier = self.sealer.seal(verifier.secret().as_bytes(), &verifier_context(&row.name));
+        let sealed_verifier = self
+            .sealer
+            .seal(verifier.secret().as_bytes(), &verifier_context(&row.name));
         self.storage
             .insert_oauth_state(
                 &state_hash(state.secret()),
-                &PendingState { connection: row.name.clone(), sealed_verifier, redirect_url: redirect_url.clone(), expires_at },
+                &PendingState {
+                    connection: row.name.clone(),
+                    sealed_verifier,
+                    redirect_url: redirect_url.clone(),
+                    expires_at,
+                },
             )
             .map_err(|e| OAuthError::Config(e.to_string()))?;
         tracing::info!(connection = %row.name, "authorization started");
-        Ok(PendingAuthorization { authorize_url: url.to_string(), redirect_url, expires_at })
+        Ok(PendingAuthorization {
+            authorize_url: url.to_string(),
+            redirect_url,
+            expires_at,
+        })
     }
 
     /// Take the pending authorization for a callback's `state`. The state is consumed
     /// whatever happens next. Returns the connection name and the PKCE verifier.
-    pub fn take_state(&self, state: &str, expected_connection: Option<&str>) -> Result<(String, PkceCodeVerifier), OAuthError> {
+    pub fn take_state(
+        &self,
+        state: &str,
+        expected_connection: Option<&str>,
+    ) -> Result<(String, PkceCodeVerifier), OAuthError> {
         let pending = self
             .storage
             .take_oauth_state(&state_hash(state))
             .map_err(|e| OAuthError::Config(e.to_string()))?
-            .ok_or_else(|| OAuthError::BadState("the callback's state is unknown or was already used".into()))?;
+            .ok_or_else(|| {
+                OAuthError::BadState("the callback's state is unknown or was already used".into())
+            })?;
         if pending.expires_at < now_ms() {
-            return Err(OAuthError::BadState("the authorization expired (10 minutes)".into()));
+            return Err(OAuthError::BadState(
+                "the authorization expired (10 minutes)".into(),
+            ));
         }
         if let Some(expected) = expected_connection
             && expected != pending.connection
@@ -145,9 +200,13 @@ impl OAuth {
         }
         let verifier = self
             .sealer
-            .open(&pending.sealed_verifier, &verifier_context(&pending.connection))
+            .open(
+                &pending.sealed_verifier,
+                &verifier_context(&pending.connection),
+            )
             .map_err(|e| OAuthError::Config(e.to_string()))?;
-        let verifier = String::from_utf8(verifier.to_vec()).map_err(|_| OAuthError::Config("stored verifier is malformed".into()))?;
+        let verifier = String::from_utf8(verifier.to_vec())
+            .map_err(|_| OAuthError::Config("stored verifier is malformed".into()))?;
         Ok((pending.connection, PkceCodeVerifier::new(verifier)))
     }
 
@@ -160,7 +219,10 @@ impl OAuth {
         code: &str,
         verifier: PkceCodeVerifier,
     ) -> Result<(), OAuthError> {
-        let def = service.oauth2.as_ref().ok_or_else(|| OAuthError::Config("not an OAuth service".into()))?;
+        let def = service
+            .oauth2
+            .as_ref()
+            .ok_or_else(|| OAuthError::Config("not an OAuth service".into()))?;
         let (client, _, _) = self.client_for(service, &url_params(service, row))?;
         let response = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
@@ -174,39 +236,164 @@ impl OAuth {
     }
 
     /// Fetch a token with the client-credentials grant and store it.
-    pub async fn client_credentials(&self, service: &ServiceDef, row: &ConnectionRow) -> Result<(), OAuthError> {
+    pub async fn client_credentials(
+        &self,
+        service: &ServiceDef,
+        row: &ConnectionRow,
+    ) -> Result<(), OAuthError> {
         let (tokens, info) = self.fetch_client_credentials(service, row).await?;
         self.store_tokens(row, tokens, info)
     }
 
-    pub(crate) async fn fetch_client_credentials(&self, service: &ServiceDef, row: &ConnectionRow) -> Result<(Tokens, TokenInfo), OAuthError> {
-        let def = service.oauth2.as_ref().ok_or_else(|| OAuthError::Config("not an OAuth service".into()))?;
+    pub(crate) async fn fetch_client_credentials(
+        &self,
+        service: &ServiceDef,
+        row: &ConnectionRow,
+    ) -> Result<(Tokens, TokenInfo), OAuthError> {
+        let def = service
+            .oauth2
+            .as_ref()
+            .ok_or_else(|| OAuthError::Config("not an OAuth service".into()))?;
         let (client, _, _) = self.client_for(service, &url_params(service, row))?;
-        let mut request = client.exchange_client_credentials().map_err(|e| OAuthError::Config(e.to_string()))?;
+        let mut request = client
+            .exchange_client_credentials()
+            .map_err(|e| OAuthError::Config(e.to_string()))?;
         if !row.scopes.is_empty() {
             request = request.add_extra_param("scope", row.scopes.join(&def.scope_separator));
         }
-        let response = request.request_async(&self.http).await.map_err(|e| OAuthError::Token(describe(&e).1))?;
-        Ok(tokens_from(&response, None, &row.scopes, &def.scope_separator))
+        let response = request
+            .request_async(&self.http)
+            .await
+            .map_err(|e| OAuthError::Token(describe(&e).1))?;
+        Ok(tokens_from(
+            &response,
+            None,
+            &row.scopes,
+            &def.scope_separator,
+        ))
     }
 
-    fn store_tokens(&self, row: &ConnectionRow, tokens: Tokens, info: TokenInfo) -> Result<(), OAuthError> {
-        let creds = Credentials { params: Default::default(), tokens: Some(tokens) };
+    fn store_tokens(
+        &self,
+        row: &ConnectionRow,
+        tokens: Tokens,
+        info: TokenInfo,
+    ) -> Result<(), OAuthError> {
+        let creds = Credentials {
+            params: Default::default(),
+            tokens: Some(tokens),
+        };
         let sealed = Zeroizing::new(creds.seal(&self.sealer, &row.name));
         let current = self
             .storage
             .get_connection(&row.name)
             .map_err(|e| OAuthError::Config(e.to_string()))?
-            .ok_or_else(|| OAuthError::Config(format!("connection {:?} was deleted meanwhile", row.name)))?;
+            .ok_or_else(|| {
+                OAuthError::Config(format!("connection {:?} was deleted meanwhile", row.name))
+            })?;
         let swapped = self
             .storage
-            .swap_credentials(&row.name, current.generation, Some(&sealed), Status::Connected.as_str(), None, &info.to_json(), true)
+            .swap_credentials(
+                &row.name,
+                current.generation,
+                Some(&sealed),
+                Status::Connected.as_str(),
+                None,
+                &info.to_json(),
+                true,
+            )
             .map_err(|e| OAuthError::Config(e.to_string()))?;
         if swapped.is_none() {
-            return Err(OAuthError::Config(format!("connection {:?} changed while connecting; try again", row.name)));
+            return Err(OAuthError::Config(format!(
+                "connection {:?} changed while connecting; try again",
+                row.name
+            )));
         }
         self.note_success(&row.name);
         tracing::info!(connection = %row.name, "tokens stored; connection connected");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::secrets::{MasterKey, Sealer};
+    use crate::storage::Storage;
+
+    fn oauth() -> (tempfile::TempDir, OAuth) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(&dir.path().join("db")).unwrap());
+        let row = ConnectionRow {
+            name: "c".into(),
+            service: "s".into(),
+            status: "pending".into(),
+            status_reason: None,
+            scopes: vec![],
+            base_url: None,
+            params: Default::default(),
+            sealed: None,
+            generation: 0,
+            token_info: serde_json::json!({}),
+            created_at: 0,
+            connected_at: None,
+            last_used_at: None,
+        };
+        storage.insert_connection(&row).unwrap();
+        (
+            dir,
+            OAuth::new(
+                storage,
+                Arc::new(Sealer::new(&MasterKey::from_bytes([3; 32]))),
+            ),
+        )
+    }
+
+    fn pending(o: &OAuth, expires_at: i64) -> PendingState {
+        PendingState {
+            connection: "c".into(),
+            sealed_verifier: o.sealer.seal(b"verifier", &verifier_context("c")),
+            redirect_url: "http://127.0.0.1:1/cb".into(),
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn states_are_single_use_expire_and_are_bound_to_their_connection() {
+        let (_d, o) = oauth();
+        o.storage
+            .insert_oauth_state(&state_hash("s1"), &pending(&o, now_ms() + 60_000))
+            .unwrap();
+        let err = o.take_state("s1", Some("other")).unwrap_err().to_string();
+        assert!(err.contains("belongs to connection"), "{err}");
+        // Taken (and burnt) by the failed attempt above.
+        assert!(
+            o.take_state("s1", Some("c"))
+                .unwrap_err()
+                .to_string()
+                .contains("already used")
+        );
+
+        o.storage
+            .insert_oauth_state(&state_hash("s2"), &pending(&o, now_ms() + 60_000))
+            .unwrap();
+        let (conn, verifier) = o.take_state("s2", Some("c")).unwrap();
+        assert_eq!(
+            (conn.as_str(), verifier.secret().as_str()),
+            ("c", "verifier")
+        );
+        assert!(o.take_state("s2", Some("c")).is_err(), "state reused");
+
+        o.storage
+            .insert_oauth_state(&state_hash("s3"), &pending(&o, now_ms() - 1))
+            .unwrap();
+        assert!(
+            o.take_state("s3", None)
+                .unwrap_err()
+                .to_string()
+                .contains("expired")
+        );
     }
 }

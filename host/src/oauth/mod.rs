@@ -11,8 +11,11 @@ mod flow;
 mod refresh;
 mod revoke;
 
-pub use callback::{CallbackParams, serve_callbacks, wait_for_callback};
-pub use client::{ClientConfig, DEFAULT_REDIRECT_URL, REDIRECT_URL_ENV, default_redirect_url as client_default_redirect};
+pub use callback::{CallbackListener, CallbackParams, bind_callback, serve_callbacks};
+pub use client::{
+    ClientConfig, DEFAULT_REDIRECT_URL, REDIRECT_URL_ENV,
+    default_redirect_url as client_default_redirect,
+};
 pub use flow::PendingAuthorization;
 
 use std::collections::HashMap;
@@ -117,15 +120,30 @@ impl OAuth {
             .user_agent(concat!("keyhole/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the TLS backend initialises");
-        Self { storage, sealer, http, locks: Mutex::new(HashMap::new()), backoff: Mutex::new(HashMap::new()) }
+        Self {
+            storage,
+            sealer,
+            http,
+            locks: Mutex::new(HashMap::new()),
+            backoff: Mutex::new(HashMap::new()),
+        }
     }
 
     fn lock_for(&self, connection: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(connection.to_string()).or_default().clone()
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(connection.to_string())
+            .or_default()
+            .clone()
     }
 
     fn backoff_until(&self, connection: &str) -> Option<Instant> {
-        self.backoff.lock().unwrap_or_else(|p| p.into_inner()).get(connection).map(|(until, _)| *until)
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(connection)
+            .map(|(until, _)| *until)
     }
 
     fn note_failure(&self, connection: &str) -> Duration {
@@ -139,6 +157,9 @@ impl OAuth {
     }
 
     fn note_success(&self, connection: &str) {
-        self.backoff.lock().unwrap_or_else(|p| p.into_inner()).remove(connection);
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(connection);
     }
 }

@@ -10,8 +10,8 @@ use zeroize::Zeroizing;
 
 use super::flow::{describe, tokens_from, url_params};
 use super::{OAuth, REFRESH_SKEW, TokenInfo};
-use crate::connections::{Credentials, SendError, Status};
 use crate::connections::gateway::Loaded;
+use crate::connections::{Credentials, SendError, Status};
 use crate::services::GrantType;
 use crate::storage::now_ms;
 
@@ -23,13 +23,22 @@ fn needs_refresh(loaded: &Loaded) -> bool {
 }
 
 fn expired(loaded: &Loaded) -> bool {
-    loaded.creds.tokens.as_ref().and_then(|t| t.expires_at).is_some_and(|at| at <= now_ms())
+    loaded
+        .creds
+        .tokens
+        .as_ref()
+        .and_then(|t| t.expires_at)
+        .is_some_and(|at| at <= now_ms())
 }
 
 impl OAuth {
     /// Make sure `loaded` holds a usable access token. With `force`, the upstream just
     /// answered 401 to the token in `loaded`: refresh unless someone already did.
-    pub(crate) async fn ensure_fresh(&self, loaded: &mut Loaded, force: bool) -> Result<(), SendError> {
+    pub(crate) async fn ensure_fresh(
+        &self,
+        loaded: &mut Loaded,
+        force: bool,
+    ) -> Result<(), SendError> {
         if loaded.creds.tokens.is_none() {
             return Err(SendError::NotConnected);
         }
@@ -42,7 +51,9 @@ impl OAuth {
         {
             // A recent refresh failed transiently: don't hammer the provider.
             return if expired(loaded) || force {
-                Err(SendError::UpstreamUnreachable("token refresh is failing; keyhole retries after a backoff".into()))
+                Err(SendError::UpstreamUnreachable(
+                    "token refresh is failing; keyhole retries after a backoff".into(),
+                ))
             } else {
                 Ok(())
             };
@@ -59,7 +70,7 @@ impl OAuth {
             }
             return Ok(());
         }
-        self.refresh_locked(loaded).await
+        self.refresh_locked(loaded, force).await
     }
 
     fn reload(&self, loaded: &Loaded) -> Result<Loaded, SendError> {
@@ -69,35 +80,61 @@ impl OAuth {
             .map_err(|e| host_fault(&e))?
             .ok_or(SendError::NotConnected)?;
         let creds = match &row.sealed {
-            Some(blob) => Credentials::open(&self.sealer, &row.name, blob).map_err(|e| host_fault(&e))?,
+            Some(blob) => {
+                Credentials::open(&self.sealer, &row.name, blob).map_err(|e| host_fault(&e))?
+            }
             None => Credentials::default(),
         };
-        Ok(Loaded { row, service: loaded.service.clone(), creds, endpoint: loaded.endpoint.clone() })
+        Ok(Loaded {
+            row,
+            service: loaded.service.clone(),
+            creds,
+            endpoint: loaded.endpoint.clone(),
+        })
     }
 
-    async fn refresh_locked(&self, loaded: &mut Loaded) -> Result<(), SendError> {
+    async fn refresh_locked(&self, loaded: &mut Loaded, force: bool) -> Result<(), SendError> {
         let name = loaded.row.name.clone();
-        let def = loaded.service.oauth2.clone().ok_or(SendError::NotConnected)?;
+        let def = loaded
+            .service
+            .oauth2
+            .clone()
+            .ok_or(SendError::NotConnected)?;
         let mut info = TokenInfo::from_json(&loaded.row.token_info);
         info.last_refresh_at = Some(now_ms());
 
         let result = if def.grant == GrantType::ClientCredentials {
-            self.fetch_client_credentials(&loaded.service, &loaded.row).await.map_err(|e| (false, e.to_string()))
+            self.fetch_client_credentials(&loaded.service, &loaded.row)
+                .await
+                .map_err(|e| (false, e.to_string()))
         } else {
             let Some(refresh) = loaded.creds.tokens.as_ref().and_then(|t| t.refresh.clone()) else {
-                self.mark_needs_reauth(loaded, "the access token expired and the provider issued no refresh token")?;
+                self.mark_needs_reauth(
+                    loaded,
+                    "the access token expired and the provider issued no refresh token",
+                )?;
                 return Err(SendError::NotConnected);
             };
-            let (client, _, _) = match self.client_for(&loaded.service, &url_params(&loaded.service, &loaded.row)) {
-                Ok(c) => c,
-                Err(e) => return Err(SendError::UpstreamUnreachable(format!("cannot refresh: {e}"))),
-            };
+            let (client, _, _) =
+                match self.client_for(&loaded.service, &url_params(&loaded.service, &loaded.row)) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return Err(SendError::UpstreamUnreachable(format!(
+                            "cannot refresh: {e}"
+                        )));
+                    }
+                };
             let refresh_token = RefreshToken::new(refresh.expose().to_string());
             let request = client
                 .exchange_refresh_token(&refresh_token)
                 .map_err(|e| SendError::UpstreamUnreachable(format!("cannot refresh: {e}")))?;
             match request.request_async(&self.http).await {
-                Ok(response) => Ok(tokens_from(&response, Some(refresh), &loaded.row.scopes, &def.scope_separator)),
+                Ok(response) => Ok(tokens_from(
+                    &response,
+                    Some(refresh),
+                    &loaded.row.scopes,
+                    &def.scope_separator,
+                )),
                 Err(e) => Err(describe(&e)),
             }
         };
@@ -106,13 +143,24 @@ impl OAuth {
             Ok((tokens, mut new_info)) => {
                 new_info.last_refresh_at = info.last_refresh_at;
                 new_info.last_refresh_outcome = Some("ok".into());
-                let creds = Credentials { params: loaded.creds.params.clone(), tokens: Some(tokens) };
+                let creds = Credentials {
+                    params: loaded.creds.params.clone(),
+                    tokens: Some(tokens),
+                };
                 // Persist (sealed) before anyone uses the new token: a rotated refresh
                 // token that only lived in memory would be lost with the process.
                 let sealed = Zeroizing::new(creds.seal(&self.sealer, &name));
                 let swapped = self
                     .storage
-                    .swap_credentials(&name, loaded.row.generation, Some(&sealed), Status::Connected.as_str(), None, &new_info.to_json(), false)
+                    .swap_credentials(
+                        &name,
+                        loaded.row.generation,
+                        Some(&sealed),
+                        Status::Connected.as_str(),
+                        None,
+                        &new_info.to_json(),
+                        false,
+                    )
                     .map_err(|e| host_fault(&e))?;
                 match swapped {
                     Some(generation) => {
@@ -138,7 +186,10 @@ impl OAuth {
                     return Ok(());
                 }
                 tracing::warn!(connection = %name, "refresh token rejected (invalid_grant); connection needs re-authorization");
-                self.mark_needs_reauth(loaded, &format!("the provider rejected the refresh token ({reason})"))?;
+                self.mark_needs_reauth(
+                    loaded,
+                    &format!("the provider rejected the refresh token ({reason})"),
+                )?;
                 Err(SendError::NotConnected)
             }
             Err((false, reason)) => {
@@ -148,8 +199,11 @@ impl OAuth {
                 if let Err(e) = self.storage.set_token_info(&name, &info.to_json()) {
                     tracing::warn!(error = %e, "could not record the refresh outcome");
                 }
-                if expired(loaded) {
-                    Err(SendError::UpstreamUnreachable(format!("token refresh failed: {reason}")))
+                // After a 401 the current token is known bad; otherwise it may still serve.
+                if expired(loaded) || force {
+                    Err(SendError::UpstreamUnreachable(format!(
+                        "token refresh failed: {reason}"
+                    )))
                 } else {
                     Ok(())
                 }
@@ -161,7 +215,10 @@ impl OAuth {
         let mut info = TokenInfo::from_json(&loaded.row.token_info);
         info.last_refresh_at = Some(now_ms());
         info.last_refresh_outcome = Some("invalid_grant".into());
-        let reason = format!("{reason}; reconnect with `keyhole connections connect {}`", loaded.row.name);
+        let reason = format!(
+            "{reason}; reconnect with `keyhole connections connect {}`",
+            loaded.row.name
+        );
         self.storage
             .swap_credentials(
                 &loaded.row.name,

@@ -16,11 +16,23 @@ use crate::storage::ConnectionRow;
 impl OAuth {
     /// Revoke the refresh token, then the access token, at the service's revocation
     /// endpoint. Returns one human-readable line per token (never the token itself).
-    pub async fn revoke_tokens(&self, service: &ServiceDef, row: &ConnectionRow, creds: &Credentials) -> Vec<String> {
-        let Some(def) = &service.oauth2 else { return vec![] };
-        let Some(tokens) = &creds.tokens else { return vec!["no tokens were held".into()] };
+    pub async fn revoke_tokens(
+        &self,
+        service: &ServiceDef,
+        row: &ConnectionRow,
+        creds: &Credentials,
+    ) -> Vec<String> {
+        let Some(def) = &service.oauth2 else {
+            return vec![];
+        };
+        let Some(tokens) = &creds.tokens else {
+            return vec!["no tokens were held".into()];
+        };
         let Some(template) = &def.revocation_url else {
-            return vec![format!("service {:?} has no revocation endpoint; tokens wiped locally only", service.name)];
+            return vec![format!(
+                "service {:?} has no revocation endpoint; tokens wiped locally only",
+                service.name
+            )];
         };
         let url = match service.resolve_url(template, &url_params(service, row)) {
             Ok(u) => u,
@@ -28,7 +40,9 @@ impl OAuth {
         };
         let config = match self.load_client(&service.name) {
             Ok(Some(c)) => c,
-            Ok(None) => return vec!["no OAuth client configured; tokens wiped locally only".into()],
+            Ok(None) => {
+                return vec!["no OAuth client configured; tokens wiped locally only".into()];
+            }
             Err(e) => return vec![format!("cannot load the OAuth client: {e}")],
         };
         let mut outcomes = Vec::new();
@@ -38,14 +52,21 @@ impl OAuth {
         }
         list.push(("access_token", &tokens.access));
         for (hint, token) in list {
-            let mut form: Vec<(&str, &str)> = vec![("token", token.expose()), ("token_type_hint", hint)];
+            let mut form: Vec<(&str, &str)> =
+                vec![("token", token.expose()), ("token_type_hint", hint)];
             let mut request = self.http.post(url.clone());
             match def.token_auth_method {
                 TokenAuthMethod::Basic => {
                     let user = form_encode(&config.client_id);
-                    let pass = config.client_secret.as_ref().map(|s| form_encode(s.expose())).unwrap_or_default();
-                    let blob = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-                    request = request.header(reqwest::header::AUTHORIZATION, format!("Basic {blob}"));
+                    let pass = config
+                        .client_secret
+                        .as_ref()
+                        .map(|s| form_encode(s.expose()))
+                        .unwrap_or_default();
+                    let blob =
+                        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                    request =
+                        request.header(reqwest::header::AUTHORIZATION, format!("Basic {blob}"));
                 }
                 TokenAuthMethod::Body => {
                     form.push(("client_id", &config.client_id));
@@ -56,10 +77,18 @@ impl OAuth {
             }
             let label = hint.replace('_', " ");
             let line = match request.form(&form).send().await {
-                Ok(r) if r.status().is_success() => format!("{label}: revoked at the provider ({})", r.status().as_u16()),
+                Ok(r) if r.status().is_success() => {
+                    format!("{label}: revoked at the provider ({})", r.status().as_u16())
+                }
                 Ok(r) => {
                     let status = r.status().as_u16();
-                    let body: String = r.text().await.unwrap_or_default().chars().take(200).collect();
+                    let body: String = r
+                        .text()
+                        .await
+                        .unwrap_or_default()
+                        .chars()
+                        .take(200)
+                        .collect();
                     format!("{label}: the provider answered {status}: {}", body.trim())
                 }
                 Err(e) => format!("{label}: revocation request failed: {}", e.without_url()),

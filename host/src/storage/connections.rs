@@ -327,9 +327,16 @@ impl Storage {
     }
 
     /// Replace the non-secret token facts without touching credentials or generation.
-    pub fn set_token_info(&self, name: &str, token_info: &serde_json::Value) -> Result<(), StorageError> {
+    pub fn set_token_info(
+        &self,
+        name: &str,
+        token_info: &serde_json::Value,
+    ) -> Result<(), StorageError> {
         self.lock()
-            .execute("UPDATE connections SET token_info = ?2 WHERE name = ?1", params![name, json(token_info)?])
+            .execute(
+                "UPDATE connections SET token_info = ?2 WHERE name = ?1",
+                params![name, json(token_info)?],
+            )
             .map(drop)
             .map_err(|e| self.err(e))
     }

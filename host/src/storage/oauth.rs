@@ -20,11 +20,18 @@ pub struct PendingState {
 impl Storage {
     /// Record a pending authorization. Older pending ones for the same connection are
     /// dropped: only the newest authorization URL can complete.
-    pub fn insert_oauth_state(&self, state_hash: &str, p: &PendingState) -> Result<(), StorageError> {
+    pub fn insert_oauth_state(
+        &self,
+        state_hash: &str,
+        p: &PendingState,
+    ) -> Result<(), StorageError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        tx.execute("DELETE FROM oauth_states WHERE connection = ?1 OR expires_at < ?2", params![p.connection, now_ms()])
-            .map_err(|e| self.err(e))?;
+        tx.execute(
+            "DELETE FROM oauth_states WHERE connection = ?1 OR expires_at < ?2",
+            params![p.connection, now_ms()],
+        )
+        .map_err(|e| self.err(e))?;
         tx.execute(
             "INSERT INTO oauth_states (state_hash, connection, sealed_verifier, redirect_url, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![state_hash, p.connection, p.sealed_verifier, p.redirect_url, now_ms(), p.expires_at],
@@ -46,7 +53,11 @@ impl Storage {
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        tx.execute("DELETE FROM oauth_states WHERE state_hash = ?1", params![state_hash]).map_err(|e| self.err(e))?;
+        tx.execute(
+            "DELETE FROM oauth_states WHERE state_hash = ?1",
+            params![state_hash],
+        )
+        .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(row)
     }

@@ -130,6 +130,7 @@ fn api_error(status: u16, body: &str, video: &str) -> Error {
         }
         "" if status == 401 => format!("youtube: not authorized (401): {message}"),
         _ if status == 401 => format!("youtube: not authorized (401 {reason}): {message}"),
+        "" if message.trim().is_empty() => format!("youtube: HTTP {status}"),
         "" => format!("youtube: HTTP {status}: {message}"),
         _ => format!("youtube: HTTP {status} ({reason}): {message}"),
     })

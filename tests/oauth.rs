@@ -1,0 +1,451 @@
+//! OAuth 2.0 connections end to end against a strict RFC 6749/7636/7009 server on
+//! 127.0.0.1: the code flow through `keyhole`, PKCE and state defences, refresh on expiry
+//! and on 401, single-flight refresh under load, rotation across restarts, invalid_grant,
+//! revocation, re-authorization in place, client credentials, and no leaked secrets.
+
+use std::io::{BufRead, BufReader, Read};
+use std::sync::Arc;
+
+use keyhole::connections::Status;
+use keyhole::oauth::{CallbackParams, ClientConfig};
+use keyhole::secrets::Secret;
+use keyhole::services::ServiceDef;
+use keyhole_tests::env::TestHost;
+use keyhole_tests::{ClientAuth, OAuthServer, capture, free_port, query_param};
+use serde_json::{Value, json};
+
+const CLIENT_ID: &str = "keyhole-test-client";
+const CLIENT_SECRET: &str = "kh-oauth-client-secret-5c2e8a1f";
+
+struct Setup {
+    t: TestHost,
+    server: OAuthServer,
+    redirect: String,
+}
+
+fn service_toml(server: &OAuthServer, grant: &str, auth_method: &str) -> String {
+    let authorize = if grant == "authorization_code" {
+        format!("authorize_url = \"{}\"\n", server.authorize_url())
+    } else {
+        String::new()
+    };
+    format!(
+        r#"name = "prov"
+display_name = "Test Provider"
+auth = "oauth2"
+base_url = "{base}/api"
+
+[verify]
+path = "/user"
+
+[oauth2]
+grant = "{grant}"
+{authorize}token_url = "{token}"
+revocation_url = "{revoke}"
+scopes = ["read", "write"]
+default_scopes = ["read"]
+token_auth_method = "{auth_method}"
+"#,
+        base = server.base_url(),
+        token = server.token_url(),
+        revoke = server.revoke_url(),
+    )
+}
+
+async fn setup(grant: &str) -> Setup {
+    let server = OAuthServer::start().await;
+    let redirect = format!("http://127.0.0.1:{}/oauth/callback", free_port());
+    let (auth, method) = if grant == "client_credentials" {
+        (ClientAuth::Body, "body")
+    } else {
+        (ClientAuth::Basic, "basic")
+    };
+    server.register_client(CLIENT_ID, CLIENT_SECRET, [redirect.clone()], auth);
+    let t = TestHost::new();
+    let def = ServiceDef::from_toml(&service_toml(&server, grant, method)).unwrap();
+    t.host.connections().catalog().add(&def).unwrap();
+    let config = ClientConfig {
+        client_id: CLIENT_ID.into(),
+        client_secret: Some(Secret::new(CLIENT_SECRET)),
+        redirect_url: Some(redirect.clone()),
+    };
+    t.host
+        .connections()
+        .set_oauth_client("prov", &config)
+        .unwrap();
+    t.host
+        .connections()
+        .add("prov", "prov", vec![], None)
+        .unwrap();
+    Setup {
+        t,
+        server,
+        redirect,
+    }
+}
+
+fn callback(location: &str) -> CallbackParams {
+    CallbackParams {
+        code: query_param(location, "code"),
+        state: query_param(location, "state"),
+        error: query_param(location, "error"),
+        error_description: query_param(location, "error_description"),
+    }
+}
+
+/// Authorize through the library: begin, approve at the provider, complete.
+async fn authorize(s: &Setup) {
+    let pending = s.t.host.connections().begin_authorization("prov").unwrap();
+    assert_eq!(pending.redirect_url, s.redirect);
+    let location = s.server.approve(&pending.authorize_url).await.unwrap();
+    assert!(location.starts_with(&s.redirect), "{location}");
+    let view =
+        s.t.host
+            .connections()
+            .complete_authorization(&callback(&location), Some("prov"))
+            .await
+            .unwrap();
+    assert_eq!(view.status, Status::Connected);
+}
+
+async fn call(t: &TestHost, input: Value) -> Value {
+    let inv = t.host.invoke("hello", &input.to_string()).await.unwrap();
+    serde_json::from_str(&inv.result.unwrap_or_else(|e| panic!("{e}"))).unwrap()
+}
+
+fn user() -> Value {
+    json!({"connection": "prov", "target": "/user"})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_code_flow_through_the_cli() {
+    let s = setup("authorization_code").await;
+    let show = s.t.cli(&["services", "show", "prov"]);
+    assert!(
+        show.ok().contains(&s.redirect),
+        "services show must print the callback URL:\n{}",
+        show.stdout
+    );
+
+    let mut child =
+        s.t.spawn_cli(&["connections", "connect", "prov", "--no-browser"]);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut url = String::new();
+    for line in stdout.by_ref().lines() {
+        let line = line.unwrap();
+        if line.starts_with("http") {
+            url = line;
+            break;
+        }
+    }
+    assert!(
+        url.contains("code_challenge_method=S256") && url.contains("state="),
+        "{url}"
+    );
+    assert!(
+        url.contains("access_type") || !url.contains("client_secret"),
+        "the client secret must not be in the URL"
+    );
+    let location = s.server.approve(&url).await.unwrap();
+    // The browser follows the redirect to keyhole's one-shot listener.
+    let page = reqwest::get(&location).await.unwrap();
+    assert!(page.status().is_success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    capture::record(&format!("{url}\n{rest}\n{err}"));
+    assert!(status.success(), "connect failed:\n{rest}\n{err}");
+    assert!(rest.contains("connection prov is connected"), "{rest}");
+
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    let out = call(&s.t, user()).await;
+    assert_eq!(out["status"], 200, "{out}");
+    let view = s.t.cli(&["connections", "show", "prov", "--json"]).json();
+    assert_eq!(view["status"], "connected");
+    assert!(view["token"]["expires_at"].is_i64());
+    assert_eq!(view["token"]["granted_scopes"], json!(["read"]));
+
+    let mut secrets: Vec<String> = s.server.issued_access_tokens();
+    secrets.extend(s.server.issued_refresh_tokens());
+    secrets.push(CLIENT_SECRET.into());
+    let raw = String::from_utf8_lossy(&s.t.raw_database()).into_owned();
+    for secret in &secrets {
+        assert!(
+            !raw.contains(secret.as_str()),
+            "raw database holds a token or the client secret"
+        );
+    }
+    let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    capture::assert_no_secrets(&refs);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pkce_mismatch_state_tampering_reuse_and_denial_store_nothing() {
+    let s = setup("authorization_code").await;
+    let c = s.t.host.connections();
+
+    // Code injection: a code issued for someone else's PKCE challenge, delivered with
+    // keyhole's own valid state, fails at the token endpoint (verifier mismatch).
+    let pending = c.begin_authorization("prov").unwrap();
+    let state = query_param(&pending.authorize_url, "state").unwrap();
+    let attacker_verifier = "attacker-verifier-0123456789-0123456789-0123456789";
+    let foreign = s.server.authorization_request(
+        CLIENT_ID,
+        &s.redirect,
+        "read",
+        "attacker-state",
+        attacker_verifier,
+    );
+    let foreign_code = query_param(&s.server.approve(&foreign).await.unwrap(), "code").unwrap();
+    let params = CallbackParams {
+        code: Some(foreign_code),
+        state: Some(state.clone()),
+        ..Default::default()
+    };
+    let err = c
+        .complete_authorization(&params, Some("prov"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid_grant"), "{err}");
+    let view = c.show("prov").unwrap();
+    assert_eq!(view.status, Status::Pending);
+    assert!(view.status_reason.unwrap().contains("invalid_grant"));
+    // ...and the state was used up.
+    let err = c
+        .complete_authorization(&params, Some("prov"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown or was already used"), "{err}");
+
+    // A tampered state is refused before any token request.
+    let pending = c.begin_authorization("prov").unwrap();
+    let location = s.server.approve(&pending.authorize_url).await.unwrap();
+    let mut tampered = callback(&location);
+    tampered.state = Some(format!("{}x", tampered.state.unwrap()));
+    let before = s.server.token_requests();
+    let err = c
+        .complete_authorization(&tampered, Some("prov"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("state"), "{err}");
+    assert_eq!(
+        s.server.token_requests(),
+        before,
+        "a tampered state reached the token endpoint"
+    );
+
+    // The provider's error redirect.
+    let pending = c.begin_authorization("prov").unwrap();
+    let location = s.server.deny(&pending.authorize_url).await.unwrap();
+    let err = c
+        .complete_authorization(&callback(&location), Some("prov"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("access_denied"), "{err}");
+    let view = c.show("prov").unwrap();
+    assert_eq!(view.status, Status::Pending);
+    assert!(view.status_reason.unwrap().contains("access_denied"));
+    assert!(view.token.get("expires_at").is_none(), "tokens were stored");
+
+    // A good flow still works afterwards.
+    authorize(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expiry_and_401_each_trigger_exactly_one_refresh() {
+    let s = setup("authorization_code").await;
+    s.server.set_access_ttl(30); // inside the 60 s skew: refreshed before use
+    authorize(&s).await;
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    s.server.set_access_ttl(3600);
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+    assert_eq!(
+        s.server.token_requests_for("refresh_token"),
+        1,
+        "expiry within the skew did not refresh exactly once"
+    );
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+    assert_eq!(
+        s.server.token_requests_for("refresh_token"),
+        1,
+        "a fresh token was refreshed again"
+    );
+
+    // The provider invalidates the access token: 401 → one refresh → one retry.
+    s.server.expire_all_access_tokens();
+    let hits = s.server.hits("/api/user");
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+    assert_eq!(s.server.token_requests_for("refresh_token"), 2);
+    assert_eq!(
+        s.server.hits("/api/user"),
+        hits + 2,
+        "expected the 401 and exactly one retry"
+    );
+    let view = s.t.host.connections().show("prov").unwrap();
+    assert_eq!(view.token["last_refresh_outcome"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_concurrent_invocations_on_an_expired_token_cause_one_token_request() {
+    let s = setup("authorization_code").await;
+    s.server.set_access_ttl(30);
+    authorize(&s).await;
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    s.server.set_access_ttl(3600);
+    s.server.set_token_delay(300);
+    let t = Arc::new(s.t);
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move { call(&t, user()).await }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap()["status"], 200);
+    }
+    assert_eq!(
+        s.server.token_requests_for("refresh_token"),
+        1,
+        "refresh was not single-flight"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_refresh_token_survives_a_restart() {
+    let mut s = setup("authorization_code").await;
+    authorize(&s).await;
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    s.server.expire_all_access_tokens();
+    assert_eq!(call(&s.t, user()).await["status"], 200); // rotates the refresh token
+    let latest = s.server.issued_refresh_tokens().last().unwrap().clone();
+    s.t.reopen();
+    s.server.expire_all_access_tokens();
+    // Presenting the pre-rotation token would be reuse and kill the grant.
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+    assert!(
+        !s.server.is_refresh_token_active(&latest),
+        "the rotated token was not the one used"
+    );
+    assert!(
+        s.server
+            .is_refresh_token_active(s.server.issued_refresh_tokens().last().unwrap())
+    );
+
+    // A response without a refresh token keeps the old one.
+    s.server.set_omit_refresh_token_on_refresh(true);
+    s.server.set_rotate_refresh(false);
+    s.server.expire_all_access_tokens();
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+    s.server.expire_all_access_tokens();
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_grant_needs_reauth_and_transient_failures_do_not() {
+    let s = setup("authorization_code").await;
+    authorize(&s).await;
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+
+    // Transient: the provider is down. Status unchanged, error typed, no storm.
+    s.server.expire_all_access_tokens();
+    s.server.fail_next_token_requests(5, 503);
+    let out = call(&s.t, user()).await;
+    assert_eq!(out["error"], "upstream-unreachable", "{out}");
+    let before = s.server.token_requests();
+    let out = call(&s.t, user()).await;
+    assert_eq!(out["error"], "upstream-unreachable", "{out}");
+    assert_eq!(
+        s.server.token_requests(),
+        before,
+        "refresh retried without backoff"
+    );
+    let view = s.t.host.connections().show("prov").unwrap();
+    assert_eq!(view.status, Status::Connected);
+    assert!(
+        view.token["last_refresh_outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("transient")
+    );
+
+    // Terminal: invalid_grant.
+    let s = setup("authorization_code").await;
+    authorize(&s).await;
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    s.server.expire_all_access_tokens();
+    s.server.reject_next_refreshes(1);
+    assert_eq!(call(&s.t, user()).await["error"], "not-connected");
+    let view = s.t.host.connections().show("prov").unwrap();
+    assert_eq!(view.status, Status::NeedsReauth);
+    assert!(view.status_reason.unwrap().contains("invalid_grant"));
+    assert_eq!(call(&s.t, user()).await["error"], "not-connected");
+
+    // Re-authorize in place: same name, same grants.
+    authorize(&s).await;
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_calls_the_provider_and_reconnect_works_in_place() {
+    let s = setup("authorization_code").await;
+    authorize(&s).await;
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+    let access = s.server.issued_access_tokens().last().unwrap().clone();
+    let refresh = s.server.issued_refresh_tokens().last().unwrap().clone();
+
+    let out = s.t.cli(&["connections", "revoke", "prov"]);
+    out.ok();
+    assert_eq!(s.server.revocations(), 2);
+    assert!(!s.server.is_access_token_active(&access));
+    assert!(!s.server.is_refresh_token_active(&refresh));
+    let view = s.t.host.connections().show("prov").unwrap();
+    assert_eq!(view.status, Status::Revoked);
+    assert!(
+        view.status_reason
+            .unwrap()
+            .contains("revoked at the provider")
+    );
+    assert_eq!(call(&s.t, user()).await["error"], "not-connected");
+
+    authorize(&s).await;
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+    assert_eq!(
+        s.t.host
+            .connections()
+            .show("prov")
+            .unwrap()
+            .granted_functions,
+        vec!["hello".to_string()]
+    );
+    capture::assert_no_secrets(&[CLIENT_SECRET, &access, &refresh]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_credentials_end_to_end() {
+    let s = setup("client_credentials").await;
+    let out = s.t.cli(&["connections", "connect", "prov"]);
+    assert!(
+        out.ok().contains("connection prov is connected"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(s.server.token_requests_for("client_credentials"), 1);
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+    // No refresh token: on expiry the grant is simply run again.
+    s.server.expire_all_access_tokens();
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+    assert_eq!(s.server.token_requests_for("client_credentials"), 2);
+    assert!(!String::from_utf8_lossy(&s.t.raw_database()).contains(CLIENT_SECRET));
+}
