@@ -87,6 +87,42 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     "#,
+    // 4: per-function key-value state and schedules.
+    r#"
+    CREATE TABLE kv (
+        function TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (function, key)
+    );
+    CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        function TEXT NOT NULL,
+        input TEXT NOT NULL,
+        every_ms INTEGER,
+        cron TEXT,
+        paused INTEGER NOT NULL DEFAULT 0,
+        next_run_at INTEGER NOT NULL,
+        last_run_at INTEGER,
+        last_outcome TEXT,
+        last_invocation INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    "#,
+    // 5: API tokens for `keyhole serve` (only a hash of each token is stored).
+    r#"
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        scope TEXT NOT NULL,
+        function TEXT,
+        label TEXT,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER,
+        last_used_at INTEGER
+    );
+    "#,
 ];
 
 /// Bring the schema up to date.
