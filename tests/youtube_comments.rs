@@ -348,7 +348,6 @@ async fn youtube_errors_name_their_reason() {
 /// (the path the SDK's own `Connection` example uses) goes to
 /// `/youtube/v3/youtube/v3/commentThreads`.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "youtube-api-key preset base path doubles /youtube/v3 with the plugin's target"]
 async fn preset_base_path_matches_the_plugin_target() {
     let yt = FakeYouTube::start();
     yt.add_api_key(KEY);

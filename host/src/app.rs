@@ -283,6 +283,7 @@ impl Keyhole {
         if source != LoadSource::Memory {
             tracing::debug!(function = name, ?source, "function loaded");
         }
+        let _in_flight = crate::metrics::in_flight(name);
         let started_at = now_ms();
         let gateway = Some(self.connections.gateway().clone());
         let outcome = self
@@ -306,6 +307,13 @@ impl Keyhole {
             stderr: outcome.stderr.clone(),
             outbound: outcome.outbound.clone(),
         };
+        crate::metrics::record_invocation(&record);
+        // State writes land only with a successful run; a failed one leaves state as it was.
+        if outcome.result.is_ok()
+            && let Err(e) = self.storage.kv_commit(name, &outcome.kv_writes)
+        {
+            tracing::error!(function = name, error = %e, "could not commit the function's state");
+        }
         let id = match self.storage.insert_invocation(&record) {
             Ok(id) => id,
             Err(e) => {

@@ -14,14 +14,14 @@ pub use wit_bindgen;
 
 wit_bindgen::generate!({
     path: "../wit",
-    world: "custom-function",
+    world: "keyhole:function/custom-function@0.2.0",
     pub_export_macro: true,
     export_macro_name: "__keyhole_export",
     default_bindings_module: "::keyhole_sdk::__private",
     runtime_path: "::keyhole_sdk::__private::wit_bindgen::rt",
 });
 
-pub use self::keyhole::function::{http, log};
+pub use self::keyhole::function0_2_0::{http, kv, log};
 
 /// What a plugin function may return: `Result<Out, E>` with `Out: Serialize`
 /// and `E: Display`. A trait rather than a plain bound so a wrong return type

@@ -59,6 +59,12 @@ pub enum Error {
     Json(String),
     /// A plugin's own error, built with [`Error::msg`].
     Message(String),
+    /// A state key was empty or too long (see [`crate::kv`]).
+    InvalidKey(String),
+    /// A state value was over the host's per-value limit.
+    ValueTooLarge(String),
+    /// The function's state would exceed its quota.
+    QuotaExceeded(String),
 }
 
 impl Error {
@@ -93,6 +99,9 @@ impl Error {
             Self::Status { .. } => "status",
             Self::Json(_) => "json",
             Self::Message(_) => "message",
+            Self::InvalidKey(_) => "invalid-key",
+            Self::ValueTooLarge(_) => "value-too-large",
+            Self::QuotaExceeded(_) => "quota-exceeded",
         }
     }
 
@@ -111,7 +120,10 @@ impl Error {
             | Self::InvalidRequest(detail)
             | Self::UpstreamUnreachable(detail)
             | Self::Json(detail)
-            | Self::Message(detail) => Some(detail),
+            | Self::Message(detail)
+            | Self::InvalidKey(detail)
+            | Self::ValueTooLarge(detail)
+            | Self::QuotaExceeded(detail) => Some(detail),
             Self::Status { body, .. } => Some(body),
             Self::AccessDenied
             | Self::NotConnected
@@ -151,6 +163,14 @@ impl fmt::Display for Error {
                  requests per run",
             ),
             Self::UpstreamUnreachable(detail) => write!(f, "upstream unreachable: {detail}"),
+            Self::InvalidKey(detail) => write!(f, "invalid state key: {detail}"),
+            Self::ValueTooLarge(detail) => write!(f, "state value too large: {detail}"),
+            Self::QuotaExceeded(detail) => {
+                write!(
+                    f,
+                    "state quota exceeded: {detail}; delete keys you no longer need"
+                )
+            }
             Self::Status { status, body } => {
                 write!(f, "upstream answered HTTP {status}")?;
                 if !body.is_empty() {

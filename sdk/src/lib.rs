@@ -36,6 +36,7 @@ extern crate self as keyhole_sdk;
 
 mod error;
 mod http;
+pub mod kv;
 pub mod log;
 
 #[doc(hidden)]

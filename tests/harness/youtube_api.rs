@@ -597,7 +597,7 @@ async fn comment_threads(
     let mut ordered: Vec<&StoredComment> = video.comments.iter().rev().collect();
     if order == "relevance" {
         // Stable: ties keep newest first.
-        ordered.sort_by(|a, b| b.likes.cmp(&a.likes));
+        ordered.sort_by_key(|c| std::cmp::Reverse(c.likes));
     }
     let total = ordered.len();
     let start = offset.min(total);
@@ -729,7 +729,20 @@ mod tests {
         assert_eq!(last["items"].as_array().unwrap().len(), 3);
         assert_eq!(last["items"][2]["id"], ids[0].as_str());
         assert!(last.get("nextPageToken").is_none());
-        assert_eq!(yt.hits(), 3);
+        // Relevance here: most likes first (comment i has i % 7 likes), ties newest first.
+        let (_, relevant) = get(&yt, "part=snippet&videoId=v1&order=relevance&key=k1", None);
+        let order: Vec<_> = relevant["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                t["snippet"]["topLevelComment"]["snippet"]["likeCount"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(order, [5, 4, 3, 2, 1]);
+        assert_eq!(yt.hits(), 4);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 mod connections;
 mod functions;
 mod output;
+mod serve;
 mod services;
+mod tokens;
 
 use std::path::PathBuf;
 
@@ -48,12 +50,12 @@ pub enum Command {
     /// Connections: a service plus credentials, used by functions by name.
     #[command(subcommand)]
     Connections(connections::ConnectionsCmd),
-    /// Run the host's HTTP server: the OAuth callback (`/oauth/callback`) and `/healthz`.
-    Serve {
-        /// Address to listen on (default: loopback only).
-        #[arg(long, default_value = "127.0.0.1:8976")]
-        listen: std::net::SocketAddr,
-    },
+    /// Run the HTTP API (invoke, admin, /metrics, /healthz, the OAuth callback) until
+    /// SIGINT/SIGTERM; default address 127.0.0.1:8976 (loopback only).
+    Serve(serve::ServeArgs),
+    /// Bearer tokens for the HTTP API: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Tokens(tokens::TokensCmd),
 }
 
 /// Run the CLI; returns the process exit code.
@@ -80,27 +82,18 @@ fn open(home: &std::path::Path, max_instances: u32) -> anyhow::Result<Keyhole> {
 
 async fn dispatch(cli: Cli, home: PathBuf) -> anyhow::Result<i32> {
     // One-shot commands need few instance slots; a server asks for more.
-    let host = open(&home, 16)?;
+    let instances = match &cli.command {
+        Command::Serve(args) => args.instances(),
+        _ => 16,
+    };
+    let host = open(&home, instances)?;
     match cli.command {
         Command::Functions(cmd) => functions::functions(&host, cmd).await,
         Command::Run(args) => functions::run(&host, args).await,
         Command::Logs(args) => functions::logs(&host, args),
         Command::Services(cmd) => services::services(&host, cmd),
         Command::Connections(cmd) => connections::connections(&host, cmd).await,
-        Command::Serve { listen } => serve(&host, listen).await,
+        Command::Serve(args) => serve::serve(host, args).await,
+        Command::Tokens(cmd) => tokens::tokens(&host, cmd),
     }
-}
-
-async fn serve(host: &Keyhole, listen: std::net::SocketAddr) -> anyhow::Result<i32> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    println!(
-        "keyhole serving on http://{listen} (OAuth callback at /oauth/callback); Ctrl-C stops"
-    );
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    crate::oauth::serve_callbacks(listener, host.connections().clone(), shutdown).await?;
-    Ok(0)
 }

@@ -141,6 +141,7 @@ impl OAuth {
 
         match result {
             Ok((tokens, mut new_info)) => {
+                crate::metrics::token_refresh(crate::metrics::RefreshOutcome::Ok);
                 new_info.last_refresh_at = info.last_refresh_at;
                 new_info.last_refresh_outcome = Some("ok".into());
                 let creds = Credentials {
@@ -179,6 +180,7 @@ impl OAuth {
                 }
             }
             Err((true, reason)) => {
+                crate::metrics::token_refresh(crate::metrics::RefreshOutcome::InvalidGrant);
                 // invalid_grant: unless someone else refreshed meanwhile, the grant is dead.
                 let current = self.reload(loaded)?;
                 if current.row.generation != loaded.row.generation {
@@ -193,6 +195,7 @@ impl OAuth {
                 Err(SendError::NotConnected)
             }
             Err((false, reason)) => {
+                crate::metrics::token_refresh(crate::metrics::RefreshOutcome::Transient);
                 let wait = self.note_failure(&name);
                 tracing::warn!(connection = %name, %reason, retry_in_s = wait.as_secs(), "token refresh failed transiently");
                 info.last_refresh_outcome = Some(format!("transient: {reason}"));

@@ -14,6 +14,7 @@ mod state;
 mod validate;
 
 pub use error::{InvokeError, UploadError};
+pub use host::kv::{MAX_FUNCTION_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use state::HttpState;
 pub use validate::{MAX_COMPONENT_BYTES, check_component_binary};
 
@@ -103,6 +104,8 @@ pub struct Outcome {
     pub outbound: Vec<OutboundCall>,
     /// Wall time.
     pub duration: Duration,
+    /// State writes to commit if (and only if) the invocation succeeded.
+    pub kv_writes: std::collections::BTreeMap<String, Option<Vec<u8>>>,
 }
 
 /// The shared runtime. One per process.
@@ -200,6 +203,9 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         CustomFunction::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Components built against the frozen 0.1.0 package link against the adapter.
+        bindings::v0_1::CustomFunction::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
 
         // One ticker thread per engine, never per call (wasmtime #11814). It holds only a
@@ -362,6 +368,7 @@ impl Runtime {
             stderr: String::new(),
             outbound: vec![],
             duration: started.elapsed(),
+            kv_writes: Default::default(),
         };
         if input.len() as u64 > limits.max_input_bytes {
             return fail(InvokeError::InputTooLarge {
@@ -418,6 +425,7 @@ impl Runtime {
             stderr,
             outbound: state.http.calls,
             duration: started.elapsed(),
+            kv_writes: state.kv.writes,
         }
     }
 }

@@ -21,6 +21,7 @@ pub struct InvocationState {
     pub(crate) stderr: CapturedOutput,
     pub(crate) logs: LogBuffer,
     pub(crate) http: HttpState,
+    pub(crate) kv: super::host::kv::KvState,
 }
 
 /// Per-invocation context for `http.send`.
@@ -64,6 +65,10 @@ impl InvocationState {
             stdout,
             stderr,
             logs: LogBuffer::new(cap),
+            kv: super::host::kv::KvState::new(
+                function,
+                gateway.as_ref().map(|g| g.storage.clone()),
+            ),
             http: HttpState {
                 function: function.to_string(),
                 gateway,

@@ -162,6 +162,8 @@ impl Storage {
             .map_err(|e| self.err(e))?;
         tx.execute("DELETE FROM grants WHERE function = ?1", params![name])
             .map_err(|e| self.err(e))?;
+        tx.execute("DELETE FROM kv WHERE function = ?1", params![name])
+            .map_err(|e| self.err(e))?;
         tx.execute(
             "DELETE FROM artifacts WHERE content_hash NOT IN (SELECT content_hash FROM functions)",
             [],

@@ -7,13 +7,16 @@
 mod connections;
 mod functions;
 mod invocations;
+mod kv;
 mod migrations;
 mod oauth;
+mod tokens;
 
 pub use connections::{ConnectionRow, GrantRow, ServiceRow};
 pub use functions::{FunctionRow, FunctionSummary, NewFunction};
 pub use invocations::{InvocationRow, OutboundCall};
 pub use oauth::PendingState;
+pub use tokens::{ApiTokenRow, NewApiToken};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};

@@ -1,0 +1,83 @@
+//! `keyhole serve`: run the HTTP API until SIGINT/SIGTERM, then drain and exit 0.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::Keyhole;
+use crate::server::{self, ServeConfig, Server, cancel_on_signals};
+
+/// Arguments of `keyhole serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. The default is loopback only; put a TLS reverse proxy in
+    /// front before exposing the API to a network.
+    #[arg(long, default_value = server::DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Invocations running at once (also the wasm instance pool size).
+    #[arg(long, default_value_t = server::DEFAULT_MAX_IN_FLIGHT, value_name = "N")]
+    pub max_in_flight: usize,
+    /// Invocations waiting for a slot; beyond that requests get 503 with Retry-After.
+    #[arg(long, default_value_t = server::DEFAULT_QUEUE, value_name = "N")]
+    pub queue: usize,
+    /// Largest request body in bytes (413 beyond); uploads are capped separately at 64 MiB.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_BODY_BYTES, value_name = "BYTES")]
+    pub max_body: usize,
+    /// Sustained requests per second per token (429 with Retry-After beyond); 0 disables.
+    #[arg(long, default_value_t = server::DEFAULT_RATE_LIMIT, value_name = "PER_SECOND")]
+    pub rate_limit: u32,
+    /// Requests a token may send in a burst above its sustained rate.
+    #[arg(long, default_value_t = server::DEFAULT_RATE_BURST, value_name = "N")]
+    pub rate_burst: u32,
+    /// After SIGINT/SIGTERM, how long in-flight invocations get to finish, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl ServeArgs {
+    /// The wasm instance slots the host needs for these settings.
+    pub fn instances(&self) -> u32 {
+        self.max_in_flight.clamp(1, u32::MAX as usize) as u32
+    }
+
+    fn config(&self) -> ServeConfig {
+        ServeConfig {
+            listen: self.listen,
+            max_in_flight: self.max_in_flight.max(1),
+            queue: self.queue,
+            max_body_bytes: self.max_body,
+            rate_limit: self.rate_limit,
+            rate_burst: self.rate_burst,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+}
+
+/// Serve `host` (opened with [`ServeArgs::instances`] slots) until a signal.
+pub async fn serve(host: Keyhole, args: ServeArgs) -> anyhow::Result<i32> {
+    let server = Server::bind(Arc::new(host), args.config()).await?;
+    cancel_on_signals(server.shutdown_token());
+    let addr = server.local_addr();
+    println!(
+        "keyhole serving on http://{addr} (API under /v1, OAuth callback at /oauth/callback); Ctrl-C stops"
+    );
+    // Scripts and tests wait for this line; don't leave it in a buffer.
+    std::io::stdout().flush()?;
+    let report = server.run().await?;
+    if report.forced {
+        eprintln!(
+            "stopped after {:.1}s with {} invocation(s) still running (--shutdown-timeout)",
+            report.drained_in.as_secs_f64(),
+            report.abandoned_invocations
+        );
+    } else {
+        eprintln!(
+            "stopped: in-flight requests finished in {:.1}s",
+            report.drained_in.as_secs_f64()
+        );
+    }
+    Ok(0)
+}

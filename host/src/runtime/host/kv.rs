@@ -1,0 +1,143 @@
+//! `keyhole:function/kv`: per-function state. Reads see this invocation's own writes;
+//! writes are buffered and committed by the host only when the invocation succeeds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::runtime::bindings::kv::{Error, Host};
+use crate::runtime::state::InvocationState;
+use crate::storage::Storage;
+
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Largest value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 256 << 10;
+/// Most bytes (keys plus values) one function may store.
+pub const MAX_FUNCTION_BYTES: u64 = 4 << 20;
+
+/// This invocation's view of its function's state.
+pub struct KvState {
+    function: String,
+    storage: Option<Arc<Storage>>,
+    /// Pending writes (`None` = delete), committed on success.
+    pub(crate) writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// Stored bytes before this invocation, read on first write.
+    base_total: Option<u64>,
+}
+
+impl KvState {
+    pub(crate) fn new(function: &str, storage: Option<Arc<Storage>>) -> Self {
+        Self {
+            function: function.to_string(),
+            storage,
+            writes: BTreeMap::new(),
+            base_total: None,
+        }
+    }
+
+    fn check_key(key: &str) -> Result<(), Error> {
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(Error::InvalidKey(format!(
+                "keys must be 1 to {MAX_KEY_BYTES} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    fn stored(&self, key: &str) -> wasmtime::Result<Option<Vec<u8>>> {
+        match &self.storage {
+            Some(s) => Ok(s.kv_get(&self.function, key)?),
+            None => Ok(None),
+        }
+    }
+
+    fn stored_size(&self, key: &str) -> wasmtime::Result<u64> {
+        match &self.storage {
+            Some(s) => Ok(s.kv_entry_size(&self.function, key)?),
+            None => Ok(0),
+        }
+    }
+
+    /// Bytes the function would store if this invocation's writes were committed.
+    fn projected_total(&mut self) -> wasmtime::Result<u64> {
+        let base = match self.base_total {
+            Some(b) => b,
+            None => {
+                let b = match &self.storage {
+                    Some(s) => s.kv_total(&self.function)?,
+                    None => 0,
+                };
+                self.base_total = Some(b);
+                b
+            }
+        };
+        let mut total = base as i128;
+        for (key, value) in &self.writes {
+            total -= self.stored_size(key)? as i128;
+            if let Some(v) = value {
+                total += (key.len() + v.len()) as i128;
+            }
+        }
+        Ok(total.max(0) as u64)
+    }
+}
+
+impl Host for InvocationState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        if let Err(e) = KvState::check_key(&key) {
+            return Ok(Err(e));
+        }
+        if let Some(pending) = self.kv.writes.get(&key) {
+            return Ok(Ok(pending.clone()));
+        }
+        Ok(Ok(self.kv.stored(&key)?))
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
+        if let Err(e) = KvState::check_key(&key) {
+            return Ok(Err(e));
+        }
+        if value.len() > MAX_VALUE_BYTES {
+            return Ok(Err(Error::ValueTooLarge(format!(
+                "values are limited to {MAX_VALUE_BYTES} bytes"
+            ))));
+        }
+        let previous = self.kv.writes.insert(key.clone(), Some(value));
+        if self.kv.projected_total()? > MAX_FUNCTION_BYTES {
+            // Undo: a refused write must not linger in the batch.
+            match previous {
+                Some(p) => self.kv.writes.insert(key, p),
+                None => self.kv.writes.remove(&key),
+            };
+            return Ok(Err(Error::QuotaExceeded(format!(
+                "a function may store at most {MAX_FUNCTION_BYTES} bytes"
+            ))));
+        }
+        Ok(Ok(()))
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), Error>> {
+        if let Err(e) = KvState::check_key(&key) {
+            return Ok(Err(e));
+        }
+        self.kv.writes.insert(key, None);
+        Ok(Ok(()))
+    }
+
+    async fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, Error>> {
+        let mut keys: std::collections::BTreeSet<String> = match &self.kv.storage {
+            Some(s) => s.kv_keys(&self.kv.function, &prefix)?.into_iter().collect(),
+            None => Default::default(),
+        };
+        for (key, value) in &self.kv.writes {
+            if key.starts_with(&prefix) {
+                if value.is_some() {
+                    keys.insert(key.clone());
+                } else {
+                    keys.remove(key);
+                }
+            }
+        }
+        Ok(Ok(keys.into_iter().collect()))
+    }
+}

@@ -1,0 +1,257 @@
+//! The HTTP API's error answer: a status code plus a JSON body
+//! `{"error": {"kind": "...", "message": "..."}}`, mapped from the library's typed errors.
+//!
+//! Messages come from the library's error types, which never carry a secret value
+//! (credentials are `Secret`s that print `[redacted]`), so they are safe to send.
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::HostError;
+use crate::connections::ConnectionError;
+use crate::runtime::{InvokeError, UploadError};
+use crate::storage::StorageError;
+
+use super::auth::TokenError;
+
+/// Seconds a client is told to wait after a 503 at capacity.
+pub const RETRY_AFTER_BUSY_SECS: u64 = 1;
+
+/// An error answer of the HTTP API.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable kebab-case kind, e.g. `not-found`, `timeout`, `unauthorized`.
+    pub kind: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// `Retry-After` seconds, for 429 and 503.
+    pub retry_after: Option<u64>,
+    /// The recorded invocation, when the error came from running a function.
+    pub invocation_id: Option<i64>,
+}
+
+impl ApiError {
+    /// An error with no extras.
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+            retry_after: None,
+            invocation_id: None,
+        }
+    }
+
+    /// 401: missing, unknown or revoked token. Says nothing about the resource.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required (Authorization: Bearer kh_...); `keyhole tokens create` makes one",
+        )
+    }
+
+    /// 403: a valid token without the scope this request needs.
+    pub fn forbidden(why: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", why)
+    }
+
+    /// 404 for a path no route serves.
+    pub fn no_route() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "no such endpoint; see the endpoint list in host/src/server/mod.rs docs",
+        )
+    }
+
+    /// 503 with `Retry-After`: every slot and queue place is taken.
+    pub fn at_capacity() -> Self {
+        Self {
+            retry_after: Some(RETRY_AFTER_BUSY_SECS),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "at-capacity",
+                "the host is at capacity (every invocation slot and queue place is taken); retry shortly",
+            )
+        }
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "this token's request rate limit is exhausted; retry after the Retry-After seconds",
+            )
+        }
+    }
+
+    /// 400 with kind `invalid-request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-request", message)
+    }
+
+    /// A failed body read: 413 over the cap, else 400.
+    pub fn from_body(e: BytesRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "the request body is over the server's size cap (`keyhole serve --max-body`)",
+            )
+        } else {
+            Self::new(e.status(), "invalid-request", e.body_text())
+        }
+    }
+
+    /// Map a failed invocation: 404 unknown function, 400 invalid input, 413 input too
+    /// large, 504 timeout, 503 at capacity, 500 for traps, guest errors and host faults.
+    pub fn from_invoke(e: &InvokeError) -> Self {
+        let status = match e {
+            InvokeError::NotFound(_) => StatusCode::NOT_FOUND,
+            InvokeError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            InvokeError::InputTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::AtCapacity => return Self::at_capacity(),
+            InvokeError::OutOfMemory { .. }
+            | InvokeError::StackOverflow
+            | InvokeError::Panic(_)
+            | InvokeError::Trap(_)
+            | InvokeError::Guest(_)
+            | InvokeError::OutputTooLarge { .. }
+            | InvokeError::InvalidOutput(_)
+            | InvokeError::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.kind(), e.to_string())
+    }
+
+    /// Attach the invocation record id.
+    pub fn with_invocation(mut self, id: i64) -> Self {
+        self.invocation_id = (id > 0).then_some(id);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": { "kind": self.kind, "message": self.message } });
+        if let Some(id) = self.invocation_id {
+            body["invocation_id"] = json!(id);
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"keyhole\""),
+            );
+        }
+        response
+    }
+}
+
+fn storage_status(e: &StorageError) -> (StatusCode, &'static str) {
+    match e {
+        StorageError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "host-error"),
+    }
+}
+
+impl From<ConnectionError> for ApiError {
+    fn from(e: ConnectionError) -> Self {
+        let (status, kind) = match &e {
+            ConnectionError::UnknownConnection(_)
+            | ConnectionError::UnknownService(_)
+            | ConnectionError::UnknownFunction(_) => (StatusCode::NOT_FOUND, "not-found"),
+            ConnectionError::Invalid(_) | ConnectionError::Service(_) => {
+                (StatusCode::BAD_REQUEST, "invalid-request")
+            }
+            ConnectionError::OAuth(_) => (StatusCode::BAD_GATEWAY, "oauth-error"),
+            ConnectionError::Storage(s) => storage_status(s),
+            ConnectionError::Seal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "host-error"),
+        };
+        Self::new(status, kind, e.to_string())
+    }
+}
+
+impl From<HostError> for ApiError {
+    fn from(e: HostError) -> Self {
+        let (status, kind) = match e {
+            HostError::Connection(c) => return c.into(),
+            HostError::UnknownFunction(_) => (StatusCode::NOT_FOUND, "not-found"),
+            HostError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid-request"),
+            HostError::Upload(UploadError::TooLarge { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large")
+            }
+            HostError::Upload(_) => (StatusCode::BAD_REQUEST, "invalid-component"),
+            HostError::Storage(ref s) => storage_status(s),
+            HostError::Seal(_) | HostError::Startup(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "host-error")
+            }
+        };
+        Self::new(status, kind, e.to_string())
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        let (status, kind) = storage_status(&e);
+        Self::new(status, kind, e.to_string())
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Storage(s) => s.into(),
+            TokenError::UnknownToken(_) => {
+                Self::new(StatusCode::NOT_FOUND, "not-found", e.to_string())
+            }
+            _ => Self::bad_request(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn invoke_errors_map_to_statuses() {
+        let cases = [
+            (InvokeError::NotFound("x".into()), 404),
+            (InvokeError::InvalidInput("x".into()), 400),
+            (InvokeError::InputTooLarge { size: 2, limit: 1 }, 413),
+            (
+                InvokeError::Timeout {
+                    limit: Duration::from_millis(5),
+                },
+                504,
+            ),
+            (InvokeError::Trap("x".into()), 500),
+            (InvokeError::Guest("boom".into()), 500),
+            (InvokeError::AtCapacity, 503),
+        ];
+        for (e, status) in cases {
+            let api = ApiError::from_invoke(&e);
+            assert_eq!(api.status.as_u16(), status, "{e}");
+            assert_eq!(api.kind, e.kind());
+        }
+        let busy = ApiError::at_capacity().into_response();
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+        let unauth = ApiError::unauthorized().into_response();
+        assert!(unauth.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+}

@@ -1,0 +1,68 @@
+//! `POST /v1/functions/{name}/invoke`: the request body is the input JSON (empty means
+//! `{}`), the response body is the function's output JSON.
+//!
+//! Success is 200 with headers `x-keyhole-invocation-id`, `x-keyhole-version` and
+//! `x-keyhole-duration-us`. Failures use [`ApiError::from_invoke`]: 404 unknown
+//! function, 400 invalid input, 413 input too large, 504 timeout, 500 trap or guest
+//! error (with its message), 503 at capacity (with `Retry-After`).
+
+use axum::Extension;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::ApiError;
+
+/// Invoke the latest version of `name` with the request body as input.
+pub async fn invoke(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if !caller.may_invoke(&name) {
+        crate::metrics::http_rejection("forbidden");
+        return Err(ApiError::forbidden(
+            "this token may only invoke the function it was created for",
+        ));
+    }
+    let body = body.map_err(ApiError::from_body)?;
+    let input = if body.iter().all(u8::is_ascii_whitespace) {
+        "{}"
+    } else {
+        std::str::from_utf8(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-input",
+                format!("input is not UTF-8 text: {e}"),
+            )
+        })?
+    };
+    let invocation = state
+        .host
+        .invoke(&name, input)
+        .await
+        .map_err(|e| ApiError::from_invoke(&e))?;
+    match invocation.result {
+        Ok(output) => {
+            let mut response = Response::new(Body::from(output));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.insert("x-keyhole-invocation-id", HeaderValue::from(invocation.id));
+            headers.insert("x-keyhole-version", HeaderValue::from(invocation.version));
+            headers.insert(
+                "x-keyhole-duration-us",
+                HeaderValue::from(invocation.duration_us),
+            );
+            Ok(response)
+        }
+        Err(e) => Err(ApiError::from_invoke(&e).with_invocation(invocation.id)),
+    }
+}

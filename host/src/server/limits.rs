@@ -1,0 +1,151 @@
+//! Admission limits of the HTTP API: bounded concurrency with a bounded queue for
+//! invocations (beyond both: 503 with `Retry-After`, never unbounded memory) and a
+//! per-token request rate limit (429 with `Retry-After`).
+//!
+//! Admission happens before the request body is read, so a queued request holds a
+//! connection and a few hundred bytes, not its body.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::AppState;
+use super::error::ApiError;
+
+/// Invocation slots plus waiting places.
+#[derive(Debug)]
+pub struct Capacity {
+    /// `max_in_flight + queue` permits: holding one means "running or queued".
+    admission: Arc<Semaphore>,
+    /// `max_in_flight` permits: holding one means "running".
+    running: Arc<Semaphore>,
+    max_in_flight: usize,
+}
+
+/// Held while an invocation is admitted; dropping it frees the place.
+#[derive(Debug)]
+pub struct Ticket {
+    _admitted: OwnedSemaphorePermit,
+    _running: OwnedSemaphorePermit,
+}
+
+impl Capacity {
+    /// `max_in_flight` invocations run at once and up to `queue` more wait.
+    pub fn new(max_in_flight: usize, queue: usize) -> Self {
+        let max_in_flight = max_in_flight.max(1);
+        Self {
+            admission: Arc::new(Semaphore::new(max_in_flight + queue)),
+            running: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+        }
+    }
+
+    /// Take a place (503 at once when none is free), then wait for a running slot.
+    pub async fn enter(&self) -> Result<Ticket, ApiError> {
+        let admitted = self.admission.clone().try_acquire_owned().map_err(|_| {
+            crate::metrics::http_rejection("at_capacity");
+            ApiError::at_capacity()
+        })?;
+        let running = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::at_capacity())?;
+        Ok(Ticket {
+            _admitted: admitted,
+            _running: running,
+        })
+    }
+
+    /// Invocations running now through this server.
+    pub fn running(&self) -> usize {
+        self.max_in_flight - self.running.available_permits()
+    }
+}
+
+/// A per-token rate limit (GCRA via `governor`), or none.
+pub struct RateLimit {
+    limiter: Option<DefaultKeyedRateLimiter<i64>>,
+}
+
+impl std::fmt::Debug for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("enabled", &self.limiter.is_some())
+            .finish()
+    }
+}
+
+impl RateLimit {
+    /// `per_second` sustained requests per token with bursts of `burst`; 0 disables.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let limiter = NonZeroU32::new(per_second).map(|rate| {
+            let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
+            governor::RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Self { limiter }
+    }
+
+    /// Count one request of token `token_id`; 429 when it is over its rate.
+    pub fn check(&self, token_id: i64) -> Result<(), ApiError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter.check_key(&token_id).map_err(|not_until| {
+            crate::metrics::http_rejection("rate_limited");
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::rate_limited(wait.as_secs_f64().ceil() as u64)
+        })
+    }
+}
+
+/// Route middleware for invocations: take a capacity ticket for the whole request.
+pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match state.capacity.enter().await {
+        Ok(ticket) => {
+            let response = next.run(request).await;
+            drop(ticket);
+            response
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn capacity_admits_then_queues_then_refuses() {
+        let c = Arc::new(Capacity::new(1, 1));
+        let first = c.enter().await.unwrap();
+        assert_eq!(c.running(), 1);
+        let c2 = c.clone();
+        let queued = tokio::spawn(async move { c2.enter().await.map(drop) });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let refused = c.enter().await.unwrap_err();
+        assert_eq!(refused.status.as_u16(), 503);
+        drop(first);
+        queued.await.unwrap().unwrap();
+        assert_eq!(c.running(), 0);
+    }
+
+    #[test]
+    fn rate_limit_per_token() {
+        let r = RateLimit::new(1, 2);
+        assert!(r.check(1).is_ok() && r.check(1).is_ok());
+        let e = r.check(1).unwrap_err();
+        assert_eq!(e.status.as_u16(), 429);
+        assert!(e.retry_after.unwrap() >= 1);
+        assert!(r.check(2).is_ok(), "another token has its own budget");
+        let off = RateLimit::new(0, 0);
+        assert!((0..1000).all(|_| off.check(1).is_ok()));
+    }
+}

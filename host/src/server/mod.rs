@@ -1,0 +1,229 @@
+//! `keyhole serve`: the HTTP API (axum) for invoking functions and administering the host.
+//!
+//! | endpoint | token | what |
+//! |---|---|---|
+//! | `GET /healthz` | none | `ok` |
+//! | `GET /oauth/callback` | none | completes an OAuth authorization |
+//! | `POST /v1/functions/{name}/invoke` | invoke or admin | body = input JSON, answer = output JSON |
+//! | `GET /v1/functions` | admin | list |
+//! | `GET/POST/DELETE /v1/functions/{name}` | admin | show / upload (raw .wasm body) / delete |
+//! | `GET /v1/functions/{name}/grants` | admin | grants |
+//! | `PUT/DELETE /v1/functions/{name}/grants/{connection}` | admin | grant / take back |
+//! | `GET /v1/functions/{name}/invocations` | admin | recent invocations of one function |
+//! | `GET /v1/invocations?function=&limit=` | admin | recent invocations |
+//! | `GET /v1/connections`, `GET /v1/connections/{name}` | admin | list / show (masked) |
+//! | `POST /v1/connections/{name}/test`, `.../revoke` | admin | verify / wipe credentials |
+//! | `GET /v1/services`, `GET /v1/services/{name}` | admin | service catalog |
+//! | `GET /metrics` | admin | Prometheus (OpenMetrics text) |
+//!
+//! Errors are JSON `{"error": {"kind", "message"}}` (see [`error`]). Missing or bad
+//! token: 401 (before any lookup); valid token lacking the scope: 403; over the token's
+//! rate: 429; every invocation slot and queue place taken: 503; both with `Retry-After`.
+//!
+//! Driving it from code (the CLI does exactly this):
+//!
+//! ```no_run
+//! # async fn demo(host: std::sync::Arc<keyhole::Keyhole>) -> Result<(), keyhole::server::ServeError> {
+//! use keyhole::server::{ServeConfig, Server, cancel_on_signals};
+//! let mut server = Server::bind(host, ServeConfig::default()).await?;
+//! // Extra work that lives as long as the server (e.g. a scheduler): it gets a child
+//! // token that is cancelled when shutdown begins, and is awaited up to the deadline.
+//! server.spawn_background(|stop| async move { stop.cancelled().await });
+//! cancel_on_signals(server.shutdown_token()); // SIGINT / SIGTERM begin shutdown
+//! let report = server.run().await?;
+//! # let _ = report; Ok(()) }
+//! ```
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod invoke;
+pub mod limits;
+pub mod router;
+mod shutdown;
+
+pub use auth::{Caller, CreatedToken, Scope, TokenError, create_token, list_tokens, revoke_token};
+pub use error::ApiError;
+pub use router::router;
+pub use shutdown::{ShutdownReport, cancel_on_signals};
+/// The shutdown signal type of [`Server::shutdown_token`] and [`Server::spawn_background`].
+pub use tokio_util::sync::CancellationToken;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use self::limits::{Capacity, RateLimit};
+use crate::Keyhole;
+use crate::runtime::DEFAULT_MAX_INSTANCES;
+
+/// Default listen address: loopback only. Expose the API beyond this machine only
+/// behind TLS (a reverse proxy); tokens are bearer credentials.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8976";
+/// Default number of invocations running at once.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = DEFAULT_MAX_INSTANCES as usize;
+/// Default number of invocations waiting for a slot before new ones get 503.
+pub const DEFAULT_QUEUE: usize = 256;
+/// Default cap on a request body (uploads have their own, `MAX_COMPONENT_BYTES`).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 2 << 20;
+/// Default sustained requests per second per token (0 disables the limit).
+pub const DEFAULT_RATE_LIMIT: u32 = 100;
+/// Default burst per token.
+pub const DEFAULT_RATE_BURST: u32 = 200;
+/// Default time in-flight work gets to finish after a shutdown signal.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Settings of one server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to bind (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// Invocations running at once through this server.
+    pub max_in_flight: usize,
+    /// Invocations waiting beyond that; more get 503 with `Retry-After`.
+    pub queue: usize,
+    /// Request body cap in bytes (413 beyond), except uploads.
+    pub max_body_bytes: usize,
+    /// Sustained requests per second per token; 0 disables.
+    pub rate_limit: u32,
+    /// Burst size per token.
+    pub rate_burst: u32,
+    /// How long in-flight requests and background tasks get after shutdown begins.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            queue: DEFAULT_QUEUE,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            rate_limit: DEFAULT_RATE_LIMIT,
+            rate_burst: DEFAULT_RATE_BURST,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}; pick another address with --listen")]
+    Bind {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The accept loop failed.
+    #[error("the HTTP server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shared state of every handler (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The host.
+    pub host: Arc<Keyhole>,
+    /// Invocation admission.
+    pub capacity: Arc<Capacity>,
+    /// Per-token rate limit.
+    pub rate: Arc<RateLimit>,
+    /// Settings.
+    pub config: Arc<ServeConfig>,
+}
+
+impl AppState {
+    /// State for `host` under `config`.
+    pub fn new(host: Arc<Keyhole>, config: ServeConfig) -> Self {
+        Self {
+            capacity: Arc::new(Capacity::new(config.max_in_flight, config.queue)),
+            rate: Arc::new(RateLimit::new(config.rate_limit, config.rate_burst)),
+            config: Arc::new(config),
+            host,
+        }
+    }
+}
+
+/// A bound server, not yet serving.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listen", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Bind `config.listen` for `host`.
+    pub async fn bind(host: Arc<Keyhole>, config: ServeConfig) -> Result<Self, ServeError> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            state: AppState::new(host, config),
+            shutdown: CancellationToken::new(),
+            background: Vec::new(),
+        })
+    }
+
+    /// The bound address (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.state.config.listen)
+    }
+
+    /// The handler state (for tests and embedders).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Cancelling this token begins a graceful shutdown: stop accepting, let in-flight
+    /// requests and background tasks finish up to `shutdown_timeout`, then `run` returns.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Run `task` beside the server from now on. It receives a child of the shutdown
+    /// token and should return soon after it is cancelled; `run` waits for it up to the
+    /// shutdown deadline and aborts it after that.
+    pub fn spawn_background<F, Fut>(&mut self, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.background
+            .push(tokio::spawn(task(self.shutdown.child_token())));
+    }
+
+    /// Serve until the shutdown token is cancelled, then drain.
+    pub async fn run(self) -> Result<ShutdownReport, ServeError> {
+        let Server {
+            listener,
+            state,
+            shutdown,
+            background,
+        } = self;
+        let timeout = state.config.shutdown_timeout;
+        let app = router(state.clone());
+        shutdown::serve_until_drained(listener, app, shutdown, background, timeout, state).await
+    }
+}

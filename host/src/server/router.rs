@@ -1,0 +1,142 @@
+//! The route table of `keyhole serve` and its cross-cutting layers: bearer
+//! authentication, the per-token rate limit, body caps and invocation admission.
+//!
+//! Open (no token): `GET /healthz`, `GET /oauth/callback`. Everything else, including
+//! unknown paths, answers 401 without a valid token, so a caller without one learns
+//! nothing about what exists.
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post, put};
+
+use super::auth::{Admin, authenticate};
+use super::error::ApiError;
+use super::{AppState, admin, invoke, limits};
+use crate::oauth::CallbackParams;
+use crate::runtime::MAX_COMPONENT_BYTES;
+
+/// Build the router over `state`.
+pub fn router(state: AppState) -> Router {
+    let invoke_route = post(invoke::invoke)
+        .route_layer(middleware::from_fn_with_state(state.clone(), limits::admit));
+    let api = Router::new()
+        .route("/v1/functions", get(admin::list_functions))
+        .route(
+            "/v1/functions/{name}",
+            get(admin::show_function)
+                .delete(admin::delete_function)
+                // Components may be larger than invocation bodies.
+                .post(admin::upload_function)
+                .layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
+        )
+        .route("/v1/functions/{name}/invoke", invoke_route)
+        .route("/v1/functions/{name}/grants", get(admin::list_grants))
+        .route(
+            "/v1/functions/{name}/grants/{connection}",
+            put(admin::grant).delete(admin::revoke_grant),
+        )
+        .route(
+            "/v1/functions/{name}/invocations",
+            get(admin::function_invocations),
+        )
+        .route("/v1/invocations", get(admin::invocations))
+        .route("/v1/connections", get(admin::list_connections))
+        .route("/v1/connections/{name}", get(admin::show_connection))
+        .route("/v1/connections/{name}/test", post(admin::test_connection))
+        .route(
+            "/v1/connections/{name}/revoke",
+            post(admin::revoke_connection),
+        )
+        .route("/v1/services", get(admin::list_services))
+        .route("/v1/services/{name}", get(admin::show_service))
+        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/oauth/callback", get(oauth_callback))
+        .merge(api)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state)
+}
+
+/// Authenticate the bearer token, apply its rate limit and hand the [`Caller`] on.
+///
+/// [`Caller`]: super::auth::Caller
+async fn require_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = match authenticate(state.host.storage(), request.headers()) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::metrics::http_rejection("unauthorized");
+            return e.into_response();
+        }
+    };
+    if let Err(e) = state.rate.check(caller.token_id) {
+        return e.into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+async fn no_route() -> ApiError {
+    ApiError::no_route()
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn metrics(_: Admin) -> Response {
+    let mut response = crate::metrics::render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    response
+}
+
+fn page(title: &str, message: &str) -> Html<String> {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    Html(format!(
+        "<!doctype html><meta charset=utf-8><title>keyhole: {t}</title><h1>{t}</h1><p>{m}</p><p>You can close this tab.</p>",
+        t = esc(title),
+        m = esc(message)
+    ))
+}
+
+/// The provider's redirect after an OAuth authorization (`keyhole connections connect
+/// NAME --no-listen` sent the admin there): complete the connection.
+async fn oauth_callback(
+    State(state): State<AppState>,
+    Query(params): Query<CallbackParams>,
+) -> (StatusCode, Html<String>) {
+    match state
+        .host
+        .connections()
+        .complete_authorization(&params, None)
+        .await
+    {
+        Ok(view) => (
+            StatusCode::OK,
+            page(
+                "connected",
+                &format!("Connection {} is connected.", view.name),
+            ),
+        ),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            page("authorization failed", &e.to_string()),
+        ),
+    }
+}

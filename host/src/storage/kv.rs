@@ -1,0 +1,85 @@
+//! Per-function key-value state. Writes arrive as one batch per successful invocation.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Storage, StorageError, now_ms};
+
+impl Storage {
+    /// The value of `key` in `function`'s namespace.
+    pub fn kv_get(&self, function: &str, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.lock()
+            .query_row(
+                "SELECT value FROM kv WHERE function = ?1 AND key = ?2",
+                params![function, key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Keys of `function` starting with `prefix`, ascending.
+    pub fn kv_keys(&self, function: &str, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let conn = self.lock();
+        // `substr` rather than LIKE: keys may contain % and _.
+        let mut stmt = conn
+            .prepare("SELECT key FROM kv WHERE function = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![function, prefix], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Bytes `function` stores (keys plus values).
+    pub fn kv_total(&self, function: &str) -> Result<u64, StorageError> {
+        self.lock()
+            .query_row(
+                "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM kv WHERE function = ?1",
+                params![function],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Bytes stored under one key of `function` (key plus value), 0 if absent.
+    pub fn kv_entry_size(&self, function: &str, key: &str) -> Result<u64, StorageError> {
+        self.lock()
+            .query_row(
+                "SELECT length(CAST(key AS BLOB)) + length(value) FROM kv WHERE function = ?1 AND key = ?2",
+                params![function, key],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|n| n.unwrap_or(0) as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Apply one invocation's writes atomically (`None` deletes).
+    pub fn kv_commit(
+        &self,
+        function: &str,
+        writes: &BTreeMap<String, Option<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let now = now_ms();
+        for (key, value) in writes {
+            match value {
+                Some(v) => tx.execute(
+                    "INSERT INTO kv (function, key, value, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT(function, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    params![function, key, v, now],
+                ),
+                None => tx.execute("DELETE FROM kv WHERE function = ?1 AND key = ?2", params![function, key]),
+            }
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+}

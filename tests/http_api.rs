@@ -1,0 +1,836 @@
+//! `keyhole serve` end to end over real HTTP on 127.0.0.1: status mapping, bearer auth,
+//! upload → invoke, load, capacity, rate limits, metrics, graceful shutdown of the real
+//! binary, and no secret in any response body.
+
+use std::io::{BufRead, BufReader};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use keyhole::Keyhole;
+use keyhole::runtime::RuntimeConfig;
+use keyhole::server::{
+    CancellationToken, Scope, ServeConfig, Server, ShutdownReport, create_token,
+};
+use keyhole::services::ServiceDef;
+use keyhole_tests::env::TestHost;
+use keyhole_tests::plugins::{plugin, plugin_path};
+use keyhole_tests::{Credential, FakeApi};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+const KEY: &str = "kh-http-apikey-5d2e8a1c9b";
+
+/// A server started in-process on `127.0.0.1:0` over a fresh host.
+struct Api {
+    t: TestHost,
+    base: String,
+    admin: String,
+    http: reqwest::Client,
+    stop: CancellationToken,
+    task: JoinHandle<ShutdownReport>,
+    /// Every response body seen, for the secret grep.
+    bodies: Mutex<Vec<String>>,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    fn kind(&self) -> String {
+        self.json()["error"]["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+fn test_config() -> ServeConfig {
+    ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rate_limit: 0,
+        ..Default::default()
+    }
+}
+
+async fn start(config: ServeConfig) -> Api {
+    let t = TestHost::new();
+    let host = Keyhole::open(
+        t.home(),
+        RuntimeConfig {
+            max_instances: config.max_in_flight as u32,
+            ..Default::default()
+        },
+    )
+    .expect("open server host");
+    let admin = create_token(host.storage(), Scope::Admin, None, Some("tests")).unwrap();
+    let server = Server::bind(Arc::new(host), config).await.expect("bind");
+    let base = format!("http://{}", server.local_addr());
+    let stop = server.shutdown_token();
+    let task = tokio::spawn(async move { server.run().await.expect("server run") });
+    Api {
+        t,
+        base,
+        admin: admin.token.expose().to_string(),
+        http: reqwest::Client::new(),
+        stop,
+        task,
+        bodies: Mutex::new(Vec::new()),
+    }
+}
+
+impl Api {
+    fn token(&self, scope: Scope, function: Option<&str>) -> String {
+        let created = create_token(self.t.host.storage(), scope, function, None).unwrap();
+        created.token.expose().to_string()
+    }
+
+    async fn send(&self, method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        let reply = Reply {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            body: resp.text().await.unwrap(),
+        };
+        self.bodies.lock().unwrap().push(reply.body.clone());
+        reply
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.send("GET", path, Some(&self.admin.clone()), vec![])
+            .await
+    }
+
+    async fn invoke(&self, function: &str, input: &str) -> Reply {
+        let path = format!("/v1/functions/{function}/invoke");
+        self.send(
+            "POST",
+            &path,
+            Some(&self.admin.clone()),
+            input.as_bytes().to_vec(),
+        )
+        .await
+    }
+
+    async fn upload(&self, plugin_name: &str, name: &str, query: &str) -> Reply {
+        let path = format!("/v1/functions/{name}?{query}");
+        let r = self
+            .send(
+                "POST",
+                &path,
+                Some(&self.admin.clone()),
+                plugin(plugin_name),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r
+    }
+
+    async fn metrics(&self) -> String {
+        let r = self.get("/metrics").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.body
+    }
+
+    async fn shutdown(self) -> ShutdownReport {
+        self.stop.cancel();
+        self.task.await.unwrap()
+    }
+}
+
+/// The value of one sample line `name{labels} value` in a metrics text.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// An API-key service `name` on `api`, connected with `KEY`.
+async fn connect_acme(t: &TestHost, api: &FakeApi, name: &str) {
+    let toml = format!(
+        "name = \"{name}\"\ndisplay_name = \"Acme\"\nauth = \"api_key\"\nbase_url = \"{}\"\n\n[verify]\npath = \"/user\"\n\n[[params]]\nname = \"X-API-Key\"\ndisplay_name = \"Acme API key\"\nsecret = true\nlocation = \"header\"\n",
+        api.base_url()
+    );
+    let c = t.host.connections();
+    c.catalog()
+        .add(&ServiceDef::from_toml(&toml).unwrap())
+        .unwrap();
+    c.add(name, name, vec![], None).unwrap();
+    let values = [("X-API-Key".to_string(), keyhole::secrets::Secret::new(KEY))].into();
+    let out = c.connect(name, values).await.unwrap();
+    assert!(out.verification.unwrap().ok);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_missing_wrong_revoked_and_wrong_scope() {
+    let api = start(test_config()).await;
+    api.upload("echo", "echo", "").await;
+    assert_eq!(api.send("GET", "/healthz", None, vec![]).await.body, "ok");
+
+    // Missing or wrong token: the same 401 whether or not the resource exists.
+    let wrong = "kh_not-a-real-token-at-all-000000000000000000";
+    for token in [None, Some(wrong), Some("Basic xyz")] {
+        let mut bodies = vec![];
+        for (method, path) in [
+            ("POST", "/v1/functions/echo/invoke"),
+            ("POST", "/v1/functions/nope/invoke"),
+            ("GET", "/v1/functions/echo"),
+            ("GET", "/v1/functions/nope"),
+            ("GET", "/v1/no-such-endpoint"),
+            ("GET", "/metrics"),
+        ] {
+            let r = api.send(method, path, token, b"{}".to_vec()).await;
+            assert_eq!(
+                r.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path}: {}",
+                r.body
+            );
+            assert!(r.headers.contains_key("www-authenticate"));
+            bodies.push(r.body);
+        }
+        bodies.dedup();
+        assert_eq!(bodies.len(), 1, "401 bodies differ: {bodies:?}");
+    }
+
+    // Revoked: 401 from the next request on.
+    let created = create_token(api.t.host.storage(), Scope::Invoke, None, None).unwrap();
+    let token = created.token.expose().to_string();
+    let r = api
+        .send(
+            "POST",
+            "/v1/functions/echo/invoke",
+            Some(&token),
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    keyhole::server::revoke_token(api.t.host.storage(), created.row.id).unwrap();
+    let r = api
+        .send(
+            "POST",
+            "/v1/functions/echo/invoke",
+            Some(&token),
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // Wrong scope: an invoke token cannot administer; a function-bound one invokes only it.
+    let invoke = api.token(Scope::Invoke, None);
+    for path in ["/v1/functions", "/v1/connections", "/metrics"] {
+        let r = api.send("GET", path, Some(&invoke), vec![]).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}: {}", r.body);
+        assert_eq!(r.kind(), "forbidden");
+    }
+    let bound = api.token(Scope::Invoke, Some("echo"));
+    let r = api
+        .send(
+            "POST",
+            "/v1/functions/echo/invoke",
+            Some(&bound),
+            b"[1]".to_vec(),
+        )
+        .await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "[1]"));
+    for other in ["other", "nope"] {
+        let path = format!("/v1/functions/{other}/invoke");
+        let r = api.send("POST", &path, Some(&bound), b"{}".to_vec()).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    }
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_then_invoke_and_every_status_mapping() {
+    let api = start(ServeConfig {
+        max_body_bytes: 64 << 10,
+        ..test_config()
+    })
+    .await;
+    let up = api.upload("echo", "echo", "").await.json();
+    assert_eq!(
+        (up["name"].as_str(), up["version"].as_i64()),
+        (Some("echo"), Some(1))
+    );
+    api.upload("echo", "tiny", "max_input=32").await;
+    api.upload("misbehave", "slow", "timeout_ms=300").await;
+
+    let r = api.invoke("echo", r#"{"hello":"world"}"#).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"hello": "world"}));
+    assert!(r.headers.contains_key("x-keyhole-invocation-id"));
+    assert_eq!(r.headers["x-keyhole-version"], "1");
+    assert_eq!(api.invoke("echo", "").await.json(), json!({}));
+
+    let cases: [(&str, String, StatusCode, &str); 8] = [
+        ("nope", "{}".into(), StatusCode::NOT_FOUND, "not-found"),
+        (
+            "echo",
+            "{not json".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid-input",
+        ),
+        (
+            "tiny",
+            json!({"x": "y".repeat(64)}).to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "input-too-large",
+        ),
+        (
+            "echo",
+            "[\"".to_string() + &"z".repeat(70 << 10) + "\"]",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+        ),
+        (
+            "slow",
+            r#"{"mode":"loop"}"#.into(),
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+        ),
+        (
+            "slow",
+            r#"{"mode":"panic"}"#.into(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "panic",
+        ),
+        (
+            "slow",
+            r#"{"mode":"stack"}"#.into(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "stack-overflow",
+        ),
+        (
+            "slow",
+            r#"{"mode":"error"}"#.into(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "guest-error",
+        ),
+    ];
+    for (function, input, status, kind) in cases {
+        let r = api.invoke(function, &input).await;
+        assert_eq!(
+            (r.status, r.kind().as_str()),
+            (status, kind),
+            "{function}: {}",
+            r.body
+        );
+    }
+    let r = api.invoke("slow", r#"{"mode":"error"}"#).await;
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("misbehave: deliberate error"), "{message}");
+    assert!(r.json()["invocation_id"].as_i64().unwrap() > 0);
+    let r = api.invoke("slow", r#"{"mode":"panic"}"#).await;
+    assert!(r.body.contains("deliberate panic"), "{}", r.body);
+
+    // Admin views of what just happened, and deletion.
+    let list = api.get("/v1/functions").await.json();
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    let recent = api
+        .get("/v1/functions/slow/invocations?limit=3")
+        .await
+        .json();
+    assert_eq!(recent.as_array().unwrap().len(), 3);
+    assert_eq!(recent[0]["outcome"], "panic");
+    assert_eq!(
+        api.get("/v1/invocations?limit=1").await.json()[0]["function"],
+        "slow"
+    );
+    let r = api
+        .send(
+            "DELETE",
+            "/v1/functions/tiny",
+            Some(&api.admin.clone()),
+            vec![],
+        )
+        .await;
+    assert_eq!(r.json()["versions"], 1);
+    assert_eq!(
+        api.get("/v1/functions/tiny").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = api
+        .send(
+            "POST",
+            "/v1/functions/bad",
+            Some(&api.admin.clone()),
+            b"not wasm".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.kind().as_str()),
+        (StatusCode::BAD_REQUEST, "invalid-component")
+    );
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_endpoints_and_no_secret_in_any_response() {
+    let upstream = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
+    let api = start(test_config()).await;
+    connect_acme(&api.t, &upstream, "acme-admin").await;
+    api.upload("hello-http", "hello", "grant=acme-admin").await;
+    api.upload("echo", "echo", "").await;
+
+    let r = api
+        .invoke("hello", r#"{"connection":"acme-admin","target":"/leak"}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["status"], 200);
+    let r = api
+        .invoke("hello", r#"{"connection":"acme-admin","target":"/user"}"#)
+        .await;
+    assert_eq!(r.json()["status"], 200, "{}", r.body);
+
+    let grants = api.get("/v1/functions/hello/grants").await.json();
+    assert_eq!(grants["grants"], json!(["acme-admin"]));
+    let admin = api.admin.clone();
+    let r = api
+        .send(
+            "PUT",
+            "/v1/functions/echo/grants/acme-admin",
+            Some(&admin),
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        api.get("/v1/functions/echo").await.json()["grants"],
+        json!(["acme-admin"])
+    );
+    let r = api
+        .send(
+            "DELETE",
+            "/v1/functions/echo/grants/acme-admin",
+            Some(&admin),
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = api
+        .send(
+            "PUT",
+            "/v1/functions/echo/grants/nope",
+            Some(&admin),
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    let list = api.get("/v1/connections").await.json();
+    assert_eq!(list[0]["name"], "acme-admin");
+    let show = api.get("/v1/connections/acme-admin").await.json();
+    assert_eq!(show["status"], "connected");
+    assert_eq!(
+        api.get("/v1/connections/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let test = api
+        .send(
+            "POST",
+            "/v1/connections/acme-admin/test",
+            Some(&admin),
+            vec![],
+        )
+        .await;
+    assert_eq!(test.json()["ok"], true, "{}", test.body);
+    assert!(
+        api.get("/v1/services")
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len()
+            > 5
+    );
+    let svc = api.get("/v1/services/acme-admin").await.json();
+    assert_eq!(svc["source"], "custom");
+    assert!(
+        api.get("/v1/services/github")
+            .await
+            .body
+            .contains("api.github.com")
+    );
+    let inv = api.get("/v1/invocations?function=hello").await.json();
+    assert_eq!(inv[0]["outbound"][0]["connection"], "acme-admin");
+    api.metrics().await;
+
+    let revoked = api
+        .send(
+            "POST",
+            "/v1/connections/acme-admin/revoke",
+            Some(&admin),
+            vec![],
+        )
+        .await;
+    assert_eq!(revoked.json()["status"], "revoked", "{}", revoked.body);
+    let r = api
+        .invoke("hello", r#"{"connection":"acme-admin","target":"/user"}"#)
+        .await;
+    assert_eq!(r.json()["error"], "not-connected", "{}", r.body);
+
+    let bodies = api.bodies.lock().unwrap().join("\n");
+    assert!(
+        bodies.contains("acme-admin"),
+        "sanity: bodies were recorded"
+    );
+    assert!(!bodies.contains(KEY), "a response body carried the API key");
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thousand_requests_at_concurrency_64_then_gauge_is_zero() {
+    let api = Arc::new(
+        start(ServeConfig {
+            max_in_flight: 64,
+            ..test_config()
+        })
+        .await,
+    );
+    api.upload("echo", "load", "").await;
+    let started = Instant::now();
+    let statuses: Vec<StatusCode> = futures::stream::iter(0..1000)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let r = api.invoke("load", &format!("{{\"i\":{i}}}")).await;
+                assert_eq!(r.json()["i"], i, "{}", r.body);
+                r.status
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+    let m = api.metrics().await;
+    let ok = r#"keyhole_invocations_total{function="load",outcome="ok"}"#;
+    assert_eq!(sample(&m, ok), Some(1000.0), "{m}");
+    let in_flight = r#"keyhole_invocations_in_flight{function="load"}"#;
+    assert_eq!(sample(&m, in_flight), Some(0.0), "{m}");
+    eprintln!("1000 invocations at concurrency 64 in {elapsed:?}");
+    Arc::try_unwrap(api)
+        .ok()
+        .expect("no other handle")
+        .shutdown()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_capacity_gets_503_and_the_server_keeps_serving() {
+    let api = Arc::new(
+        start(ServeConfig {
+            max_in_flight: 1,
+            queue: 1,
+            ..test_config()
+        })
+        .await,
+    );
+    api.upload("misbehave", "busy", "timeout_ms=1500").await;
+    api.upload("echo", "echo", "").await;
+    // One running, one queued: the third is refused at once.
+    let mut slow = vec![];
+    for _ in 0..2 {
+        let api = api.clone();
+        slow.push(tokio::spawn(async move {
+            api.invoke("busy", r#"{"mode":"loop"}"#).await.status
+        }));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let refused = api.invoke("echo", "{}").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert_eq!(refused.kind(), "at-capacity");
+    for s in slow {
+        assert_eq!(s.await.unwrap(), StatusCode::GATEWAY_TIMEOUT);
+    }
+    let r = api.invoke("echo", r#"{"still":"serving"}"#).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let m = api.metrics().await;
+    assert!(sample(&m, r#"keyhole_http_rejections_total{reason="at_capacity"}"#).unwrap() >= 1.0);
+    Arc::try_unwrap(api)
+        .ok()
+        .expect("no other handle")
+        .shutdown()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_token_rate_limit_gets_429() {
+    let api = start(ServeConfig {
+        rate_limit: 1,
+        rate_burst: 3,
+        ..test_config()
+    })
+    .await;
+    let statuses: Vec<StatusCode> =
+        futures::future::join_all((0..5).map(|_| api.get("/v1/functions")))
+            .await
+            .iter()
+            .map(|r| r.status)
+            .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        3,
+        "{statuses:?}"
+    );
+    let r = api.get("/v1/functions").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers.contains_key("retry-after"));
+    // Another token has a budget of its own.
+    let other = api.token(Scope::Admin, None);
+    assert_eq!(
+        api.send("GET", "/v1/functions", Some(&other), vec![])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_what_was_sent() {
+    let upstream = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
+    let api = start(test_config()).await;
+    connect_acme(&api.t, &upstream, "acme-metrics").await;
+    api.upload("echo", "counted", "").await;
+    api.upload("hello-http", "caller", "grant=acme-metrics")
+        .await;
+    for i in 0..7 {
+        assert_eq!(
+            api.invoke("counted", &i.to_string()).await.status,
+            StatusCode::OK
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            api.invoke("counted", "{oops").await.status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+    for target in ["/user", "/user", "/status/404"] {
+        let input = json!({"connection": "acme-metrics", "target": target}).to_string();
+        assert_eq!(api.invoke("caller", &input).await.status, StatusCode::OK);
+    }
+    let m = api.metrics().await;
+    let expect = [
+        (
+            r#"keyhole_invocations_total{function="counted",outcome="ok"}"#,
+            7.0,
+        ),
+        (
+            r#"keyhole_invocations_total{function="counted",outcome="invalid-input"}"#,
+            3.0,
+        ),
+        (
+            r#"keyhole_invocation_duration_seconds_count{function="counted"}"#,
+            10.0,
+        ),
+        (
+            r#"keyhole_invocations_total{function="caller",outcome="ok"}"#,
+            3.0,
+        ),
+        (
+            r#"keyhole_outbound_requests_total{connection="acme-metrics",status="200"}"#,
+            2.0,
+        ),
+        (
+            r#"keyhole_outbound_requests_total{connection="acme-metrics",status="404"}"#,
+            1.0,
+        ),
+        (r#"keyhole_invocations_in_flight{function="counted"}"#, 0.0),
+    ];
+    for (series, value) in expect {
+        assert_eq!(sample(&m, series), Some(value), "{series} in\n{m}");
+    }
+    assert!(
+        sample(
+            &m,
+            r#"keyhole_token_refreshes_total{outcome="invalid_grant"}"#
+        )
+        .is_some(),
+        "{m}"
+    );
+    assert!(m.trim_end().ends_with("# EOF"));
+    api.shutdown().await;
+}
+
+/// `keyhole serve` as a child process; returns it and its base URL.
+fn spawn_serve(t: &TestHost, extra: &[&str]) -> (std::process::Child, String) {
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut child = t.spawn_cli(&args);
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read banner");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (child, format!("http://{addr}"))
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> i32 {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(Instant::now() < deadline, "keyhole serve did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_sigterm_lets_a_slow_invocation_finish_and_exits_0() {
+    let upstream = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
+    let t = TestHost::new();
+    connect_acme(&t, &upstream, "acme").await;
+    // Tokens through the CLI: printed once, listed without the value.
+    let token = t.cli(&[
+        "tokens",
+        "create",
+        "--scope",
+        "invoke",
+        "--function",
+        "sleepy",
+    ]);
+    let token = token.ok().trim().to_string();
+    assert!(token.starts_with("kh_"), "{token}");
+    let list = t.cli(&["tokens", "list"]);
+    assert!(
+        list.ok().contains("sleepy") && !list.stdout.contains(&token),
+        "{}",
+        list.stdout
+    );
+    let wasm = plugin_path("misbehave");
+    t.cli(&[
+        "functions",
+        "upload",
+        wasm.to_str().unwrap(),
+        "--name",
+        "sleepy",
+        "--grant",
+        "acme",
+    ])
+    .ok();
+
+    let (mut child, base) = spawn_serve(&t, &["--shutdown-timeout", "10s"]);
+    let http = reqwest::Client::new();
+    let url = format!("{base}/v1/functions/sleepy/invoke");
+    let input = json!({"mode": "sleep-http", "connection": "acme", "target": "/slow?ms=1200"});
+    let request = http
+        .post(&url)
+        .bearer_auth(&token)
+        .body(input.to_string())
+        .send();
+    let in_flight = tokio::spawn(request);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, "-TERM");
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], 200, "{body}");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), 0);
+    assert!(
+        reqwest::get(format!("{base}/healthz")).await.is_err(),
+        "still accepting"
+    );
+
+    // Revoked through the CLI: the next server refuses it.
+    let id = t.cli(&["tokens", "list", "--json"]).json()[0]["id"]
+        .as_i64()
+        .unwrap();
+    t.cli(&["tokens", "revoke", &id.to_string()]).ok();
+    let (mut child, base) = spawn_serve(&t, &[]);
+    let url = format!("{base}/v1/functions/sleepy/invoke");
+    let r = http
+        .post(&url)
+        .bearer_auth(&token)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    signal(&child, "-INT");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_sigint_past_the_deadline_still_exits_0() {
+    let upstream = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
+    let t = TestHost::new();
+    connect_acme(&t, &upstream, "acme").await;
+    let token = t
+        .cli(&["tokens", "create", "--scope", "admin"])
+        .ok()
+        .trim()
+        .to_string();
+    let wasm = plugin_path("misbehave");
+    t.cli(&[
+        "functions",
+        "upload",
+        wasm.to_str().unwrap(),
+        "--name",
+        "sleepy",
+        "--grant",
+        "acme",
+    ])
+    .ok();
+    let (mut child, base) = spawn_serve(&t, &["--shutdown-timeout", "300ms"]);
+    let input = json!({"mode": "sleep-http", "connection": "acme", "target": "/slow?ms=5000"});
+    let request = reqwest::Client::new()
+        .post(format!("{base}/v1/functions/sleepy/invoke"))
+        .bearer_auth(&token)
+        .body(input.to_string())
+        .send();
+    let in_flight = tokio::spawn(request);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    signal(&child, "-INT");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(4)), 0);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "abandoned request should fail"
+    );
+}

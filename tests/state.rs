@@ -1,0 +1,128 @@
+//! Per-function state (`keyhole:function/kv`) and WIT versioning: state persists across
+//! runs and restarts, is private to each function, is rolled back when a run fails, is
+//! bounded by typed quotas; components built against 0.1.0 still run on a 0.2.0 host.
+
+use keyhole::UploadOptions;
+use keyhole_tests::env::TestHost;
+use keyhole_tests::plugins::plugin;
+use keyhole_tests::{Credential, FakeApi};
+use serde_json::{Value, json};
+
+async fn run(t: &TestHost, name: &str, input: Value) -> Result<Value, String> {
+    let inv = t.host.invoke(name, &input.to_string()).await.unwrap();
+    inv.result
+        .map(|o| serde_json::from_str(&o).unwrap())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_persists_is_private_and_survives_restarts() {
+    let mut t = TestHost::new();
+    t.upload("counter", "a", &[]).await;
+    t.upload("counter", "b", &[]).await;
+    assert_eq!(run(&t, "a", json!({})).await.unwrap()["count"], 1);
+    assert_eq!(run(&t, "a", json!({})).await.unwrap()["count"], 2);
+    // Another function has its own namespace.
+    assert_eq!(run(&t, "b", json!({})).await.unwrap()["count"], 1);
+    t.reopen();
+    assert_eq!(run(&t, "a", json!({})).await.unwrap()["count"], 3);
+    // A new version keeps the function's state.
+    t.host
+        .upload("a", plugin("counter"), UploadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(run(&t, "a", json!({})).await.unwrap()["count"], 4);
+    // Deleting the function deletes its state.
+    t.host.delete_function("a").unwrap();
+    t.upload("counter", "a", &[]).await;
+    assert_eq!(run(&t, "a", json!({})).await.unwrap()["count"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_run_leaves_state_as_it_was() {
+    let t = TestHost::new();
+    t.upload("counter", "c", &[]).await;
+    assert_eq!(run(&t, "c", json!({})).await.unwrap()["count"], 1);
+    let err = run(&t, "c", json!({"fail_after_write": true}))
+        .await
+        .unwrap_err();
+    assert!(err.contains("failing after writing count 2"), "{err}");
+    assert_eq!(
+        run(&t, "c", json!({})).await.unwrap()["count"],
+        2,
+        "the failed run's write was committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_limits_are_typed_errors() {
+    let t = TestHost::new();
+    t.upload("counter", "q", &[]).await;
+    let err = run(
+        &t,
+        "q",
+        json!({"blob_bytes": keyhole::runtime::MAX_VALUE_BYTES + 1}),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("state value too large"), "{err}");
+    // Fill the quota with values at the size limit; the write that would cross it fails.
+    let mut last = Ok(Value::Null);
+    for _ in 0..20 {
+        last = run(
+            &t,
+            "q",
+            json!({"blob_bytes": keyhole::runtime::MAX_VALUE_BYTES}),
+        )
+        .await;
+        if last.is_err() {
+            break;
+        }
+    }
+    let err = last.unwrap_err();
+    assert!(err.contains("state quota exceeded"), "{err}");
+    // The refused run committed nothing; the function still works within its quota.
+    let out = run(&t, "q", json!({})).await.unwrap();
+    let keys = out["keys"].as_array().unwrap().len() as u64;
+    assert!(
+        keys * keyhole::runtime::MAX_VALUE_BYTES as u64
+            <= keyhole::runtime::MAX_FUNCTION_BYTES + 1024
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn components_built_against_0_1_0_keep_working() {
+    let api = FakeApi::start(Credential::api_key_header("X-API-Key", "legacy-key-123456")).await;
+    let t = TestHost::new();
+    let def = keyhole::services::ServiceDef::from_toml(&format!(
+        "name = \"acme\"\ndisplay_name = \"Acme\"\nauth = \"api_key\"\nbase_url = \"{}\"\n\n[[params]]\nname = \"X-API-Key\"\ndisplay_name = \"Key\"\nsecret = true\nlocation = \"header\"\n",
+        api.base_url()
+    ))
+    .unwrap();
+    t.host.connections().catalog().add(&def).unwrap();
+    t.host
+        .connections()
+        .add("acme", "acme", vec![], None)
+        .unwrap();
+    let values = [(
+        "X-API-Key".to_string(),
+        keyhole::secrets::Secret::new("legacy-key-123456"),
+    )]
+    .into_iter()
+    .collect();
+    t.host.connections().connect("acme", values).await.unwrap();
+    t.upload("legacy-v0-1", "legacy", &["acme"]).await;
+    let inv = t.host.invoke("legacy", "\"acme\"").await.unwrap();
+    let out: Value = serde_json::from_str(&inv.result.unwrap()).unwrap();
+    assert_eq!(out["status"], 200, "{out}");
+    assert!(
+        inv.logs
+            .iter()
+            .any(|l| l.contains("legacy 0.1.0 function running"))
+    );
+    let inv = t.host.invoke("legacy", "\"nope\"").await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&inv.result.unwrap()).unwrap()["error"],
+        "access-denied"
+    );
+}
