@@ -2,179 +2,21 @@
 //! upload → invoke, load, capacity, rate limits, metrics, graceful shutdown of the real
 //! binary, and no secret in any response body.
 
-use std::io::{BufRead, BufReader};
-use std::sync::{Arc, Mutex};
+#[path = "http_api/support.rs"]
+mod support;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use keyhole::Keyhole;
-use keyhole::runtime::RuntimeConfig;
-use keyhole::server::{
-    CancellationToken, Scope, ServeConfig, Server, ShutdownReport, create_token,
-};
-use keyhole::services::ServiceDef;
+use keyhole::server::{Scope, ServeConfig, create_token};
 use keyhole_tests::env::TestHost;
-use keyhole_tests::plugins::{plugin, plugin_path};
+use keyhole_tests::plugins::plugin_path;
 use keyhole_tests::{Credential, FakeApi};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
-const KEY: &str = "kh-http-apikey-5d2e8a1c9b";
-
-/// A server started in-process on `127.0.0.1:0` over a fresh host.
-struct Api {
-    t: TestHost,
-    base: String,
-    admin: String,
-    http: reqwest::Client,
-    stop: CancellationToken,
-    task: JoinHandle<ShutdownReport>,
-    /// Every response body seen, for the secret grep.
-    bodies: Mutex<Vec<String>>,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-    fn kind(&self) -> String {
-        self.json()["error"]["kind"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-}
-
-fn test_config() -> ServeConfig {
-    ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        rate_limit: 0,
-        ..Default::default()
-    }
-}
-
-async fn start(config: ServeConfig) -> Api {
-    let t = TestHost::new();
-    let host = Keyhole::open(
-        t.home(),
-        RuntimeConfig {
-            max_instances: config.max_in_flight as u32,
-            ..Default::default()
-        },
-    )
-    .expect("open server host");
-    let admin = create_token(host.storage(), Scope::Admin, None, Some("tests")).unwrap();
-    let server = Server::bind(Arc::new(host), config).await.expect("bind");
-    let base = format!("http://{}", server.local_addr());
-    let stop = server.shutdown_token();
-    let task = tokio::spawn(async move { server.run().await.expect("server run") });
-    Api {
-        t,
-        base,
-        admin: admin.token.expose().to_string(),
-        http: reqwest::Client::new(),
-        stop,
-        task,
-        bodies: Mutex::new(Vec::new()),
-    }
-}
-
-impl Api {
-    fn token(&self, scope: Scope, function: Option<&str>) -> String {
-        let created = create_token(self.t.host.storage(), scope, function, None).unwrap();
-        created.token.expose().to_string()
-    }
-
-    async fn send(&self, method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> Reply {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .body(body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.expect("request");
-        let reply = Reply {
-            status: resp.status(),
-            headers: resp.headers().clone(),
-            body: resp.text().await.unwrap(),
-        };
-        self.bodies.lock().unwrap().push(reply.body.clone());
-        reply
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        self.send("GET", path, Some(&self.admin.clone()), vec![])
-            .await
-    }
-
-    async fn invoke(&self, function: &str, input: &str) -> Reply {
-        let path = format!("/v1/functions/{function}/invoke");
-        self.send(
-            "POST",
-            &path,
-            Some(&self.admin.clone()),
-            input.as_bytes().to_vec(),
-        )
-        .await
-    }
-
-    async fn upload(&self, plugin_name: &str, name: &str, query: &str) -> Reply {
-        let path = format!("/v1/functions/{name}?{query}");
-        let r = self
-            .send(
-                "POST",
-                &path,
-                Some(&self.admin.clone()),
-                plugin(plugin_name),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        r
-    }
-
-    async fn metrics(&self) -> String {
-        let r = self.get("/metrics").await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-        r.body
-    }
-
-    async fn shutdown(self) -> ShutdownReport {
-        self.stop.cancel();
-        self.task.await.unwrap()
-    }
-}
-
-/// The value of one sample line `name{labels} value` in a metrics text.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// An API-key service `name` on `api`, connected with `KEY`.
-async fn connect_acme(t: &TestHost, api: &FakeApi, name: &str) {
-    let toml = format!(
-        "name = \"{name}\"\ndisplay_name = \"Acme\"\nauth = \"api_key\"\nbase_url = \"{}\"\n\n[verify]\npath = \"/user\"\n\n[[params]]\nname = \"X-API-Key\"\ndisplay_name = \"Acme API key\"\nsecret = true\nlocation = \"header\"\n",
-        api.base_url()
-    );
-    let c = t.host.connections();
-    c.catalog()
-        .add(&ServiceDef::from_toml(&toml).unwrap())
-        .unwrap();
-    c.add(name, name, vec![], None).unwrap();
-    let values = [("X-API-Key".to_string(), keyhole::secrets::Secret::new(KEY))].into();
-    let out = c.connect(name, values).await.unwrap();
-    assert!(out.verification.unwrap().ok);
-}
+use support::{KEY, connect_acme, sample, signal, spawn_serve, start, test_config, wait_exit};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_missing_wrong_revoked_and_wrong_scope() {
@@ -471,6 +313,37 @@ async fn admin_endpoints_and_no_secret_in_any_response() {
     assert_eq!(inv[0]["outbound"][0]["connection"], "acme-admin");
     api.metrics().await;
 
+    // Schedules: create, list, pause, resume, delete.
+    let put = |body: Value| {
+        api.send(
+            "PUT",
+            "/v1/schedules/tick",
+            Some(&admin),
+            body.to_string().into_bytes(),
+        )
+    };
+    let r = put(json!({"function": "echo", "every": "1h", "cron": "0 * * * * *"})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let r = put(json!({"function": "echo", "every": "1h", "input": {"n": 1}})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(api.get("/v1/schedules").await.json()[0]["name"], "tick");
+    let r = api
+        .send("POST", "/v1/schedules/tick/pause", Some(&admin), vec![])
+        .await;
+    assert_eq!(r.json()["paused"], true, "{}", r.body);
+    let r = api
+        .send("POST", "/v1/schedules/tick/resume", Some(&admin), vec![])
+        .await;
+    assert_eq!(r.json()["paused"], false, "{}", r.body);
+    let r = api
+        .send("DELETE", "/v1/schedules/tick", Some(&admin), vec![])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        api.get("/v1/schedules/tick").await.status,
+        StatusCode::NOT_FOUND
+    );
+
     let revoked = api
         .send(
             "POST",
@@ -674,43 +547,6 @@ async fn metrics_count_what_was_sent() {
     );
     assert!(m.trim_end().ends_with("# EOF"));
     api.shutdown().await;
-}
-
-/// `keyhole serve` as a child process; returns it and its base URL.
-fn spawn_serve(t: &TestHost, extra: &[&str]) -> (std::process::Child, String) {
-    let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    let mut child = t.spawn_cli(&args);
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read banner");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    (child, format!("http://{addr}"))
-}
-
-fn signal(child: &std::process::Child, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut std::process::Child, within: Duration) -> i32 {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code().unwrap_or(-1);
-        }
-        assert!(Instant::now() < deadline, "keyhole serve did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,6 +7,10 @@
 //! and shared, the ratios printed at the end come from a second, interleaved
 //! measurement (rounds of A, B, A, B, …, median per case), which cancels out most of
 //! the drift between cases measured minutes apart.
+//!
+//! `KEYHOLE_BENCH_SWEEP=1 cargo bench -p keyhole-host --bench invoke` skips criterion
+//! and instead times the bare baseline under keyhole's engine settings with one setting
+//! changed at a time, to show which setting costs what per call.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -129,8 +133,19 @@ impl Drop for Bare {
 
 /// keyhole's engine settings (`runtime::engine_config` is private, so this mirrors it):
 /// pooling sized for `DEFAULT_MAX_INSTANCES`, epochs, 1 MiB wasm stack, zeroed async
-/// stacks, no component-model concurrency.
+/// stacks, no component-model concurrency. Keep in step with `runtime/mod.rs`.
 fn keyhole_like_config() -> Config {
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .async_stack_zeroing(true)
+        .concurrency_support(false)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(keyhole_like_pool()));
+    config
+}
+
+fn keyhole_like_pool() -> PoolingAllocationConfig {
     let n = DEFAULT_MAX_INSTANCES;
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(n)
@@ -147,14 +162,7 @@ fn keyhole_like_config() -> Config {
         .max_memory_size(MAX_MEMORY_BYTES as usize)
         .linear_memory_keep_resident(1 << 20)
         .table_keep_resident(64 << 10);
-    let mut config = Config::new();
-    config
-        .epoch_interruption(true)
-        .max_wasm_stack(MAX_WASM_STACK)
-        .async_stack_zeroing(true)
-        .concurrency_support(false)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    config
+    pool
 }
 
 /// wasmtime's defaults plus what any sandbox needs: the default pooling allocator and
@@ -460,7 +468,71 @@ fn print_ratios(f: &Fixture) {
     );
 }
 
+/// Opt-in (`KEYHOLE_BENCH_SWEEP=1`): which of keyhole's engine settings cost time per
+/// call. Each variant is keyhole's config with one setting changed.
+fn sweep_engine_settings(f: &Fixture) {
+    type Tweak = fn(&mut Config, &mut PoolingAllocationConfig);
+    let variants: [(&str, Tweak); 7] = [
+        ("keyhole settings", |_, _| {}),
+        ("async_stack_zeroing(false)", |c, _| {
+            c.async_stack_zeroing(false);
+        }),
+        ("pool.async_stack_keep_resident(256 KiB)", |_, p| {
+            p.async_stack_keep_resident(256 << 10);
+        }),
+        ("linear_memory_keep_resident(0)", |_, p| {
+            p.linear_memory_keep_resident(0);
+        }),
+        ("linear_memory_keep_resident(64 KiB)", |_, p| {
+            p.linear_memory_keep_resident(64 << 10);
+        }),
+        ("max_wasm_stack(512 KiB), the default", |c, _| {
+            c.max_wasm_stack(512 << 10);
+        }),
+        ("stack zeroing off + memory keep_resident 0", |c, p| {
+            c.async_stack_zeroing(false);
+            p.linear_memory_keep_resident(0);
+        }),
+    ];
+    let wasm = &f.wasm;
+    let bares: Vec<Bare> = variants
+        .iter()
+        .map(|(_, tweak)| {
+            let mut config = keyhole_like_config();
+            let mut pool = keyhole_like_pool();
+            tweak(&mut config, &mut pool);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            Bare::new(&config, wasm)
+        })
+        .collect();
+    let mut cases: Vec<Box<dyn FnMut() -> Duration + '_>> = bares
+        .iter()
+        .map(|bare| {
+            Box::new(move || {
+                f.rt.block_on(async {
+                    let started = Instant::now();
+                    for _ in 0..200 {
+                        black_box(bare.call(INPUT).await);
+                    }
+                    started.elapsed() / 200
+                })
+            }) as Box<dyn FnMut() -> Duration>
+        })
+        .collect();
+    let mut refs: Vec<&mut dyn FnMut() -> Duration> =
+        cases.iter_mut().map(|c| c.as_mut() as _).collect();
+    let times = interleaved(15, &mut refs);
+    for ((name, _), t) in variants.iter().zip(times) {
+        println!("sweep: {name:<45} {t:>10.1?}");
+    }
+}
+
 fn main() {
+    if std::env::var_os("KEYHOLE_BENCH_SWEEP").is_some() {
+        let fixture = Fixture::new();
+        sweep_engine_settings(&fixture);
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     let fixture = Fixture::new();
     bench_warm(&mut c, &fixture);

@@ -156,6 +156,11 @@ impl Keyhole {
         &self.runtime
     }
 
+    /// Schedule administration.
+    pub fn schedules(&self) -> crate::schedules::Schedules {
+        crate::schedules::Schedules::new(self.storage.clone())
+    }
+
     /// Connection and service administration.
     pub fn connections(&self) -> &Connections {
         &self.connections

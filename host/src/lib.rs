@@ -12,6 +12,7 @@ pub mod connections;
 pub mod metrics;
 pub mod oauth;
 pub mod runtime;
+pub mod schedules;
 pub mod secrets;
 pub mod server;
 pub mod services;

@@ -5,6 +5,7 @@
 mod connections;
 mod functions;
 mod output;
+mod schedules;
 mod serve;
 mod services;
 mod tokens;
@@ -53,6 +54,9 @@ pub enum Command {
     /// Run the HTTP API (invoke, admin, /metrics, /healthz, the OAuth callback) until
     /// SIGINT/SIGTERM; default address 127.0.0.1:8976 (loopback only).
     Serve(serve::ServeArgs),
+    /// Run functions periodically (under `keyhole serve`).
+    #[command(subcommand)]
+    Schedules(schedules::SchedulesCmd),
     /// Bearer tokens for the HTTP API: create (shown once), list, revoke.
     #[command(subcommand)]
     Tokens(tokens::TokensCmd),
@@ -95,5 +99,6 @@ async fn dispatch(cli: Cli, home: PathBuf) -> anyhow::Result<i32> {
         Command::Connections(cmd) => connections::connections(&host, cmd).await,
         Command::Serve(args) => serve::serve(host, args).await,
         Command::Tokens(cmd) => tokens::tokens(&host, cmd),
+        Command::Schedules(cmd) => schedules::schedules(&host, cmd),
     }
 }

@@ -58,7 +58,13 @@ impl ServeArgs {
 
 /// Serve `host` (opened with [`ServeArgs::instances`] slots) until a signal.
 pub async fn serve(host: Keyhole, args: ServeArgs) -> anyhow::Result<i32> {
-    let server = Server::bind(Arc::new(host), args.config()).await?;
+    let host = Arc::new(host);
+    let mut server = Server::bind(host.clone(), args.config()).await?;
+    // Schedules run beside the API and stop (draining runs in flight) with it.
+    let drain = args.shutdown_timeout;
+    server.spawn_background(move |token| {
+        crate::schedules::Scheduler::run(host, async move { token.cancelled().await }, drain)
+    });
     cancel_on_signals(server.shutdown_token());
     let addr = server.local_addr();
     println!(

@@ -14,6 +14,8 @@
 //! | `GET /v1/connections`, `GET /v1/connections/{name}` | admin | list / show (masked) |
 //! | `POST /v1/connections/{name}/test`, `.../revoke` | admin | verify / wipe credentials |
 //! | `GET /v1/services`, `GET /v1/services/{name}` | admin | service catalog |
+//! | `GET /v1/schedules`, `GET/PUT/DELETE /v1/schedules/{name}` | admin | list / show / create / delete |
+//! | `POST /v1/schedules/{name}/pause`, `.../resume` | admin | pause / resume |
 //! | `GET /metrics` | admin | Prometheus (OpenMetrics text) |
 //!
 //! Errors are JSON `{"error": {"kind", "message"}}` (see [`error`]). Missing or bad
@@ -40,6 +42,7 @@ pub mod error;
 pub mod invoke;
 pub mod limits;
 pub mod router;
+pub mod schedules;
 mod shutdown;
 
 pub use auth::{Caller, CreatedToken, Scope, TokenError, create_token, list_tokens, revoke_token};

@@ -14,7 +14,7 @@ use axum::routing::{get, post, put};
 
 use super::auth::{Admin, authenticate};
 use super::error::ApiError;
-use super::{AppState, admin, invoke, limits};
+use super::{AppState, admin, invoke, limits, schedules};
 use crate::oauth::CallbackParams;
 use crate::runtime::MAX_COMPONENT_BYTES;
 
@@ -52,6 +52,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/services", get(admin::list_services))
         .route("/v1/services/{name}", get(admin::show_service))
+        .route("/v1/schedules", get(schedules::list))
+        .route(
+            "/v1/schedules/{name}",
+            get(schedules::show)
+                .put(schedules::create)
+                .delete(schedules::delete),
+        )
+        .route("/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/v1/schedules/{name}/resume", post(schedules::resume))
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));

@@ -10,12 +10,14 @@ mod invocations;
 mod kv;
 mod migrations;
 mod oauth;
+mod schedules;
 mod tokens;
 
 pub use connections::{ConnectionRow, GrantRow, ServiceRow};
 pub use functions::{FunctionRow, FunctionSummary, NewFunction};
 pub use invocations::{InvocationRow, OutboundCall};
 pub use oauth::PendingState;
+pub use schedules::ScheduleRow;
 pub use tokens::{ApiTokenRow, NewApiToken};
 
 use std::path::{Path, PathBuf};

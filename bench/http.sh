@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# bench/http.sh: HTTP throughput and latency of `keyhole serve` against `wasmtime serve`.
+#
+#   1. `POST /v1/functions/echo/invoke` on keyhole vs the equivalent wasi:http echo
+#      component (bench/hello-wasi-http) on `wasmtime serve`, at concurrency 1, 16, 64,
+#      with the keyhole/wasmtime throughput ratio.
+#   2. A function making one authenticated GET (API key injected by keyhole) to a local
+#      upstream, against the same GET made directly, with the added latency.
+#
+# Installs what is missing from crates.io: oha (load generator) and wasmtime-cli 48
+# (compiles for a long time, once). Results: a markdown report on stdout and in
+# target/bench-http.md. Knobs (environment):
+#   DURATION=10s          length of each oha run
+#   CONCURRENCY="1 16 64" concurrency levels
+#   PIN=1                 with taskset and >= 2 CPUs: load generator on CPU 0, servers
+#                         on the others, so the two never fight for a core (0 disables)
+#   KEYHOLE_PORT=18976 WASMTIME_PORT=18977
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+DURATION=${DURATION:-10s}
+CONCURRENCY=${CONCURRENCY:-"1 16 64"}
+PIN=${PIN:-1}
+KEYHOLE_PORT=${KEYHOLE_PORT:-18976}
+WASMTIME_PORT=${WASMTIME_PORT:-18977}
+WASMTIME_VERSION=${WASMTIME_VERSION:-48}
+REPORT="$ROOT/target/bench-http.md"
+BODY='{"hello":"world"}'
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# --- tools -------------------------------------------------------------------------
+export PATH="$HOME/.cargo/bin:$PATH"
+have python3 || { echo "python3 is needed to read oha's JSON output" >&2; exit 1; }
+if ! have oha; then
+    step "installing oha (load generator) from crates.io"
+    cargo install oha --locked
+fi
+if ! have wasmtime || ! wasmtime --version | grep -q "^wasmtime $WASMTIME_VERSION\."; then
+    step "installing wasmtime-cli $WASMTIME_VERSION from crates.io (this compiles for a long time)"
+    cargo install wasmtime-cli --version "^$WASMTIME_VERSION" --locked
+fi
+have rustup && rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+
+# --- builds ------------------------------------------------------------------------
+step "building keyhole (release), the plugins and the wasi:http echo component"
+cargo build --release --quiet -p keyhole-host --bin keyhole
+(cd plugins && cargo build --quiet --target wasm32-wasip2 --release)
+(cd bench/hello-wasi-http && cargo build --quiet --target wasm32-wasip2 --release)
+KEYHOLE="$ROOT/target/release/keyhole"
+WASM="$ROOT/plugins/target/wasm32-wasip2/release"
+HELLO="$ROOT/bench/hello-wasi-http/target/wasm32-wasip2/release/hello_wasi_http.wasm"
+
+# --- CPU placement -----------------------------------------------------------------
+NCPU=$(nproc)
+LOAD=() SERVE=()
+if [ "$PIN" = 1 ] && have taskset && [ "$NCPU" -ge 2 ]; then
+    LOAD=(taskset -c 0)
+    SERVE=(taskset -c "1-$((NCPU - 1))")
+    PLACEMENT="oha on CPU 0, servers on CPUs 1-$((NCPU - 1))"
+else
+    PLACEMENT="unpinned (servers and oha share all $NCPU CPUs)"
+fi
+
+# --- servers -----------------------------------------------------------------------
+WORK=$(mktemp -d)
+export KEYHOLE_HOME="$WORK/home"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_http() { # URL
+    python3 - "$1" <<'EOF'
+import sys, time, urllib.request, urllib.error
+for _ in range(300):
+    try:
+        urllib.request.urlopen(sys.argv[1], timeout=1); sys.exit(0)
+    except urllib.error.HTTPError:
+        sys.exit(0)
+    except Exception:
+        time.sleep(0.05)
+sys.exit(f"{sys.argv[1]} did not come up")
+EOF
+}
+
+step "starting wasmtime serve (echo component) on 127.0.0.1:$WASMTIME_PORT"
+"${SERVE[@]}" wasmtime serve --addr "127.0.0.1:$WASMTIME_PORT" "$HELLO" >"$WORK/wasmtime.log" 2>&1 &
+PIDS+=($!)
+UPSTREAM="http://127.0.0.1:$WASMTIME_PORT"
+wait_http "$UPSTREAM/"
+
+step "setting up keyhole: echo, an API-key connection to the upstream, a token"
+"$KEYHOLE" functions upload "$WASM/echo.wasm" --name echo >/dev/null 2>&1
+"$KEYHOLE" services add --name upstream --auth api-key --base-url "$UPSTREAM" \
+    --key-header X-API-Key >/dev/null
+"$KEYHOLE" connections add upstream --service upstream >/dev/null
+echo "X-API-Key=bench-upstream-key" | "$KEYHOLE" connections connect upstream --params-stdin >/dev/null
+"$KEYHOLE" functions upload "$WASM/hello_http.wasm" --name fetch --grant upstream >/dev/null 2>&1
+TOKEN=$("$KEYHOLE" tokens create --scope invoke --label bench 2>/dev/null)
+"${SERVE[@]}" "$KEYHOLE" serve --listen "127.0.0.1:$KEYHOLE_PORT" --rate-limit 0 \
+    >"$WORK/keyhole.log" 2>&1 &
+PIDS+=($!)
+KEYHOLE_URL="http://127.0.0.1:$KEYHOLE_PORT"
+wait_http "$KEYHOLE_URL/healthz"
+
+# --- measuring -----------------------------------------------------------------------
+# run NAME CONCURRENCY oha-args... -> prints "rps p50_us p90_us p99_us success%" and keeps JSON
+run() {
+    local name=$1 c=$2
+    shift 2
+    "${LOAD[@]}" oha --no-tui --output-format json -z "$DURATION" -c "$c" "$@" >"$WORK/$name-$c.json"
+    python3 - "$WORK/$name-$c.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+s, p = d["summary"], d["latencyPercentiles"]
+us = lambda v: (v or 0) * 1e6
+codes = d.get("statusCodeDistribution", {})
+ok = sum(n for code, n in codes.items() if code.startswith("2"))
+total = sum(codes.values()) + sum(d.get("errorDistribution", {}).values())
+print(f'{s["requestsPerSec"]:.0f} {us(p["p50"]):.0f} {us(p["p90"]):.0f} {us(p["p99"]):.0f} {100 * ok / max(total, 1):.2f}')
+EOF
+}
+warm() { "${LOAD[@]}" oha --no-tui -n 500 -c 8 "$@" >/dev/null; }
+
+AUTH=(-H "Authorization: Bearer $TOKEN")
+ECHO_ARGS=(-m POST -T application/json -d "$BODY" "${AUTH[@]}" "$KEYHOLE_URL/v1/functions/echo/invoke")
+HELLO_ARGS=(-m POST -T application/json -d "$BODY" "$UPSTREAM/")
+FETCH_ARGS=(-m POST -T application/json -d '{"connection":"upstream","target":"/"}' "${AUTH[@]}" "$KEYHOLE_URL/v1/functions/fetch/invoke")
+DIRECT_ARGS=(-H "X-API-Key: bench-upstream-key" "$UPSTREAM/")
+
+step "warming up"
+warm "${ECHO_ARGS[@]}"; warm "${HELLO_ARGS[@]}"; warm "${FETCH_ARGS[@]}"
+
+{
+    echo "### Run of $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo
+    echo "- machine: $(python3 -c 'import platform; print(platform.processor() or platform.machine())') $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ //'), $NCPU CPUs, $(free -g 2>/dev/null | awk '/Mem:/ {print $2 " GiB"}'), $(uname -sr)"
+    echo "- placement: $PLACEMENT; each run $DURATION; body \`$BODY\`"
+    echo "- $(wasmtime --version), $(oha --version), $(rustc --version), keyhole $("$KEYHOLE" --version | awk '{print $2}') (release, --rate-limit 0)"
+    echo
+    echo "| concurrency | keyhole echo req/s | p50 µs | p99 µs | wasmtime serve req/s | p50 µs | p99 µs | keyhole/wasmtime |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+} | tee "$REPORT"
+
+for c in $CONCURRENCY; do
+    step "concurrency $c"
+    read -r k_rps k_p50 _ k_p99 k_ok < <(run keyhole "$c" "${ECHO_ARGS[@]}")
+    read -r w_rps w_p50 _ w_p99 w_ok < <(run wasmtime "$c" "${HELLO_ARGS[@]}")
+    ratio=$(python3 -c "print(f'{$k_rps / max($w_rps, 1):.2f}')")
+    note=""
+    [ "$k_ok" != "100.00" ] && note+=" (keyhole ${k_ok}% 2xx)"
+    [ "$w_ok" != "100.00" ] && note+=" (wasmtime ${w_ok}% 2xx)"
+    echo "| $c | $k_rps | $k_p50 | $k_p99 | $w_rps | $w_p50 | $w_p99 | $ratio$note |" | tee -a "$REPORT"
+done
+
+step "authenticated GET through keyhole vs the same GET made directly (concurrency 1)"
+read -r d_rps d_p50 _ d_p99 _ < <(run direct 1 "${DIRECT_ARGS[@]}")
+read -r f_rps f_p50 _ f_p99 f_ok < <(run fetch 1 "${FETCH_ARGS[@]}")
+read -r e_rps e_p50 _ e_p99 _ < <(run echo1 1 "${ECHO_ARGS[@]}")
+{
+    echo
+    echo "| concurrency 1 | req/s | p50 µs | p99 µs |"
+    echo "|---|---:|---:|---:|"
+    echo "| GET upstream directly (with the API key) | $d_rps | $d_p50 | $d_p99 |"
+    echo "| invoke \`echo\` (no outbound call) | $e_rps | $e_p50 | $e_p99 |"
+    echo "| invoke \`fetch\` = hello-http making the same GET through connection \`upstream\` | $f_rps | $f_p50 | $f_p99 |"
+    echo
+    echo "- whole path added over the direct GET (fetch − direct), p50: $((f_p50 - d_p50)) µs"
+    echo "- added by the authenticated call itself (fetch − echo − direct), p50: $((f_p50 - e_p50 - d_p50)) µs"
+    [ "$f_ok" != "100.00" ] && echo "- WARNING: only ${f_ok}% of fetch invocations answered 2xx"
+} | tee -a "$REPORT"
+echo >&2
+echo "report written to $REPORT" >&2

@@ -1,0 +1,204 @@
+//! `keyhole schedules …`: run functions periodically under `keyhole serve`.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use super::output;
+use crate::Keyhole;
+use crate::schedules::Cadence;
+use crate::storage::ScheduleRow;
+
+/// `keyhole schedules` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCmd {
+    /// Run a function periodically while `keyhole serve` runs.
+    ///
+    /// Runs never overlap: a run still going when the next is due skips that slot. Runs
+    /// missed while the host was down happen once at start, not once per missed slot.
+    Add {
+        /// Schedule name.
+        name: String,
+        /// Function to run.
+        #[arg(long)]
+        function: String,
+        /// Interval, e.g. 30s, 5m, 1h (at least 1s).
+        #[arg(long, value_parser = humantime::parse_duration, required_unless_present = "cron", conflicts_with = "cron")]
+        every: Option<Duration>,
+        /// Cron expression (UTC, seconds field first), e.g. "0 */5 * * * *".
+        #[arg(long)]
+        cron: Option<String>,
+        /// Input JSON passed on every run.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List schedules.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a schedule.
+    Show {
+        /// Schedule name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop running a schedule until resumed.
+    Pause {
+        /// Schedule name.
+        name: String,
+    },
+    /// Resume a paused schedule.
+    Resume {
+        /// Schedule name.
+        name: String,
+    },
+    /// Delete a schedule.
+    Delete {
+        /// Schedule name.
+        name: String,
+    },
+}
+
+fn cadence(row: &ScheduleRow) -> String {
+    Cadence::of(row)
+        .map(|c| c.describe())
+        .unwrap_or_else(|e| e.to_string())
+}
+
+fn print(row: &ScheduleRow) {
+    output::fields(&[
+        ("name", row.name.clone()),
+        ("function", row.function.clone()),
+        ("cadence", cadence(row)),
+        ("input", row.input.clone()),
+        (
+            "state",
+            if row.paused {
+                "paused".into()
+            } else {
+                "active".into()
+            },
+        ),
+        (
+            "next run",
+            if row.paused {
+                "-".into()
+            } else {
+                output::time(Some(row.next_run_at))
+            },
+        ),
+        ("last run", output::time(row.last_run_at)),
+        (
+            "last outcome",
+            row.last_outcome.clone().unwrap_or_else(|| "-".into()),
+        ),
+    ]);
+}
+
+pub fn schedules(host: &Keyhole, cmd: SchedulesCmd) -> anyhow::Result<i32> {
+    let s = host.schedules();
+    match cmd {
+        SchedulesCmd::Add {
+            name,
+            function,
+            every,
+            cron,
+            input,
+            json,
+        } => {
+            let cadence = match (every, cron) {
+                (Some(d), _) => Cadence::Every(d),
+                (None, Some(expr)) => Cadence::cron(&expr)?,
+                (None, None) => anyhow::bail!("give --every DURATION or --cron EXPR"),
+            };
+            let row = s.add(&name, &function, &cadence, &input)?;
+            if json {
+                output::json(&row)?;
+            } else {
+                println!(
+                    "added schedule {name}: {} runs {}",
+                    row.function,
+                    cadence.describe()
+                );
+                println!(
+                    "first run at {} (schedules run while `keyhole serve` runs)",
+                    output::time(Some(row.next_run_at))
+                );
+            }
+        }
+        SchedulesCmd::List { json } => {
+            let list = s.list()?;
+            if json {
+                output::json(&list)?;
+            } else if list.is_empty() {
+                println!(
+                    "no schedules yet; add one with `keyhole schedules add NAME --function F --every 5m`"
+                );
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.name.clone(),
+                            r.function.clone(),
+                            cadence(r),
+                            if r.paused {
+                                "paused".into()
+                            } else {
+                                "active".into()
+                            },
+                            if r.paused {
+                                "-".into()
+                            } else {
+                                output::time(Some(r.next_run_at))
+                            },
+                            r.last_outcome.clone().unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &[
+                        "NAME",
+                        "FUNCTION",
+                        "CADENCE",
+                        "STATE",
+                        "NEXT RUN",
+                        "LAST OUTCOME",
+                    ],
+                    &rows,
+                );
+            }
+        }
+        SchedulesCmd::Show { name, json } => {
+            let row = s.show(&name)?;
+            if json {
+                output::json(&row)?;
+            } else {
+                print(&row);
+            }
+        }
+        SchedulesCmd::Pause { name } => {
+            s.pause(&name)?;
+            println!("paused schedule {name}");
+        }
+        SchedulesCmd::Resume { name } => {
+            let row = s.resume(&name)?;
+            println!(
+                "resumed schedule {name}; next run at {}",
+                output::time(Some(row.next_run_at))
+            );
+        }
+        SchedulesCmd::Delete { name } => {
+            s.delete(&name)?;
+            println!("deleted schedule {name}");
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,218 @@
+//! Schedules: run a function with a fixed input every N (or on a cron expression) while
+//! `keyhole serve` runs. One schedule never overlaps itself, and runs missed while the
+//! host was down run once at start, not once per missed slot.
+
+mod runner;
+
+pub use runner::Scheduler;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::services::validate_name;
+use crate::storage::{ScheduleRow, Storage, StorageError, now_ms};
+
+/// Shortest interval a schedule may use.
+pub const MIN_EVERY: Duration = Duration::from_secs(1);
+
+/// Errors from administering schedules.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// No such schedule.
+    #[error("no schedule named {0:?}; `keyhole schedules list` shows them")]
+    Unknown(String),
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+    /// Storage problem.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// When a schedule fires.
+#[derive(Debug, Clone)]
+pub enum Cadence {
+    /// A fixed interval.
+    Every(Duration),
+    /// A cron expression (seconds field first, UTC), e.g. `0 */5 * * * *`.
+    Cron(Box<cron::Schedule>, String),
+}
+
+impl Cadence {
+    /// Parse a cron expression with a clear error.
+    pub fn cron(expr: &str) -> Result<Self, ScheduleError> {
+        let parsed = cron::Schedule::from_str(expr).map_err(|e| {
+            ScheduleError::Invalid(format!(
+                "cron expression {expr:?} is invalid ({e}); use six or seven fields with seconds first, e.g. \"0 */5 * * * *\""
+            ))
+        })?;
+        Ok(Self::Cron(Box::new(parsed), expr.to_string()))
+    }
+
+    /// The cadence stored in a row.
+    pub fn of(row: &ScheduleRow) -> Result<Self, ScheduleError> {
+        match (&row.every_ms, &row.cron) {
+            (Some(ms), _) => Ok(Self::Every(Duration::from_millis(*ms as u64))),
+            (None, Some(expr)) => Self::cron(expr),
+            (None, None) => Err(ScheduleError::Invalid(format!(
+                "schedule {:?} has no cadence",
+                row.name
+            ))),
+        }
+    }
+
+    /// The first fire time strictly after `now` that lines up with `anchor` (the
+    /// previous due time), so a late or missed run never shifts the cadence and missed
+    /// slots collapse into one.
+    pub fn next_after(&self, anchor: i64, now: i64) -> i64 {
+        match self {
+            Self::Every(d) => {
+                let step = (d.as_millis() as i64).max(1);
+                if anchor > now {
+                    return anchor;
+                }
+                anchor + ((now - anchor) / step + 1) * step
+            }
+            Self::Cron(schedule, _) => {
+                let from =
+                    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(now).unwrap_or_default();
+                schedule
+                    .after(&from)
+                    .next()
+                    .map(|t| t.timestamp_millis())
+                    .unwrap_or(i64::MAX)
+            }
+        }
+    }
+
+    /// Human description.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Every(d) => format!("every {}", humantime::format_duration(*d)),
+            Self::Cron(_, expr) => format!("cron {expr}"),
+        }
+    }
+}
+
+/// Administration of schedules.
+#[derive(Debug, Clone)]
+pub struct Schedules {
+    storage: Arc<Storage>,
+}
+
+impl Schedules {
+    /// Schedules over `storage`.
+    pub fn new(storage: Arc<Storage>) -> Self {
+        Self { storage }
+    }
+
+    /// Add a schedule; the first run is one interval (or the next cron time) from now.
+    pub fn add(
+        &self,
+        name: &str,
+        function: &str,
+        cadence: &Cadence,
+        input: &str,
+    ) -> Result<ScheduleRow, ScheduleError> {
+        validate_name("schedule", name).map_err(|e| ScheduleError::Invalid(e.to_string()))?;
+        if self.storage.latest_function(function)?.is_none() {
+            return Err(ScheduleError::Invalid(format!(
+                "no function named {function:?}; upload it first (`keyhole functions upload`)"
+            )));
+        }
+        serde_json::from_str::<serde::de::IgnoredAny>(input)
+            .map_err(|e| ScheduleError::Invalid(format!("--input is not valid JSON: {e}")))?;
+        let (every_ms, cron) = match cadence {
+            Cadence::Every(d) if *d < MIN_EVERY => {
+                return Err(ScheduleError::Invalid(format!(
+                    "the interval must be at least {}s",
+                    MIN_EVERY.as_secs()
+                )));
+            }
+            Cadence::Every(d) => (Some(d.as_millis() as i64), None),
+            Cadence::Cron(_, expr) => (None, Some(expr.clone())),
+        };
+        let now = now_ms();
+        let first = match cadence {
+            Cadence::Every(d) => now + d.as_millis() as i64,
+            Cadence::Cron(..) => cadence.next_after(now, now),
+        };
+        let row = ScheduleRow {
+            name: name.to_string(),
+            function: function.to_string(),
+            input: input.to_string(),
+            every_ms,
+            cron,
+            paused: false,
+            next_run_at: first,
+            last_run_at: None,
+            last_outcome: None,
+            last_invocation: None,
+            created_at: now,
+        };
+        self.storage.insert_schedule(&row)?;
+        tracing::info!(schedule = name, function, cadence = %cadence.describe(), "schedule added");
+        self.show(name)
+    }
+
+    /// Every schedule.
+    pub fn list(&self) -> Result<Vec<ScheduleRow>, ScheduleError> {
+        Ok(self.storage.list_schedules()?)
+    }
+
+    /// One schedule.
+    pub fn show(&self, name: &str) -> Result<ScheduleRow, ScheduleError> {
+        self.storage
+            .get_schedule(name)?
+            .ok_or_else(|| ScheduleError::Unknown(name.to_string()))
+    }
+
+    /// Stop running a schedule until resumed.
+    pub fn pause(&self, name: &str) -> Result<ScheduleRow, ScheduleError> {
+        if !self.storage.set_schedule_paused(name, true, None)? {
+            return Err(ScheduleError::Unknown(name.to_string()));
+        }
+        self.show(name)
+    }
+
+    /// Resume a paused schedule; the next run is the next slot from now.
+    pub fn resume(&self, name: &str) -> Result<ScheduleRow, ScheduleError> {
+        let row = self.show(name)?;
+        let now = now_ms();
+        let next = Cadence::of(&row)?.next_after(row.next_run_at, now);
+        self.storage.set_schedule_paused(name, false, Some(next))?;
+        self.show(name)
+    }
+
+    /// Delete a schedule.
+    pub fn delete(&self, name: &str) -> Result<(), ScheduleError> {
+        if !self.storage.delete_schedule(name)? {
+            return Err(ScheduleError::Unknown(name.to_string()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missed_slots_collapse_into_one_and_keep_the_cadence() {
+        let c = Cadence::Every(Duration::from_secs(10));
+        assert_eq!(c.next_after(1_000, 500), 1_000);
+        assert_eq!(c.next_after(1_000, 1_000), 11_000);
+        // Down for ten slots: the next run is the next slot after now, not ten catch-ups.
+        assert_eq!(c.next_after(1_000, 101_500), 111_000);
+    }
+
+    #[test]
+    fn cron_expressions_parse_or_explain() {
+        let c = Cadence::cron("0 */5 * * * *").unwrap();
+        let next = c.next_after(0, 0);
+        assert_eq!(next, 5 * 60 * 1000);
+        let err = Cadence::cron("every five minutes").unwrap_err().to_string();
+        assert!(err.contains("seconds first"), "{err}");
+    }
+}

@@ -1,0 +1,115 @@
+//! Schedule admin endpoints (admin token), mirroring `keyhole schedules …`:
+//! list, show, create, pause, resume, delete.
+//!
+//! `PUT /v1/schedules/{name}` takes `{"function": "f", "every": "5m" | "cron": "0 */5 * * * *",
+//! "input": <any JSON, default {}>}`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::Admin;
+use super::error::ApiError;
+use crate::schedules::{Cadence, ScheduleError, Schedules};
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+impl From<ScheduleError> for ApiError {
+    fn from(e: ScheduleError) -> Self {
+        match e {
+            ScheduleError::Unknown(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not-found", e.to_string())
+            }
+            ScheduleError::Invalid(_) => ApiError::bad_request(e.to_string()),
+            ScheduleError::Storage(s) => s.into(),
+        }
+    }
+}
+
+fn schedules(s: &AppState) -> Schedules {
+    Schedules::new(s.host.storage().clone())
+}
+
+fn to_json(v: impl serde::Serialize) -> ApiResult {
+    serde_json::to_value(v).map(Json).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "host-error",
+            e.to_string(),
+        )
+    })
+}
+
+/// Body of `PUT /v1/schedules/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSchedule {
+    /// Function to run.
+    pub function: String,
+    /// Fixed interval, e.g. `30s`, `5m`.
+    pub every: Option<String>,
+    /// Cron expression, seconds first (UTC).
+    pub cron: Option<String>,
+    /// Input JSON (default `{}`).
+    pub input: Option<Value>,
+}
+
+/// `GET /v1/schedules`
+pub async fn list(_: Admin, State(s): State<AppState>) -> ApiResult {
+    to_json(schedules(&s).list()?)
+}
+
+/// `GET /v1/schedules/{name}`
+pub async fn show(_: Admin, State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    to_json(schedules(&s).show(&name)?)
+}
+
+/// `PUT /v1/schedules/{name}`: create a schedule.
+pub async fn create(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // Any content type: `curl -d` sends form-urlencoded by default.
+    let body = body.map_err(ApiError::from_body)?;
+    let new: NewSchedule = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not a schedule: {e}")))?;
+    let cadence = match (&new.every, &new.cron) {
+        (Some(every), None) => Cadence::Every(humantime::parse_duration(every).map_err(|e| {
+            ApiError::bad_request(format!(
+                "\"every\": {every:?} is not a duration ({e}); e.g. \"30s\", \"5m\""
+            ))
+        })?),
+        (None, Some(expr)) => Cadence::cron(expr)?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of \"every\" and \"cron\"",
+            ));
+        }
+    };
+    let input = new.input.unwrap_or_else(|| json!({})).to_string();
+    let row = schedules(&s).add(&name, &new.function, &cadence, &input)?;
+    Ok((StatusCode::CREATED, to_json(row)?))
+}
+
+/// `POST /v1/schedules/{name}/pause`
+pub async fn pause(_: Admin, State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    to_json(schedules(&s).pause(&name)?)
+}
+
+/// `POST /v1/schedules/{name}/resume`
+pub async fn resume(_: Admin, State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    to_json(schedules(&s).resume(&name)?)
+}
+
+/// `DELETE /v1/schedules/{name}`
+pub async fn delete(_: Admin, State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    schedules(&s).delete(&name)?;
+    Ok(Json(json!({ "deleted": name })))
+}

@@ -1,0 +1,157 @@
+//! Schedules: what to run, how often, and when next.
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::{Storage, StorageError, now_ms};
+
+/// A stored schedule.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleRow {
+    /// Schedule name.
+    pub name: String,
+    /// Function to invoke.
+    pub function: String,
+    /// Input JSON text.
+    pub input: String,
+    /// Fixed interval in ms, when the schedule is `--every`.
+    pub every_ms: Option<i64>,
+    /// Cron expression, when the schedule is `--cron`.
+    pub cron: Option<String>,
+    /// Paused schedules never run.
+    pub paused: bool,
+    /// Unix ms of the next run.
+    pub next_run_at: i64,
+    /// Unix ms of the last run's start.
+    pub last_run_at: Option<i64>,
+    /// Outcome of the last run (`ok` or an error kind).
+    pub last_outcome: Option<String>,
+    /// Invocation id of the last run.
+    pub last_invocation: Option<i64>,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+const COLUMNS: &str = "name, function, input, every_ms, cron, paused, next_run_at, last_run_at, last_outcome, last_invocation, created_at";
+
+fn row(r: &Row<'_>) -> rusqlite::Result<ScheduleRow> {
+    Ok(ScheduleRow {
+        name: r.get(0)?,
+        function: r.get(1)?,
+        input: r.get(2)?,
+        every_ms: r.get(3)?,
+        cron: r.get(4)?,
+        paused: r.get::<_, i64>(5)? != 0,
+        next_run_at: r.get(6)?,
+        last_run_at: r.get(7)?,
+        last_outcome: r.get(8)?,
+        last_invocation: r.get(9)?,
+        created_at: r.get(10)?,
+    })
+}
+
+impl Storage {
+    /// Insert a schedule; refuses a duplicate name.
+    pub fn insert_schedule(&self, s: &ScheduleRow) -> Result<(), StorageError> {
+        self.lock()
+            .execute(
+                &format!("INSERT INTO schedules ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, NULL, ?8)"),
+                params![s.name, s.function, s.input, s.every_ms, s.cron, s.paused as i64, s.next_run_at, now_ms()],
+            )
+            .map(drop)
+            .map_err(|e| match &e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    StorageError::Conflict(format!("a schedule named {:?} already exists", s.name))
+                }
+                _ => self.err(e),
+            })
+    }
+
+    /// A schedule by name.
+    pub fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRow>, StorageError> {
+        self.lock()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM schedules WHERE name = ?1"),
+                params![name],
+                row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every schedule, by name.
+    pub fn list_schedules(&self) -> Result<Vec<ScheduleRow>, StorageError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!("SELECT {COLUMNS} FROM schedules ORDER BY name"))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Unpaused schedules due at `now`.
+    pub fn due_schedules(&self, now: i64) -> Result<Vec<ScheduleRow>, StorageError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!("SELECT {COLUMNS} FROM schedules WHERE paused = 0 AND next_run_at <= ?1 ORDER BY next_run_at"))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map(params![now], row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Pause or resume; resuming sets the next run. Returns false if absent.
+    pub fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        next_run_at: Option<i64>,
+    ) -> Result<bool, StorageError> {
+        self.lock()
+            .execute(
+                "UPDATE schedules SET paused = ?2, next_run_at = COALESCE(?3, next_run_at) WHERE name = ?1",
+                params![name, paused as i64, next_run_at],
+            )
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+
+    /// A run is starting: record it and move `next_run_at` on.
+    pub fn schedule_started(
+        &self,
+        name: &str,
+        started_at: i64,
+        next_run_at: i64,
+    ) -> Result<(), StorageError> {
+        self.lock()
+            .execute(
+                "UPDATE schedules SET last_run_at = ?2, next_run_at = ?3 WHERE name = ?1",
+                params![name, started_at, next_run_at],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// A run finished.
+    pub fn schedule_finished(
+        &self,
+        name: &str,
+        outcome: &str,
+        invocation: Option<i64>,
+    ) -> Result<(), StorageError> {
+        self.lock()
+            .execute(
+                "UPDATE schedules SET last_outcome = ?2, last_invocation = ?3 WHERE name = ?1",
+                params![name, outcome, invocation],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Delete a schedule. Returns false if absent.
+    pub fn delete_schedule(&self, name: &str) -> Result<bool, StorageError> {
+        self.lock()
+            .execute("DELETE FROM schedules WHERE name = ?1", params![name])
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+}

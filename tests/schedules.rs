@@ -1,0 +1,320 @@
+//! Schedules: administration through the CLI, runs on time under `keyhole serve`, never
+//! overlapping itself, and missed runs collapsing into one at start.
+
+use std::io::{BufRead, BufReader};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyhole::Keyhole;
+use keyhole::runtime::RuntimeConfig;
+use keyhole::schedules::{Cadence, Scheduler};
+use keyhole_tests::env::TestHost;
+use keyhole_tests::plugins::plugin_path;
+use keyhole_tests::{Credential, FakeApi};
+
+fn upload(t: &TestHost, plugin: &str, name: &str) {
+    let p = plugin_path(plugin);
+    t.cli(&["functions", "upload", p.to_str().unwrap(), "--name", name])
+        .ok();
+}
+
+/// Start `keyhole serve` on a free port and wait until it says it is serving.
+fn serve(t: &TestHost) -> std::process::Child {
+    let mut child = t.spawn_cli(&["serve", "--listen", "127.0.0.1:0"]);
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line = lines.next().expect("serve exited before serving").unwrap();
+        if line.contains("keyhole serving on") {
+            break;
+        }
+    }
+    child
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "serve did not exit cleanly: {status:?}");
+}
+
+#[test]
+fn schedules_are_administered_from_the_cli() {
+    let t = TestHost::new();
+    upload(&t, "counter", "counter");
+    let out = t.cli(&[
+        "schedules",
+        "add",
+        "tick",
+        "--function",
+        "counter",
+        "--every",
+        "5m",
+        "--input",
+        "{}",
+    ]);
+    assert!(out.ok().contains("added schedule tick"), "{}", out.stdout);
+    for (args, message) in [
+        (
+            vec![
+                "schedules",
+                "add",
+                "x",
+                "--function",
+                "nope",
+                "--every",
+                "5m",
+            ],
+            "no function named \"nope\"",
+        ),
+        (
+            vec![
+                "schedules",
+                "add",
+                "x",
+                "--function",
+                "counter",
+                "--every",
+                "soon",
+            ],
+            "invalid value",
+        ),
+        (
+            vec![
+                "schedules",
+                "add",
+                "x",
+                "--function",
+                "counter",
+                "--every",
+                "100ms",
+            ],
+            "at least 1s",
+        ),
+        (
+            vec![
+                "schedules",
+                "add",
+                "x",
+                "--function",
+                "counter",
+                "--every",
+                "1m",
+                "--input",
+                "{",
+            ],
+            "not valid JSON",
+        ),
+        (
+            vec![
+                "schedules",
+                "add",
+                "x",
+                "--function",
+                "counter",
+                "--cron",
+                "every day",
+            ],
+            "seconds first",
+        ),
+        (
+            vec![
+                "schedules",
+                "add",
+                "tick",
+                "--function",
+                "counter",
+                "--every",
+                "1m",
+            ],
+            "already exists",
+        ),
+        (
+            vec!["schedules", "add", "x", "--function", "counter"],
+            "--every",
+        ),
+    ] {
+        let out = t.cli(&args);
+        assert!(out.err().contains(message), "{args:?}: {}", out.stderr);
+    }
+    t.cli(&[
+        "schedules",
+        "add",
+        "nightly",
+        "--function",
+        "counter",
+        "--cron",
+        "0 0 3 * * *",
+    ])
+    .ok();
+    let list = t.cli(&["schedules", "list", "--json"]).json();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[1]["every_ms"], 300_000);
+    assert!(
+        t.cli(&["schedules", "show", "nightly"])
+            .ok()
+            .contains("cron 0 0 3 * * *")
+    );
+    t.cli(&["schedules", "pause", "tick"]).ok();
+    assert_eq!(
+        t.cli(&["schedules", "show", "tick", "--json"]).json()["paused"],
+        true
+    );
+    t.cli(&["schedules", "resume", "tick"]).ok();
+    assert_eq!(
+        t.cli(&["schedules", "show", "tick", "--json"]).json()["paused"],
+        false
+    );
+    t.cli(&["schedules", "delete", "tick"]).ok();
+    assert!(
+        t.cli(&["schedules", "show", "tick"])
+            .err()
+            .contains("no schedule named")
+    );
+}
+
+#[test]
+fn a_schedule_runs_on_time_under_serve() {
+    let t = TestHost::new();
+    upload(&t, "counter", "counter");
+    t.cli(&[
+        "schedules",
+        "add",
+        "tick",
+        "--function",
+        "counter",
+        "--every",
+        "1s",
+    ])
+    .ok();
+    let child = serve(&t);
+    std::thread::sleep(Duration::from_millis(3600));
+    stop(child);
+    let runs = t.host.logs(Some("counter"), 50).unwrap();
+    assert!(
+        (3..=4).contains(&runs.len()),
+        "expected 3 or 4 runs in 3.6s at 1/s, got {}",
+        runs.len()
+    );
+    assert!(runs.iter().all(|r| r.outcome == "ok"));
+    let mut starts: Vec<i64> = runs.iter().map(|r| r.started_at).collect();
+    starts.sort();
+    for pair in starts.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!((700..=1300).contains(&gap), "runs {gap} ms apart, not ~1s");
+    }
+    let show = t.cli(&["schedules", "show", "tick", "--json"]).json();
+    assert_eq!(show["last_outcome"], "ok");
+    // The function's own state saw every run.
+    let out = t.cli(&["run", "counter"]).json();
+    assert_eq!(out["count"], runs.len() as u64 + 1);
+}
+
+#[test]
+fn a_slow_schedule_never_overlaps_itself() {
+    let api = FakeApi::start_blocking(vec![Credential::api_key_header("X-API-Key", "k-123456789")]);
+    let t = TestHost::new();
+    let service = t.home().join("svc.toml");
+    std::fs::write(
+        &service,
+        format!(
+            "name = \"slow\"\ndisplay_name = \"Slow\"\nauth = \"none\"\nbase_url = \"{}\"\n",
+            api.base_url()
+        ),
+    )
+    .unwrap();
+    t.cli(&["services", "add", "--file", service.to_str().unwrap()])
+        .ok();
+    t.cli(&["connections", "add", "slow", "--service", "slow"])
+        .ok();
+    t.cli(&["connections", "connect", "slow"]).ok();
+    let p = plugin_path("misbehave");
+    t.cli(&[
+        "functions",
+        "upload",
+        p.to_str().unwrap(),
+        "--name",
+        "sleepy",
+        "--grant",
+        "slow",
+    ])
+    .ok();
+    let input = r#"{"mode":"sleep-http","connection":"slow","target":"/slow?ms=2200"}"#;
+    t.cli(&[
+        "schedules",
+        "add",
+        "sleepy",
+        "--function",
+        "sleepy",
+        "--every",
+        "1s",
+        "--input",
+        input,
+    ])
+    .ok();
+    let child = serve(&t);
+    std::thread::sleep(Duration::from_millis(6500));
+    stop(child);
+    let mut runs = t.host.logs(Some("sleepy"), 50).unwrap();
+    runs.sort_by_key(|r| r.started_at);
+    assert!(
+        runs.len() >= 2,
+        "expected at least two runs, got {}",
+        runs.len()
+    );
+    for pair in runs.windows(2) {
+        let end = pair[0].started_at + pair[0].duration_us / 1000;
+        assert!(
+            pair[1].started_at >= end,
+            "run {} started before run {} ended",
+            pair[1].id,
+            pair[0].id
+        );
+    }
+    assert!(
+        runs.iter().all(|r| r.outcome == "ok"),
+        "{:?}",
+        runs.iter().map(|r| &r.error).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_missed_while_down_happen_once_at_start() {
+    let t = TestHost::new();
+    t.upload("counter", "counter", &[]).await;
+    t.host
+        .schedules()
+        .add(
+            "tick",
+            "counter",
+            &Cadence::Every(Duration::from_secs(3)),
+            "{}",
+        )
+        .unwrap();
+    // The host is "down" across two slots.
+    tokio::time::sleep(Duration::from_millis(7000)).await;
+    let host = Arc::new(
+        Keyhole::open(
+            t.home(),
+            RuntimeConfig {
+                max_instances: 8,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let stop = tokio::time::sleep(Duration::from_millis(1000));
+    Scheduler::run(host, stop, Duration::from_secs(5)).await;
+    assert_eq!(
+        t.host.logs(Some("counter"), 10).unwrap().len(),
+        1,
+        "missed slots were each run"
+    );
+    let show = t.host.schedules().show("tick").unwrap();
+    assert!(
+        show.next_run_at > show.last_run_at.unwrap(),
+        "next run not moved past now"
+    );
+}
