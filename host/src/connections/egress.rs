@@ -114,7 +114,10 @@ fn relative(base: &Url, target: &str) -> Result<Url, SendError> {
     let mut url = base.clone();
     let base_path = base.path().trim_end_matches('/');
     let rel = path.trim_start_matches('/');
-    let joined = if rel.is_empty() {
+    // An empty target is the base URL itself (a webhook's exact URL); "/" adds the slash.
+    let joined = if path.is_empty() {
+        base.path().to_string()
+    } else if rel.is_empty() {
         format!("{base_path}/")
     } else {
         format!("{base_path}/{rel}")
@@ -165,7 +168,8 @@ mod tests {
     fn relative_targets_stay_under_the_base_path() {
         assert_eq!(ok("/users"), "https://api.example.com/v1/users");
         assert_eq!(ok("users/1?x=y"), "https://api.example.com/v1/users/1?x=y");
-        assert_eq!(ok(""), "https://api.example.com/v1/");
+        assert_eq!(ok(""), "https://api.example.com/v1");
+        assert_eq!(ok("/"), "https://api.example.com/v1/");
         assert_eq!(ok("/a%20b"), "https://api.example.com/v1/a%20b");
         let with_query =
             resolve_target(&endpoint(), "/s", &[("q".into(), "a b&c".into())]).unwrap();

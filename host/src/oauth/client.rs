@@ -140,7 +140,7 @@ impl OAuth {
         };
         let redirect = config.effective_redirect_url();
         let mut client = BasicClient::new(ClientId::new(config.client_id.clone()))
-            .set_auth_uri_option(auth_url.map(|u| AuthUrl::from_url(u)))
+            .set_auth_uri_option(auth_url.map(AuthUrl::from_url))
             .set_token_uri_option(Some(TokenUrl::from_url(token_url)))
             .set_redirect_uri(
                 RedirectUrl::new(redirect.clone())

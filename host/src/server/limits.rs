@@ -2,8 +2,8 @@
 //! invocations (beyond both: 503 with `Retry-After`, never unbounded memory) and a
 //! per-token request rate limit (429 with `Retry-After`).
 //!
-//! Admission happens before the request body is read, so a queued request holds a
-//! connection and a few hundred bytes, not its body.
+//! Admission happens before the request body is read, so a refused request never
+//! costs its body in memory.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -18,55 +18,45 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::AppState;
 use super::error::ApiError;
 
-/// Invocation slots plus waiting places.
+/// Invocation slots plus waiting places. Holding a ticket means "running or waiting";
+/// how many run at once is the runtime's instance limit (`Runtime::invoke` waits for one
+/// of its permits), which `keyhole serve` sizes to `--max-in-flight`.
 #[derive(Debug)]
 pub struct Capacity {
-    /// `max_in_flight + queue` permits: holding one means "running or queued".
     admission: Arc<Semaphore>,
-    /// `max_in_flight` permits: holding one means "running".
-    running: Arc<Semaphore>,
-    max_in_flight: usize,
+    places: usize,
 }
 
 /// Held while an invocation is admitted; dropping it frees the place.
 #[derive(Debug)]
 pub struct Ticket {
     _admitted: OwnedSemaphorePermit,
-    _running: OwnedSemaphorePermit,
 }
 
 impl Capacity {
     /// `max_in_flight` invocations run at once and up to `queue` more wait.
     pub fn new(max_in_flight: usize, queue: usize) -> Self {
-        let max_in_flight = max_in_flight.max(1);
+        let places = max_in_flight.max(1) + queue;
         Self {
-            admission: Arc::new(Semaphore::new(max_in_flight + queue)),
-            running: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
+            admission: Arc::new(Semaphore::new(places)),
+            places,
         }
     }
 
-    /// Take a place (503 at once when none is free), then wait for a running slot.
-    pub async fn enter(&self) -> Result<Ticket, ApiError> {
+    /// Take a place, or 503 at once when none is free.
+    pub fn enter(&self) -> Result<Ticket, ApiError> {
         let admitted = self.admission.clone().try_acquire_owned().map_err(|_| {
             crate::metrics::http_rejection("at_capacity");
             ApiError::at_capacity()
         })?;
-        let running = self
-            .running
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::at_capacity())?;
         Ok(Ticket {
             _admitted: admitted,
-            _running: running,
         })
     }
 
-    /// Invocations running now through this server.
-    pub fn running(&self) -> usize {
-        self.max_in_flight - self.running.available_permits()
+    /// Invocations admitted now (running or waiting for an instance).
+    pub fn admitted(&self) -> usize {
+        self.places - self.admission.available_permits()
     }
 }
 
@@ -108,7 +98,7 @@ impl RateLimit {
 
 /// Route middleware for invocations: take a capacity ticket for the whole request.
 pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match state.capacity.enter().await {
+    match state.capacity.enter() {
         Ok(ticket) => {
             let response = next.run(request).await;
             drop(ticket);
@@ -122,19 +112,18 @@ pub async fn admit(State(state): State<AppState>, request: Request, next: Next) 
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn capacity_admits_then_queues_then_refuses() {
-        let c = Arc::new(Capacity::new(1, 1));
-        let first = c.enter().await.unwrap();
-        assert_eq!(c.running(), 1);
-        let c2 = c.clone();
-        let queued = tokio::spawn(async move { c2.enter().await.map(drop) });
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        let refused = c.enter().await.unwrap_err();
+    #[test]
+    fn capacity_admits_then_refuses_then_admits_again() {
+        let c = Capacity::new(1, 1);
+        let first = c.enter().unwrap();
+        let second = c.enter().unwrap();
+        assert_eq!(c.admitted(), 2);
+        let refused = c.enter().unwrap_err();
         assert_eq!(refused.status.as_u16(), 503);
         drop(first);
-        queued.await.unwrap().unwrap();
-        assert_eq!(c.running(), 0);
+        let third = c.enter().unwrap();
+        drop((second, third));
+        assert_eq!(c.admitted(), 0);
     }
 
     #[test]

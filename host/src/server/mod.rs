@@ -84,7 +84,9 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ServeConfig {
     /// Address to bind (`127.0.0.1:0` picks a free port).
     pub listen: SocketAddr,
-    /// Invocations running at once through this server.
+    /// Invocations running at once. Admission allows `max_in_flight + queue`; how many
+    /// run at once is the host runtime's instance limit, so open the host with
+    /// `RuntimeConfig { max_instances: max_in_flight, .. }` (as `keyhole serve` does).
     pub max_in_flight: usize,
     /// Invocations waiting beyond that; more get 503 with `Retry-After`.
     pub queue: usize,

@@ -16,7 +16,8 @@ pub struct ShutdownReport {
     pub drained_in: Duration,
     /// Whether the deadline passed with work still running (it was abandoned).
     pub forced: bool,
-    /// Invocations still running when the server gave up (0 unless `forced`).
+    /// Invocations still admitted (running or queued) when the server gave up (0 unless
+    /// `forced`).
     pub abandoned_invocations: usize,
 }
 
@@ -89,7 +90,7 @@ pub(super) async fn serve_until_drained(
             forced = true;
         }
     }
-    let abandoned = if forced { state.capacity.running() } else { 0 };
+    let abandoned = if forced { state.capacity.admitted() } else { 0 };
     let report = ShutdownReport {
         drained_in: started.elapsed(),
         forced,
