@@ -90,7 +90,7 @@ EOF
 }
 
 step "starting wasmtime serve (echo component) on 127.0.0.1:$WASMTIME_PORT"
-"${SERVE[@]}" wasmtime serve --addr "127.0.0.1:$WASMTIME_PORT" "$HELLO" >"$WORK/wasmtime.log" 2>&1 &
+"${SERVE[@]}" wasmtime serve -S cli --addr "127.0.0.1:$WASMTIME_PORT" "$HELLO" >"$WORK/wasmtime.log" 2>&1 &
 PIDS+=($!)
 UPSTREAM="http://127.0.0.1:$WASMTIME_PORT"
 wait_http "$UPSTREAM/"

@@ -20,10 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode};
-use keyhole::config::{Limits, MAX_MEMORY_BYTES};
-use keyhole::runtime::{
-    DEFAULT_MAX_INSTANCES, EPOCH_TICK, MAX_WASM_STACK, Prepared, Runtime, RuntimeConfig,
-};
+use keyhole::config::Limits;
+use keyhole::runtime::{DEFAULT_MAX_INSTANCES, EPOCH_TICK, Prepared, Runtime, RuntimeConfig};
 use keyhole::{Keyhole, UploadOptions};
 use tokio::runtime::Runtime as Tokio;
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable};
@@ -135,34 +133,11 @@ impl Drop for Bare {
 /// pooling sized for `DEFAULT_MAX_INSTANCES`, epochs, 1 MiB wasm stack, zeroed async
 /// stacks, no component-model concurrency. Keep in step with `runtime/mod.rs`.
 fn keyhole_like_config() -> Config {
-    let mut config = Config::new();
-    config
-        .epoch_interruption(true)
-        .max_wasm_stack(MAX_WASM_STACK)
-        .async_stack_zeroing(true)
-        .concurrency_support(false)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(keyhole_like_pool()));
-    config
+    keyhole::runtime::engine_config(Some(DEFAULT_MAX_INSTANCES))
 }
 
 fn keyhole_like_pool() -> PoolingAllocationConfig {
-    let n = DEFAULT_MAX_INSTANCES;
-    let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(n)
-        .total_core_instances(n * 8)
-        .total_memories(n * 2)
-        .total_tables(n * 8)
-        .total_stacks(n)
-        .max_core_instances_per_component(32)
-        .max_memories_per_component(4)
-        .max_tables_per_component(16)
-        .max_component_instance_size(1 << 20)
-        .max_core_instance_size(1 << 20)
-        .table_elements(100_000)
-        .max_memory_size(MAX_MEMORY_BYTES as usize)
-        .linear_memory_keep_resident(1 << 20)
-        .table_keep_resident(64 << 10);
-    pool
+    keyhole::runtime::pooling_config(DEFAULT_MAX_INSTANCES)
 }
 
 /// wasmtime's defaults plus what any sandbox needs: the default pooling allocator and

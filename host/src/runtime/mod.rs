@@ -135,7 +135,10 @@ impl Drop for Runtime {
     }
 }
 
-fn engine_config(pooling: Option<u32>) -> Config {
+/// The engine configuration keyhole runs with (public so benchmarks measure a bare
+/// wasmtime baseline with exactly the same settings).
+#[doc(hidden)]
+pub fn engine_config(pooling: Option<u32>) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.max_wasm_stack(MAX_WASM_STACK);
@@ -144,26 +147,34 @@ fn engine_config(pooling: Option<u32>) -> Config {
     // p2 guests don't use component-model concurrency; skip its per-store bookkeeping.
     config.concurrency_support(false);
     if let Some(n) = pooling {
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(n)
-            .total_core_instances(n * 8)
-            .total_memories(n * 2)
-            .total_tables(n * 8)
-            .total_stacks(n)
-            .max_core_instances_per_component(32)
-            .max_memories_per_component(4)
-            .max_tables_per_component(16)
-            .max_component_instance_size(1 << 20)
-            .max_core_instance_size(1 << 20)
-            .table_elements(100_000)
-            .max_memory_size(MAX_MEMORY_BYTES as usize)
-            .linear_memory_keep_resident(1 << 20)
-            .table_keep_resident(64 << 10);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(n)));
     }
     config
 }
 
+/// The pooling allocator settings for `n` concurrent instances.
+#[doc(hidden)]
+pub fn pooling_config(n: u32) -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(n)
+        .total_core_instances(n * 8)
+        .total_memories(n * 2)
+        .total_tables(n * 8)
+        .total_stacks(n)
+        .max_core_instances_per_component(32)
+        .max_memories_per_component(4)
+        .max_tables_per_component(16)
+        .max_component_instance_size(1 << 20)
+        .max_core_instance_size(1 << 20)
+        .table_elements(100_000)
+        .max_memory_size(MAX_MEMORY_BYTES as usize)
+        // Keeping pages resident means re-zeroing them on every free; a small window
+        // keeps the hot first pages without paying ~35 µs a call to wipe a whole
+        // Rust guest's initial megabyte (measured in BENCHMARKS.md).
+        .linear_memory_keep_resident(64 << 10)
+        .table_keep_resident(64 << 10);
+    pool
+}
 /// A stable hex digest of the engine's compatibility hash: artifacts made under another
 /// wasmtime version or configuration are never offered to this engine.
 fn engine_hash(engine: &Engine) -> String {
