@@ -33,7 +33,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = server::DEFAULT_RATE_BURST, value_name = "N")]
     pub rate_burst: u32,
     /// After SIGINT/SIGTERM, how long in-flight invocations get to finish, e.g. 30s.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub shutdown_timeout: Duration,
 }
 
