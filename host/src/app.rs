@@ -258,7 +258,11 @@ impl Keyhole {
             .latest_function(name)
             .map_err(|e| host(&e))?
             .ok_or_else(|| InvokeError::NotFound(name.to_string()))?;
-        let (prepared, source, new_artifact) = {
+        // Warm path: the pre-instantiated component is in memory, no blocking work needed.
+        let cached = self.runtime.cached(&row.content_hash);
+        let (prepared, source, new_artifact) = if let Some(p) = cached {
+            (p, LoadSource::Memory, None)
+        } else {
             let storage = self.storage.clone();
             let runtime = self.runtime.clone();
             let hash = row.content_hash.clone();

@@ -353,6 +353,15 @@ impl Runtime {
         Ok((prepared, source, new_artifact))
     }
 
+    /// The prepared component for `content_hash` if it is already in memory.
+    pub fn cached(&self, content_hash: &str) -> Option<Prepared> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(content_hash)
+            .cloned()
+    }
+
     /// Put a prepared component in the memory cache.
     pub fn remember(&self, content_hash: &str, prepared: Prepared) {
         self.cache

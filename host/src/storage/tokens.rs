@@ -78,13 +78,15 @@ impl Storage {
     }
 
     /// The token whose hash is `token_hash`, revoked or not.
+    /// Runs on every authenticated request, so the statement is cached.
     pub fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiTokenRow>, StorageError> {
-        self.lock()
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM api_tokens WHERE token_hash = ?1"),
-                params![token_hash],
-                row_to_token,
-            )
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM api_tokens WHERE token_hash = ?1"
+            ))
+            .map_err(|e| self.err(e))?;
+        stmt.query_row(params![token_hash], row_to_token)
             .optional()
             .map_err(|e| self.err(e))
     }
