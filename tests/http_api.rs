@@ -23,6 +23,12 @@ async fn auth_missing_wrong_revoked_and_wrong_scope() {
     let api = start(test_config()).await;
     api.upload("echo", "echo", "").await;
     assert_eq!(api.send("GET", "/healthz", None, vec![]).await.body, "ok");
+    // The OAuth redirect target needs no token; an unknown state is refused, not a 401.
+    let r = api
+        .send("GET", "/oauth/callback?state=nope&code=x", None, vec![])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("authorization failed"), "{}", r.body);
 
     // Missing or wrong token: the same 401 whether or not the resource exists.
     let wrong = "kh_not-a-real-token-at-all-000000000000000000";
