@@ -165,11 +165,13 @@ pub fn keyhole_bin() -> PathBuf {
             None => "dev".to_string(),
         };
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            // `--workspace --tests` resolves features exactly as `cargo test --workspace`
+            // did, so only the binary itself is built (not a second copy of the deps).
             .args([
                 "build",
                 "--quiet",
-                "-p",
-                "keyhole-host",
+                "--workspace",
+                "--tests",
                 "--bin",
                 "keyhole",
                 "--profile",
