@@ -188,21 +188,15 @@ impl Connections {
     fn view(&self, row: ConnectionRow) -> Result<ConnectionView, ConnectionError> {
         let entry = self.catalog().require(&row.service)?;
         let service = entry.def;
-        // Show which secrets are set without opening the blob: a wrong key must not stop
-        // an admin from seeing the connection.
-        let secret_names: Vec<String> = match &row.sealed {
-            Some(blob) => match Credentials::open(&self.gateway.sealer, &row.name, blob) {
-                Ok(c) => c.params.keys().cloned().collect(),
-                Err(_) => vec![],
-            },
-            None => vec![],
-        };
-        let endpoint = match &row.sealed {
-            Some(blob) => Credentials::open(&self.gateway.sealer, &row.name, blob)
-                .ok()
-                .and_then(|c| resolve_endpoint(&service, &row, &c).ok()),
-            None => resolve_endpoint(&service, &row, &Credentials::default()).ok(),
-        };
+        // Open the blob once; if it does not open (wrong key), still show the connection,
+        // just without which secrets are set.
+        let creds = row
+            .sealed
+            .as_ref()
+            .and_then(|blob| Credentials::open(&self.gateway.sealer, &row.name, blob).ok())
+            .unwrap_or_default();
+        let secret_names: Vec<String> = creds.params.keys().cloned().collect();
+        let endpoint = resolve_endpoint(&service, &row, &creds).ok();
         let secret_url = service
             .params
             .iter()

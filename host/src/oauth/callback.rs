@@ -1,5 +1,5 @@
-//! Receiving the provider's redirect: a one-shot listener for CLI-only setups, and the
-//! `/oauth/callback` route of `keyhole serve`.
+//! Receiving the provider's redirect in CLI-only setups: a one-shot listener. (`keyhole
+//! serve` has the same route in its router.)
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,7 +32,8 @@ impl std::fmt::Display for CallbackParams {
     }
 }
 
-fn page(title: &str, message: &str) -> Html<String> {
+/// The small HTML page shown in the browser after a redirect (also used by `keyhole serve`).
+pub fn page(title: &str, message: &str) -> Html<String> {
     let esc = |s: &str| {
         s.replace('&', "&amp;")
             .replace('<', "&lt;")
@@ -141,34 +142,4 @@ impl CallbackListener {
             ))),
         }
     }
-}
-
-/// Serve `/oauth/callback` (and `/healthz`) until `shutdown` resolves. Each callback
-/// completes its connection's authorization.
-pub async fn serve_callbacks(
-    listener: tokio::net::TcpListener,
-    connections: crate::connections::Connections,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/oauth/callback",
-            get(
-                |State(c): State<crate::connections::Connections>,
-                 Query(p): Query<CallbackParams>| async move {
-                    match c.complete_authorization(&p, None).await {
-                        Ok(view) => page(
-                            "connected",
-                            &format!("Connection {} is connected.", view.name),
-                        ),
-                        Err(e) => page("authorization failed", &e.to_string()),
-                    }
-                },
-            ),
-        )
-        .with_state(connections);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
 }

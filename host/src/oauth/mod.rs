@@ -11,7 +11,7 @@ mod flow;
 mod refresh;
 mod revoke;
 
-pub use callback::{CallbackListener, CallbackParams, bind_callback, serve_callbacks};
+pub use callback::{CallbackListener, CallbackParams, bind_callback, page};
 pub use client::{
     ClientConfig, DEFAULT_REDIRECT_URL, REDIRECT_URL_ENV,
     default_redirect_url as client_default_redirect,

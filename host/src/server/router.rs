@@ -111,18 +111,7 @@ async fn metrics(_: Admin) -> Response {
     response
 }
 
-fn page(title: &str, message: &str) -> Html<String> {
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    };
-    Html(format!(
-        "<!doctype html><meta charset=utf-8><title>keyhole: {t}</title><h1>{t}</h1><p>{m}</p><p>You can close this tab.</p>",
-        t = esc(title),
-        m = esc(message)
-    ))
-}
+use crate::oauth::page;
 
 /// The provider's redirect after an OAuth authorization (`keyhole connections connect
 /// NAME --no-listen` sent the admin there): complete the connection.
