@@ -46,6 +46,16 @@ impl OAuth {
             Err(e) => return vec![format!("cannot load the OAuth client: {e}")],
         };
         let mut outcomes = Vec::new();
+        // A provider's error page may quote what we sent; never let a token or the client
+        // secret reach the status reason, the CLI or the database through it.
+        let mut redactor = crate::connections::redact::Redactor::default();
+        redactor.add(tokens.access.expose());
+        if let Some(r) = &tokens.refresh {
+            redactor.add(r.expose());
+        }
+        if let Some(s) = &config.client_secret {
+            redactor.add(s.expose());
+        }
         let mut list: Vec<(&str, &crate::secrets::Secret)> = Vec::new();
         if let Some(r) = &tokens.refresh {
             list.push(("refresh_token", r));
@@ -82,14 +92,10 @@ impl OAuth {
                 }
                 Ok(r) => {
                     let status = r.status().as_u16();
-                    let body: String = r
-                        .text()
-                        .await
-                        .unwrap_or_default()
-                        .chars()
-                        .take(200)
-                        .collect();
-                    format!("{label}: the provider answered {status}: {}", body.trim())
+                    // Scrub before cutting, so a cut cannot leave part of a token behind.
+                    let body = redactor.scrub(&r.text().await.unwrap_or_default());
+                    let body: String = body.trim().chars().take(200).collect();
+                    format!("{label}: the provider answered {status}: {body}")
                 }
                 Err(e) => format!("{label}: revocation request failed: {}", e.without_url()),
             };
