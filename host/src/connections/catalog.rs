@@ -1,7 +1,8 @@
 //! The services a connection can use: the compiled-in presets plus custom services an
 //! admin defined (stored as TOML in the same schema).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -32,12 +33,32 @@ pub struct CatalogEntry {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     storage: Arc<Storage>,
+    /// Custom services already parsed, by name, with the TOML they were parsed from: a
+    /// lookup still reads the stored text (another process may have edited it) but only
+    /// parses it when it changed.
+    parsed: Arc<Mutex<HashMap<String, (String, ServiceDef)>>>,
 }
 
 impl Catalog {
     /// A catalog over `storage`.
     pub fn new(storage: Arc<Storage>) -> Self {
-        Self { storage }
+        Self {
+            storage,
+            parsed: Arc::default(),
+        }
+    }
+
+    /// Parse a stored definition, or reuse the parse of the same text.
+    fn parse(&self, name: &str, definition: &str) -> Result<ServiceDef, ConnectionError> {
+        let mut parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((text, def)) = parsed.get(name)
+            && text == definition
+        {
+            return Ok(def.clone());
+        }
+        let def = ServiceDef::from_toml(definition)?;
+        parsed.insert(name.to_string(), (definition.to_string(), def.clone()));
+        Ok(def)
     }
 
     /// A service by name: custom first (names cannot collide with presets), then presets.
@@ -45,7 +66,7 @@ impl Catalog {
         if let Some(row) = self.storage.get_service(name)?
             && !row.definition.is_empty()
         {
-            let def = ServiceDef::from_toml(&row.definition)?;
+            let def = self.parse(name, &row.definition)?;
             return Ok(Some(CatalogEntry {
                 def,
                 source: ServiceSource::Custom,
@@ -74,7 +95,7 @@ impl Catalog {
             .collect();
         for row in self.storage.list_services()? {
             if !row.definition.is_empty() {
-                let def = ServiceDef::from_toml(&row.definition)?;
+                let def = self.parse(&row.name, &row.definition)?;
                 out.push(CatalogEntry {
                     def,
                     source: ServiceSource::Custom,
@@ -124,6 +145,10 @@ impl Catalog {
         if !self.storage.delete_service(name)? {
             return Err(ConnectionError::UnknownService(name.to_string()));
         }
+        self.parsed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         Ok(())
     }
 }

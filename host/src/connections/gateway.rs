@@ -20,6 +20,10 @@ use crate::storage::{ConnectionRow, OutboundCall, Storage};
 /// Headers a guest may never set on a connection request: the connection decides them.
 const REFUSED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "host"];
 
+/// A connection's `last_used_at` is written at most this often (milliseconds), so a busy
+/// connection does not add a database write to every request.
+const LAST_USED_RESOLUTION_MS: i64 = 60_000;
+
 /// Shared by every invocation: storage, the sealer, the catalog and one pooled HTTP client.
 pub struct Gateway {
     pub(crate) storage: Arc<Storage>,
@@ -35,12 +39,42 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// A connection opened for one request.
+/// A connection opened for one request, with the scrubber for its secrets.
 pub(crate) struct Loaded {
     pub row: ConnectionRow,
     pub service: ServiceDef,
     pub creds: Credentials,
     pub endpoint: Endpoint,
+    redactor: Redactor,
+}
+
+impl Loaded {
+    pub fn new(
+        row: ConnectionRow,
+        service: ServiceDef,
+        creds: Credentials,
+        endpoint: Endpoint,
+    ) -> Self {
+        let redactor = inject::redactor_for(&service, &creds, &row.params);
+        Self {
+            row,
+            service,
+            creds,
+            endpoint,
+            redactor,
+        }
+    }
+
+    /// Replace the credentials (after a refresh), and with them the scrubber.
+    pub fn set_creds(&mut self, creds: Credentials) {
+        self.redactor = inject::redactor_for(&self.service, &creds, &self.row.params);
+        self.creds = creds;
+    }
+
+    /// Scrubs every form of this connection's secrets.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
 }
 
 /// Limits for one request.
@@ -164,7 +198,12 @@ impl Gateway {
         let response = self
             .execute(&mut loaded, req, &limits, Some(record))
             .await?;
-        if let Err(e) = self.storage.touch_connection(connection) {
+        let now = crate::storage::now_ms();
+        let stale = loaded
+            .row
+            .last_used_at
+            .is_none_or(|at| now.saturating_sub(at) >= LAST_USED_RESOLUTION_MS);
+        if stale && let Err(e) = self.storage.touch_connection(connection) {
             tracing::warn!(connection, error = %e, "could not record last use");
         }
         Ok(response)
@@ -181,12 +220,7 @@ impl Gateway {
             None => Credentials::default(),
         };
         let endpoint = resolve_endpoint(&service, &row, &creds)?;
-        Ok(Some(Loaded {
-            row,
-            service,
-            creds,
-            endpoint,
-        }))
+        Ok(Some(Loaded::new(row, service, creds, endpoint)))
     }
 
     /// Check, inject, send and scrub one request for an already-authorised caller
@@ -219,7 +253,7 @@ impl Gateway {
         prepared: &Prepared,
         limits: &RequestLimits,
     ) -> Result<OutboundResponse, SendError> {
-        let mut redactor = inject::redactor_for(&loaded.service, &loaded.creds);
+        let redactor = loaded.redactor();
         let mut request = reqwest::Request::new(prepared.method.clone(), prepared.url.clone());
         *request.headers_mut() = prepared.headers.clone();
         if !prepared.body.is_empty() {
@@ -231,7 +265,6 @@ impl Gateway {
             &loaded.service,
             &loaded.creds,
             &loaded.row.params,
-            &mut redactor,
         )?;
 
         let send = async {
@@ -239,7 +272,7 @@ impl Gateway {
                 .client
                 .execute(request)
                 .await
-                .map_err(|e| map_reqwest(e, &redactor))?;
+                .map_err(|e| map_reqwest(e, redactor))?;
             let status = response.status().as_u16();
             let headers = response
                 .headers()
@@ -262,7 +295,7 @@ impl Gateway {
             while let Some(chunk) = response
                 .chunk()
                 .await
-                .map_err(|e| map_reqwest(e, &redactor))?
+                .map_err(|e| map_reqwest(e, redactor))?
             {
                 if (body.len() + chunk.len()) as u64 > limits.max_response_bytes {
                     return Err(SendError::TooLarge);
@@ -310,9 +343,8 @@ fn prepare(
     }
     let url = egress::resolve_target(&loaded.endpoint, &req.target, &req.query)?;
     if let Some(record) = record {
-        let redactor = inject::redactor_for(&loaded.service, &loaded.creds);
         record.origin = crate::services::Origin::of(&url).to_string();
-        record.path = scrub_path(&loaded.service, &redactor, url.path());
+        record.path = scrub_path(&loaded.service, loaded.redactor(), url.path());
     }
     let (reserved_headers, reserved_query) = inject::reserved_names(&loaded.service);
     if let Some((k, _)) = url

@@ -34,8 +34,14 @@ pub fn reserved_names(service: &ServiceDef) -> (Vec<String>, Vec<String>) {
     (headers, query)
 }
 
-/// Every secret value of a connection, for scrubbing responses and records.
-pub fn redactor_for(service: &ServiceDef, creds: &Credentials) -> Redactor {
+/// Every secret value of a connection, in every form [`apply`] sends it (raw, rendered
+/// into its header, Basic-encoded), for scrubbing responses and records. `plain` holds
+/// the connection's non-secret param values, as for [`apply`].
+pub fn redactor_for(
+    service: &ServiceDef,
+    creds: &Credentials,
+    plain: &BTreeMap<String, String>,
+) -> Redactor {
     let mut r = Redactor::default();
     for (name, value) in &creds.params {
         r.add(value.expose());
@@ -48,23 +54,68 @@ pub fn redactor_for(service: &ServiceDef, creds: &Credentials) -> Redactor {
             r.add(url.path());
         }
     }
+    // The Basic pair is sent encoded, so its encoding is a secret form too (when either
+    // half is secret).
+    let (mut basic_user, mut basic_password, mut basic_secret) = (None, None, false);
+    for p in &service.params {
+        let (value, secret) = match creds.params.get(&p.name) {
+            Some(v) => (Some(v.expose().to_string()), true),
+            None => (plain.get(&p.name).or(p.default.as_ref()).cloned(), false),
+        };
+        match p.location {
+            ParamLocation::Header if secret => {
+                if let Some(v) = &value {
+                    r.add_exact(&p.format().replace("{value}", v));
+                }
+            }
+            ParamLocation::BasicUser => {
+                basic_user = value;
+                basic_secret |= secret;
+            }
+            ParamLocation::BasicPassword => {
+                basic_password = value;
+                basic_secret |= secret;
+            }
+            _ => {}
+        }
+    }
+    if let Some(user) = basic_user
+        && basic_secret
+    {
+        r.add_exact(&basic_encoded(&user, basic_password.as_deref()));
+    }
     if let Some(t) = &creds.tokens {
         r.add(t.access.expose());
         if let Some(rt) = &t.refresh {
             r.add(rt.expose());
         }
+        if let Some(o) = &service.oauth2
+            && o.token_placement.location == TokenLocation::Header
+        {
+            r.add_exact(
+                &o.token_placement
+                    .format()
+                    .replace("{token}", t.access.expose()),
+            );
+        }
     }
     r
 }
 
+/// The base64 `user:password` of a Basic `Authorization` header.
+fn basic_encoded(user: &str, password: Option<&str>) -> String {
+    let pair = format!("{user}:{}", password.unwrap_or_default());
+    base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
+}
+
 /// Attach `creds` to `request` as `service` says. `plain` holds the connection's
 /// non-secret param values (a non-secret header param, e.g. an account id, is sent too).
+/// Every secret form attached here is in [`redactor_for`]'s set.
 pub fn apply(
     request: &mut reqwest::Request,
     service: &ServiceDef,
     creds: &Credentials,
     plain: &BTreeMap<String, String>,
-    redactor: &mut Redactor,
 ) -> Result<(), SendError> {
     let mut basic_user: Option<String> = None;
     let mut basic_password: Option<String> = None;
@@ -81,7 +132,6 @@ pub fn apply(
         match p.location {
             ParamLocation::Header => {
                 let rendered = p.format().replace("{value}", &value);
-                redactor.add_exact(&rendered);
                 set_header(request, &p.name, &rendered, p.secret)?;
             }
             ParamLocation::Query => query.push((p.name.clone(), value)),
@@ -92,9 +142,7 @@ pub fn apply(
     }
 
     if let Some(user) = basic_user {
-        let pair = format!("{user}:{}", basic_password.unwrap_or_default());
-        let encoded = base64::engine::general_purpose::STANDARD.encode(pair.as_bytes());
-        redactor.add_exact(&encoded);
+        let encoded = basic_encoded(&user, basic_password.as_deref());
         set_header(
             request,
             AUTHORIZATION.as_str(),
@@ -110,7 +158,6 @@ pub fn apply(
             .replace("{token}", t.access.expose());
         match o.token_placement.location {
             TokenLocation::Header => {
-                redactor.add_exact(&rendered);
                 set_header(request, o.token_placement.name(), &rendered, true)?;
             }
             TokenLocation::Query => query.push((o.token_placement.name().to_string(), rendered)),
@@ -145,4 +192,51 @@ fn set_header(
     value.set_sensitive(sensitive);
     request.headers_mut().insert(name, value);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connections::credentials::Tokens;
+    use crate::secrets::Secret;
+    use crate::services::find_preset;
+
+    fn creds(params: &[(&str, &str)]) -> Credentials {
+        Credentials {
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), Secret::new(*v)))
+                .collect(),
+            tokens: None,
+        }
+    }
+
+    #[test]
+    fn basic_pair_is_scrubbed_in_its_encoded_form_and_the_plain_user_is_not() {
+        let twilio = find_preset("twilio").unwrap();
+        let plain = BTreeMap::from([("account_sid".to_string(), "AC123".to_string())]);
+        let r = redactor_for(twilio, &creds(&[("auth_token", "tok-secret")]), &plain);
+        let encoded = basic_encoded("AC123", Some("tok-secret"));
+        let echoed = format!("auth=Basic {encoded} sid=AC123 token=tok-secret");
+        assert_eq!(
+            r.scrub(&echoed),
+            "auth=Basic [redacted] sid=AC123 token=[redacted]"
+        );
+    }
+
+    #[test]
+    fn a_non_secret_header_default_is_not_scrubbed_but_the_bearer_header_is() {
+        let notion = find_preset("notion").unwrap();
+        let mut c = creds(&[]);
+        c.tokens = Some(Tokens {
+            access: Secret::new("access-123"),
+            refresh: Some(Secret::new("refresh-456")),
+            expires_at: None,
+        });
+        let r = redactor_for(notion, &c, &BTreeMap::new());
+        assert_eq!(
+            r.scrub("version 2022-06-28, Bearer access-123, refresh-456"),
+            "version 2022-06-28, [redacted], [redacted]"
+        );
+    }
 }

@@ -378,12 +378,7 @@ impl Connections {
         let mut candidate = row.clone();
         candidate.params = plain;
         let endpoint = resolve_endpoint(&service, &candidate, &creds)?;
-        let mut loaded = Loaded {
-            row: candidate.clone(),
-            service: service.clone(),
-            creds,
-            endpoint,
-        };
+        let mut loaded = Loaded::new(candidate.clone(), service.clone(), creds, endpoint);
 
         let verification = match &service.verify {
             Some(_) => Some(self.verify(&mut loaded).await),

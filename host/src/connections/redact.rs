@@ -7,10 +7,21 @@
 /// What replaces a secret.
 pub const REDACTED: &str = "[redacted]";
 
-/// The byte strings to scrub for one request.
-#[derive(Debug, Default, Clone)]
+/// The byte strings to scrub for one connection's requests. The matcher is built on
+/// first use and reused for every header and body it scrubs afterwards.
+#[derive(Default, Clone)]
 pub struct Redactor {
     needles: Vec<Vec<u8>>,
+    matcher: std::sync::OnceLock<aho_corasick::AhoCorasick>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The needles are the secrets themselves.
+        f.debug_struct("Redactor")
+            .field("needles", &self.needles.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Redactor {
@@ -37,6 +48,7 @@ impl Redactor {
     fn push(&mut self, needle: Vec<u8>) {
         if !self.needles.contains(&needle) {
             self.needles.push(needle);
+            self.matcher = std::sync::OnceLock::new();
         }
     }
 
@@ -45,10 +57,12 @@ impl Redactor {
         if self.needles.is_empty() {
             return data.to_vec();
         }
-        let matcher = aho_corasick::AhoCorasick::builder()
-            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
-            .build(&self.needles)
-            .expect("a handful of literal needles always builds");
+        let matcher = self.matcher.get_or_init(|| {
+            aho_corasick::AhoCorasick::builder()
+                .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                .build(&self.needles)
+                .expect("a handful of literal needles always builds")
+        });
         let replacements = vec![REDACTED.as_bytes(); self.needles.len()];
         matcher.replace_all_bytes(data, &replacements)
     }
@@ -73,5 +87,18 @@ mod tests {
         assert!(!out.contains("s3cr"), "{out}");
         assert!(!out.contains("dXNlcjpwYXNz"));
         assert_eq!(out.matches(REDACTED).count(), 4);
+        assert!(!format!("{r:?}").contains("s3cr"));
+    }
+
+    #[test]
+    fn a_needle_added_after_use_is_scrubbed_too() {
+        let mut r = Redactor::default();
+        r.add("first-secret");
+        assert_eq!(r.scrub("first-secret"), REDACTED);
+        r.add_exact("second-secret");
+        assert_eq!(
+            r.scrub("first-secret second-secret"),
+            "[redacted] [redacted]"
+        );
     }
 }

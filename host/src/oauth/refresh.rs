@@ -85,12 +85,12 @@ impl OAuth {
             }
             None => Credentials::default(),
         };
-        Ok(Loaded {
+        Ok(Loaded::new(
             row,
-            service: loaded.service.clone(),
+            loaded.service.clone(),
             creds,
-            endpoint: loaded.endpoint.clone(),
-        })
+            loaded.endpoint.clone(),
+        ))
     }
 
     async fn refresh_locked(&self, loaded: &mut Loaded, force: bool) -> Result<(), SendError> {
@@ -167,7 +167,7 @@ impl OAuth {
                     Some(generation) => {
                         loaded.row.generation = generation;
                         loaded.row.token_info = new_info.to_json();
-                        loaded.creds = creds;
+                        loaded.set_creds(creds);
                         self.note_success(&name);
                         tracing::info!(connection = %name, "access token refreshed");
                         Ok(())

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::{Storage, StorageError, now_ms};
+use super::{CachedExt, Storage, StorageError, now_ms};
 
 /// A custom service definition as stored (TOML text, same schema as presets).
 #[derive(Debug, Clone)]
@@ -102,7 +102,7 @@ impl Storage {
     pub fn insert_service(&self, name: &str, definition: &str) -> Result<(), StorageError> {
         let now = now_ms();
         self.lock()
-            .execute(
+            .execute_cached(
                 "INSERT INTO services (name, definition, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
                 params![name, definition, now],
             )
@@ -119,7 +119,7 @@ impl Storage {
     /// Replace a custom service's definition. Returns false if it does not exist.
     pub fn update_service(&self, name: &str, definition: &str) -> Result<bool, StorageError> {
         self.lock()
-            .execute(
+            .execute_cached(
                 "UPDATE services SET definition = ?2, updated_at = ?3 WHERE name = ?1",
                 params![name, definition, now_ms()],
             )
@@ -136,7 +136,7 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let now = now_ms();
         self.lock()
-            .execute(
+            .execute_cached(
                 "INSERT INTO services (name, definition, sealed_client, created_at, updated_at) VALUES (?1, '', ?2, ?3, ?3) \
                  ON CONFLICT(name) DO UPDATE SET sealed_client = excluded.sealed_client, updated_at = excluded.updated_at",
                 params![name, sealed, now],
@@ -148,7 +148,7 @@ impl Storage {
     /// A stored service row.
     pub fn get_service(&self, name: &str) -> Result<Option<ServiceRow>, StorageError> {
         self.lock()
-            .query_row(
+            .query_row_cached(
                 "SELECT name, definition, sealed_client, created_at, updated_at FROM services WHERE name = ?1",
                 params![name],
                 |r| {
@@ -169,7 +169,7 @@ impl Storage {
     pub fn list_services(&self) -> Result<Vec<ServiceRow>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare("SELECT name, definition, sealed_client, created_at, updated_at FROM services ORDER BY name")
+            .prepare_cached("SELECT name, definition, sealed_client, created_at, updated_at FROM services ORDER BY name")
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
@@ -191,7 +191,7 @@ impl Storage {
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let users: Vec<String> = {
             let mut stmt = tx
-                .prepare("SELECT name FROM connections WHERE service = ?1 ORDER BY name")
+                .prepare_cached("SELECT name FROM connections WHERE service = ?1 ORDER BY name")
                 .map_err(|e| self.err(e))?;
             let rows = stmt
                 .query_map(params![name], |r| r.get(0))
@@ -205,7 +205,7 @@ impl Storage {
             )));
         }
         let n = tx
-            .execute("DELETE FROM services WHERE name = ?1", params![name])
+            .execute_cached("DELETE FROM services WHERE name = ?1", params![name])
             .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(n > 0)
@@ -216,7 +216,7 @@ impl Storage {
     /// Insert a new connection; refuses a duplicate name.
     pub fn insert_connection(&self, c: &ConnectionRow) -> Result<(), StorageError> {
         self.lock()
-            .execute(
+            .execute_cached(
                 &format!("INSERT INTO connections ({CONN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
                 params![
                     c.name,
@@ -250,7 +250,7 @@ impl Storage {
     /// A connection by name.
     pub fn get_connection(&self, name: &str) -> Result<Option<ConnectionRow>, StorageError> {
         self.lock()
-            .query_row(
+            .query_row_cached(
                 &format!("SELECT {CONN_COLUMNS} FROM connections WHERE name = ?1"),
                 params![name],
                 row_to_connection,
@@ -263,7 +263,7 @@ impl Storage {
     pub fn list_connections(&self) -> Result<Vec<ConnectionRow>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare(&format!(
+            .prepare_cached(&format!(
                 "SELECT {CONN_COLUMNS} FROM connections ORDER BY name"
             ))
             .map_err(|e| self.err(e))?;
@@ -276,7 +276,7 @@ impl Storage {
     /// Update a connection's non-credential settings (scopes, base URL, params).
     pub fn update_connection_settings(&self, c: &ConnectionRow) -> Result<bool, StorageError> {
         self.lock()
-            .execute(
+            .execute_cached(
                 "UPDATE connections SET scopes = ?2, base_url = ?3, params = ?4 WHERE name = ?1",
                 params![c.name, json(&c.scopes)?, c.base_url, json(&c.params)?],
             )
@@ -301,7 +301,7 @@ impl Storage {
         let now = now_ms();
         let n = self
             .lock()
-            .execute(
+            .execute_cached(
                 "UPDATE connections SET sealed = ?3, status = ?4, status_reason = ?5, token_info = ?6, generation = generation + 1, \
                  connected_at = CASE WHEN ?7 THEN ?8 ELSE connected_at END WHERE name = ?1 AND generation = ?2",
                 params![name, expected_generation, sealed, status, status_reason, json(token_info)?, connected_now, now],
@@ -318,7 +318,7 @@ impl Storage {
         reason: Option<&str>,
     ) -> Result<(), StorageError> {
         self.lock()
-            .execute(
+            .execute_cached(
                 "UPDATE connections SET status = ?2, status_reason = ?3 WHERE name = ?1",
                 params![name, status, reason],
             )
@@ -333,7 +333,7 @@ impl Storage {
         token_info: &serde_json::Value,
     ) -> Result<(), StorageError> {
         self.lock()
-            .execute(
+            .execute_cached(
                 "UPDATE connections SET token_info = ?2 WHERE name = ?1",
                 params![name, json(token_info)?],
             )
@@ -344,7 +344,7 @@ impl Storage {
     /// Record that a connection was just used.
     pub fn touch_connection(&self, name: &str) -> Result<(), StorageError> {
         self.lock()
-            .execute(
+            .execute_cached(
                 "UPDATE connections SET last_used_at = ?2 WHERE name = ?1",
                 params![name, now_ms()],
             )
@@ -355,7 +355,7 @@ impl Storage {
     /// Delete a connection and its grants. Returns false if absent.
     pub fn delete_connection(&self, name: &str) -> Result<bool, StorageError> {
         self.lock()
-            .execute("DELETE FROM connections WHERE name = ?1", params![name])
+            .execute_cached("DELETE FROM connections WHERE name = ?1", params![name])
             .map(|n| n > 0)
             .map_err(|e| self.err(e))
     }
@@ -365,7 +365,7 @@ impl Storage {
     /// Grant `connection` to `function` (idempotent).
     pub fn grant(&self, function: &str, connection: &str) -> Result<(), StorageError> {
         self.lock()
-            .execute(
+            .execute_cached(
                 "INSERT OR IGNORE INTO grants (function, connection, created_at) VALUES (?1, ?2, ?3)",
                 params![function, connection, now_ms()],
             )
@@ -376,7 +376,7 @@ impl Storage {
     /// Remove a grant. Returns false if there was none.
     pub fn revoke_grant(&self, function: &str, connection: &str) -> Result<bool, StorageError> {
         self.lock()
-            .execute(
+            .execute_cached(
                 "DELETE FROM grants WHERE function = ?1 AND connection = ?2",
                 params![function, connection],
             )
@@ -387,7 +387,7 @@ impl Storage {
     /// Remove every grant of a function.
     pub fn clear_grants(&self, function: &str) -> Result<(), StorageError> {
         self.lock()
-            .execute("DELETE FROM grants WHERE function = ?1", params![function])
+            .execute_cached("DELETE FROM grants WHERE function = ?1", params![function])
             .map(drop)
             .map_err(|e| self.err(e))
     }
@@ -411,7 +411,7 @@ impl Storage {
     /// Whether `function` holds a grant for `connection`.
     pub fn has_grant(&self, function: &str, connection: &str) -> Result<bool, StorageError> {
         self.lock()
-            .query_row(
+            .query_row_cached(
                 "SELECT 1 FROM grants WHERE function = ?1 AND connection = ?2",
                 params![function, connection],
                 |_| Ok(()),
@@ -423,7 +423,7 @@ impl Storage {
 
     fn query_strings(&self, sql: &str, arg: &str) -> Result<Vec<String>, StorageError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(sql).map_err(|e| self.err(e))?;
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![arg], |r| r.get(0))
             .map_err(|e| self.err(e))?;

@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::{Storage, StorageError, now_ms};
+use super::{CachedExt, Storage, StorageError, now_ms};
 use crate::config::Limits;
 
 /// A function version to insert.
@@ -70,19 +70,19 @@ impl Storage {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let version: i64 = tx
-            .query_row(
+            .query_row_cached(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM functions WHERE name = ?1",
                 params![f.name],
                 |r| r.get(0),
             )
             .map_err(|e| self.err(e))?;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO functions (name, version, content_hash, wasm, limits, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![f.name, version, f.content_hash, f.wasm, limits, now_ms()],
         )
         .map_err(|e| self.err(e))?;
         let row = tx
-            .query_row(
+            .query_row_cached(
                 &format!("SELECT {COLUMNS} FROM functions WHERE name = ?1 AND version = ?2"),
                 params![f.name, version],
                 row_to_function,
@@ -95,7 +95,7 @@ impl Storage {
     /// The latest version of `name`, if any.
     pub fn latest_function(&self, name: &str) -> Result<Option<FunctionRow>, StorageError> {
         self.lock()
-            .query_row(
+            .query_row_cached(
                 &format!(
                     "SELECT {COLUMNS} FROM functions WHERE name = ?1 ORDER BY version DESC LIMIT 1"
                 ),
@@ -110,7 +110,7 @@ impl Storage {
     pub fn function_versions(&self, name: &str) -> Result<Vec<FunctionRow>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare(&format!(
+            .prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM functions WHERE name = ?1 ORDER BY version DESC"
             ))
             .map_err(|e| self.err(e))?;
@@ -124,7 +124,7 @@ impl Storage {
     pub fn list_functions(&self) -> Result<Vec<FunctionSummary>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare(&format!(
+            .prepare_cached(&format!(
                 "SELECT {COLUMNS}, (SELECT COUNT(*) FROM functions g WHERE g.name = f.name) FROM functions f \
                  WHERE version = (SELECT MAX(version) FROM functions h WHERE h.name = f.name) ORDER BY name"
             ))
@@ -143,7 +143,7 @@ impl Storage {
     /// The wasm bytes with this content hash.
     pub fn function_wasm(&self, content_hash: &str) -> Result<Option<Vec<u8>>, StorageError> {
         self.lock()
-            .query_row(
+            .query_row_cached(
                 "SELECT wasm FROM functions WHERE content_hash = ?1 LIMIT 1",
                 params![content_hash],
                 |r| r.get(0),
@@ -158,13 +158,13 @@ impl Storage {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let n = tx
-            .execute("DELETE FROM functions WHERE name = ?1", params![name])
+            .execute_cached("DELETE FROM functions WHERE name = ?1", params![name])
             .map_err(|e| self.err(e))?;
-        tx.execute("DELETE FROM grants WHERE function = ?1", params![name])
+        tx.execute_cached("DELETE FROM grants WHERE function = ?1", params![name])
             .map_err(|e| self.err(e))?;
-        tx.execute("DELETE FROM kv WHERE function = ?1", params![name])
+        tx.execute_cached("DELETE FROM kv WHERE function = ?1", params![name])
             .map_err(|e| self.err(e))?;
-        tx.execute(
+        tx.execute_cached(
             "DELETE FROM artifacts WHERE content_hash NOT IN (SELECT content_hash FROM functions)",
             [],
         )
@@ -180,7 +180,7 @@ impl Storage {
         engine_hash: &str,
     ) -> Result<Option<Vec<u8>>, StorageError> {
         self.lock()
-            .query_row(
+            .query_row_cached(
                 "SELECT artifact FROM artifacts WHERE content_hash = ?1 AND engine_hash = ?2",
                 params![content_hash, engine_hash],
                 |r| r.get(0),
@@ -197,7 +197,7 @@ impl Storage {
         artifact: &[u8],
     ) -> Result<(), StorageError> {
         self.lock()
-            .execute(
+            .execute_cached(
                 "INSERT OR REPLACE INTO artifacts (content_hash, engine_hash, artifact, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![content_hash, engine_hash, artifact, now_ms()],
             )

@@ -3,7 +3,7 @@
 use rusqlite::{Row, params};
 use serde::{Deserialize, Serialize};
 
-use super::{Storage, StorageError};
+use super::{CachedExt, Storage, StorageError};
 
 /// One outbound HTTP call made during an invocation. Never holds credentials: the
 /// path is recorded without its query string, which may carry an API key.
@@ -83,7 +83,7 @@ impl Storage {
         let outbound = serde_json::to_string(&inv.outbound)
             .map_err(|e| StorageError::Malformed(e.to_string()))?;
         let conn = self.lock();
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO invocations (function, version, started_at, duration_us, outcome, error, output_bytes, logs, stdout, stderr, outbound) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
@@ -113,7 +113,7 @@ impl Storage {
         let conn = self.lock();
         let sql = "SELECT id, function, version, started_at, duration_us, outcome, error, output_bytes, logs, stdout, stderr, outbound \
                    FROM invocations WHERE (?1 IS NULL OR function = ?1) ORDER BY id DESC LIMIT ?2";
-        let mut stmt = conn.prepare(sql).map_err(|e| self.err(e))?;
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![function, limit as i64], row_to_invocation)
             .map_err(|e| self.err(e))?;

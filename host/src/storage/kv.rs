@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Storage, StorageError, now_ms};
+use super::{CachedExt, Storage, StorageError, now_ms};
 
 impl Storage {
     /// The value of `key` in `function`'s namespace.
     pub fn kv_get(&self, function: &str, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         self.lock()
-            .query_row(
+            .query_row_cached(
                 "SELECT value FROM kv WHERE function = ?1 AND key = ?2",
                 params![function, key],
                 |r| r.get(0),
@@ -24,7 +24,7 @@ impl Storage {
         let conn = self.lock();
         // `substr` rather than LIKE: keys may contain % and _.
         let mut stmt = conn
-            .prepare("SELECT key FROM kv WHERE function = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key")
+            .prepare_cached("SELECT key FROM kv WHERE function = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key")
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![function, prefix], |r| r.get(0))
@@ -35,7 +35,7 @@ impl Storage {
     /// Bytes `function` stores (keys plus values).
     pub fn kv_total(&self, function: &str) -> Result<u64, StorageError> {
         self.lock()
-            .query_row(
+            .query_row_cached(
                 "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM kv WHERE function = ?1",
                 params![function],
                 |r| r.get::<_, i64>(0),
@@ -47,7 +47,7 @@ impl Storage {
     /// Bytes stored under one key of `function` (key plus value), 0 if absent.
     pub fn kv_entry_size(&self, function: &str, key: &str) -> Result<u64, StorageError> {
         self.lock()
-            .query_row(
+            .query_row_cached(
                 "SELECT length(CAST(key AS BLOB)) + length(value) FROM kv WHERE function = ?1 AND key = ?2",
                 params![function, key],
                 |r| r.get::<_, i64>(0),
@@ -71,12 +71,12 @@ impl Storage {
         let now = now_ms();
         for (key, value) in writes {
             match value {
-                Some(v) => tx.execute(
+                Some(v) => tx.execute_cached(
                     "INSERT INTO kv (function, key, value, updated_at) VALUES (?1, ?2, ?3, ?4) \
                      ON CONFLICT(function, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                     params![function, key, v, now],
                 ),
-                None => tx.execute("DELETE FROM kv WHERE function = ?1 AND key = ?2", params![function, key]),
+                None => tx.execute_cached("DELETE FROM kv WHERE function = ?1 AND key = ?2", params![function, key]),
             }
             .map_err(|e| self.err(e))?;
         }

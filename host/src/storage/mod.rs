@@ -57,6 +57,33 @@ pub enum StorageError {
     Conflict(String),
 }
 
+/// Statements kept prepared per connection: enough for every distinct statement in
+/// this module, so a hot-path query is parsed once per process, not once per call.
+const STATEMENT_CACHE: usize = 128;
+
+/// `query_row` and `execute` through the connection's prepared-statement cache.
+trait CachedExt {
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+}
+
+impl CachedExt for Connection {
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+}
+
 /// Handle to the database. Calls are short, so one connection behind a mutex is enough.
 pub struct Storage {
     conn: Mutex<Connection>,
@@ -94,6 +121,7 @@ impl Storage {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(err)?;
         migrations::apply(&mut conn, path)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
@@ -121,7 +149,7 @@ impl Storage {
     /// Read a value from the `meta` table.
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         self.lock()
-            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+            .query_row_cached("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
                 r.get(0)
             })
             .optional()
@@ -131,7 +159,7 @@ impl Storage {
     /// Write a value into the `meta` table.
     pub fn meta_set(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         self.lock()
-            .execute(
+            .execute_cached(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 params![key, value],
             )

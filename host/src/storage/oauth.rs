@@ -2,7 +2,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Storage, StorageError, now_ms};
+use super::{CachedExt, Storage, StorageError, now_ms};
 
 /// A pending authorization, taken (and deleted) by its state hash.
 #[derive(Debug, Clone)]
@@ -27,12 +27,12 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        tx.execute(
+        tx.execute_cached(
             "DELETE FROM oauth_states WHERE connection = ?1 OR expires_at < ?2",
             params![p.connection, now_ms()],
         )
         .map_err(|e| self.err(e))?;
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO oauth_states (state_hash, connection, sealed_verifier, redirect_url, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![state_hash, p.connection, p.sealed_verifier, p.redirect_url, now_ms(), p.expires_at],
         )
@@ -46,14 +46,14 @@ impl Storage {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let row = tx
-            .query_row(
+            .query_row_cached(
                 "SELECT connection, sealed_verifier, redirect_url, expires_at FROM oauth_states WHERE state_hash = ?1",
                 params![state_hash],
                 |r| Ok(PendingState { connection: r.get(0)?, sealed_verifier: r.get(1)?, redirect_url: r.get(2)?, expires_at: r.get(3)? }),
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        tx.execute(
+        tx.execute_cached(
             "DELETE FROM oauth_states WHERE state_hash = ?1",
             params![state_hash],
         )

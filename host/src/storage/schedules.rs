@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::{Storage, StorageError, now_ms};
+use super::{CachedExt, Storage, StorageError, now_ms};
 
 /// A stored schedule.
 #[derive(Debug, Clone, Serialize)]
@@ -54,7 +54,7 @@ impl Storage {
     /// Insert a schedule; refuses a duplicate name.
     pub fn insert_schedule(&self, s: &ScheduleRow) -> Result<(), StorageError> {
         self.lock()
-            .execute(
+            .execute_cached(
                 &format!("INSERT INTO schedules ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, NULL, ?8)"),
                 params![s.name, s.function, s.input, s.every_ms, s.cron, s.paused as i64, s.next_run_at, now_ms()],
             )
@@ -70,7 +70,7 @@ impl Storage {
     /// A schedule by name.
     pub fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRow>, StorageError> {
         self.lock()
-            .query_row(
+            .query_row_cached(
                 &format!("SELECT {COLUMNS} FROM schedules WHERE name = ?1"),
                 params![name],
                 row,
@@ -83,7 +83,7 @@ impl Storage {
     pub fn list_schedules(&self) -> Result<Vec<ScheduleRow>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare(&format!("SELECT {COLUMNS} FROM schedules ORDER BY name"))
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM schedules ORDER BY name"))
             .map_err(|e| self.err(e))?;
         let rows = stmt.query_map([], row).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
@@ -93,7 +93,7 @@ impl Storage {
     pub fn due_schedules(&self, now: i64) -> Result<Vec<ScheduleRow>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare(&format!("SELECT {COLUMNS} FROM schedules WHERE paused = 0 AND next_run_at <= ?1 ORDER BY next_run_at"))
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM schedules WHERE paused = 0 AND next_run_at <= ?1 ORDER BY next_run_at"))
             .map_err(|e| self.err(e))?;
         let rows = stmt.query_map(params![now], row).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
@@ -107,7 +107,7 @@ impl Storage {
         next_run_at: Option<i64>,
     ) -> Result<bool, StorageError> {
         self.lock()
-            .execute(
+            .execute_cached(
                 "UPDATE schedules SET paused = ?2, next_run_at = COALESCE(?3, next_run_at) WHERE name = ?1",
                 params![name, paused as i64, next_run_at],
             )
@@ -123,7 +123,7 @@ impl Storage {
         next_run_at: i64,
     ) -> Result<(), StorageError> {
         self.lock()
-            .execute(
+            .execute_cached(
                 "UPDATE schedules SET last_run_at = ?2, next_run_at = ?3 WHERE name = ?1",
                 params![name, started_at, next_run_at],
             )
@@ -139,7 +139,7 @@ impl Storage {
         invocation: Option<i64>,
     ) -> Result<(), StorageError> {
         self.lock()
-            .execute(
+            .execute_cached(
                 "UPDATE schedules SET last_outcome = ?2, last_invocation = ?3 WHERE name = ?1",
                 params![name, outcome, invocation],
             )
@@ -150,7 +150,7 @@ impl Storage {
     /// Delete a schedule. Returns false if absent.
     pub fn delete_schedule(&self, name: &str) -> Result<bool, StorageError> {
         self.lock()
-            .execute("DELETE FROM schedules WHERE name = ?1", params![name])
+            .execute_cached("DELETE FROM schedules WHERE name = ?1", params![name])
             .map(|n| n > 0)
             .map_err(|e| self.err(e))
     }

@@ -4,7 +4,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::{Storage, StorageError, now_ms};
+use super::{CachedExt, Storage, StorageError, now_ms};
 
 /// One API token as stored (no secret material: the hash stays inside storage).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -56,7 +56,7 @@ impl Storage {
     /// Store a new token's hash; returns the stored row.
     pub fn insert_api_token(&self, t: &NewApiToken<'_>) -> Result<ApiTokenRow, StorageError> {
         let conn = self.lock();
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO api_tokens (token_hash, scope, function, label, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![t.token_hash, t.scope, t.function, t.label, now_ms()],
         )
@@ -69,7 +69,7 @@ impl Storage {
             e => self.err(e),
         })?;
         let id = conn.last_insert_rowid();
-        conn.query_row(
+        conn.query_row_cached(
             &format!("SELECT {COLUMNS} FROM api_tokens WHERE id = ?1"),
             params![id],
             row_to_token,
@@ -95,7 +95,7 @@ impl Storage {
     pub fn list_api_tokens(&self) -> Result<Vec<ApiTokenRow>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare(&format!("SELECT {COLUMNS} FROM api_tokens ORDER BY id"))
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM api_tokens ORDER BY id"))
             .map_err(|e| self.err(e))?;
         let rows = stmt.query_map([], row_to_token).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
@@ -106,7 +106,7 @@ impl Storage {
     pub fn revoke_api_token(&self, id: i64) -> Result<bool, StorageError> {
         let conn = self.lock();
         let n = conn
-            .execute(
+            .execute_cached(
                 "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
                 params![id, now_ms()],
             )
@@ -117,7 +117,7 @@ impl Storage {
     /// Record that token `id` was used at `at` (Unix ms).
     pub fn touch_api_token(&self, id: i64, at: i64) -> Result<(), StorageError> {
         self.lock()
-            .execute(
+            .execute_cached(
                 "UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1",
                 params![id, at],
             )
