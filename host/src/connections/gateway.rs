@@ -1,7 +1,8 @@
 //! The guest's path to an API: grant check, destination check, header check, credential
 //! injection (last), bounded send, scrubbed response, and a record of the call.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderName, HeaderValue};
@@ -31,6 +32,19 @@ pub struct Gateway {
     pub(crate) catalog: Catalog,
     pub(crate) client: reqwest::Client,
     pub(crate) oauth: Arc<OAuth>,
+    opened: Mutex<HashMap<String, Opened>>,
+}
+
+/// A connection's opened credentials and the scrubber built from them, kept while the
+/// sealed blob, the plain params and the service definition they came from are unchanged.
+/// (Any credential write seals a new blob with a fresh nonce, so a changed credential
+/// never matches.)
+struct Opened {
+    sealed: Option<Vec<u8>>,
+    params: std::collections::BTreeMap<String, String>,
+    service: ServiceDef,
+    creds: Credentials,
+    redactor: Arc<Redactor>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -45,7 +59,7 @@ pub(crate) struct Loaded {
     pub service: ServiceDef,
     pub creds: Credentials,
     pub endpoint: Endpoint,
-    redactor: Redactor,
+    redactor: Arc<Redactor>,
 }
 
 impl Loaded {
@@ -55,7 +69,7 @@ impl Loaded {
         creds: Credentials,
         endpoint: Endpoint,
     ) -> Self {
-        let redactor = inject::redactor_for(&service, &creds, &row.params);
+        let redactor = Arc::new(inject::redactor_for(&service, &creds, &row.params));
         Self {
             row,
             service,
@@ -67,7 +81,11 @@ impl Loaded {
 
     /// Replace the credentials (after a refresh), and with them the scrubber.
     pub fn set_creds(&mut self, creds: Credentials) {
-        self.redactor = inject::redactor_for(&self.service, &creds, &self.row.params);
+        self.redactor = Arc::new(inject::redactor_for(
+            &self.service,
+            &creds,
+            &self.row.params,
+        ));
         self.creds = creds;
     }
 
@@ -107,6 +125,7 @@ impl Gateway {
             sealer,
             client: build_client(),
             oauth,
+            opened: Mutex::default(),
         }
     }
 
@@ -212,15 +231,63 @@ impl Gateway {
     /// Open a connection's row, service, credentials and endpoint. `Ok(None)` if absent.
     pub(crate) fn load(&self, name: &str) -> Result<Option<Loaded>, ConnectionError> {
         let Some(row) = self.storage.get_connection(name)? else {
+            self.forget(name);
             return Ok(None);
         };
         let service = self.catalog.require(&row.service)?.def;
-        let creds = match &row.sealed {
-            Some(blob) => Credentials::open(&self.sealer, name, blob)?,
-            None => Credentials::default(),
-        };
+        let (creds, redactor) = self.open(&row, &service)?;
         let endpoint = resolve_endpoint(&service, &row, &creds)?;
-        Ok(Some(Loaded::new(row, service, creds, endpoint)))
+        Ok(Some(Loaded {
+            row,
+            service,
+            creds,
+            endpoint,
+            redactor,
+        }))
+    }
+
+    /// A row's credentials and scrubber: reused when nothing they derive from changed,
+    /// otherwise opened and built (once per change, not once per request).
+    fn open(
+        &self,
+        row: &ConnectionRow,
+        service: &ServiceDef,
+    ) -> Result<(Credentials, Arc<Redactor>), ConnectionError> {
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = opened.get(&row.name)
+            && o.sealed == row.sealed
+            && o.params == row.params
+            && o.service == *service
+        {
+            return Ok((o.creds.clone(), o.redactor.clone()));
+        }
+        let Some(blob) = &row.sealed else {
+            opened.remove(&row.name);
+            let creds = Credentials::default();
+            let redactor = Arc::new(inject::redactor_for(service, &creds, &row.params));
+            return Ok((creds, redactor));
+        };
+        let creds = Credentials::open(&self.sealer, &row.name, blob)?;
+        let redactor = Arc::new(inject::redactor_for(service, &creds, &row.params));
+        opened.insert(
+            row.name.clone(),
+            Opened {
+                sealed: row.sealed.clone(),
+                params: row.params.clone(),
+                service: service.clone(),
+                creds: creds.clone(),
+                redactor: redactor.clone(),
+            },
+        );
+        Ok((creds, redactor))
+    }
+
+    /// Drop what is kept in memory for a connection that is gone.
+    fn forget(&self, name: &str) {
+        self.opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
     }
 
     /// Check, inject, send and scrub one request for an already-authorised caller
