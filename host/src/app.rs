@@ -12,8 +12,8 @@ use crate::runtime::{InvokeError, LoadSource, Runtime, RuntimeConfig, UploadErro
 use crate::secrets::{MasterKey, SealError, Sealer};
 use crate::services::validate_name;
 use crate::storage::{
-    FunctionRow, FunctionSummary, InvocationRow, NewFunction, OutboundCall, Storage, StorageError,
-    now_ms,
+    FunctionRow, FunctionSummary, InvocationRow, NewFunction, OutboundCall, Recorder, Storage,
+    StorageError, now_ms,
 };
 
 const KEY_CHECK: &str = "key_check";
@@ -95,6 +95,7 @@ pub struct UploadOptions {
 pub struct Keyhole {
     home: PathBuf,
     storage: Arc<Storage>,
+    recorder: Recorder,
     runtime: Arc<Runtime>,
     connections: Connections,
 }
@@ -135,6 +136,7 @@ impl Keyhole {
         let gateway = Arc::new(Gateway::new(storage.clone(), Arc::new(sealer)));
         Ok(Self {
             home: home.to_path_buf(),
+            recorder: Recorder::new(storage.clone()),
             storage,
             runtime,
             connections: Connections::new(gateway),
@@ -323,7 +325,8 @@ impl Keyhole {
         {
             tracing::error!(function = name, error = %e, "could not commit the function's state");
         }
-        let id = match self.storage.insert_invocation(&record) {
+        let duration_us = record.duration_us;
+        let id = match self.recorder.record(record).await {
             Ok(id) => id,
             Err(e) => {
                 tracing::error!(error = %e, "could not record the invocation");
@@ -334,7 +337,7 @@ impl Keyhole {
             Ok(_) => tracing::info!(
                 function = name,
                 version = row.version,
-                duration_us = record.duration_us,
+                duration_us,
                 "invocation ok"
             ),
             Err(e) => tracing::info!(

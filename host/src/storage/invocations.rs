@@ -78,30 +78,47 @@ fn row_to_invocation(r: &Row<'_>) -> rusqlite::Result<InvocationRow> {
 impl Storage {
     /// Record an invocation; returns its id.
     pub fn insert_invocation(&self, inv: &InvocationRow) -> Result<i64, StorageError> {
-        let logs =
-            serde_json::to_string(&inv.logs).map_err(|e| StorageError::Malformed(e.to_string()))?;
-        let outbound = serde_json::to_string(&inv.outbound)
+        Ok(self.insert_invocations(&[inv])?[0])
+    }
+
+    /// Record several invocations in one transaction (one commit for all of them);
+    /// returns their ids in order. All or none are stored.
+    pub fn insert_invocations(&self, invs: &[&InvocationRow]) -> Result<Vec<i64>, StorageError> {
+        let encoded = invs
+            .iter()
+            .map(|inv| {
+                let logs = serde_json::to_string(&inv.logs)?;
+                let outbound = serde_json::to_string(&inv.outbound)?;
+                Ok((logs, outbound))
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()
             .map_err(|e| StorageError::Malformed(e.to_string()))?;
-        let conn = self.lock();
-        conn.execute_cached(
-            "INSERT INTO invocations (function, version, started_at, duration_us, outcome, error, output_bytes, logs, stdout, stderr, outbound) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                inv.function,
-                inv.version,
-                inv.started_at,
-                inv.duration_us,
-                inv.outcome,
-                inv.error,
-                inv.output_bytes,
-                logs,
-                inv.stdout,
-                inv.stderr,
-                outbound
-            ],
-        )
-        .map_err(|e| self.err(e))?;
-        Ok(conn.last_insert_rowid())
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let mut ids = Vec::with_capacity(invs.len());
+        for (inv, (logs, outbound)) in invs.iter().zip(&encoded) {
+            tx.execute_cached(
+                "INSERT INTO invocations (function, version, started_at, duration_us, outcome, error, output_bytes, logs, stdout, stderr, outbound) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    inv.function,
+                    inv.version,
+                    inv.started_at,
+                    inv.duration_us,
+                    inv.outcome,
+                    inv.error,
+                    inv.output_bytes,
+                    logs,
+                    inv.stdout,
+                    inv.stderr,
+                    outbound
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+            ids.push(tx.last_insert_rowid());
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(ids)
     }
 
     /// The most recent invocations, newest first, optionally for one function.

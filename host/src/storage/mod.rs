@@ -10,6 +10,7 @@ mod invocations;
 mod kv;
 mod migrations;
 mod oauth;
+mod recorder;
 mod schedules;
 mod tokens;
 
@@ -17,6 +18,7 @@ pub use connections::{ConnectionRow, GrantRow, ServiceRow};
 pub use functions::{FunctionRow, FunctionSummary, NewFunction};
 pub use invocations::{InvocationRow, OutboundCall};
 pub use oauth::PendingState;
+pub use recorder::Recorder;
 pub use schedules::ScheduleRow;
 pub use tokens::{ApiTokenRow, NewApiToken};
 
