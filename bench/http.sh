@@ -10,7 +10,10 @@
 # Installs what is missing from crates.io: oha (load generator) and wasmtime-cli 48
 # (compiles for a long time, once). Results: a markdown report on stdout and in
 # target/bench-http.md. Knobs (environment):
-#   DURATION=10s          length of each oha run
+#   DURATION=5s           length of each oha run
+#   ROUNDS=3              rounds per comparison; the cases of one comparison alternate
+#                         (A B A B ...) and the report gives medians, so a burst of
+#                         background load hits both sides alike
 #   CONCURRENCY="1 16 64" concurrency levels
 #   PIN=1                 with taskset and >= 2 CPUs: load generator on CPU 0, servers
 #                         on the others, so the two never fight for a core (0 disables)
@@ -19,7 +22,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-3}
 CONCURRENCY=${CONCURRENCY:-"1 16 64"}
 PIN=${PIN:-1}
 KEYHOLE_PORT=${KEYHOLE_PORT:-18976}
@@ -139,44 +143,64 @@ DIRECT_ARGS=(-H "X-API-Key: bench-upstream-key" "$UPSTREAM/")
 step "warming up"
 warm "${ECHO_ARGS[@]}"; warm "${HELLO_ARGS[@]}"; warm "${FETCH_ARGS[@]}"
 
+# median V... -> the median, rounded
+median() { python3 -c 'import statistics, sys; print(round(statistics.median(float(v) for v in sys.argv[1:]), 2 if "." in "".join(sys.argv[1:]) else None))' "$@"; }
+# spread V... -> "min–max"
+spread() { python3 -c 'import sys; v = sorted(float(x) for x in sys.argv[1:]); print(f"{v[0]:g}–{v[-1]:g}")' "$@"; }
+ratio() { python3 -c "print(f'{$1 / max($2, 1):.2f}')"; }
+
 {
     echo "### Run of $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo
     echo "- machine: $(python3 -c 'import platform; print(platform.processor() or platform.machine())') $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ //'), $NCPU CPUs, $(free -g 2>/dev/null | awk '/Mem:/ {print $2 " GiB"}'), $(uname -sr)"
-    echo "- placement: $PLACEMENT; each run $DURATION; body \`$BODY\`"
+    echo "- placement: $PLACEMENT; $ROUNDS alternating rounds of $DURATION per case, medians shown; body \`$BODY\`"
     echo "- $(wasmtime --version), $(oha --version), $(rustc --version), keyhole $("$KEYHOLE" --version | awk '{print $2}') (release, --rate-limit 0)"
     echo
-    echo "| concurrency | keyhole echo req/s | p50 µs | p99 µs | wasmtime serve req/s | p50 µs | p99 µs | keyhole/wasmtime |"
+    echo "| concurrency | keyhole echo req/s | p50 µs | p99 µs | wasmtime serve req/s | p50 µs | p99 µs | keyhole/wasmtime (per-round range) |"
     echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
 } | tee "$REPORT"
 
 for c in $CONCURRENCY; do
     step "concurrency $c"
-    read -r k_rps k_p50 _ k_p99 k_ok < <(run keyhole "$c" "${ECHO_ARGS[@]}")
-    read -r w_rps w_p50 _ w_p99 w_ok < <(run wasmtime "$c" "${HELLO_ARGS[@]}")
-    ratio=$(python3 -c "print(f'{$k_rps / max($w_rps, 1):.2f}')")
-    note=""
-    if [ "$k_ok" != "100.00" ]; then note+=" (keyhole ${k_ok}% 2xx)"; fi
-    if [ "$w_ok" != "100.00" ]; then note+=" (wasmtime ${w_ok}% 2xx)"; fi
-    echo "| $c | $k_rps | $k_p50 | $k_p99 | $w_rps | $w_p50 | $w_p99 | $ratio$note |" | tee -a "$REPORT"
+    K_RPS=() K_P50=() K_P99=() W_RPS=() W_P50=() W_P99=() RATIOS=() note=""
+    for round in $(seq "$ROUNDS"); do
+        read -r k_rps k_p50 _ k_p99 k_ok < <(run keyhole "$c" "${ECHO_ARGS[@]}")
+        read -r w_rps w_p50 _ w_p99 w_ok < <(run wasmtime "$c" "${HELLO_ARGS[@]}")
+        K_RPS+=("$k_rps") K_P50+=("$k_p50") K_P99+=("$k_p99")
+        W_RPS+=("$w_rps") W_P50+=("$w_p50") W_P99+=("$w_p99")
+        RATIOS+=("$(ratio "$k_rps" "$w_rps")")
+        if [ "$k_ok" != "100.00" ]; then note+=" (round $round: keyhole ${k_ok}% 2xx)"; fi
+        if [ "$w_ok" != "100.00" ]; then note+=" (round $round: wasmtime ${w_ok}% 2xx)"; fi
+        echo "  round $round: keyhole $k_rps req/s, wasmtime $w_rps req/s" >&2
+    done
+    echo "| $c | $(median "${K_RPS[@]}") | $(median "${K_P50[@]}") | $(median "${K_P99[@]}") | $(median "${W_RPS[@]}") | $(median "${W_P50[@]}") | $(median "${W_P99[@]}") | **$(median "${RATIOS[@]}")** ($(spread "${RATIOS[@]}"))$note |" | tee -a "$REPORT"
 done
 
 step "authenticated GET through keyhole vs the same GET made directly (concurrency 1)"
-read -r d_rps d_p50 _ d_p99 _ < <(run direct 1 "${DIRECT_ARGS[@]}")
-read -r f_rps f_p50 _ f_p99 f_ok < <(run fetch 1 "${FETCH_ARGS[@]}")
-read -r e_rps e_p50 _ e_p99 _ < <(run echo1 1 "${ECHO_ARGS[@]}")
+D_P50=() E_P50=() F_P50=() D_RPS=() E_RPS=() F_RPS=() D_P99=() E_P99=() F_P99=() ADDED=() WHOLE=() fetch_note=""
+for round in $(seq "$ROUNDS"); do
+    read -r d_rps d_p50 _ d_p99 _ < <(run direct 1 "${DIRECT_ARGS[@]}")
+    read -r e_rps e_p50 _ e_p99 _ < <(run echo1 1 "${ECHO_ARGS[@]}")
+    read -r f_rps f_p50 _ f_p99 f_ok < <(run fetch 1 "${FETCH_ARGS[@]}")
+    D_P50+=("$d_p50") E_P50+=("$e_p50") F_P50+=("$f_p50")
+    D_RPS+=("$d_rps") E_RPS+=("$e_rps") F_RPS+=("$f_rps")
+    D_P99+=("$d_p99") E_P99+=("$e_p99") F_P99+=("$f_p99")
+    ADDED+=("$((f_p50 - e_p50 - d_p50))") WHOLE+=("$((f_p50 - d_p50))")
+    if [ "$f_ok" != "100.00" ]; then fetch_note+=" round $round: only ${f_ok}% of fetch invocations answered 2xx."; fi
+    echo "  round $round: direct $d_p50 µs, echo $e_p50 µs, fetch $f_p50 µs (p50)" >&2
+done
 {
     echo
-    echo "| concurrency 1 | req/s | p50 µs | p99 µs |"
+    echo "| concurrency 1 (medians of $ROUNDS rounds) | req/s | p50 µs | p99 µs |"
     echo "|---|---:|---:|---:|"
-    echo "| GET upstream directly (with the API key) | $d_rps | $d_p50 | $d_p99 |"
-    echo "| invoke \`echo\` (no outbound call) | $e_rps | $e_p50 | $e_p99 |"
-    echo "| invoke \`fetch\` = hello-http making the same GET through connection \`upstream\` | $f_rps | $f_p50 | $f_p99 |"
+    echo "| GET upstream directly (with the API key) | $(median "${D_RPS[@]}") | $(median "${D_P50[@]}") | $(median "${D_P99[@]}") |"
+    echo "| invoke \`echo\` (no outbound call) | $(median "${E_RPS[@]}") | $(median "${E_P50[@]}") | $(median "${E_P99[@]}") |"
+    echo "| invoke \`fetch\` = hello-http making the same GET through connection \`upstream\` | $(median "${F_RPS[@]}") | $(median "${F_P50[@]}") | $(median "${F_P99[@]}") |"
     echo
-    echo "- whole path added over the direct GET (fetch − direct), p50: $((f_p50 - d_p50)) µs"
-    echo "- added by the authenticated call itself (fetch − echo − direct), p50: $((f_p50 - e_p50 - d_p50)) µs"
-    if [ "$f_ok" != "100.00" ]; then
-        echo "- WARNING: only ${f_ok}% of fetch invocations answered 2xx"
+    echo "- whole path added over the direct GET (fetch − direct), p50: $(median "${WHOLE[@]}") µs (per round: ${WHOLE[*]})"
+    echo "- added by the authenticated call itself (fetch − echo − direct, per round), p50: **$(median "${ADDED[@]}") µs** (per round: ${ADDED[*]})"
+    if [ -n "$fetch_note" ]; then
+        echo "- WARNING:$fetch_note"
     fi
 } | tee -a "$REPORT"
 echo >&2
