@@ -60,6 +60,10 @@ impl ServeArgs {
 pub async fn serve(host: Keyhole, args: ServeArgs) -> anyhow::Result<i32> {
     let host = Arc::new(host);
     let mut server = Server::bind(host.clone(), args.config()).await?;
+    // A long-running process: checkpoint the WAL beside the requests, not inside one.
+    let _checkpointer = host
+        .storage()
+        .checkpoint_in_background(std::time::Duration::from_secs(1))?;
     // Schedules run beside the API and stop (draining runs in flight) with it.
     let drain = args.shutdown_timeout;
     server.spawn_background(move |token| {

@@ -24,6 +24,7 @@ pub use tokens::{ApiTokenRow, NewApiToken};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -98,6 +99,23 @@ impl std::fmt::Debug for Storage {
     }
 }
 
+/// The background checkpointer of [`Storage::checkpoint_in_background`]; dropping it
+/// runs a last checkpoint and joins the thread.
+#[derive(Debug)]
+pub struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Current time as Unix milliseconds (every timestamp column uses this).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -114,8 +132,7 @@ impl Storage {
             source,
         };
         let mut conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -148,6 +165,44 @@ impl Storage {
         }
     }
 
+    /// Move WAL checkpoints off the write path for a long-running process: commits stop
+    /// checkpointing (a checkpoint writes the database file and syncs, which would stall
+    /// whichever invocation's commit triggered it), and a background thread with its own
+    /// connection checkpoints every `every` instead. Stops when the returned value drops.
+    pub fn checkpoint_in_background(&self, every: Duration) -> Result<Checkpointer, StorageError> {
+        let conn = Connection::open(&self.path).map_err(|e| self.err(e))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| self.err(e))?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let path = self.path.clone();
+        let thread = std::thread::Builder::new()
+            .name("keyhole-checkpoint".into())
+            .spawn(move || {
+                loop {
+                    let last = !matches!(
+                        stopped.recv_timeout(every),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    );
+                    // PASSIVE: copies what it can without waiting for or blocking anyone.
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(database = %path.display(), error = %e, "WAL checkpoint failed; will retry");
+                    }
+                    if last {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| StorageError::Malformed(format!("cannot start the checkpoint thread: {e}")))?;
+        self.lock()
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| self.err(e))?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
     /// Read a value from the `meta` table.
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         self.lock()
@@ -167,5 +222,75 @@ impl Storage {
             )
             .map(drop)
             .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> InvocationRow {
+        InvocationRow {
+            id: 0,
+            function: "f".into(),
+            version: 1,
+            started_at: 1,
+            duration_us: 1,
+            outcome: "ok".into(),
+            error: None,
+            output_bytes: 0,
+            logs: vec!["INFO ".repeat(200)],
+            stdout: String::new(),
+            stderr: String::new(),
+            outbound: vec![],
+        }
+    }
+
+    /// Write 200 rows, one commit each (well under the default 1000-page autocheckpoint),
+    /// and return the WAL's size afterwards.
+    fn write_batch(s: &Storage) -> u64 {
+        for _ in 0..200 {
+            s.insert_invocation(&row()).unwrap();
+        }
+        std::fs::metadata(s.path().with_extension("db-wal"))
+            .unwrap()
+            .len()
+    }
+
+    #[test]
+    fn the_background_checkpointer_lets_the_wal_be_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(&dir.path().join("t.db")).unwrap();
+        let checkpointer = s
+            .checkpoint_in_background(Duration::from_millis(5))
+            .unwrap();
+        let first = write_batch(&s);
+        std::thread::sleep(Duration::from_millis(100));
+        // Checkpointed in the background, so the next commits rewrite the WAL from its
+        // start instead of appending (commits no longer checkpoint themselves).
+        let second = write_batch(&s);
+        assert!(
+            second < first + first / 2,
+            "WAL grew from {first} to {second}"
+        );
+        drop(checkpointer);
+        assert_eq!(s.recent_invocations(None, 1000).unwrap().len(), 400);
+    }
+
+    #[test]
+    fn without_checkpoints_the_wal_keeps_growing() {
+        // The control for the test above: with commits not checkpointing and no
+        // background thread, the second batch appends.
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(&dir.path().join("t.db")).unwrap();
+        s.lock()
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .unwrap();
+        let first = write_batch(&s);
+        let second = write_batch(&s);
+        assert!(
+            second > first + first / 2,
+            "WAL went from {first} to {second}"
+        );
     }
 }
