@@ -14,7 +14,6 @@
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -33,42 +32,11 @@ const INPUT: &str = r#"{"hello":"world"}"#;
 /// Name the function is uploaded under.
 const FUNCTION: &str = "echo";
 
-// ---------------------------------------------------------------------------------------
-// The echo component, built from source.
+mod common;
 
-/// Build the plugins workspace for wasm32-wasip2 (as `tests/harness/plugins.rs` does) and
-/// read `echo.wasm`.
+/// The echo component, built from `plugins/` source.
 fn echo_wasm() -> Vec<u8> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ has a parent")
-        .to_path_buf();
-    let target = root.join("plugins").join("target");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "build",
-            "--target",
-            "wasm32-wasip2",
-            "--release",
-            "--quiet",
-            "--target-dir",
-        ])
-        .arg(&target)
-        .current_dir(root.join("plugins"))
-        // The bench build's flags must not leak into the guest build.
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .expect("run cargo to build the plugins");
-    assert!(
-        out.status.success(),
-        "building plugins failed (is the wasm32-wasip2 target installed?):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = target.join("wasm32-wasip2/release/echo.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    common::plugin_wasm("echo")
 }
 
 // ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ pub mod redact;
 
 pub use catalog::{Catalog, CatalogEntry, ServiceSource};
 pub use credentials::{Credentials, Tokens};
-pub use gateway::Gateway;
+pub use gateway::{Gateway, build_client};
 pub use manager::{ConnectOutcome, ConnectionView, Connections, ParamView, VerifyOutcome};
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,228 @@
+//! The latency keyhole adds to an authenticated call, measured in one process so that
+//! scheduling noise between processes does not drown it: run with `cargo bench -p
+//! keyhole-host --bench gateway`; see BENCHMARKS.md.
+//!
+//! A local upstream (axum, on 127.0.0.1, answering 401 without the right `X-API-Key`)
+//! and three cases, all on one current-thread tokio runtime:
+//!
+//! - `direct`: a reqwest GET to the upstream with the key, from the same process and the
+//!   same kind of pooled client keyhole uses: the call itself, nothing of keyhole's.
+//! - `refused`: invoking `fetch` (the `hello-http` plugin) on a connection it was not
+//!   granted: the whole invocation (instance, input, output, record) without the call.
+//! - `fetch`: invoking `fetch` to make the GET through connection `upstream` (grant
+//!   check, connection load, egress check, key injection, send, scrub, call record).
+//!
+//! The added latency is `fetch − refused − direct` at p50, from every call of an
+//! interleaved measurement (rounds of the three cases in turn, each call timed).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use criterion::Criterion;
+use keyhole::runtime::RuntimeConfig;
+use keyhole::secrets::Secret;
+use keyhole::services::ServiceDef;
+use keyhole::{Keyhole, UploadOptions};
+use tokio::runtime::Runtime as Tokio;
+
+mod common;
+
+/// The upstream's API key.
+const KEY: &str = "bench-gateway-key-0123456789";
+
+/// An upstream that checks the key the way an API does.
+async fn upstream() -> std::net::SocketAddr {
+    async fn answer(headers: HeaderMap) -> (StatusCode, &'static str) {
+        match headers.get("x-api-key") {
+            Some(v) if v == KEY => (StatusCode::OK, r#"{"items":[{"id":"1","text":"hi"}]}"#),
+            _ => (StatusCode::UNAUTHORIZED, r#"{"error":"bad key"}"#),
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the upstream");
+    let addr = listener.local_addr().expect("upstream address");
+    let app = axum::Router::new().route("/", axum::routing::get(answer));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+struct Fixture {
+    rt: Tokio,
+    _home: tempfile::TempDir,
+    host: Keyhole,
+    client: reqwest::Client,
+    url: String,
+}
+
+const FETCH: &str = r#"{"connection":"upstream","target":"/"}"#;
+const REFUSED: &str = r#"{"connection":"not-granted","target":"/"}"#;
+
+impl Fixture {
+    fn new() -> Self {
+        // One thread for everything (client, keyhole, upstream): no cross-thread wake-ups,
+        // whose cost on a small VM is large and erratic and would drown what is measured.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio");
+        let wasm = common::plugin_wasm("hello_http");
+        let home = tempfile::tempdir().expect("tempdir");
+        let host = Keyhole::open(home.path(), RuntimeConfig::default()).expect("open");
+        let addr = rt.block_on(upstream());
+        let url = format!("http://{addr}/");
+        rt.block_on(async {
+            let service = ServiceDef::from_toml(&format!(
+                r#"
+name = "bench-upstream"
+display_name = "Bench upstream"
+auth = "api_key"
+base_url = "http://{addr}"
+
+[[params]]
+name = "X-API-Key"
+display_name = "API key"
+secret = true
+location = "header"
+"#
+            ))
+            .expect("service definition");
+            let c = host.connections();
+            c.catalog().add(&service).expect("add service");
+            c.add("upstream", "bench-upstream", vec![], None)
+                .expect("add connection");
+            c.connect(
+                "upstream",
+                [("X-API-Key".to_string(), Secret::new(KEY))].into(),
+            )
+            .await
+            .expect("connect");
+            host.upload(
+                "fetch",
+                wasm,
+                UploadOptions {
+                    grants: vec!["upstream".into()],
+                    ..UploadOptions::default()
+                },
+            )
+            .await
+            .expect("upload fetch");
+        });
+        let f = Self {
+            rt,
+            _home: home,
+            host,
+            client: keyhole::connections::build_client(),
+            url,
+        };
+        // Each case must do what it claims before it is timed.
+        let out: serde_json::Value =
+            serde_json::from_str(&f.rt.block_on(f.invoke(FETCH))).expect("fetch output is JSON");
+        assert_eq!(
+            out["status"], 200,
+            "fetch reached the upstream with the key: {out}"
+        );
+        let refused: serde_json::Value =
+            serde_json::from_str(&f.rt.block_on(f.invoke(REFUSED))).expect("JSON");
+        assert_eq!(refused["error"], "access-denied", "{refused}");
+        assert_eq!(f.rt.block_on(f.direct()), StatusCode::OK.as_u16());
+        f
+    }
+
+    async fn invoke(&self, input: &str) -> String {
+        let inv = self.host.invoke("fetch", input).await.expect("invoke");
+        inv.result.expect("fetch succeeds")
+    }
+
+    async fn direct(&self) -> u16 {
+        let r = self
+            .client
+            .get(&self.url)
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .expect("direct GET");
+        let status = r.status().as_u16();
+        black_box(r.bytes().await.expect("body"));
+        status
+    }
+}
+
+fn bench(c: &mut Criterion, f: &Fixture) {
+    let mut group = c.benchmark_group("authenticated_get");
+    group
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(5))
+        .sample_size(50);
+    group.bench_function("direct", |b| {
+        b.to_async(&f.rt)
+            .iter(|| async { black_box(f.direct().await) })
+    });
+    group.bench_function("refused", |b| {
+        b.to_async(&f.rt)
+            .iter(|| async { black_box(f.invoke(REFUSED).await) })
+    });
+    group.bench_function("fetch", |b| {
+        b.to_async(&f.rt)
+            .iter(|| async { black_box(f.invoke(FETCH).await) })
+    });
+    group.finish();
+}
+
+/// Rounds of (direct, refused, fetch), each a batch of sequential calls timed one by
+/// one; the p50 and p99 of every case's calls, and the added latency at p50.
+fn print_added(f: &Fixture) {
+    const ROUNDS: usize = 21;
+    const BATCH: usize = 100;
+    let mut samples: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..ROUNDS {
+        for (case, out) in samples.iter_mut().enumerate() {
+            for _ in 0..BATCH {
+                let started = Instant::now();
+                f.rt.block_on(async {
+                    match case {
+                        0 => drop(black_box(f.direct().await)),
+                        1 => drop(black_box(f.invoke(REFUSED).await)),
+                        _ => drop(black_box(f.invoke(FETCH).await)),
+                    }
+                });
+                out.push(started.elapsed());
+            }
+        }
+    }
+    let pct = |v: &Vec<Duration>, p: f64| v[((v.len() - 1) as f64 * p) as usize];
+    for v in &mut samples {
+        v.sort();
+    }
+    let [direct, refused, fetch] = &samples;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let added = us(pct(fetch, 0.5)) - us(pct(refused, 0.5)) - us(pct(direct, 0.5));
+    println!();
+    println!(
+        "authenticated call added latency p50 = {added:.1}µs  (fetch − refused − direct GET at p50, {} calls each in {ROUNDS} interleaved rounds)",
+        ROUNDS * BATCH
+    );
+    for (name, v) in [
+        ("direct GET", direct),
+        ("refused", refused),
+        ("fetch", fetch),
+    ] {
+        println!(
+            "  {name:<10} p50 {:>7.1}µs  p99 {:>7.1}µs",
+            us(pct(v, 0.5)),
+            us(pct(v, 0.99))
+        );
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let fixture = Fixture::new();
+    bench(&mut c, &fixture);
+    c.final_summary();
+    let quick = std::env::args().any(|a| a == "--test" || a == "--list");
+    if !quick {
+        print_added(&fixture);
+    }
+}
