@@ -5,7 +5,9 @@
 #      component (bench/hello-wasi-http) on `wasmtime serve`, at concurrency 1, 16, 64,
 #      with the keyhole/wasmtime throughput ratio.
 #   2. A function making one authenticated GET (API key injected by keyhole) to a local
-#      upstream, against the same GET made directly, with the added latency.
+#      upstream, against the same GET made directly, with the added latency: over HTTP
+#      across processes, and (GATEWAY=1, the default) in one process with
+#      `cargo bench --bench gateway`, which leaves out the cost of cross-process wake-ups.
 #
 # Installs what is missing from crates.io: oha (load generator) and wasmtime-cli 48
 # (compiles for a long time, once). Results: a markdown report on stdout and in
@@ -17,6 +19,7 @@
 #   CONCURRENCY="1 16 64" concurrency levels
 #   PIN=1                 with taskset and >= 2 CPUs: load generator on CPU 0, servers
 #                         on the others, so the two never fight for a core (0 disables)
+#   GATEWAY=1             also run the in-process authenticated-call bench (0 skips it)
 #   KEYHOLE_PORT=18976 WASMTIME_PORT=18977
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +27,7 @@ ROOT=$PWD
 
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
+GATEWAY=${GATEWAY:-1}
 CONCURRENCY=${CONCURRENCY:-"1 16 64"}
 PIN=${PIN:-1}
 KEYHOLE_PORT=${KEYHOLE_PORT:-18976}
@@ -51,6 +55,7 @@ have rustup && rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 # --- builds ------------------------------------------------------------------------
 step "building keyhole (release), the plugins and the wasi:http echo component"
 cargo build --release --quiet -p keyhole-host --bin keyhole
+if [ "$GATEWAY" = 1 ]; then cargo bench --quiet -p keyhole-host --bench gateway --no-run; fi
 (cd plugins && cargo build --quiet --target wasm32-wasip2 --release)
 (cd bench/hello-wasi-http && cargo build --quiet --target wasm32-wasip2 --release)
 KEYHOLE="$ROOT/target/release/keyhole"
@@ -203,5 +208,22 @@ done
         echo "- WARNING:$fetch_note"
     fi
 } | tee -a "$REPORT"
+
+if [ "$GATEWAY" = 1 ]; then
+    step "authenticated call in one process (cargo bench --bench gateway)"
+    # Same CPU placement as the servers above; criterion's own samples are kept short,
+    # the printed p50s come from the bench's interleaved rounds.
+    "${SERVE[@]}" cargo bench --quiet -p keyhole-host --bench gateway -- \
+        --warm-up-time 1 --measurement-time 2 >"$WORK/gateway.txt" 2>&1 \
+        || { cat "$WORK/gateway.txt" >&2; exit 1; }
+    {
+        echo
+        echo "In one process (\`cargo bench -p keyhole-host --bench gateway\`, one thread; no cross-process wake-ups):"
+        echo
+        echo '```'
+        grep -A3 '^authenticated call added latency' "$WORK/gateway.txt"
+        echo '```'
+    } | tee -a "$REPORT"
+fi
 echo >&2
 echo "report written to $REPORT" >&2
