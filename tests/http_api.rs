@@ -456,6 +456,62 @@ async fn over_capacity_gets_503_and_the_server_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_request_body_gets_408_and_frees_its_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = start(ServeConfig {
+        max_in_flight: 1,
+        queue: 0,
+        body_timeout: Duration::from_millis(800),
+        ..test_config()
+    })
+    .await;
+    api.upload("echo", "echo", "").await;
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Headers promise 100 bytes; 4 arrive, then nothing.
+    let head = format!(
+        "POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"a\"",
+        api.admin
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // While it stalls it holds the only invocation slot.
+    let busy = api.invoke("echo", "{}").await;
+    assert_eq!(
+        busy.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        busy.body
+    );
+
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("body-timeout") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut buf))
+            .await
+            .expect("the server answers a stalled body within its timeout")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed without an answer: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("--body-timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The slot is free again.
+    let r = api.invoke("echo", r#"{"after":"stall"}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json(), json!({"after":"stall"}));
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn per_token_rate_limit_gets_429() {
     let api = start(ServeConfig {
         rate_limit: 1,

@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// After SIGINT/SIGTERM, how long in-flight invocations get to finish, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub shutdown_timeout: Duration,
+    /// Longest pause while a client sends a request body before it gets 408 (frees the
+    /// invocation slot a stalled client would hold).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub body_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -49,6 +53,7 @@ impl ServeArgs {
             max_in_flight: self.max_in_flight.max(1),
             queue: self.queue,
             max_body_bytes: self.max_body,
+            body_timeout: self.body_timeout,
             rate_limit: self.rate_limit,
             rate_burst: self.rate_burst,
             shutdown_timeout: self.shutdown_timeout,

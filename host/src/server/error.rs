@@ -101,6 +101,17 @@ impl ApiError {
 
     /// A failed body read: 413 over the cap, else 400.
     pub fn from_body(e: BytesRejection) -> Self {
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if s.is::<tower_http::timeout::TimeoutError>() {
+                return Self::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    "the client paused for longer than the server allows while sending the request body (`keyhole serve --body-timeout`); send the body without stalling",
+                );
+            }
+            source = s.source();
+        }
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -78,6 +78,8 @@ pub const DEFAULT_RATE_LIMIT: u32 = 100;
 pub const DEFAULT_RATE_BURST: u32 = 200;
 /// Default time in-flight work gets to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default longest pause while a client sends a request body (then 408).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of one server.
 #[derive(Debug, Clone)]
@@ -98,6 +100,9 @@ pub struct ServeConfig {
     pub rate_burst: u32,
     /// How long in-flight requests and background tasks get after shutdown begins.
     pub shutdown_timeout: Duration,
+    /// Longest pause while a client sends a request body; then 408, and whatever the
+    /// request held (an invocation slot) is released.
+    pub body_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -110,6 +115,7 @@ impl Default for ServeConfig {
             rate_limit: DEFAULT_RATE_LIMIT,
             rate_burst: DEFAULT_RATE_BURST,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The route table of `keyhole serve` and its cross-cutting layers: bearer
-//! authentication, the per-token rate limit, body caps and invocation admission.
+//! authentication, the per-token rate limit, body caps and timeouts, and invocation
+//! admission.
 //!
 //! Open (no token): `GET /healthz`, `GET /oauth/callback`. Everything else, including
 //! unknown paths, answers 401 without a valid token, so a caller without one learns
@@ -11,6 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use super::auth::{Admin, authenticate};
 use super::error::ApiError;
@@ -69,6 +71,8 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth/callback", get(oauth_callback))
         .merge(api)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // A client that stalls mid-body would otherwise hold its invocation slot.
+        .layer(RequestBodyTimeoutLayer::new(state.config.body_timeout))
         .with_state(state)
 }
 
