@@ -428,6 +428,38 @@ async fn revoke_then_reconnect_in_place_keeps_name_and_grants() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn verification_reads_the_body_of_an_api_that_answers_200_to_bad_credentials() {
+    let api = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
+    let t = TestHost::new();
+    // Slack's shape: `auth.test` is 200 either way; `"ok"` tells.
+    let toml = api_key_header_service("chat", &api.base_url()).replace(
+        "[verify]\npath = \"/user\"\n",
+        "[verify]\nmethod = \"POST\"\npath = \"/auth.test\"\n\n[verify.expect_json]\nok = true\n",
+    );
+    assert!(toml.contains("expect_json"), "{toml}");
+    add_service(&t, &toml);
+    let bad = connect(&t, "chat", "chat", &[("X-API-Key", "wrong-key-789")]).await;
+    let v = bad.verification.unwrap();
+    assert!(!v.ok, "a 200 with ok=false is a failed verification");
+    assert_eq!(v.status, Some(200));
+    let reason = v.reason.unwrap();
+    assert!(reason.contains(r#""ok" = false, not true"#), "{reason}");
+    assert!(reason.contains("invalid_auth"), "{reason}");
+    assert_ne!(
+        t.host.connections().show("chat").unwrap().status,
+        keyhole::connections::Status::Connected
+    );
+
+    let good = connect(&t, "chat", "chat", &[("X-API-Key", KEY)]).await;
+    assert!(good.verification.unwrap().ok);
+    assert_eq!(
+        t.host.connections().show("chat").unwrap().status,
+        keyhole::connections::Status::Connected
+    );
+    assert_eq!(api.hits("/auth.test"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failed_reconnect_keeps_the_working_credentials() {
     let (t, _api) = acme().await;
     let out = connect(&t, "acme", "acme", &[("X-API-Key", "wrong-key-456")]).await;

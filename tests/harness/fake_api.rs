@@ -143,6 +143,7 @@ impl FakeApi {
         });
         let router = Router::new()
             .route("/user", get(user))
+            .route("/auth.test", any(auth_test))
             .route("/v1/user", get(user))
             .route("/echo", any(echo))
             .route("/v1/echo", any(echo))
@@ -323,6 +324,15 @@ pub(crate) fn strip_scheme<'a>(header: &'a str, scheme: &str) -> Option<&'a str>
     got.eq_ignore_ascii_case(scheme)
         .then(|| rest.trim_start())
         .filter(|v| !v.is_empty())
+}
+
+/// Like Slack's `auth.test`: 200 whatever the credentials, with `"ok"` saying whether they
+/// worked.
+async fn auth_test(State(state): State<Arc<ApiState>>, headers: HeaderMap, uri: Uri) -> Response {
+    match authenticate(&state, &headers, &uri) {
+        Auth::Ok(_) => Json(json!({ "ok": true, "user": "keyhole-test" })).into_response(),
+        Auth::Denied(_) => Json(json!({ "ok": false, "error": "invalid_auth" })).into_response(),
+    }
 }
 
 async fn user(State(state): State<Arc<ApiState>>, headers: HeaderMap, uri: Uri) -> Response {

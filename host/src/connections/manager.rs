@@ -457,22 +457,24 @@ impl Connections {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         };
         match self.gateway.execute(loaded, req, &limits, None).await {
-            Ok(r) if v.is_success(r.status) => VerifyOutcome {
-                ok: true,
-                request,
-                status: Some(r.status),
-                reason: None,
-            },
-            Ok(r) => {
-                let body = String::from_utf8_lossy(&r.body);
-                let excerpt: String = body.trim().chars().take(REASON_EXCERPT).collect();
-                VerifyOutcome {
-                    ok: false,
-                    reason: Some(format!("{request} answered {}: {excerpt}", r.status)),
+            Ok(r) => match v.failure(r.status, &r.body) {
+                None => VerifyOutcome {
+                    ok: true,
                     request,
                     status: Some(r.status),
+                    reason: None,
+                },
+                Some(why) => {
+                    let body = String::from_utf8_lossy(&r.body);
+                    let excerpt: String = body.trim().chars().take(REASON_EXCERPT).collect();
+                    VerifyOutcome {
+                        ok: false,
+                        reason: Some(format!("{request} {why}: {excerpt}")),
+                        request,
+                        status: Some(r.status),
+                    }
                 }
-            }
+            },
             Err(e) => VerifyOutcome {
                 ok: false,
                 reason: Some(format!("{request} failed: {e}")),

@@ -265,6 +265,10 @@ pub struct VerifyDef {
     /// Statuses that mean success; empty means any 2xx.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expect_status: Vec<u16>,
+    /// Top-level fields the JSON response body must have, with these values, for APIs
+    /// that answer 200 to bad credentials (Slack: `ok = true`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub expect_json: BTreeMap<String, serde_json::Value>,
 }
 
 impl VerifyDef {
@@ -275,6 +279,26 @@ impl VerifyDef {
         } else {
             self.expect_status.contains(&status)
         }
+    }
+
+    /// Why a response with `status` and `body` is not a successful verification, or
+    /// `None` when it is.
+    pub fn failure(&self, status: u16, body: &[u8]) -> Option<String> {
+        if !self.is_success(status) {
+            return Some(format!("answered {status}"));
+        }
+        if self.expect_json.is_empty() {
+            return None;
+        }
+        let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(body) else {
+            return Some(format!(
+                "answered {status} without the JSON object it should"
+            ));
+        };
+        self.expect_json.iter().find_map(|(name, want)| {
+            let got = fields.get(name).unwrap_or(&serde_json::Value::Null);
+            (got != want).then(|| format!("answered {status} with {name:?} = {got}, not {want}"))
+        })
     }
 }
 
@@ -435,6 +459,7 @@ token_url = "https://acme.test/token"
             method: get(),
             path: "/me".into(),
             expect_status: vec![],
+            expect_json: BTreeMap::new(),
         };
         assert!(any.is_success(200) && any.is_success(204) && !any.is_success(401));
         let only = VerifyDef {
@@ -442,5 +467,30 @@ token_url = "https://acme.test/token"
             ..any
         };
         assert!(only.is_success(404) && !only.is_success(200));
+    }
+
+    #[test]
+    fn verify_checks_json_fields_for_apis_that_answer_200_to_bad_credentials() {
+        let slack = super::super::find_preset("slack")
+            .unwrap()
+            .verify
+            .clone()
+            .unwrap();
+        assert_eq!(slack.failure(200, br#"{"ok":true,"user":"u"}"#), None);
+        let bad = slack
+            .failure(200, br#"{"ok":false,"error":"invalid_auth"}"#)
+            .unwrap();
+        assert!(bad.contains(r#""ok" = false, not true"#), "{bad}");
+        assert!(
+            slack
+                .failure(200, b"<html>")
+                .unwrap()
+                .contains("without the JSON")
+        );
+        assert!(slack.failure(200, b"{}").unwrap().contains("null"));
+        assert_eq!(
+            slack.failure(500, br#"{"ok":true}"#).unwrap(),
+            "answered 500"
+        );
     }
 }
