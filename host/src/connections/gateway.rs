@@ -63,6 +63,7 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
+    /// A connection opened with `creds`, building its scrubber.
     pub fn new(
         row: ConnectionRow,
         service: ServiceDef,

@@ -58,6 +58,11 @@ pub enum StorageError {
     /// A uniqueness rule was violated.
     #[error("{0}")]
     Conflict(String),
+    /// Storage work on a background task or thread failed: a batched write (the
+    /// underlying error as text, since one failure answers every record of the batch), or
+    /// the writer or checkpoint thread could not run.
+    #[error("background storage work failed: {0}")]
+    Background(String),
 }
 
 /// Statements kept prepared per connection: enough for every distinct statement in
@@ -193,7 +198,7 @@ impl Storage {
                     }
                 }
             })
-            .map_err(|e| StorageError::Malformed(format!("cannot start the checkpoint thread: {e}")))?;
+            .map_err(|e| StorageError::Background(format!("cannot start the checkpoint thread: {e}")))?;
         self.lock()
             .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| self.err(e))?;

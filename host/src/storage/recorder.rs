@@ -47,8 +47,8 @@ impl Recorder {
             return self.storage.insert_invocation(&row);
         }
         match answer.await {
-            Ok(result) => result.map_err(StorageError::Malformed),
-            Err(_) => Err(StorageError::Malformed(
+            Ok(result) => result.map_err(StorageError::Background),
+            Err(_) => Err(StorageError::Background(
                 "the invocation writer stopped before storing the record".into(),
             )),
         }
