@@ -100,6 +100,7 @@ EOF
 
 step "starting wasmtime serve (echo component) on 127.0.0.1:$WASMTIME_PORT"
 "${SERVE[@]}" wasmtime serve -S cli --addr "127.0.0.1:$WASMTIME_PORT" "$HELLO" >"$WORK/wasmtime.log" 2>&1 &
+WASMTIME_PID=$!
 PIDS+=($!)
 UPSTREAM="http://127.0.0.1:$WASMTIME_PORT"
 wait_http "$UPSTREAM/"
@@ -114,19 +115,29 @@ echo "X-API-Key=bench-upstream-key" | "$KEYHOLE" connections connect upstream --
 TOKEN=$("$KEYHOLE" tokens create --scope invoke --label bench 2>/dev/null)
 "${SERVE[@]}" "$KEYHOLE" serve --listen "127.0.0.1:$KEYHOLE_PORT" --rate-limit 0 \
     >"$WORK/keyhole.log" 2>&1 &
+KEYHOLE_PID=$!
 PIDS+=($!)
 KEYHOLE_URL="http://127.0.0.1:$KEYHOLE_PORT"
 wait_http "$KEYHOLE_URL/healthz"
 
 # --- measuring -----------------------------------------------------------------------
-# run NAME CONCURRENCY oha-args... -> prints "rps p50_us p90_us p99_us success%" and keeps JSON
+# CPU time (user + system, all threads) a process has used, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+CLK_TCK=$(getconf CLK_TCK)
+# run NAME CONCURRENCY SERVER_PID oha-args... -> prints "rps p50_us p90_us p99_us success%
+# cpu_us_per_request" (the server's CPU time over the run per answered request; unlike the
+# latencies it does not depend on how the scheduler interleaves processes) and keeps JSON
 run() {
-    local name=$1 c=$2
-    shift 2
+    local name=$1 c=$2 pid=$3
+    shift 3
+    local before after
+    before=$(cpu_ticks "$pid")
     "${LOAD[@]}" oha --no-tui --output-format json -z "$DURATION" -c "$c" "$@" >"$WORK/$name-$c.json"
-    python3 - "$WORK/$name-$c.json" <<'EOF'
+    after=$(cpu_ticks "$pid")
+    python3 - "$WORK/$name-$c.json" "$((after - before))" "$CLK_TCK" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
+cpu_s = int(sys.argv[2]) / int(sys.argv[3])
 s, p = d["summary"], d["latencyPercentiles"]
 us = lambda v: (v or 0) * 1e6
 codes = d.get("statusCodeDistribution", {})
@@ -134,7 +145,7 @@ ok = sum(n for code, n in codes.items() if code.startswith("2"))
 # Requests still open when the -z deadline ends are cut off by oha, not failures.
 errors = {k: n for k, n in d.get("errorDistribution", {}).items() if "deadline" not in k}
 total = sum(codes.values()) + sum(errors.values())
-print(f'{s["requestsPerSec"]:.0f} {us(p["p50"]):.0f} {us(p["p90"]):.0f} {us(p["p99"]):.0f} {100 * ok / max(total, 1):.2f}')
+print(f'{s["requestsPerSec"]:.0f} {us(p["p50"]):.0f} {us(p["p90"]):.0f} {us(p["p99"]):.0f} {100 * ok / max(total, 1):.2f} {1e6 * cpu_s / max(sum(codes.values()), 1):.0f}')
 EOF
 }
 warm() { "${LOAD[@]}" oha --no-tui -n 500 -c 8 "$@" >/dev/null; }
@@ -161,49 +172,52 @@ ratio() { python3 -c "print(f'{$1 / max($2, 1):.2f}')"; }
     echo "- placement: $PLACEMENT; $ROUNDS alternating rounds of $DURATION per case, medians shown; body \`$BODY\`"
     echo "- $(wasmtime --version), $(oha --version), $(rustc --version), keyhole $("$KEYHOLE" --version | awk '{print $2}') (release, --rate-limit 0)"
     echo
-    echo "| concurrency | keyhole echo req/s | p50 µs | p99 µs | wasmtime serve req/s | p50 µs | p99 µs | keyhole/wasmtime (per-round range) |"
-    echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| concurrency | keyhole echo req/s | p50 µs | p99 µs | CPU µs/req | wasmtime serve req/s | p50 µs | p99 µs | CPU µs/req | keyhole/wasmtime req/s (per-round range) |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 } | tee "$REPORT"
 
 for c in $CONCURRENCY; do
     step "concurrency $c"
-    K_RPS=() K_P50=() K_P99=() W_RPS=() W_P50=() W_P99=() RATIOS=() note=""
+    K_RPS=() K_P50=() K_P99=() K_CPU=() W_RPS=() W_P50=() W_P99=() W_CPU=() RATIOS=() note=""
     for round in $(seq "$ROUNDS"); do
-        read -r k_rps k_p50 _ k_p99 k_ok < <(run keyhole "$c" "${ECHO_ARGS[@]}")
-        read -r w_rps w_p50 _ w_p99 w_ok < <(run wasmtime "$c" "${HELLO_ARGS[@]}")
-        K_RPS+=("$k_rps") K_P50+=("$k_p50") K_P99+=("$k_p99")
-        W_RPS+=("$w_rps") W_P50+=("$w_p50") W_P99+=("$w_p99")
+        read -r k_rps k_p50 _ k_p99 k_ok k_cpu < <(run keyhole "$c" "$KEYHOLE_PID" "${ECHO_ARGS[@]}")
+        read -r w_rps w_p50 _ w_p99 w_ok w_cpu < <(run wasmtime "$c" "$WASMTIME_PID" "${HELLO_ARGS[@]}")
+        K_RPS+=("$k_rps") K_P50+=("$k_p50") K_P99+=("$k_p99") K_CPU+=("$k_cpu")
+        W_RPS+=("$w_rps") W_P50+=("$w_p50") W_P99+=("$w_p99") W_CPU+=("$w_cpu")
         RATIOS+=("$(ratio "$k_rps" "$w_rps")")
         if [ "$k_ok" != "100.00" ]; then note+=" (round $round: keyhole ${k_ok}% 2xx)"; fi
         if [ "$w_ok" != "100.00" ]; then note+=" (round $round: wasmtime ${w_ok}% 2xx)"; fi
         echo "  round $round: keyhole $k_rps req/s, wasmtime $w_rps req/s" >&2
     done
-    echo "| $c | $(median "${K_RPS[@]}") | $(median "${K_P50[@]}") | $(median "${K_P99[@]}") | $(median "${W_RPS[@]}") | $(median "${W_P50[@]}") | $(median "${W_P99[@]}") | **$(median "${RATIOS[@]}")** ($(spread "${RATIOS[@]}"))$note |" | tee -a "$REPORT"
+    echo "| $c | $(median "${K_RPS[@]}") | $(median "${K_P50[@]}") | $(median "${K_P99[@]}") | $(median "${K_CPU[@]}") | $(median "${W_RPS[@]}") | $(median "${W_P50[@]}") | $(median "${W_P99[@]}") | $(median "${W_CPU[@]}") | **$(median "${RATIOS[@]}")** ($(spread "${RATIOS[@]}"))$note |" | tee -a "$REPORT"
 done
 
 step "authenticated GET through keyhole vs the same GET made directly (concurrency 1)"
 D_P50=() E_P50=() F_P50=() D_RPS=() E_RPS=() F_RPS=() D_P99=() E_P99=() F_P99=() ADDED=() WHOLE=() fetch_note=""
+D_CPU=() E_CPU=() F_CPU=() CPU_ADDED=()
 for round in $(seq "$ROUNDS"); do
-    read -r d_rps d_p50 _ d_p99 _ < <(run direct 1 "${DIRECT_ARGS[@]}")
-    read -r e_rps e_p50 _ e_p99 _ < <(run echo1 1 "${ECHO_ARGS[@]}")
-    read -r f_rps f_p50 _ f_p99 f_ok < <(run fetch 1 "${FETCH_ARGS[@]}")
+    read -r d_rps d_p50 _ d_p99 _ d_cpu < <(run direct 1 "$WASMTIME_PID" "${DIRECT_ARGS[@]}")
+    read -r e_rps e_p50 _ e_p99 _ e_cpu < <(run echo1 1 "$KEYHOLE_PID" "${ECHO_ARGS[@]}")
+    read -r f_rps f_p50 _ f_p99 f_ok f_cpu < <(run fetch 1 "$KEYHOLE_PID" "${FETCH_ARGS[@]}")
     D_P50+=("$d_p50") E_P50+=("$e_p50") F_P50+=("$f_p50")
     D_RPS+=("$d_rps") E_RPS+=("$e_rps") F_RPS+=("$f_rps")
     D_P99+=("$d_p99") E_P99+=("$e_p99") F_P99+=("$f_p99")
     ADDED+=("$((f_p50 - e_p50 - d_p50))") WHOLE+=("$((f_p50 - d_p50))")
+    D_CPU+=("$d_cpu") E_CPU+=("$e_cpu") F_CPU+=("$f_cpu") CPU_ADDED+=("$((f_cpu - e_cpu))")
     if [ "$f_ok" != "100.00" ]; then fetch_note+=" round $round: only ${f_ok}% of fetch invocations answered 2xx."; fi
     echo "  round $round: direct $d_p50 µs, echo $e_p50 µs, fetch $f_p50 µs (p50)" >&2
 done
 {
     echo
-    echo "| concurrency 1 (medians of $ROUNDS rounds) | req/s | p50 µs | p99 µs |"
-    echo "|---|---:|---:|---:|"
-    echo "| GET upstream directly (with the API key) | $(median "${D_RPS[@]}") | $(median "${D_P50[@]}") | $(median "${D_P99[@]}") |"
-    echo "| invoke \`echo\` (no outbound call) | $(median "${E_RPS[@]}") | $(median "${E_P50[@]}") | $(median "${E_P99[@]}") |"
-    echo "| invoke \`fetch\` = hello-http making the same GET through connection \`upstream\` | $(median "${F_RPS[@]}") | $(median "${F_P50[@]}") | $(median "${F_P99[@]}") |"
+    echo "| concurrency 1 (medians of $ROUNDS rounds) | req/s | p50 µs | p99 µs | server CPU µs/req |"
+    echo "|---|---:|---:|---:|---:|"
+    echo "| GET upstream directly (with the API key) | $(median "${D_RPS[@]}") | $(median "${D_P50[@]}") | $(median "${D_P99[@]}") | $(median "${D_CPU[@]}") (upstream) |"
+    echo "| invoke \`echo\` (no outbound call) | $(median "${E_RPS[@]}") | $(median "${E_P50[@]}") | $(median "${E_P99[@]}") | $(median "${E_CPU[@]}") (keyhole) |"
+    echo "| invoke \`fetch\` = hello-http making the same GET through connection \`upstream\` | $(median "${F_RPS[@]}") | $(median "${F_P50[@]}") | $(median "${F_P99[@]}") | $(median "${F_CPU[@]}") (keyhole) |"
     echo
     echo "- whole path added over the direct GET (fetch − direct), p50: $(median "${WHOLE[@]}") µs (per round: ${WHOLE[*]})"
     echo "- added by the authenticated call itself (fetch − echo − direct, per round), p50: **$(median "${ADDED[@]}") µs** (per round: ${ADDED[*]})"
+    echo "- keyhole CPU time the authenticated call adds (fetch − echo, keyhole's process only): $(median "${CPU_ADDED[@]}") µs per request (per round: ${CPU_ADDED[*]})"
     if [ -n "$fetch_note" ]; then
         echo "- WARNING:$fetch_note"
     fi
