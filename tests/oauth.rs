@@ -1,7 +1,8 @@
 //! OAuth 2.0 connections end to end against a strict RFC 6749/7636/7009 server on
 //! 127.0.0.1: the code flow through `keyhole`, PKCE and state defences, refresh on expiry
-//! and on 401, single-flight refresh under load, rotation across restarts, invalid_grant,
-//! revocation, re-authorization in place, client credentials, and no leaked secrets.
+//! and on 401, single-flight refresh under load and across processes, rotation across
+//! restarts, invalid_grant, revocation, re-authorization in place, client credentials,
+//! and no leaked secrets.
 
 use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
@@ -317,6 +318,43 @@ async fn a_hundred_concurrent_invocations_on_an_expired_token_cause_one_token_re
         s.server.token_requests_for("refresh_token"),
         1,
         "refresh was not single-flight"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_on_an_expired_token_send_one_refresh() {
+    let s = setup("authorization_code").await;
+    authorize(&s).await;
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    // Both processes get a 401 and want to refresh; the provider is slow to answer, so
+    // without a lock across processes both would present the same (rotating) token.
+    s.server.set_token_delay(600);
+    s.server.expire_all_access_tokens();
+    let input = user().to_string();
+    let children: Vec<_> = (0..2)
+        .map(|_| s.t.spawn_cli(&["run", "hello", "--input", &input]))
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(answer["status"], 200, "{answer}");
+    }
+    assert_eq!(
+        s.server.token_requests_for("refresh_token"),
+        1,
+        "both processes refreshed"
+    );
+    let view = s.t.host.connections().show("prov").unwrap();
+    assert_eq!(view.status, Status::Connected);
+    assert!(
+        s.server
+            .is_refresh_token_active(s.server.issued_refresh_tokens().last().unwrap())
     );
 }
 

@@ -129,6 +129,39 @@ impl OAuth {
         }
     }
 
+    /// An exclusive lock on refreshing `connection` shared by every keyhole process on this
+    /// data directory (an OS file lock in `<data dir>/locks/`), so two processes never
+    /// present the same refresh token: with rotation, the second use would be reuse, and
+    /// providers answer reuse by revoking the grant. Released when the file drops. `None`
+    /// (logged) if the lock file cannot be used; the generation compare-and-swap still
+    /// keeps stale writes out.
+    async fn process_lock(&self, connection: &str) -> Option<std::fs::File> {
+        let dir = self.storage.path().parent()?.join("locks");
+        let path = dir.join(format!("refresh-{connection}.lock"));
+        let locked = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            file.lock()?;
+            Ok::<_, std::io::Error>(file)
+        })
+        .await;
+        match locked {
+            Ok(Ok(file)) => Some(file),
+            Ok(Err(e)) => {
+                tracing::warn!(connection, error = %e, "cannot take the cross-process refresh lock; refreshing without it");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(connection, error = %e, "cross-process refresh lock task failed");
+                None
+            }
+        }
+    }
+
     fn lock_for(&self, connection: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()

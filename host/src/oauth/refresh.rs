@@ -1,5 +1,6 @@
 //! Keeping access tokens fresh: refresh within the skew of expiry, force one refresh after
-//! a 401, single-flight per connection, rotation persisted before use, a generation
+//! a 401, single-flight per connection (within a process and, by a file lock, across the
+//! processes sharing a data directory), rotation persisted before use, a generation
 //! compare-and-swap against stale writers, `invalid_grant` → needs-reauth, and backoff
 //! after transient failures (no refresh storms).
 
@@ -59,8 +60,11 @@ impl OAuth {
             };
         }
 
+        // Single flight: one refresh per connection in this process, then one across
+        // processes on this data directory.
         let lock = self.lock_for(&name);
         let _guard = lock.lock().await;
+        let _process = self.process_lock(&name).await;
         // Someone may have refreshed while we waited: re-read before asking the provider.
         let current = self.reload(loaded)?;
         if current.row.generation != loaded.row.generation {
