@@ -21,9 +21,11 @@ pub const MAX_INVOCATIONS_PAGE: usize = 1000;
 /// Records returned when `limit` is not given.
 const DEFAULT_INVOCATIONS_PAGE: usize = 20;
 
-type ApiResult = Result<Json<Value>, ApiError>;
+/// What a JSON admin handler returns.
+pub(super) type ApiResult = Result<Json<Value>, ApiError>;
 
-fn to_json(v: impl serde::Serialize) -> ApiResult {
+/// Serialize a handler's answer.
+pub(super) fn to_json(v: impl serde::Serialize) -> ApiResult {
     serde_json::to_value(v).map(Json).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

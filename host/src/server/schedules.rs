@@ -13,11 +13,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::admin::{ApiResult, to_json};
 use super::auth::Admin;
 use super::error::ApiError;
 use crate::schedules::{Cadence, ScheduleError, Schedules};
 
-type ApiResult = Result<Json<Value>, ApiError>;
 
 impl From<ScheduleError> for ApiError {
     fn from(e: ScheduleError) -> Self {
@@ -35,15 +35,6 @@ fn schedules(s: &AppState) -> Schedules {
     Schedules::new(s.host.storage().clone())
 }
 
-fn to_json(v: impl serde::Serialize) -> ApiResult {
-    serde_json::to_value(v).map(Json).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "host-error",
-            e.to_string(),
-        )
-    })
-}
 
 /// Body of `PUT /v1/schedules/{name}`.
 #[derive(Debug, Deserialize)]
