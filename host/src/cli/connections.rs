@@ -140,39 +140,29 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
         }
         ConnectionsCmd::Connect(args) => connect(host, args).await,
         ConnectionsCmd::List { json } => {
-            let list = c.list()?;
-            if json {
-                output::json(&list)?;
-            } else if list.is_empty() {
-                println!(
-                    "no connections yet; create one with `keyhole connections add NAME --service SERVICE`"
-                );
-            } else {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|v| {
-                        vec![
-                            v.name.clone(),
-                            v.service.clone(),
-                            status_name(v),
-                            v.base_url.clone().unwrap_or_else(|| "-".into()),
-                            output::time(v.last_used_at),
-                            v.granted_functions.join(","),
-                        ]
-                    })
-                    .collect();
-                output::table(
-                    &[
-                        "NAME",
-                        "SERVICE",
-                        "STATUS",
-                        "BASE URL",
-                        "LAST USED",
-                        "FUNCTIONS",
-                    ],
-                    &rows,
-                );
-            }
+            output::listing(
+                json,
+                &c.list()?,
+                "no connections yet; create one with `keyhole connections add NAME --service SERVICE`",
+                &[
+                    "NAME",
+                    "SERVICE",
+                    "STATUS",
+                    "BASE URL",
+                    "LAST USED",
+                    "FUNCTIONS",
+                ],
+                |v| {
+                    vec![
+                        v.name.clone(),
+                        v.service.clone(),
+                        status_name(v),
+                        v.base_url.clone().unwrap_or_else(|| "-".into()),
+                        output::time(v.last_used_at),
+                        v.granted_functions.join(","),
+                    ]
+                },
+            )?;
             Ok(0)
         }
         ConnectionsCmd::Show { name, json } => {

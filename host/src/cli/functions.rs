@@ -126,32 +126,22 @@ pub async fn functions(host: &Keyhole, cmd: FunctionsCmd) -> anyhow::Result<i32>
     match cmd {
         FunctionsCmd::Upload(args) => upload(host, args).await,
         FunctionsCmd::List(flag) => {
-            let list = host.list_functions()?;
-            if flag.json {
-                output::json(&list)?;
-            } else if list.is_empty() {
-                println!(
-                    "no functions yet; upload one with `keyhole functions upload FILE.wasm --name NAME`"
-                );
-            } else {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|f| {
-                        vec![
-                            f.latest.name.clone(),
-                            f.latest.version.to_string(),
-                            f.versions.to_string(),
-                            output::bytes(f.latest.size),
-                            f.latest.content_hash[..12].to_string(),
-                            crate::util::format_ms(f.latest.created_at),
-                        ]
-                    })
-                    .collect();
-                output::table(
-                    &["NAME", "VERSION", "VERSIONS", "SIZE", "HASH", "UPLOADED"],
-                    &rows,
-                );
-            }
+            output::listing(
+                flag.json,
+                &host.list_functions()?,
+                "no functions yet; upload one with `keyhole functions upload FILE.wasm --name NAME`",
+                &["NAME", "VERSION", "VERSIONS", "SIZE", "HASH", "UPLOADED"],
+                |f| {
+                    vec![
+                        f.latest.name.clone(),
+                        f.latest.version.to_string(),
+                        f.versions.to_string(),
+                        output::bytes(f.latest.size),
+                        f.latest.content_hash[..12].to_string(),
+                        crate::util::format_ms(f.latest.created_at),
+                    ]
+                },
+            )?;
             Ok(0)
         }
         FunctionsCmd::Show { name, json } => {

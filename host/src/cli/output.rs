@@ -33,6 +33,25 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// Print a `list` command's answer: all of `items` as JSON with `--json`; otherwise
+/// `empty` (what to do first) when there are none, or a table with one `row` per item.
+pub fn listing<T: Serialize>(
+    json: bool,
+    items: &[T],
+    empty: &str,
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        self::json(&items)?;
+    } else if items.is_empty() {
+        println!("{empty}");
+    } else {
+        table(header, &items.iter().map(row).collect::<Vec<_>>());
+    }
+    Ok(())
+}
+
 /// Print `label: value` lines aligned.
 pub fn fields(pairs: &[(&str, String)]) {
     let w = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

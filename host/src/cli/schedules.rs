@@ -134,47 +134,34 @@ pub fn schedules(host: &Keyhole, cmd: SchedulesCmd) -> anyhow::Result<i32> {
             }
         }
         SchedulesCmd::List { json } => {
-            let list = s.list()?;
-            if json {
-                output::json(&list)?;
-            } else if list.is_empty() {
-                println!(
-                    "no schedules yet; add one with `keyhole schedules add NAME --function F --every 5m`"
-                );
-            } else {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.name.clone(),
-                            r.function.clone(),
-                            cadence(r),
-                            if r.paused {
-                                "paused".into()
-                            } else {
-                                "active".into()
-                            },
-                            if r.paused {
-                                "-".into()
-                            } else {
-                                output::time(Some(r.next_run_at))
-                            },
-                            r.last_outcome.clone().unwrap_or_else(|| "-".into()),
-                        ]
-                    })
-                    .collect();
-                output::table(
-                    &[
-                        "NAME",
-                        "FUNCTION",
-                        "CADENCE",
-                        "STATE",
-                        "NEXT RUN",
-                        "LAST OUTCOME",
-                    ],
-                    &rows,
-                );
-            }
+            output::listing(
+                json,
+                &s.list()?,
+                "no schedules yet; add one with `keyhole schedules add NAME --function F --every 5m`",
+                &[
+                    "NAME",
+                    "FUNCTION",
+                    "CADENCE",
+                    "STATE",
+                    "NEXT RUN",
+                    "LAST OUTCOME",
+                ],
+                |r| {
+                    let (state, next) = if r.paused {
+                        ("paused".into(), "-".into())
+                    } else {
+                        ("active".into(), output::time(Some(r.next_run_at)))
+                    };
+                    vec![
+                        r.name.clone(),
+                        r.function.clone(),
+                        cadence(r),
+                        state,
+                        next,
+                        r.last_outcome.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                },
+            )?;
         }
         SchedulesCmd::Show { name, json } => {
             let row = s.show(&name)?;

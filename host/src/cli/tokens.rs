@@ -88,43 +88,33 @@ pub fn tokens(host: &Keyhole, cmd: TokensCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         TokensCmd::List { json } => {
-            let list = list_tokens(storage)?;
-            if json {
-                output::json(&list)?;
-            } else if list.is_empty() {
-                println!(
-                    "no API tokens; create one with `keyhole tokens create --scope invoke|admin`"
-                );
-            } else {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            t.id.to_string(),
-                            t.scope.clone(),
-                            t.function.clone().unwrap_or_else(|| "*".into()),
-                            t.label.clone().unwrap_or_default(),
-                            crate::util::format_ms(t.created_at),
-                            output::time(t.last_used_at),
-                            t.revoked_at
-                                .map(crate::util::format_ms)
-                                .unwrap_or_else(|| "active".into()),
-                        ]
-                    })
-                    .collect();
-                output::table(
-                    &[
-                        "ID",
-                        "SCOPE",
-                        "FUNCTION",
-                        "LABEL",
-                        "CREATED",
-                        "LAST USED",
-                        "STATUS",
-                    ],
-                    &rows,
-                );
-            }
+            output::listing(
+                json,
+                &list_tokens(storage)?,
+                "no API tokens; create one with `keyhole tokens create --scope invoke|admin`",
+                &[
+                    "ID",
+                    "SCOPE",
+                    "FUNCTION",
+                    "LABEL",
+                    "CREATED",
+                    "LAST USED",
+                    "STATUS",
+                ],
+                |t| {
+                    vec![
+                        t.id.to_string(),
+                        t.scope.clone(),
+                        t.function.clone().unwrap_or_else(|| "*".into()),
+                        t.label.clone().unwrap_or_default(),
+                        crate::util::format_ms(t.created_at),
+                        output::time(t.last_used_at),
+                        t.revoked_at
+                            .map(crate::util::format_ms)
+                            .unwrap_or_else(|| "active".into()),
+                    ]
+                },
+            )?;
             Ok(0)
         }
         TokensCmd::Revoke { id } => {

@@ -18,7 +18,6 @@ use super::auth::Admin;
 use super::error::ApiError;
 use crate::schedules::{Cadence, ScheduleError, Schedules};
 
-
 impl From<ScheduleError> for ApiError {
     fn from(e: ScheduleError) -> Self {
         match e {
@@ -34,7 +33,6 @@ impl From<ScheduleError> for ApiError {
 fn schedules(s: &AppState) -> Schedules {
     Schedules::new(s.host.storage().clone())
 }
-
 
 /// Body of `PUT /v1/schedules/{name}`.
 #[derive(Debug, Deserialize)]
