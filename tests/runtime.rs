@@ -264,6 +264,38 @@ async fn guest_output_is_captured_and_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_guest_never_reads_what_an_earlier_guest_left_in_memory() {
+    // Memory slots are reused (and reset in place) between invocations of a function:
+    // whatever one invocation leaves behind must be gone for the next.
+    let t = TestHost::new();
+    t.upload("misbehave", "misbehave", &[]).await;
+    let marker = format!("leftover-{}", std::process::id() ^ 0x6b65_7968);
+    let masked: Vec<u8> = marker.bytes().map(|b| b ^ 0x5a).collect();
+
+    // The scan sees the marker when it is there...
+    let found = run_ok(
+        &t,
+        "misbehave",
+        json!({"mode": "scan", "masked": masked, "scribble_first": true}),
+    )
+    .await;
+    assert!(found.as_u64().unwrap() >= 8, "scan found {found}");
+
+    for _ in 0..3 {
+        let left = json!({"mode": "scribble", "marker": marker, "copies": 1000});
+        assert_eq!(run_ok(&t, "misbehave", left).await, json!(1000));
+        // ...and not after another invocation filled the heap with it.
+        let found = run_ok(
+            &t,
+            "misbehave",
+            json!({"mode": "scan", "masked": masked, "scribble_first": false}),
+        )
+        .await;
+        assert_eq!(found, json!(0), "a guest read an earlier guest's memory");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn two_hundred_concurrent_invocations_all_succeed() {
     let t = std::sync::Arc::new(TestHost::new());
     t.upload("echo", "echo", &[]).await;

@@ -1,5 +1,6 @@
 //! A test fixture that misbehaves on request, so tests can check the host's
-//! limits (fuel/epochs, memory, stack, output and log caps) and error paths.
+//! limits (fuel/epochs, memory, stack, output and log caps), error paths, and that no
+//! guest can read what an earlier guest left in memory.
 
 use std::hint::black_box;
 
@@ -26,7 +27,23 @@ enum Mode {
         connection: String,
         target: Option<String>,
     },
+    /// Fill `copies` heap buffers with `marker` and leave them there.
+    Scribble {
+        marker: String,
+        copies: usize,
+    },
+    /// Count the places in all of linear memory that hold the marker whose bytes, each
+    /// XORed with `MASK`, are `masked` (so the plain marker is never in this guest's
+    /// memory unless someone else put it there). With `scribble_first`, scribble it
+    /// first, to show that the scan finds what is there.
+    Scan {
+        masked: Vec<u8>,
+        scribble_first: bool,
+    },
 }
+
+/// The byte mask of `Scan`'s marker.
+const MASK: u8 = 0x5a;
 
 const CHUNK: usize = 16 << 20;
 
@@ -58,7 +75,45 @@ fn run(mode: Mode) -> Result<Value, Error> {
                 .map_err(|err| Error::msg(format!("{}: {err}", err.kind())))?;
             Ok(json!({ "status": response.status(), "body": response.text() }))
         }
+        Mode::Scribble { marker, copies } => {
+            let buffers: Vec<Vec<u8>> = (0..copies).map(|_| marker.clone().into_bytes()).collect();
+            // Leak them: the memory is left as it is when the guest returns.
+            std::mem::forget(black_box(buffers));
+            Ok(json!(copies))
+        }
+        Mode::Scan {
+            masked,
+            scribble_first,
+        } => {
+            if scribble_first {
+                let marker: Vec<u8> = masked.iter().map(|b| b ^ MASK).collect();
+                std::mem::forget(black_box(vec![marker; 8]));
+            }
+            Ok(json!(scan(&masked)))
+        }
     }
+}
+
+/// How many times the unmasked `masked` occurs anywhere in linear memory.
+fn scan(masked: &[u8]) -> usize {
+    if masked.is_empty() {
+        return 0;
+    }
+    let end = core::arch::wasm32::memory_size(0) * 65536;
+    let byte = |addr: usize| {
+        // SAFETY: every address below `memory_size` is mapped linear memory in wasm;
+        // reading it is what this fixture is for.
+        unsafe { std::ptr::read_volatile(addr as *const u8) }
+    };
+    // Start past address 0 (null); nothing is placed there.
+    (1..end.saturating_sub(masked.len()))
+        .filter(|&addr| {
+            masked
+                .iter()
+                .enumerate()
+                .all(|(i, &m)| byte(addr + i) ^ MASK == m)
+        })
+        .count()
 }
 
 /// Spins forever; `black_box` keeps the optimiser from proving the loop
