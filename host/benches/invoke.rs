@@ -420,22 +420,27 @@ fn sweep_engine_settings(f: &Fixture) {
         ("async_stack_zeroing(false)", |c, _| {
             c.async_stack_zeroing(false);
         }),
-        ("pool.async_stack_keep_resident(256 KiB)", |_, p| {
-            p.async_stack_keep_resident(256 << 10);
+        ("pool.async_stack_keep_resident(0), the default", |_, p| {
+            p.async_stack_keep_resident(0);
         }),
         ("linear_memory_keep_resident(0)", |_, p| {
             p.linear_memory_keep_resident(0);
         }),
-        ("linear_memory_keep_resident(64 KiB)", |_, p| {
-            p.linear_memory_keep_resident(64 << 10);
+        ("no pagemap_scan, memory keep_resident 64 KiB", |_, p| {
+            p.pagemap_scan(wasmtime::Enabled::No)
+                .linear_memory_keep_resident(64 << 10);
         }),
         ("max_wasm_stack(512 KiB), the default", |c, _| {
             c.max_wasm_stack(512 << 10);
         }),
-        ("stack zeroing off + memory keep_resident 0", |c, p| {
-            c.async_stack_zeroing(false);
-            p.linear_memory_keep_resident(0);
-        }),
+        (
+            "the previous settings: no pagemap, 64 KiB, stack 0",
+            |_, p| {
+                p.pagemap_scan(wasmtime::Enabled::No)
+                    .linear_memory_keep_resident(64 << 10)
+                    .async_stack_keep_resident(0);
+            },
+        ),
     ];
     let wasm = &f.wasm;
     let bares: Vec<Bare> = variants
