@@ -186,16 +186,16 @@ impl Gateway {
         if validate_name("connection", connection).is_err() {
             return Err(SendError::AccessDenied);
         }
-        let granted = self
+        let row = self
             .storage
-            .has_grant(&ctx.function, connection)
+            .granted_connection(&ctx.function, connection)
             .map_err(|e| host_fault(&e))?;
-        if !granted {
+        // Not granted, or granted but since deleted: the same answer.
+        let Some(row) = row else {
             return Err(SendError::AccessDenied);
-        }
-        let mut loaded = match self.load(connection) {
-            Ok(Some(l)) => l,
-            Ok(None) => return Err(SendError::AccessDenied),
+        };
+        let mut loaded = match self.open_row(row) {
+            Ok(l) => l,
             Err(ConnectionError::Seal(e)) => {
                 tracing::error!(connection, error = %e, "cannot open a connection's credentials");
                 return Err(SendError::NotConnected);
@@ -235,16 +235,21 @@ impl Gateway {
             self.forget(name);
             return Ok(None);
         };
+        self.open_row(row).map(Some)
+    }
+
+    /// A connection row's service, credentials and endpoint.
+    fn open_row(&self, row: ConnectionRow) -> Result<Loaded, ConnectionError> {
         let service = self.catalog.require(&row.service)?.def;
         let (creds, redactor) = self.open(&row, &service)?;
         let endpoint = resolve_endpoint(&service, &row, &creds)?;
-        Ok(Some(Loaded {
+        Ok(Loaded {
             row,
             service,
             creds,
             endpoint,
             redactor,
-        }))
+        })
     }
 
     /// A row's credentials and scrubber: reused when nothing they derive from changed,

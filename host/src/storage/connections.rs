@@ -247,6 +247,26 @@ impl Storage {
             })
     }
 
+    /// Connection `name`, if it exists and `function` was granted it: the grant check and
+    /// the row in one read, for the outbound-call path.
+    pub fn granted_connection(
+        &self,
+        function: &str,
+        name: &str,
+    ) -> Result<Option<ConnectionRow>, StorageError> {
+        self.lock()
+            .query_row_cached(
+                &format!(
+                    "SELECT {CONN_COLUMNS} FROM connections WHERE name = ?2 \
+                     AND EXISTS (SELECT 1 FROM grants WHERE function = ?1 AND connection = ?2)"
+                ),
+                params![function, name],
+                row_to_connection,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
     /// A connection by name.
     pub fn get_connection(&self, name: &str) -> Result<Option<ConnectionRow>, StorageError> {
         self.lock()
@@ -408,19 +428,6 @@ impl Storage {
         )
     }
 
-    /// Whether `function` holds a grant for `connection`.
-    pub fn has_grant(&self, function: &str, connection: &str) -> Result<bool, StorageError> {
-        self.lock()
-            .query_row_cached(
-                "SELECT 1 FROM grants WHERE function = ?1 AND connection = ?2",
-                params![function, connection],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|o| o.is_some())
-            .map_err(|e| self.err(e))
-    }
-
     fn query_strings(&self, sql: &str, arg: &str) -> Result<Vec<String>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
@@ -428,5 +435,58 @@ impl Storage {
             .query_map(params![arg], |r| r.get(0))
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection(name: &str) -> ConnectionRow {
+        ConnectionRow {
+            name: name.into(),
+            service: "github".into(),
+            status: "connected".into(),
+            status_reason: None,
+            scopes: vec![],
+            base_url: None,
+            params: BTreeMap::new(),
+            sealed: None,
+            generation: 0,
+            token_info: serde_json::json!({}),
+            created_at: now_ms(),
+            connected_at: None,
+            last_used_at: None,
+        }
+    }
+
+    #[test]
+    fn granted_connection_needs_both_the_row_and_a_grant_to_that_function() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(&dir.path().join("t.db")).unwrap();
+        s.insert_connection(&connection("gh")).unwrap();
+        s.insert_connection(&connection("other")).unwrap();
+        assert!(
+            s.granted_connection("f", "gh").unwrap().is_none(),
+            "no grant"
+        );
+        s.grant("g", "gh").unwrap();
+        s.grant("f", "other").unwrap();
+        assert!(
+            s.granted_connection("f", "gh").unwrap().is_none(),
+            "another function's grant, or a grant to another connection, does not count"
+        );
+        s.grant("f", "gh").unwrap();
+        let row = s.granted_connection("f", "gh").unwrap().expect("granted");
+        assert_eq!(row.name, "gh");
+        s.delete_connection("gh").unwrap();
+        assert!(
+            s.granted_connection("f", "gh").unwrap().is_none(),
+            "deleted"
+        );
+        assert!(
+            s.granted_connection("f", "nope").unwrap().is_none(),
+            "unknown"
+        );
     }
 }
