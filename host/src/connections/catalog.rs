@@ -63,10 +63,31 @@ impl Catalog {
 
     /// A service by name: custom first (names cannot collide with presets), then presets.
     pub fn get(&self, name: &str) -> Result<Option<CatalogEntry>, ConnectionError> {
-        if let Some(row) = self.storage.get_service(name)?
-            && !row.definition.is_empty()
+        let row = self.storage.get_service(name)?;
+        self.lookup(name, row.as_ref().map(|r| r.definition.as_str()))
+    }
+
+    /// `require` for a caller that already read the service's stored definition (`None`
+    /// if there is no custom service of that name).
+    pub fn require_stored(
+        &self,
+        name: &str,
+        definition: Option<&str>,
+    ) -> Result<CatalogEntry, ConnectionError> {
+        self.lookup(name, definition)?
+            .ok_or_else(|| ConnectionError::UnknownService(name.to_string()))
+    }
+
+    /// The custom service if it has a definition, else the preset.
+    fn lookup(
+        &self,
+        name: &str,
+        definition: Option<&str>,
+    ) -> Result<Option<CatalogEntry>, ConnectionError> {
+        if let Some(definition) = definition
+            && !definition.is_empty()
         {
-            let def = self.parse(name, &row.definition)?;
+            let def = self.parse(name, definition)?;
             return Ok(Some(CatalogEntry {
                 def,
                 source: ServiceSource::Custom,

@@ -191,10 +191,13 @@ impl Gateway {
             .granted_connection(&ctx.function, connection)
             .map_err(|e| host_fault(&e))?;
         // Not granted, or granted but since deleted: the same answer.
-        let Some(row) = row else {
+        let Some((row, definition)) = row else {
             return Err(SendError::AccessDenied);
         };
-        let mut loaded = match self.open_row(row) {
+        let service = self
+            .catalog
+            .require_stored(&row.service, definition.as_deref());
+        let mut loaded = match service.and_then(|s| self.open_row(row, s.def)) {
             Ok(l) => l,
             Err(ConnectionError::Seal(e)) => {
                 tracing::error!(connection, error = %e, "cannot open a connection's credentials");
@@ -235,12 +238,12 @@ impl Gateway {
             self.forget(name);
             return Ok(None);
         };
-        self.open_row(row).map(Some)
+        let service = self.catalog.require(&row.service)?.def;
+        self.open_row(row, service).map(Some)
     }
 
-    /// A connection row's service, credentials and endpoint.
-    fn open_row(&self, row: ConnectionRow) -> Result<Loaded, ConnectionError> {
-        let service = self.catalog.require(&row.service)?.def;
+    /// A connection row's credentials and endpoint, under `service`.
+    fn open_row(&self, row: ConnectionRow, service: ServiceDef) -> Result<Loaded, ConnectionError> {
         let (creds, redactor) = self.open(&row, &service)?;
         let endpoint = resolve_endpoint(&service, &row, &creds)?;
         Ok(Loaded {

@@ -247,21 +247,24 @@ impl Storage {
             })
     }
 
-    /// Connection `name`, if it exists and `function` was granted it: the grant check and
-    /// the row in one read, for the outbound-call path.
+    /// Connection `name` with its service's stored definition (`None` for a preset), if
+    /// the connection exists and `function` was granted it: the grant check, the row and
+    /// the service in one read, for the outbound-call path.
     pub fn granted_connection(
         &self,
         function: &str,
         name: &str,
-    ) -> Result<Option<ConnectionRow>, StorageError> {
+    ) -> Result<Option<(ConnectionRow, Option<String>)>, StorageError> {
         self.lock()
             .query_row_cached(
                 &format!(
-                    "SELECT {CONN_COLUMNS} FROM connections WHERE name = ?2 \
+                    "SELECT {CONN_COLUMNS}, \
+                     (SELECT definition FROM services WHERE services.name = connections.service) \
+                     FROM connections WHERE name = ?2 \
                      AND EXISTS (SELECT 1 FROM grants WHERE function = ?1 AND connection = ?2)"
                 ),
                 params![function, name],
-                row_to_connection,
+                |r| Ok((row_to_connection(r)?, r.get(13)?)),
             )
             .optional()
             .map_err(|e| self.err(e))
@@ -477,8 +480,16 @@ mod tests {
             "another function's grant, or a grant to another connection, does not count"
         );
         s.grant("f", "gh").unwrap();
-        let row = s.granted_connection("f", "gh").unwrap().expect("granted");
+        let (row, definition) = s.granted_connection("f", "gh").unwrap().expect("granted");
         assert_eq!(row.name, "gh");
+        assert_eq!(definition, None, "github is a preset");
+        s.insert_service("github", "name = \"github\"").unwrap();
+        let (_, definition) = s.granted_connection("f", "gh").unwrap().expect("granted");
+        assert_eq!(
+            definition.as_deref(),
+            Some("name = \"github\""),
+            "a custom service"
+        );
         s.delete_connection("gh").unwrap();
         assert!(
             s.granted_connection("f", "gh").unwrap().is_none(),
