@@ -186,18 +186,24 @@ impl Gateway {
         if validate_name("connection", connection).is_err() {
             return Err(SendError::AccessDenied);
         }
-        let row = self
+        let call = self
             .storage
-            .granted_connection(&ctx.function, connection)
+            .connection_for_call(&ctx.function, connection)
             .map_err(|e| host_fault(&e))?;
-        // Not granted, or granted but since deleted: the same answer.
-        let Some((row, definition)) = row else {
-            return Err(SendError::AccessDenied);
+        // Unknown and ungranted answer the same. A connection that is gone also leaves
+        // memory (its opened credentials); an ungranted call evicts nothing.
+        let call = match call {
+            Some(call) if call.granted => call,
+            Some(_) => return Err(SendError::AccessDenied),
+            None => {
+                self.forget(connection);
+                return Err(SendError::AccessDenied);
+            }
         };
         let service = self
             .catalog
-            .require_stored(&row.service, definition.as_deref());
-        let mut loaded = match service.and_then(|s| self.open_row(row, s.def)) {
+            .require_stored(&call.row.service, call.service_definition.as_deref());
+        let mut loaded = match service.and_then(|s| self.open_row(call.row, s.def)) {
             Ok(l) => l,
             Err(ConnectionError::Seal(e)) => {
                 tracing::error!(connection, error = %e, "cannot open a connection's credentials");

@@ -53,6 +53,17 @@ pub struct ConnectionRow {
     pub last_used_at: Option<i64>,
 }
 
+/// A connection as an outbound call needs it (`Storage::connection_for_call`).
+#[derive(Debug, Clone)]
+pub struct CallConnection {
+    /// The connection.
+    pub row: ConnectionRow,
+    /// Its service's stored definition; `None` when the service is a preset.
+    pub service_definition: Option<String>,
+    /// Whether the calling function holds a grant for it.
+    pub granted: bool,
+}
+
 /// A grant of a connection to a function.
 #[derive(Debug, Clone, Serialize)]
 pub struct GrantRow {
@@ -247,24 +258,29 @@ impl Storage {
             })
     }
 
-    /// Connection `name` with its service's stored definition (`None` for a preset), if
-    /// the connection exists and `function` was granted it: the grant check, the row and
-    /// the service in one read, for the outbound-call path.
-    pub fn granted_connection(
+    /// Connection `name` as an outbound call needs it, in one read: the row, its
+    /// service's stored definition and whether `function` holds a grant for it.
+    pub fn connection_for_call(
         &self,
         function: &str,
         name: &str,
-    ) -> Result<Option<(ConnectionRow, Option<String>)>, StorageError> {
+    ) -> Result<Option<CallConnection>, StorageError> {
         self.lock()
             .query_row_cached(
                 &format!(
                     "SELECT {CONN_COLUMNS}, \
-                     (SELECT definition FROM services WHERE services.name = connections.service) \
-                     FROM connections WHERE name = ?2 \
-                     AND EXISTS (SELECT 1 FROM grants WHERE function = ?1 AND connection = ?2)"
+                     (SELECT definition FROM services WHERE services.name = connections.service), \
+                     EXISTS (SELECT 1 FROM grants WHERE function = ?1 AND connection = ?2) \
+                     FROM connections WHERE name = ?2"
                 ),
                 params![function, name],
-                |r| Ok((row_to_connection(r)?, r.get(13)?)),
+                |r| {
+                    Ok(CallConnection {
+                        row: row_to_connection(r)?,
+                        service_definition: r.get(13)?,
+                        granted: r.get(14)?,
+                    })
+                },
             )
             .optional()
             .map_err(|e| self.err(e))
@@ -464,40 +480,34 @@ mod tests {
     }
 
     #[test]
-    fn granted_connection_needs_both_the_row_and_a_grant_to_that_function() {
+    fn a_connection_for_a_call_carries_its_grant_and_service() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(&dir.path().join("t.db")).unwrap();
+        let granted = |f: &str, c: &str| s.connection_for_call(f, c).unwrap().map(|c| c.granted);
         s.insert_connection(&connection("gh")).unwrap();
         s.insert_connection(&connection("other")).unwrap();
-        assert!(
-            s.granted_connection("f", "gh").unwrap().is_none(),
-            "no grant"
-        );
+        assert_eq!(granted("f", "gh"), Some(false), "no grant");
         s.grant("g", "gh").unwrap();
         s.grant("f", "other").unwrap();
-        assert!(
-            s.granted_connection("f", "gh").unwrap().is_none(),
+        assert_eq!(
+            granted("f", "gh"),
+            Some(false),
             "another function's grant, or a grant to another connection, does not count"
         );
         s.grant("f", "gh").unwrap();
-        let (row, definition) = s.granted_connection("f", "gh").unwrap().expect("granted");
-        assert_eq!(row.name, "gh");
-        assert_eq!(definition, None, "github is a preset");
+        let call = s.connection_for_call("f", "gh").unwrap().expect("exists");
+        assert!(call.granted);
+        assert_eq!(call.row.name, "gh");
+        assert_eq!(call.service_definition, None, "github is a preset");
         s.insert_service("github", "name = \"github\"").unwrap();
-        let (_, definition) = s.granted_connection("f", "gh").unwrap().expect("granted");
+        let call = s.connection_for_call("f", "gh").unwrap().expect("exists");
         assert_eq!(
-            definition.as_deref(),
+            call.service_definition.as_deref(),
             Some("name = \"github\""),
             "a custom service"
         );
         s.delete_connection("gh").unwrap();
-        assert!(
-            s.granted_connection("f", "gh").unwrap().is_none(),
-            "deleted"
-        );
-        assert!(
-            s.granted_connection("f", "nope").unwrap().is_none(),
-            "unknown"
-        );
+        assert_eq!(granted("f", "gh"), None, "deleted");
+        assert_eq!(granted("f", "nope"), None, "unknown");
     }
 }

@@ -14,7 +14,7 @@ mod recorder;
 mod schedules;
 mod tokens;
 
-pub use connections::{ConnectionRow, GrantRow, ServiceRow};
+pub use connections::{CallConnection, ConnectionRow, GrantRow, ServiceRow};
 pub use functions::{FunctionRow, FunctionSummary, NewFunction};
 pub use invocations::{InvocationRow, OutboundCall};
 pub use oauth::PendingState;
