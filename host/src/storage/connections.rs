@@ -499,11 +499,17 @@ mod tests {
         assert!(call.granted);
         assert_eq!(call.row.name, "gh");
         assert_eq!(call.service_definition, None, "github is a preset");
-        s.insert_service("github", "name = \"github\"").unwrap();
-        let call = s.connection_for_call("f", "gh").unwrap().expect("exists");
+        s.insert_service("acme", "name = \"acme\"").unwrap();
+        let mut custom = connection("acme-main");
+        custom.service = "acme".into();
+        s.insert_connection(&custom).unwrap();
+        let call = s
+            .connection_for_call("f", "acme-main")
+            .unwrap()
+            .expect("exists");
         assert_eq!(
             call.service_definition.as_deref(),
-            Some("name = \"github\""),
+            Some("name = \"acme\""),
             "a custom service"
         );
         s.delete_connection("gh").unwrap();
