@@ -1,7 +1,8 @@
 //! The `keyhole` binary end to end: upload, run, list, show, logs, delete, the bad-upload
-//! messages, exit codes, `--json`, and artifact reuse across processes.
+//! messages, exit codes, `--json`, artifact reuse across processes, and `serve` keeping
+//! the invocation records bounded.
 
-use keyhole_tests::env::TestHost;
+use keyhole_tests::env::{TestHost, stop_serve};
 use keyhole_tests::plugins::{plugin, plugin_path};
 
 fn path(p: &std::path::Path) -> &str {
@@ -190,4 +191,45 @@ fn help_explains_the_commands() {
     }
     let upload = t.cli(&["functions", "upload", "--help"]);
     assert!(upload.ok().contains("custom-function"), "{}", upload.stdout);
+}
+
+#[test]
+fn serve_keeps_the_newest_invocation_records_of_each_function() {
+    let t = TestHost::new();
+    let echo = plugin_path("echo");
+    for name in ["echo", "other"] {
+        t.cli(&["functions", "upload", path(&echo), "--name", name])
+            .ok();
+    }
+    for i in 0..6 {
+        t.cli(&["run", "echo", "--input", &format!(r#"{{"n":{i}}}"#)])
+            .ok();
+    }
+    for _ in 0..2 {
+        t.cli(&["run", "other", "--input", "{}"]).ok();
+    }
+    let ids = |name: &str| -> Vec<i64> {
+        let logs = t.cli(&["logs", name, "--json", "--limit", "100"]).json();
+        let rows = logs.as_array().unwrap().iter();
+        rows.map(|r| r["id"].as_i64().unwrap()).collect()
+    };
+    let before = ids("echo");
+    assert_eq!(before.len(), 6);
+
+    // Pruning runs at start, beside the API: wait for it.
+    let child = t.spawn_serve(&["--keep-invocations", "3"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while ids("echo").len() > 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stop_serve(child);
+
+    assert_eq!(ids("echo"), before[..3], "the newest three are kept");
+    assert_eq!(
+        ids("other").len(),
+        2,
+        "a function under the limit keeps all"
+    );
+    let help = t.cli(&["serve", "--help"]);
+    assert!(help.ok().contains("--keep-invocations"), "{}", help.stdout);
 }

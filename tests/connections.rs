@@ -695,22 +695,22 @@ async fn admin_rules_names_duplicates_service_deletion_and_grants_on_new_version
         .unwrap();
     assert!(t.host.show_function("hello").unwrap().grants.is_empty());
 
-    // Base URL override via edit; delete removes the connection and its grants.
+    // Base URL override via edit, taking effect on the next call (the endpoint kept with
+    // the opened credentials is not reused); delete removes the connection and its grants.
+    c.grant("hello", "acme").unwrap();
+    let user = json!({"connection": "acme", "target": "/user"});
+    assert_eq!(call(&t, "hello", user.clone()).await["status"], 200);
+    assert_eq!(api.hits("/user"), 1);
     let moved = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
     c.edit("acme", None, Some(Some(moved.base_url())), BTreeMap::new())
         .unwrap();
-    c.grant("hello", "acme").unwrap();
-    assert_eq!(
-        call(
-            &t,
-            "hello",
-            json!({"connection": "acme", "target": "/user"})
-        )
-        .await["status"],
-        200
-    );
+    assert_eq!(call(&t, "hello", user).await["status"], 200);
     assert_eq!(moved.hits("/user"), 1);
-    assert!(api.requests().is_empty());
+    assert_eq!(
+        api.hits("/user"),
+        1,
+        "nothing more went to the old base URL"
+    );
     c.delete("acme").unwrap();
     assert!(t.host.show_function("hello").unwrap().grants.is_empty());
     t.cli(&["services", "delete", "acme"]).ok();

@@ -1,14 +1,13 @@
 //! Schedules: administration through the CLI, runs on time under `keyhole serve`, never
 //! overlapping itself, and missed runs collapsing into one at start.
 
-use std::io::{BufRead, BufReader};
 use std::sync::Arc;
 use std::time::Duration;
 
 use keyhole::Keyhole;
 use keyhole::runtime::RuntimeConfig;
 use keyhole::schedules::{Cadence, Scheduler};
-use keyhole_tests::env::TestHost;
+use keyhole_tests::env::{TestHost, stop_serve};
 use keyhole_tests::plugins::plugin_path;
 use keyhole_tests::{Credential, FakeApi};
 
@@ -16,28 +15,6 @@ fn upload(t: &TestHost, plugin: &str, name: &str) {
     let p = plugin_path(plugin);
     t.cli(&["functions", "upload", p.to_str().unwrap(), "--name", name])
         .ok();
-}
-
-/// Start `keyhole serve` on a free port and wait until it says it is serving.
-fn serve(t: &TestHost) -> std::process::Child {
-    let mut child = t.spawn_cli(&["serve", "--listen", "127.0.0.1:0"]);
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        let line = lines.next().expect("serve exited before serving").unwrap();
-        if line.contains("keyhole serving on") {
-            break;
-        }
-    }
-    child
-}
-
-fn stop(mut child: std::process::Child) {
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "serve did not exit cleanly: {status:?}");
 }
 
 #[test]
@@ -189,9 +166,9 @@ fn a_schedule_runs_on_time_under_serve() {
         "1s",
     ])
     .ok();
-    let child = serve(&t);
+    let child = t.spawn_serve(&[]);
     std::thread::sleep(Duration::from_millis(3600));
-    stop(child);
+    stop_serve(child);
     let runs = t.host.logs(Some("counter"), 50).unwrap();
     assert!(
         (3..=4).contains(&runs.len()),
@@ -254,9 +231,9 @@ fn a_slow_schedule_never_overlaps_itself() {
         input,
     ])
     .ok();
-    let child = serve(&t);
+    let child = t.spawn_serve(&[]);
     std::thread::sleep(Duration::from_millis(6500));
-    stop(child);
+    stop_serve(child);
     let mut runs = t.host.logs(Some("sleepy"), 50).unwrap();
     runs.sort_by_key(|r| r.started_at);
     assert!(

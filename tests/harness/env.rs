@@ -1,7 +1,7 @@
 //! A keyhole host on a fresh temporary data directory, driven through the library or
 //! through the real `keyhole` binary.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -84,6 +84,29 @@ impl TestHost {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn keyhole")
+    }
+
+    /// Start `keyhole serve` on a free port with `args` added, and wait until it says it
+    /// is serving. [`stop_serve`] stops it.
+    pub fn spawn_serve(&self, args: &[&str]) -> std::process::Child {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut child = self.spawn_cli(&all);
+        let stdout = child.stdout.take().expect("piped stdout");
+        let serving = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("keyhole serving on"));
+        if !serving {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut stderr);
+            }
+            panic!("serve exited before serving: {stderr}");
+        }
+        child
     }
 
     /// Raw bytes of the database file and its WAL, for grepping for secrets.
@@ -226,4 +249,14 @@ fn run_cli(home: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]
     };
     crate::capture::record(&out.all());
     out
+}
+
+/// Stop a `keyhole serve` started by [`TestHost::spawn_serve`] with SIGTERM, and check it
+/// exits 0.
+pub fn stop_serve(mut child: std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait for serve");
+    assert!(status.success(), "serve did not exit cleanly: {status:?}");
 }

@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// invocation slot a stalled client would hold).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub body_timeout: Duration,
+    /// Invocation records kept per function: the newest N stay, older ones are deleted at
+    /// start and every minute. 0 keeps every record (the database then grows without end).
+    #[arg(long, default_value_t = server::DEFAULT_KEEP_INVOCATIONS, value_name = "N")]
+    pub keep_invocations: u64,
 }
 
 impl ServeArgs {
@@ -69,6 +73,12 @@ pub async fn serve(host: Keyhole, args: ServeArgs) -> anyhow::Result<i32> {
     let _checkpointer = host
         .storage()
         .checkpoint_in_background(std::time::Duration::from_secs(1))?;
+    if args.keep_invocations > 0 {
+        let (host, keep) = (host.clone(), args.keep_invocations);
+        server.spawn_background(move |token| {
+            server::keep_invocations_bounded(host, keep, server::PRUNE_EVERY, token)
+        });
+    }
     // Schedules run beside the API and stop (draining runs in flight) with it.
     let drain = args.shutdown_timeout;
     server.spawn_background(move |token| {

@@ -35,16 +35,18 @@ pub struct Gateway {
     opened: Mutex<HashMap<String, Opened>>,
 }
 
-/// A connection's opened credentials and the scrubber built from them, kept while the
-/// sealed blob, the plain params and the service definition they came from are unchanged.
-/// (Any credential write seals a new blob with a fresh nonce, so a changed credential
-/// never matches.)
+/// A connection's opened credentials, the scrubber built from them and the endpoint they
+/// resolve to, kept while the sealed blob, the plain params, the base URL and the service
+/// definition they came from are unchanged. (Any credential write seals a new blob with a
+/// fresh nonce, so a changed credential never matches.)
 struct Opened {
     sealed: Option<Vec<u8>>,
     params: std::collections::BTreeMap<String, String>,
+    base_url: Option<String>,
     service: ServiceDef,
     creds: Credentials,
     redactor: Arc<Redactor>,
+    endpoint: Endpoint,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -250,8 +252,7 @@ impl Gateway {
 
     /// A connection row's credentials and endpoint, under `service`.
     fn open_row(&self, row: ConnectionRow, service: ServiceDef) -> Result<Loaded, ConnectionError> {
-        let (creds, redactor) = self.open(&row, &service)?;
-        let endpoint = resolve_endpoint(&service, &row, &creds)?;
+        let (creds, redactor, endpoint) = self.open(&row, &service)?;
         Ok(Loaded {
             row,
             service,
@@ -261,40 +262,46 @@ impl Gateway {
         })
     }
 
-    /// A row's credentials and scrubber: reused when nothing they derive from changed,
-    /// otherwise opened and built (once per change, not once per request).
+    /// A row's credentials, scrubber and endpoint: reused when nothing they derive from
+    /// changed, otherwise opened, built and resolved (once per change, not once per
+    /// request).
     fn open(
         &self,
         row: &ConnectionRow,
         service: &ServiceDef,
-    ) -> Result<(Credentials, Arc<Redactor>), ConnectionError> {
+    ) -> Result<(Credentials, Arc<Redactor>, Endpoint), ConnectionError> {
         let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(o) = opened.get(&row.name)
             && o.sealed == row.sealed
             && o.params == row.params
+            && o.base_url == row.base_url
             && o.service == *service
         {
-            return Ok((o.creds.clone(), o.redactor.clone()));
+            return Ok((o.creds.clone(), o.redactor.clone(), o.endpoint.clone()));
         }
         let Some(blob) = &row.sealed else {
             opened.remove(&row.name);
             let creds = Credentials::default();
             let redactor = Arc::new(inject::redactor_for(service, &creds, &row.params));
-            return Ok((creds, redactor));
+            let endpoint = resolve_endpoint(service, row, &creds)?;
+            return Ok((creds, redactor, endpoint));
         };
         let creds = Credentials::open(&self.sealer, &row.name, blob)?;
         let redactor = Arc::new(inject::redactor_for(service, &creds, &row.params));
+        let endpoint = resolve_endpoint(service, row, &creds)?;
         opened.insert(
             row.name.clone(),
             Opened {
                 sealed: row.sealed.clone(),
                 params: row.params.clone(),
+                base_url: row.base_url.clone(),
                 service: service.clone(),
                 creds: creds.clone(),
                 redactor: redactor.clone(),
+                endpoint: endpoint.clone(),
             },
         );
-        Ok((creds, redactor))
+        Ok((creds, redactor, endpoint))
     }
 
     /// Drop what is kept in memory for a connection that is gone.

@@ -80,6 +80,46 @@ pub const DEFAULT_RATE_BURST: u32 = 200;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default longest pause while a client sends a request body (then 408).
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of invocation records kept per function (the newest).
+pub const DEFAULT_KEEP_INVOCATIONS: u64 = 10_000;
+/// How often [`keep_invocations_bounded`] prunes.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Rows deleted per statement while pruning, so invocations wait at most for one batch.
+const PRUNE_BATCH: usize = 500;
+
+/// Keep invocation records bounded until `token` is cancelled: each function's newest
+/// `keep` stay, older ones are deleted now and every `every` (a busy server would
+/// otherwise grow its database without end).
+pub async fn keep_invocations_bounded(
+    host: Arc<Keyhole>,
+    keep: u64,
+    every: Duration,
+    token: CancellationToken,
+) {
+    loop {
+        let storage = host.storage().clone();
+        match tokio::task::spawn_blocking(move || storage.prune_invocations(keep, PRUNE_BATCH))
+            .await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(deleted)) => {
+                tracing::info!(
+                    deleted,
+                    keep,
+                    "pruned invocation records beyond the newest per function"
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not prune invocation records; will retry")
+            }
+            Err(e) => tracing::warn!(error = %e, "invocation record pruning stopped; will retry"),
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
 
 /// Settings of one server.
 #[derive(Debug, Clone)]

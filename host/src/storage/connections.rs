@@ -75,7 +75,13 @@ pub struct GrantRow {
     pub created_at: i64,
 }
 
-const CONN_COLUMNS: &str = "name, service, status, status_reason, scopes, base_url, params, sealed, generation, token_info, created_at, connected_at, last_used_at";
+/// The columns `row_to_connection` reads, in order.
+/// A macro, so statements are `concat!`-ed at compile time.
+macro_rules! connection_columns {
+    () => {
+        "name, service, status, status_reason, scopes, base_url, params, sealed, generation, token_info, created_at, connected_at, last_used_at"
+    };
+}
 
 fn row_to_connection(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
     let scopes: String = r.get(4)?;
@@ -228,7 +234,7 @@ impl Storage {
     pub fn insert_connection(&self, c: &ConnectionRow) -> Result<(), StorageError> {
         self.lock()
             .execute_cached(
-                &format!("INSERT INTO connections ({CONN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+                concat!("INSERT INTO connections (", connection_columns!(), ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
                 params![
                     c.name,
                     c.service,
@@ -267,8 +273,10 @@ impl Storage {
     ) -> Result<Option<CallConnection>, StorageError> {
         self.lock()
             .query_row_cached(
-                &format!(
-                    "SELECT {CONN_COLUMNS}, \
+                concat!(
+                    "SELECT ",
+                    connection_columns!(),
+                    ", \
                      (SELECT definition FROM services WHERE services.name = connections.service), \
                      EXISTS (SELECT 1 FROM grants WHERE function = ?1 AND connection = ?2) \
                      FROM connections WHERE name = ?2"
@@ -290,7 +298,11 @@ impl Storage {
     pub fn get_connection(&self, name: &str) -> Result<Option<ConnectionRow>, StorageError> {
         self.lock()
             .query_row_cached(
-                &format!("SELECT {CONN_COLUMNS} FROM connections WHERE name = ?1"),
+                concat!(
+                    "SELECT ",
+                    connection_columns!(),
+                    " FROM connections WHERE name = ?1"
+                ),
                 params![name],
                 row_to_connection,
             )
@@ -302,8 +314,10 @@ impl Storage {
     pub fn list_connections(&self) -> Result<Vec<ConnectionRow>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {CONN_COLUMNS} FROM connections ORDER BY name"
+            .prepare_cached(concat!(
+                "SELECT ",
+                connection_columns!(),
+                " FROM connections ORDER BY name"
             ))
             .map_err(|e| self.err(e))?;
         let rows = stmt

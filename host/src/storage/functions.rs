@@ -46,7 +46,13 @@ pub struct FunctionSummary {
     pub versions: i64,
 }
 
-const COLUMNS: &str = "name, version, content_hash, length(wasm), limits, created_at";
+/// The columns `row_to_function` reads, in order (the component itself is never read here).
+/// A macro, so statements are `concat!`-ed at compile time.
+macro_rules! function_columns {
+    () => {
+        "name, version, content_hash, size, limits, created_at"
+    };
+}
 
 fn row_to_function(r: &Row<'_>) -> rusqlite::Result<FunctionRow> {
     let limits: String = r.get(4)?;
@@ -77,13 +83,17 @@ impl Storage {
             )
             .map_err(|e| self.err(e))?;
         tx.execute_cached(
-            "INSERT INTO functions (name, version, content_hash, wasm, limits, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![f.name, version, f.content_hash, f.wasm, limits, now_ms()],
+            "INSERT INTO functions (name, version, content_hash, limits, created_at, size, wasm) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![f.name, version, f.content_hash, limits, now_ms(), f.wasm.len() as i64, f.wasm],
         )
         .map_err(|e| self.err(e))?;
         let row = tx
             .query_row_cached(
-                &format!("SELECT {COLUMNS} FROM functions WHERE name = ?1 AND version = ?2"),
+                concat!(
+                    "SELECT ",
+                    function_columns!(),
+                    " FROM functions WHERE name = ?1 AND version = ?2"
+                ),
                 params![f.name, version],
                 row_to_function,
             )
@@ -96,8 +106,10 @@ impl Storage {
     pub fn latest_function(&self, name: &str) -> Result<Option<FunctionRow>, StorageError> {
         self.lock()
             .query_row_cached(
-                &format!(
-                    "SELECT {COLUMNS} FROM functions WHERE name = ?1 ORDER BY version DESC LIMIT 1"
+                concat!(
+                    "SELECT ",
+                    function_columns!(),
+                    " FROM functions WHERE name = ?1 ORDER BY version DESC LIMIT 1"
                 ),
                 params![name],
                 row_to_function,
@@ -110,8 +122,10 @@ impl Storage {
     pub fn function_versions(&self, name: &str) -> Result<Vec<FunctionRow>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM functions WHERE name = ?1 ORDER BY version DESC"
+            .prepare_cached(concat!(
+                "SELECT ",
+                function_columns!(),
+                " FROM functions WHERE name = ?1 ORDER BY version DESC"
             ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -124,10 +138,8 @@ impl Storage {
     pub fn list_functions(&self) -> Result<Vec<FunctionSummary>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS}, (SELECT COUNT(*) FROM functions g WHERE g.name = f.name) FROM functions f \
-                 WHERE version = (SELECT MAX(version) FROM functions h WHERE h.name = f.name) ORDER BY name"
-            ))
+            .prepare_cached(concat!("SELECT ", function_columns!(), ", (SELECT COUNT(*) FROM functions g WHERE g.name = f.name) FROM functions f \
+                 WHERE version = (SELECT MAX(version) FROM functions h WHERE h.name = f.name) ORDER BY name"))
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {

@@ -1,6 +1,6 @@
 //! Invocation records: one row per run, with captured logs and outbound calls.
 
-use rusqlite::{Row, params};
+use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
 use super::{CachedExt, Storage, StorageError};
@@ -75,6 +75,32 @@ fn row_to_invocation(r: &Row<'_>) -> rusqlite::Result<InvocationRow> {
     })
 }
 
+/// Insert one record (its logs and outbound calls already encoded).
+fn insert_one(
+    conn: &rusqlite::Connection,
+    inv: &InvocationRow,
+    logs: &str,
+    outbound: &str,
+) -> rusqlite::Result<usize> {
+    conn.execute_cached(
+        "INSERT INTO invocations (function, version, started_at, duration_us, outcome, error, output_bytes, logs, stdout, stderr, outbound) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            inv.function,
+            inv.version,
+            inv.started_at,
+            inv.duration_us,
+            inv.outcome,
+            inv.error,
+            inv.output_bytes,
+            logs,
+            inv.stdout,
+            inv.stderr,
+            outbound
+        ],
+    )
+}
+
 impl Storage {
     /// Record an invocation; returns its id.
     pub fn insert_invocation(&self, inv: &InvocationRow) -> Result<i64, StorageError> {
@@ -94,31 +120,73 @@ impl Storage {
             .collect::<Result<Vec<_>, serde_json::Error>>()
             .map_err(|e| StorageError::Malformed(e.to_string()))?;
         let mut conn = self.lock();
+        // One record is one statement, atomic on its own: no BEGIN/COMMIT round.
+        if let [inv] = invs {
+            let (logs, outbound) = &encoded[0];
+            insert_one(&conn, inv, logs, outbound).map_err(|e| self.err(e))?;
+            return Ok(vec![conn.last_insert_rowid()]);
+        }
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let mut ids = Vec::with_capacity(invs.len());
         for (inv, (logs, outbound)) in invs.iter().zip(&encoded) {
-            tx.execute_cached(
-                "INSERT INTO invocations (function, version, started_at, duration_us, outcome, error, output_bytes, logs, stdout, stderr, outbound) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    inv.function,
-                    inv.version,
-                    inv.started_at,
-                    inv.duration_us,
-                    inv.outcome,
-                    inv.error,
-                    inv.output_bytes,
-                    logs,
-                    inv.stdout,
-                    inv.stderr,
-                    outbound
-                ],
-            )
-            .map_err(|e| self.err(e))?;
+            insert_one(&tx, inv, logs, outbound).map_err(|e| self.err(e))?;
             ids.push(tx.last_insert_rowid());
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(ids)
+    }
+
+    /// Delete each function's records beyond its newest `keep` (`keep` ≥ 1), at most
+    /// `batch` rows per statement: the lock is released between batches, so invocations
+    /// keep recording while a large backlog goes. Returns how many were deleted.
+    pub fn prune_invocations(&self, keep: u64, batch: usize) -> Result<u64, StorageError> {
+        let keep = keep.max(1).min(i64::MAX as u64) as i64;
+        let batch = batch.max(1) as i64;
+        // The functions with records, one index seek each (a skip scan).
+        let functions: Vec<String> = {
+            let conn = self.lock();
+            let mut stmt = conn
+                .prepare_cached(
+                    "WITH RECURSIVE f(name) AS ( \
+                       SELECT MIN(function) FROM invocations \
+                       UNION ALL \
+                       SELECT (SELECT MIN(function) FROM invocations WHERE function > f.name) \
+                       FROM f WHERE f.name IS NOT NULL) \
+                     SELECT name FROM f WHERE name IS NOT NULL",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
+        };
+        let mut deleted = 0;
+        for function in functions {
+            // The newest record to go: the (keep + 1)-th newest.
+            let cutoff: Option<i64> = self
+                .lock()
+                .query_row_cached(
+                    "SELECT id FROM invocations WHERE function = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+                    params![function, keep],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| self.err(e))?;
+            let Some(cutoff) = cutoff else { continue };
+            loop {
+                let n = self
+                    .lock()
+                    .execute_cached(
+                        "DELETE FROM invocations WHERE id IN \
+                         (SELECT id FROM invocations WHERE function = ?1 AND id <= ?2 ORDER BY id LIMIT ?3)",
+                        params![function, cutoff, batch],
+                    )
+                    .map_err(|e| self.err(e))?;
+                deleted += n as u64;
+                if (n as i64) < batch {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     /// The most recent invocations, newest first, optionally for one function.
@@ -135,5 +203,65 @@ impl Storage {
             .query_map(params![function, limit as i64], row_to_invocation)
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(function: &str) -> InvocationRow {
+        InvocationRow {
+            id: 0,
+            function: function.into(),
+            version: 1,
+            started_at: 1,
+            duration_us: 1,
+            outcome: "ok".into(),
+            error: None,
+            output_bytes: 0,
+            logs: vec![],
+            stdout: String::new(),
+            stderr: String::new(),
+            outbound: vec![],
+        }
+    }
+
+    fn ids(s: &Storage, function: &str) -> Vec<i64> {
+        let rows = s.recent_invocations(Some(function), 1000).unwrap();
+        rows.iter().map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_records_of_every_function() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(&dir.path().join("t.db")).unwrap();
+        let mut busy = Vec::new();
+        let mut quiet = Vec::new();
+        // Interleaved, so the newest of one function are not the newest overall.
+        for i in 0..30 {
+            busy.push(s.insert_invocation(&record("busy")).unwrap());
+            if i % 10 == 0 {
+                quiet.push(s.insert_invocation(&record("quiet")).unwrap());
+            }
+        }
+        let lone = s.insert_invocation(&record("lone")).unwrap();
+
+        // Batches of 7 take several statements for `busy` (20 to go).
+        assert_eq!(s.prune_invocations(5, 7).unwrap(), 25);
+
+        let newest_busy: Vec<i64> = busy.iter().rev().take(5).copied().collect();
+        assert_eq!(ids(&s, "busy"), newest_busy);
+        quiet.reverse();
+        assert_eq!(ids(&s, "quiet"), quiet, "under the limit: untouched");
+        assert_eq!(ids(&s, "lone"), vec![lone]);
+        assert_eq!(
+            s.prune_invocations(5, 7).unwrap(),
+            0,
+            "nothing left to prune"
+        );
+        assert_eq!(s.prune_invocations(1, 100).unwrap(), 6);
+        assert_eq!(ids(&s, "busy"), vec![busy[29]]);
+        assert_eq!(ids(&s, "quiet"), vec![quiet[0]]);
     }
 }

@@ -123,10 +123,36 @@ const MIGRATIONS: &[&str] = &[
         last_used_at INTEGER
     );
     "#,
+    // 6: functions keep the component last, with its size beside the metadata, so that
+    // reading a function (once per invocation) does not walk the component's overflow
+    // pages to reach `limits` and `created_at`.
+    r#"
+    CREATE TABLE functions_v6 (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,
+        limits TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        wasm BLOB NOT NULL,
+        UNIQUE (name, version)
+    );
+    INSERT INTO functions_v6 (id, name, version, content_hash, limits, created_at, size, wasm)
+        SELECT id, name, version, content_hash, limits, created_at, length(wasm), wasm
+        FROM functions;
+    DROP TABLE functions;
+    ALTER TABLE functions_v6 RENAME TO functions;
+    "#,
 ];
 
 /// Bring the schema up to date.
 pub fn apply(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
+    apply_list(conn, path, MIGRATIONS)
+}
+
+/// Apply the migrations of `migrations` not applied yet, one transaction each.
+fn apply_list(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), StorageError> {
     let err = |source| StorageError::Sqlite {
         path: path.to_path_buf(),
         source,
@@ -134,7 +160,7 @@ pub fn apply(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
     let current: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(err)?;
-    let supported = MIGRATIONS.len() as i64;
+    let supported = migrations.len() as i64;
     if current > supported {
         return Err(StorageError::TooNew {
             path: path.to_path_buf(),
@@ -142,7 +168,7 @@ pub fn apply(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
             supported,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    for (i, sql) in migrations.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction().map_err(err)?;
         tx.execute_batch(sql).map_err(err)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)
@@ -151,4 +177,60 @@ pub fn apply(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
         tracing::debug!(version = i + 1, "applied schema migration");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written by a keyhole from before migration 6 keeps its functions, which
+    /// gain their size, and stores the component in the last column.
+    #[test]
+    fn functions_stored_before_migration_6_survive_it_with_their_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyhole.db");
+        let mut conn = Connection::open(&path).unwrap();
+        apply_list(&mut conn, &path, &MIGRATIONS[..5]).unwrap();
+        let wasm = b"\0asm\x0d\0\x01\0 and more".to_vec();
+        conn.execute(
+            "INSERT INTO functions (name, version, content_hash, wasm, limits, created_at) \
+             VALUES ('greet', 3, 'abc', ?1, '{\"fuel\":7}', 1234)",
+            [&wasm],
+        )
+        .unwrap();
+
+        apply(&mut conn, &path).unwrap();
+
+        let (version, hash, limits, created_at, size, stored): (i64, String, String, i64, i64, Vec<u8>) = conn
+            .query_row(
+                "SELECT version, content_hash, limits, created_at, size, wasm FROM functions WHERE name = 'greet'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (version, hash.as_str(), limits.as_str(), created_at),
+            (3, "abc", r#"{"fuel":7}"#, 1234)
+        );
+        assert_eq!(size, wasm.len() as i64);
+        assert_eq!(stored, wasm);
+        let last: String = conn
+            .query_row(
+                "SELECT name FROM pragma_table_info('functions') ORDER BY cid DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(last, "wasm");
+        let duplicate = conn.execute(
+            "INSERT INTO functions (name, version, content_hash, limits, created_at, size, wasm) \
+             VALUES ('greet', 3, 'def', '{}', 1, 0, x'')",
+            [],
+        );
+        assert!(duplicate.is_err(), "(name, version) is still unique");
+        let at: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(at, MIGRATIONS.len() as i64);
+    }
 }

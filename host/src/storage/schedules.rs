@@ -32,7 +32,13 @@ pub struct ScheduleRow {
     pub created_at: i64,
 }
 
-const COLUMNS: &str = "name, function, input, every_ms, cron, paused, next_run_at, last_run_at, last_outcome, last_invocation, created_at";
+/// The columns `row_to_schedule` reads, in order.
+/// A macro, so statements are `concat!`-ed at compile time.
+macro_rules! schedule_columns {
+    () => {
+        "name, function, input, every_ms, cron, paused, next_run_at, last_run_at, last_outcome, last_invocation, created_at"
+    };
+}
 
 fn row(r: &Row<'_>) -> rusqlite::Result<ScheduleRow> {
     Ok(ScheduleRow {
@@ -55,12 +61,27 @@ impl Storage {
     pub fn insert_schedule(&self, s: &ScheduleRow) -> Result<(), StorageError> {
         self.lock()
             .execute_cached(
-                &format!("INSERT INTO schedules ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, NULL, ?8)"),
-                params![s.name, s.function, s.input, s.every_ms, s.cron, s.paused as i64, s.next_run_at, now_ms()],
+                concat!(
+                    "INSERT INTO schedules (",
+                    schedule_columns!(),
+                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, NULL, ?8)"
+                ),
+                params![
+                    s.name,
+                    s.function,
+                    s.input,
+                    s.every_ms,
+                    s.cron,
+                    s.paused as i64,
+                    s.next_run_at,
+                    now_ms()
+                ],
             )
             .map(drop)
             .map_err(|e| match &e {
-                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
                     StorageError::Conflict(format!("a schedule named {:?} already exists", s.name))
                 }
                 _ => self.err(e),
@@ -71,7 +92,11 @@ impl Storage {
     pub fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRow>, StorageError> {
         self.lock()
             .query_row_cached(
-                &format!("SELECT {COLUMNS} FROM schedules WHERE name = ?1"),
+                concat!(
+                    "SELECT ",
+                    schedule_columns!(),
+                    " FROM schedules WHERE name = ?1"
+                ),
                 params![name],
                 row,
             )
@@ -83,7 +108,11 @@ impl Storage {
     pub fn list_schedules(&self) -> Result<Vec<ScheduleRow>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM schedules ORDER BY name"))
+            .prepare_cached(concat!(
+                "SELECT ",
+                schedule_columns!(),
+                " FROM schedules ORDER BY name"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = stmt.query_map([], row).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
@@ -93,7 +122,11 @@ impl Storage {
     pub fn due_schedules(&self, now: i64) -> Result<Vec<ScheduleRow>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM schedules WHERE paused = 0 AND next_run_at <= ?1 ORDER BY next_run_at"))
+            .prepare_cached(concat!(
+                "SELECT ",
+                schedule_columns!(),
+                " FROM schedules WHERE paused = 0 AND next_run_at <= ?1 ORDER BY next_run_at"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = stmt.query_map(params![now], row).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))

@@ -38,7 +38,13 @@ pub struct NewApiToken<'a> {
     pub label: Option<&'a str>,
 }
 
-const COLUMNS: &str = "id, scope, function, label, created_at, revoked_at, last_used_at";
+/// The columns `row_to_token` reads, in order.
+/// A macro, so statements are `concat!`-ed at compile time.
+macro_rules! token_columns {
+    () => {
+        "id, scope, function, label, created_at, revoked_at, last_used_at"
+    };
+}
 
 fn row_to_token(r: &Row<'_>) -> rusqlite::Result<ApiTokenRow> {
     Ok(ApiTokenRow {
@@ -70,7 +76,11 @@ impl Storage {
         })?;
         let id = conn.last_insert_rowid();
         conn.query_row_cached(
-            &format!("SELECT {COLUMNS} FROM api_tokens WHERE id = ?1"),
+            concat!(
+                "SELECT ",
+                token_columns!(),
+                " FROM api_tokens WHERE id = ?1"
+            ),
             params![id],
             row_to_token,
         )
@@ -82,8 +92,10 @@ impl Storage {
     pub fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiTokenRow>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM api_tokens WHERE token_hash = ?1"
+            .prepare_cached(concat!(
+                "SELECT ",
+                token_columns!(),
+                " FROM api_tokens WHERE token_hash = ?1"
             ))
             .map_err(|e| self.err(e))?;
         stmt.query_row(params![token_hash], row_to_token)
@@ -95,7 +107,11 @@ impl Storage {
     pub fn list_api_tokens(&self) -> Result<Vec<ApiTokenRow>, StorageError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM api_tokens ORDER BY id"))
+            .prepare_cached(concat!(
+                "SELECT ",
+                token_columns!(),
+                " FROM api_tokens ORDER BY id"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = stmt.query_map([], row_to_token).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
