@@ -67,7 +67,7 @@ impl Fixture {
             .enable_all()
             .build()
             .expect("tokio");
-        let wasm = common::plugin_wasm("hello_http");
+        let wasm = common::plugin("hello-http");
         let home = tempfile::tempdir().expect("tempdir");
         let host = Keyhole::open(home.path(), RuntimeConfig::default()).expect("open");
         let addr = rt.block_on(upstream());

@@ -36,7 +36,7 @@ mod common;
 
 /// The echo component, built from `plugins/` source.
 fn echo_wasm() -> Vec<u8> {
-    common::plugin_wasm("echo")
+    common::plugin("echo")
 }
 
 // ---------------------------------------------------------------------------------------

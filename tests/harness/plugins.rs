@@ -1,15 +1,17 @@
 //! Builds the example plugins from `plugins/` source (never checked-in `.wasm`) once
-//! per test process and hands out their component bytes.
+//! per test process and hands out their component bytes. Only `std`: the host's benches
+//! include this file by path.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The repository root (parent of `tests/`).
+/// The repository root: the parent of the including crate's directory (`tests/`, or
+/// `host/` for the benches).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("tests/ has a parent")
+        .expect("the crate directory has a parent")
         .to_path_buf()
 }
 
