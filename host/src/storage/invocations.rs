@@ -56,6 +56,27 @@ pub struct InvocationRow {
     pub outbound: Vec<OutboundCall>,
 }
 
+#[cfg(test)]
+impl InvocationRow {
+    /// A successful, empty record of `function`, for tests.
+    pub(crate) fn for_test(function: &str) -> Self {
+        Self {
+            id: 0,
+            function: function.into(),
+            version: 1,
+            started_at: 1,
+            duration_us: 1,
+            outcome: "ok".into(),
+            error: None,
+            output_bytes: 0,
+            logs: vec![],
+            stdout: String::new(),
+            stderr: String::new(),
+            outbound: vec![],
+        }
+    }
+}
+
 fn row_to_invocation(r: &Row<'_>) -> rusqlite::Result<InvocationRow> {
     let logs: String = r.get(8)?;
     let outbound: String = r.get(11)?;
@@ -210,23 +231,6 @@ impl Storage {
 mod tests {
     use super::*;
 
-    fn record(function: &str) -> InvocationRow {
-        InvocationRow {
-            id: 0,
-            function: function.into(),
-            version: 1,
-            started_at: 1,
-            duration_us: 1,
-            outcome: "ok".into(),
-            error: None,
-            output_bytes: 0,
-            logs: vec![],
-            stdout: String::new(),
-            stderr: String::new(),
-            outbound: vec![],
-        }
-    }
-
     fn ids(s: &Storage, function: &str) -> Vec<i64> {
         let rows = s.recent_invocations(Some(function), 1000).unwrap();
         rows.iter().map(|r| r.id).collect()
@@ -240,12 +244,20 @@ mod tests {
         let mut quiet = Vec::new();
         // Interleaved, so the newest of one function are not the newest overall.
         for i in 0..30 {
-            busy.push(s.insert_invocation(&record("busy")).unwrap());
+            busy.push(
+                s.insert_invocation(&InvocationRow::for_test("busy"))
+                    .unwrap(),
+            );
             if i % 10 == 0 {
-                quiet.push(s.insert_invocation(&record("quiet")).unwrap());
+                quiet.push(
+                    s.insert_invocation(&InvocationRow::for_test("quiet"))
+                        .unwrap(),
+                );
             }
         }
-        let lone = s.insert_invocation(&record("lone")).unwrap();
+        let lone = s
+            .insert_invocation(&InvocationRow::for_test("lone"))
+            .unwrap();
 
         // Batches of 7 take several statements for `busy` (20 to go).
         assert_eq!(s.prune_invocations(5, 7).unwrap(), 25);

@@ -236,18 +236,8 @@ mod tests {
 
     fn row() -> InvocationRow {
         InvocationRow {
-            id: 0,
-            function: "f".into(),
-            version: 1,
-            started_at: 1,
-            duration_us: 1,
-            outcome: "ok".into(),
-            error: None,
-            output_bytes: 0,
             logs: vec!["INFO ".repeat(200)],
-            stdout: String::new(),
-            stderr: String::new(),
-            outbound: vec![],
+            ..InvocationRow::for_test("f")
         }
     }
 

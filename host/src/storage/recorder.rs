@@ -180,20 +180,7 @@ mod tests {
     use super::*;
 
     fn row(function: &str) -> InvocationRow {
-        InvocationRow {
-            id: 0,
-            function: function.into(),
-            version: 1,
-            started_at: 1,
-            duration_us: 2,
-            outcome: "ok".into(),
-            error: None,
-            output_bytes: 0,
-            logs: vec![],
-            stdout: String::new(),
-            stderr: String::new(),
-            outbound: vec![],
-        }
+        InvocationRow::for_test(function)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
