@@ -84,8 +84,9 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEP_INVOCATIONS: u64 = 10_000;
 /// How often [`keep_invocations_bounded`] prunes.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
-/// Rows deleted per statement while pruning, so invocations wait at most for one batch.
-const PRUNE_BATCH: usize = 500;
+/// Rows deleted per statement while pruning: the storage lock is held for one batch at a
+/// time, so a large backlog never stalls invocations for long.
+const PRUNE_BATCH: usize = 100;
 
 /// Keep invocation records bounded until `token` is cancelled: each function's newest
 /// `keep` stay, older ones are deleted now and every `every` (a busy server would
