@@ -217,7 +217,7 @@ fn serve_keeps_the_newest_invocation_records_of_each_function() {
     assert_eq!(before.len(), 6);
 
     // Pruning runs at start, beside the API: wait for it.
-    let child = t.spawn_serve(&["--keep-invocations", "3"]);
+    let (child, _) = t.spawn_serve(&["--keep-invocations", "3"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while ids("echo").len() > 3 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));

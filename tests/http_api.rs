@@ -16,7 +16,7 @@ use keyhole_tests::{Credential, FakeApi};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use support::{KEY, connect_acme, sample, signal, spawn_serve, start, test_config, wait_exit};
+use support::{KEY, connect_acme, sample, signal, start, test_config, wait_exit};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_missing_wrong_revoked_and_wrong_scope() {
@@ -645,7 +645,7 @@ async fn binary_sigterm_lets_a_slow_invocation_finish_and_exits_0() {
     ])
     .ok();
 
-    let (mut child, base) = spawn_serve(&t, &["--shutdown-timeout", "10s"]);
+    let (mut child, base) = t.spawn_serve(&["--shutdown-timeout", "10s"]);
     let http = reqwest::Client::new();
     let url = format!("{base}/v1/functions/sleepy/invoke");
     let input = json!({"mode": "sleep-http", "connection": "acme", "target": "/slow?ms=1200"});
@@ -675,7 +675,7 @@ async fn binary_sigterm_lets_a_slow_invocation_finish_and_exits_0() {
         .as_i64()
         .unwrap();
     t.cli(&["tokens", "revoke", &id.to_string()]).ok();
-    let (mut child, base) = spawn_serve(&t, &[]);
+    let (mut child, base) = t.spawn_serve(&[]);
     let url = format!("{base}/v1/functions/sleepy/invoke");
     let r = http
         .post(&url)
@@ -710,7 +710,7 @@ async fn binary_sigint_past_the_deadline_still_exits_0() {
         "acme",
     ])
     .ok();
-    let (mut child, base) = spawn_serve(&t, &["--shutdown-timeout", "300ms"]);
+    let (mut child, base) = t.spawn_serve(&["--shutdown-timeout", "300ms"]);
     let input = json!({"mode": "sleep-http", "connection": "acme", "target": "/slow?ms=5000"});
     let request = reqwest::Client::new()
         .post(format!("{base}/v1/functions/sleepy/invoke"))

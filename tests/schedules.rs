@@ -166,7 +166,7 @@ fn a_schedule_runs_on_time_under_serve() {
         "1s",
     ])
     .ok();
-    let child = t.spawn_serve(&[]);
+    let (child, _) = t.spawn_serve(&[]);
     std::thread::sleep(Duration::from_millis(3600));
     stop_serve(child);
     let runs = t.host.logs(Some("counter"), 50).unwrap();
@@ -231,7 +231,7 @@ fn a_slow_schedule_never_overlaps_itself() {
         input,
     ])
     .ok();
-    let child = t.spawn_serve(&[]);
+    let (child, _) = t.spawn_serve(&[]);
     std::thread::sleep(Duration::from_millis(6500));
     stop_serve(child);
     let mut runs = t.host.logs(Some("sleepy"), 50).unwrap();

@@ -86,27 +86,33 @@ impl TestHost {
             .expect("spawn keyhole")
     }
 
-    /// Start `keyhole serve` on a free port with `args` added, and wait until it says it
-    /// is serving. [`stop_serve`] stops it.
-    pub fn spawn_serve(&self, args: &[&str]) -> std::process::Child {
+    /// Start `keyhole serve` on a free port with `args` added, wait until it says it is
+    /// serving, and return it with its base URL (`http://127.0.0.1:PORT`).
+    /// [`stop_serve`] stops it.
+    pub fn spawn_serve(&self, args: &[&str]) -> (std::process::Child, String) {
         let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
         all.extend_from_slice(args);
         let mut child = self.spawn_cli(&all);
         let stdout = child.stdout.take().expect("piped stdout");
-        let serving = BufReader::new(stdout)
+        let banner = BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
-            .any(|line| line.contains("keyhole serving on"));
-        if !serving {
+            .find(|line| line.contains("keyhole serving on"));
+        let addr = banner.as_deref().and_then(|line| {
+            let rest = line.split("http://").nth(1)?;
+            rest.split_whitespace().next()
+        });
+        let Some(addr) = addr else {
             let _ = child.kill();
             let _ = child.wait();
             let mut stderr = String::new();
             if let Some(mut e) = child.stderr.take() {
                 let _ = e.read_to_string(&mut stderr);
             }
-            panic!("serve exited before serving: {stderr}");
-        }
-        child
+            panic!("serve exited before serving (banner {banner:?}): {stderr}");
+        };
+        let url = format!("http://{addr}");
+        (child, url)
     }
 
     /// Raw bytes of the database file and its WAL, for grepping for secrets.

@@ -1,7 +1,7 @@
 //! Helpers of the `http_api` suite: an in-process `keyhole serve` on 127.0.0.1:0 with an
-//! HTTP client that records every response body, and the real binary as a child process.
+//! HTTP client that records every response body, and signalling the real binary (started
+//! with `TestHost::spawn_serve`).
 
-use std::io::{BufRead, BufReader};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -178,24 +178,6 @@ pub async fn connect_acme(t: &TestHost, api: &FakeApi, name: &str) {
     let values = [("X-API-Key".to_string(), keyhole::secrets::Secret::new(KEY))].into();
     let out = c.connect(name, values).await.unwrap();
     assert!(out.verification.unwrap().ok);
-}
-
-/// `keyhole serve` as a child process; returns it and its base URL.
-pub fn spawn_serve(t: &TestHost, extra: &[&str]) -> (std::process::Child, String) {
-    let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    let mut child = t.spawn_cli(&args);
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read banner");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    (child, format!("http://{addr}"))
 }
 
 pub fn signal(child: &std::process::Child, sig: &str) {
