@@ -43,7 +43,8 @@ pub enum Command {
     Functions(functions::FunctionsCmd),
     /// Invoke the latest version of a function and print its output.
     Run(functions::RunArgs),
-    /// Show recent invocations with outcome, duration, logs and outbound calls.
+    /// Show recent invocations with outcome, duration, logs and outbound calls
+    /// (`keyhole serve` keeps each function's newest: `serve --keep-invocations`).
     Logs(functions::LogsArgs),
     /// The service catalog: presets ("pick your service") and custom services.
     #[command(subcommand)]
