@@ -74,9 +74,9 @@ pub async fn serve(host: Keyhole, args: ServeArgs) -> anyhow::Result<i32> {
         .storage()
         .checkpoint_in_background(std::time::Duration::from_secs(1))?;
     if args.keep_invocations > 0 {
-        let (host, keep) = (host.clone(), args.keep_invocations);
+        let (storage, keep) = (host.storage().clone(), args.keep_invocations);
         server.spawn_background(move |token| {
-            server::keep_invocations_bounded(host, keep, server::PRUNE_EVERY, token)
+            server::keep_invocations_bounded(storage, keep, server::PRUNE_EVERY, token)
         });
     }
     // Schedules run beside the API and stop (draining runs in flight) with it.

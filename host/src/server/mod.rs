@@ -62,6 +62,7 @@ use tokio::task::JoinHandle;
 use self::limits::{Capacity, RateLimit};
 use crate::Keyhole;
 use crate::runtime::DEFAULT_MAX_INSTANCES;
+use crate::storage::Storage;
 
 /// Default listen address: loopback only. Expose the API beyond this machine only
 /// behind TLS (a reverse proxy); tokens are bearer credentials.
@@ -92,13 +93,13 @@ const PRUNE_BATCH: usize = 100;
 /// `keep` stay, older ones are deleted now and every `every` (a busy server would
 /// otherwise grow its database without end).
 pub async fn keep_invocations_bounded(
-    host: Arc<Keyhole>,
+    storage: Arc<Storage>,
     keep: u64,
     every: Duration,
     token: CancellationToken,
 ) {
     loop {
-        let storage = host.storage().clone();
+        let storage = storage.clone();
         match tokio::task::spawn_blocking(move || storage.prune_invocations(keep, PRUNE_BATCH))
             .await
         {
