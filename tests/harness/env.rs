@@ -111,6 +111,15 @@ impl TestHost {
             }
             panic!("serve exited before serving (banner {banner:?}): {stderr}");
         };
+        // Drain its log (trace level) so a full pipe never blocks the server, into the
+        // capture that tests grep for secrets.
+        if let Some(mut stderr) = child.stderr.take() {
+            std::thread::spawn(move || {
+                let mut log = String::new();
+                let _ = stderr.read_to_string(&mut log);
+                crate::capture::record(&log);
+            });
+        }
         let url = format!("http://{addr}");
         (child, url)
     }
