@@ -5,8 +5,9 @@
 #      component (bench/hello-wasi-http) on `wasmtime serve`, at concurrency 1, 16, 64,
 #      with the keyhole/wasmtime throughput ratio.
 #   2. A function making one authenticated GET (API key injected by keyhole) to a local
-#      upstream, against the same GET made directly, with the added latency: over HTTP
-#      across processes, and (GATEWAY=1, the default) in one process with
+#      upstream API that checks the key (host/examples/bench-upstream.rs: 401 without it),
+#      against the same GET made directly, with the added latency: over HTTP across
+#      processes, and (GATEWAY=1, the default) in one process with
 #      `cargo bench --bench gateway`, which leaves out the cost of cross-process wake-ups.
 #
 # Installs what is missing from crates.io: oha (load generator) and wasmtime-cli 48
@@ -20,7 +21,7 @@
 #   PIN=1                 with taskset and >= 2 CPUs: load generator on CPU 0, servers
 #                         on the others, so the two never fight for a core (0 disables)
 #   GATEWAY=1             also run the in-process authenticated-call bench (0 skips it)
-#   KEYHOLE_PORT=18976 WASMTIME_PORT=18977
+#   KEYHOLE_PORT=18976 WASMTIME_PORT=18977 UPSTREAM_PORT=18978
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -32,6 +33,8 @@ CONCURRENCY=${CONCURRENCY:-"1 16 64"}
 PIN=${PIN:-1}
 KEYHOLE_PORT=${KEYHOLE_PORT:-18976}
 WASMTIME_PORT=${WASMTIME_PORT:-18977}
+UPSTREAM_PORT=${UPSTREAM_PORT:-18978}
+UPSTREAM_KEY=bench-upstream-key
 WASMTIME_VERSION=${WASMTIME_VERSION:-48}
 REPORT="$ROOT/target/bench-http.md"
 BODY='{"hello":"world"}'
@@ -53,8 +56,9 @@ fi
 have rustup && rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 
 # --- builds ------------------------------------------------------------------------
-step "building keyhole (release), the plugins and the wasi:http echo component"
+step "building keyhole (release), the upstream API, the plugins and the wasi:http echo component"
 cargo build --release --quiet -p keyhole-host --bin keyhole
+cargo build --release --quiet -p keyhole-host --example bench-upstream
 if [ "$GATEWAY" = 1 ]; then cargo bench --quiet -p keyhole-host --bench gateway --no-run; fi
 (cd plugins && cargo build --quiet --target wasm32-wasip2 --release)
 (cd bench/hello-wasi-http && cargo build --quiet --target wasm32-wasip2 --release)
@@ -102,7 +106,15 @@ step "starting wasmtime serve (echo component) on 127.0.0.1:$WASMTIME_PORT"
 "${SERVE[@]}" wasmtime serve -S cli --addr "127.0.0.1:$WASMTIME_PORT" "$HELLO" >"$WORK/wasmtime.log" 2>&1 &
 WASMTIME_PID=$!
 PIDS+=($!)
-UPSTREAM="http://127.0.0.1:$WASMTIME_PORT"
+WASMTIME_URL="http://127.0.0.1:$WASMTIME_PORT"
+wait_http "$WASMTIME_URL/"
+
+step "starting the upstream API (checks X-API-Key) on 127.0.0.1:$UPSTREAM_PORT"
+"${SERVE[@]}" "$ROOT/target/release/examples/bench-upstream" "127.0.0.1:$UPSTREAM_PORT" "$UPSTREAM_KEY" \
+    >"$WORK/upstream.log" 2>&1 &
+UPSTREAM_PID=$!
+PIDS+=($!)
+UPSTREAM="http://127.0.0.1:$UPSTREAM_PORT"
 wait_http "$UPSTREAM/"
 
 step "setting up keyhole: echo, an API-key connection to the upstream, a token"
@@ -110,7 +122,7 @@ step "setting up keyhole: echo, an API-key connection to the upstream, a token"
 "$KEYHOLE" services add --name upstream --auth api-key --base-url "$UPSTREAM" \
     --key-header X-API-Key >/dev/null
 "$KEYHOLE" connections add upstream --service upstream >/dev/null
-echo "X-API-Key=bench-upstream-key" | "$KEYHOLE" connections connect upstream --params-stdin >/dev/null
+echo "X-API-Key=$UPSTREAM_KEY" | "$KEYHOLE" connections connect upstream --params-stdin >/dev/null
 "$KEYHOLE" functions upload "$WASM/hello_http.wasm" --name fetch --grant upstream >/dev/null 2>&1
 TOKEN=$("$KEYHOLE" tokens create --scope invoke --label bench 2>/dev/null)
 "${SERVE[@]}" "$KEYHOLE" serve --listen "127.0.0.1:$KEYHOLE_PORT" --rate-limit 0 \
@@ -152,12 +164,30 @@ warm() { "${LOAD[@]}" oha --no-tui -n 500 -c 8 "$@" >/dev/null; }
 
 AUTH=(-H "Authorization: Bearer $TOKEN")
 ECHO_ARGS=(-m POST -T application/json -d "$BODY" "${AUTH[@]}" "$KEYHOLE_URL/v1/functions/echo/invoke")
-HELLO_ARGS=(-m POST -T application/json -d "$BODY" "$UPSTREAM/")
+HELLO_ARGS=(-m POST -T application/json -d "$BODY" "$WASMTIME_URL/")
 FETCH_ARGS=(-m POST -T application/json -d '{"connection":"upstream","target":"/"}' "${AUTH[@]}" "$KEYHOLE_URL/v1/functions/fetch/invoke")
-DIRECT_ARGS=(-H "X-API-Key: bench-upstream-key" "$UPSTREAM/")
+DIRECT_ARGS=(-H "X-API-Key: $UPSTREAM_KEY" "$UPSTREAM/")
+
+# Each case must do what it claims: the upstream refuses a GET without the key, answers
+# one with it, and fetch gets its 200 only because keyhole injected the key.
+python3 - "$UPSTREAM/" "$UPSTREAM_KEY" "$KEYHOLE_URL/v1/functions/fetch/invoke" "$TOKEN" <<'EOF'
+import json, sys, urllib.request, urllib.error
+upstream, key, fetch, token = sys.argv[1:]
+def status(req):
+    try:
+        return urllib.request.urlopen(req, timeout=5).status
+    except urllib.error.HTTPError as e:
+        return e.code
+assert status(urllib.request.Request(upstream)) == 401, "the upstream must refuse a GET without the key"
+assert status(urllib.request.Request(upstream, headers={"X-API-Key": key})) == 200, "the upstream must accept the key"
+req = urllib.request.Request(fetch, data=b'{"connection":"upstream","target":"/"}', headers={
+    "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+out = json.load(urllib.request.urlopen(req, timeout=5))
+assert out.get("status") == 200, f"fetch must reach the upstream with the key, got {out}"
+EOF
 
 step "warming up"
-warm "${ECHO_ARGS[@]}"; warm "${HELLO_ARGS[@]}"; warm "${FETCH_ARGS[@]}"
+warm "${ECHO_ARGS[@]}"; warm "${HELLO_ARGS[@]}"; warm "${FETCH_ARGS[@]}"; warm "${DIRECT_ARGS[@]}"
 
 # median V... -> the median, rounded
 median() { python3 -c 'import statistics, sys; print(round(statistics.median(float(v) for v in sys.argv[1:]), 2 if "." in "".join(sys.argv[1:]) else None))' "$@"; }
@@ -196,7 +226,7 @@ step "authenticated GET through keyhole vs the same GET made directly (concurren
 D_P50=() E_P50=() F_P50=() D_RPS=() E_RPS=() F_RPS=() D_P99=() E_P99=() F_P99=() ADDED=() WHOLE=() fetch_note=""
 D_CPU=() E_CPU=() F_CPU=() CPU_ADDED=()
 for round in $(seq "$ROUNDS"); do
-    read -r d_rps d_p50 _ d_p99 _ d_cpu < <(run direct 1 "$WASMTIME_PID" "${DIRECT_ARGS[@]}")
+    read -r d_rps d_p50 _ d_p99 d_ok d_cpu < <(run direct 1 "$UPSTREAM_PID" "${DIRECT_ARGS[@]}")
     read -r e_rps e_p50 _ e_p99 _ e_cpu < <(run echo1 1 "$KEYHOLE_PID" "${ECHO_ARGS[@]}")
     read -r f_rps f_p50 _ f_p99 f_ok f_cpu < <(run fetch 1 "$KEYHOLE_PID" "${FETCH_ARGS[@]}")
     D_P50+=("$d_p50") E_P50+=("$e_p50") F_P50+=("$f_p50")
@@ -205,6 +235,7 @@ for round in $(seq "$ROUNDS"); do
     ADDED+=("$((f_p50 - e_p50 - d_p50))") WHOLE+=("$((f_p50 - d_p50))")
     D_CPU+=("$d_cpu") E_CPU+=("$e_cpu") F_CPU+=("$f_cpu") CPU_ADDED+=("$((f_cpu - e_cpu))")
     if [ "$f_ok" != "100.00" ]; then fetch_note+=" round $round: only ${f_ok}% of fetch invocations answered 2xx."; fi
+    if [ "$d_ok" != "100.00" ]; then fetch_note+=" round $round: only ${d_ok}% of direct GETs answered 2xx."; fi
     echo "  round $round: direct $d_p50 µs, echo $e_p50 µs, fetch $f_p50 µs (p50)" >&2
 done
 {

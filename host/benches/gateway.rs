@@ -18,7 +18,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use criterion::Criterion;
 use keyhole::runtime::RuntimeConfig;
 use keyhole::secrets::Secret;
@@ -31,20 +31,13 @@ mod common;
 /// The upstream's API key.
 const KEY: &str = "bench-gateway-key-0123456789";
 
-/// An upstream that checks the key the way an API does.
+/// The local upstream, serving on one task of the bench's runtime.
 async fn upstream() -> std::net::SocketAddr {
-    async fn answer(headers: HeaderMap) -> (StatusCode, &'static str) {
-        match headers.get("x-api-key") {
-            Some(v) if v == KEY => (StatusCode::OK, r#"{"items":[{"id":"1","text":"hi"}]}"#),
-            _ => (StatusCode::UNAUTHORIZED, r#"{"error":"bad key"}"#),
-        }
-    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the upstream");
     let addr = listener.local_addr().expect("upstream address");
-    let app = axum::Router::new().route("/", axum::routing::get(answer));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(async move { common::upstream::serve(listener, KEY).await });
     addr
 }
 
@@ -127,6 +120,12 @@ location = "header"
             serde_json::from_str(&f.rt.block_on(f.invoke(REFUSED))).expect("JSON");
         assert_eq!(refused["error"], "access-denied", "{refused}");
         assert_eq!(f.rt.block_on(f.direct()), StatusCode::OK.as_u16());
+        let keyless = f.rt.block_on(async { f.client.get(&f.url).send().await });
+        assert_eq!(
+            keyless.expect("keyless GET").status(),
+            StatusCode::UNAUTHORIZED,
+            "the upstream checks the key, so a 200 from fetch means keyhole injected it"
+        );
         f
     }
 
