@@ -7,7 +7,8 @@
 #   2. A function making one authenticated GET (API key injected by keyhole) to a local
 #      upstream API that checks the key (host/examples/bench-upstream.rs: 401 without it),
 #      against the same GET made directly, with the added latency: over HTTP across
-#      processes, and (GATEWAY=1, the default) in one process with
+#      processes (fetch − the same function refused the call − the direct GET made from
+#      keyhole's CPU), and (GATEWAY=1, the default) in one process with
 #      `cargo bench --bench gateway`, which leaves out the cost of cross-process wake-ups.
 #
 # Installs what is missing from crates.io: oha (load generator) and wasmtime-cli 48
@@ -76,6 +77,7 @@ if [ "$PIN" = 1 ] && have taskset && [ "$NCPU" -ge 2 ]; then
 else
     PLACEMENT="unpinned (servers and oha share all $NCPU CPUs)"
 fi
+CLIENT=("${LOAD[@]}") # where `run` starts oha
 
 # --- servers -----------------------------------------------------------------------
 WORK=$(mktemp -d)
@@ -144,7 +146,7 @@ run() {
     shift 3
     local before after
     before=$(cpu_ticks "$pid")
-    "${LOAD[@]}" oha --no-tui --output-format json -z "$DURATION" -c "$c" "$@" >"$WORK/$name-$c.json"
+    "${CLIENT[@]}" oha --no-tui --output-format json -z "$DURATION" -c "$c" "$@" >"$WORK/$name-$c.json"
     after=$(cpu_ticks "$pid")
     python3 - "$WORK/$name-$c.json" "$((after - before))" "$CLK_TCK" <<'EOF'
 import json, sys
@@ -167,6 +169,7 @@ ECHO_ARGS=(-m POST -T application/json -d "$BODY" "${AUTH[@]}" "$KEYHOLE_URL/v1/
 HELLO_ARGS=(-m POST -T application/json -d "$BODY" "$WASMTIME_URL/")
 FETCH_ARGS=(-m POST -T application/json -d '{"connection":"upstream","target":"/"}' "${AUTH[@]}" "$KEYHOLE_URL/v1/functions/fetch/invoke")
 DIRECT_ARGS=(-H "X-API-Key: $UPSTREAM_KEY" "$UPSTREAM/")
+REFUSED_ARGS=(-m POST -T application/json -d '{"connection":"not-granted","target":"/"}' "${AUTH[@]}" "$KEYHOLE_URL/v1/functions/fetch/invoke")
 
 # Each case must do what it claims: the upstream refuses a GET without the key, answers
 # one with it, and fetch gets its 200 only because keyhole injected the key.
@@ -184,6 +187,10 @@ req = urllib.request.Request(fetch, data=b'{"connection":"upstream","target":"/"
     "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
 out = json.load(urllib.request.urlopen(req, timeout=5))
 assert out.get("status") == 200, f"fetch must reach the upstream with the key, got {out}"
+req = urllib.request.Request(fetch, data=b'{"connection":"not-granted","target":"/"}', headers={
+    "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+out = json.load(urllib.request.urlopen(req, timeout=5))
+assert out.get("error") == "access-denied", f"fetch on an ungranted connection must be refused, got {out}"
 EOF
 
 step "warming up"
@@ -223,32 +230,41 @@ for c in $CONCURRENCY; do
 done
 
 step "authenticated GET through keyhole vs the same GET made directly (concurrency 1)"
-D_P50=() E_P50=() F_P50=() D_RPS=() E_RPS=() F_RPS=() D_P99=() E_P99=() F_P99=() ADDED=() WHOLE=() fetch_note=""
-D_CPU=() E_CPU=() F_CPU=() CPU_ADDED=()
+# The direct GET runs twice: from the load generator's CPU (what a client calling the API
+# itself sees; with PIN=1 that crosses CPUs, which on a VM costs ~50 µs per wake-up) and
+# from the servers' CPU, where keyhole makes its own GET: the like-for-like baseline.
+D_P50=() L_P50=() R_P50=() F_P50=() D_RPS=() L_RPS=() R_RPS=() F_RPS=()
+D_P99=() L_P99=() R_P99=() F_P99=() D_CPU=() L_CPU=() R_CPU=() F_CPU=()
+ADDED=() WHOLE=() CPU_ADDED=() fetch_note=""
 for round in $(seq "$ROUNDS"); do
     read -r d_rps d_p50 _ d_p99 d_ok d_cpu < <(run direct 1 "$UPSTREAM_PID" "${DIRECT_ARGS[@]}")
-    read -r e_rps e_p50 _ e_p99 _ e_cpu < <(run echo1 1 "$KEYHOLE_PID" "${ECHO_ARGS[@]}")
+    CLIENT=("${SERVE[@]}")
+    read -r l_rps l_p50 _ l_p99 l_ok l_cpu < <(run direct-local 1 "$UPSTREAM_PID" "${DIRECT_ARGS[@]}")
+    CLIENT=("${LOAD[@]}")
+    read -r r_rps r_p50 _ r_p99 r_ok r_cpu < <(run refused 1 "$KEYHOLE_PID" "${REFUSED_ARGS[@]}")
     read -r f_rps f_p50 _ f_p99 f_ok f_cpu < <(run fetch 1 "$KEYHOLE_PID" "${FETCH_ARGS[@]}")
-    D_P50+=("$d_p50") E_P50+=("$e_p50") F_P50+=("$f_p50")
-    D_RPS+=("$d_rps") E_RPS+=("$e_rps") F_RPS+=("$f_rps")
-    D_P99+=("$d_p99") E_P99+=("$e_p99") F_P99+=("$f_p99")
-    ADDED+=("$((f_p50 - e_p50 - d_p50))") WHOLE+=("$((f_p50 - d_p50))")
-    D_CPU+=("$d_cpu") E_CPU+=("$e_cpu") F_CPU+=("$f_cpu") CPU_ADDED+=("$((f_cpu - e_cpu))")
-    if [ "$f_ok" != "100.00" ]; then fetch_note+=" round $round: only ${f_ok}% of fetch invocations answered 2xx."; fi
-    if [ "$d_ok" != "100.00" ]; then fetch_note+=" round $round: only ${d_ok}% of direct GETs answered 2xx."; fi
-    echo "  round $round: direct $d_p50 µs, echo $e_p50 µs, fetch $f_p50 µs (p50)" >&2
+    D_P50+=("$d_p50") L_P50+=("$l_p50") R_P50+=("$r_p50") F_P50+=("$f_p50")
+    D_RPS+=("$d_rps") L_RPS+=("$l_rps") R_RPS+=("$r_rps") F_RPS+=("$f_rps")
+    D_P99+=("$d_p99") L_P99+=("$l_p99") R_P99+=("$r_p99") F_P99+=("$f_p99")
+    D_CPU+=("$d_cpu") L_CPU+=("$l_cpu") R_CPU+=("$r_cpu") F_CPU+=("$f_cpu")
+    ADDED+=("$((f_p50 - r_p50 - l_p50))") WHOLE+=("$((f_p50 - d_p50))") CPU_ADDED+=("$((f_cpu - r_cpu))")
+    for pair in "fetch invocations:$f_ok" "refused invocations:$r_ok" "direct GETs:$d_ok" "direct GETs from the servers' CPU:$l_ok"; do
+        if [ "${pair##*:}" != "100.00" ]; then fetch_note+=" round $round: only ${pair##*:}% of ${pair%:*} answered 2xx."; fi
+    done
+    echo "  round $round: direct $d_p50 µs, direct from the servers' CPU $l_p50 µs, refused $r_p50 µs, fetch $f_p50 µs (p50)" >&2
 done
 {
     echo
     echo "| concurrency 1 (medians of $ROUNDS rounds) | req/s | p50 µs | p99 µs | server CPU µs/req |"
     echo "|---|---:|---:|---:|---:|"
-    echo "| GET upstream directly (with the API key) | $(median "${D_RPS[@]}") | $(median "${D_P50[@]}") | $(median "${D_P99[@]}") | $(median "${D_CPU[@]}") (upstream) |"
-    echo "| invoke \`echo\` (no outbound call) | $(median "${E_RPS[@]}") | $(median "${E_P50[@]}") | $(median "${E_P99[@]}") | $(median "${E_CPU[@]}") (keyhole) |"
+    echo "| GET upstream directly (with the API key), from the load generator's CPU | $(median "${D_RPS[@]}") | $(median "${D_P50[@]}") | $(median "${D_P99[@]}") | $(median "${D_CPU[@]}") (upstream) |"
+    echo "| the same, from the servers' CPU (where keyhole's own GET runs) | $(median "${L_RPS[@]}") | $(median "${L_P50[@]}") | $(median "${L_P99[@]}") | $(median "${L_CPU[@]}") (upstream) |"
+    echo "| invoke \`fetch\` on a connection it was not granted (the invocation without the call) | $(median "${R_RPS[@]}") | $(median "${R_P50[@]}") | $(median "${R_P99[@]}") | $(median "${R_CPU[@]}") (keyhole) |"
     echo "| invoke \`fetch\` = hello-http making the same GET through connection \`upstream\` | $(median "${F_RPS[@]}") | $(median "${F_P50[@]}") | $(median "${F_P99[@]}") | $(median "${F_CPU[@]}") (keyhole) |"
     echo
     echo "- whole path added over the direct GET (fetch − direct), p50: $(median "${WHOLE[@]}") µs (per round: ${WHOLE[*]})"
-    echo "- added by the authenticated call itself (fetch − echo − direct, per round), p50: **$(median "${ADDED[@]}") µs** (per round: ${ADDED[*]})"
-    echo "- keyhole CPU time the authenticated call adds (fetch − echo, keyhole's process only): $(median "${CPU_ADDED[@]}") µs per request (per round: ${CPU_ADDED[*]})"
+    echo "- added by the authenticated call, like for like (fetch − refused − direct from the servers' CPU), p50: **$(median "${ADDED[@]}") µs** (per round: ${ADDED[*]})"
+    echo "- keyhole CPU time the authenticated call adds (fetch − refused, keyhole's process only): $(median "${CPU_ADDED[@]}") µs per request (per round: ${CPU_ADDED[*]})"
     if [ -n "$fetch_note" ]; then
         echo "- WARNING:$fetch_note"
     fi
