@@ -20,7 +20,10 @@
 #                         background load hits both sides alike
 #   CONCURRENCY="1 16 64" concurrency levels
 #   PIN=1                 with taskset and >= 2 CPUs: load generator on CPU 0, servers
-#                         on the others, so the two never fight for a core (0 disables)
+#                         on the others, so the two never fight for a core (0 disables);
+#                         with >= 3 CPUs the last one is the upstream API's alone
+#   UPSTREAM_CPUS=...     (with PIN=1) override the upstream API's CPUs (by default its
+#                         own with >= 3 CPUs, else the servers': it shares keyhole's)
 #   GATEWAY=1             also run the in-process authenticated-call bench (0 skips it)
 #   KEYHOLE_PORT=18976 WASMTIME_PORT=18977 UPSTREAM_PORT=18978
 set -euo pipefail
@@ -69,11 +72,21 @@ HELLO="$ROOT/bench/hello-wasi-http/target/wasm32-wasip2/release/hello_wasi_http.
 
 # --- CPU placement -----------------------------------------------------------------
 NCPU=$(nproc)
-LOAD=() SERVE=()
+LOAD=() SERVE=() UPSTREAM_ON=()
 if [ "$PIN" = 1 ] && have taskset && [ "$NCPU" -ge 2 ]; then
     LOAD=(taskset -c 0)
-    SERVE=(taskset -c "1-$((NCPU - 1))")
-    PLACEMENT="oha on CPU 0, servers on CPUs 1-$((NCPU - 1))"
+    if [ "$NCPU" -ge 3 ]; then
+        # The upstream API gets a CPU of its own, as a real API has its own machine.
+        SERVE=(taskset -c "1-$((NCPU - 2))")
+        UPSTREAM_CPUS=${UPSTREAM_CPUS:-$((NCPU - 1))}
+        PLACEMENT="oha on CPU 0, servers on CPUs 1-$((NCPU - 2))"
+    else
+        SERVE=(taskset -c "1-$((NCPU - 1))")
+        UPSTREAM_CPUS=${UPSTREAM_CPUS:-1-$((NCPU - 1))}
+        PLACEMENT="oha on CPU 0, servers on CPUs 1-$((NCPU - 1))"
+    fi
+    UPSTREAM_ON=(taskset -c "$UPSTREAM_CPUS")
+    PLACEMENT+=", upstream API on CPUs $UPSTREAM_CPUS"
 else
     PLACEMENT="unpinned (servers and oha share all $NCPU CPUs)"
 fi
@@ -112,7 +125,7 @@ WASMTIME_URL="http://127.0.0.1:$WASMTIME_PORT"
 wait_http "$WASMTIME_URL/"
 
 step "starting the upstream API (checks X-API-Key) on 127.0.0.1:$UPSTREAM_PORT"
-"${SERVE[@]}" "$ROOT/target/release/examples/bench-upstream" "127.0.0.1:$UPSTREAM_PORT" "$UPSTREAM_KEY" \
+"${UPSTREAM_ON[@]}" "$ROOT/target/release/examples/bench-upstream" "127.0.0.1:$UPSTREAM_PORT" "$UPSTREAM_KEY" \
     >"$WORK/upstream.log" 2>&1 &
 UPSTREAM_PID=$!
 PIDS+=($!)
