@@ -207,7 +207,7 @@ assert out.get("error") == "access-denied", f"fetch on an ungranted connection m
 EOF
 
 step "warming up"
-warm "${ECHO_ARGS[@]}"; warm "${HELLO_ARGS[@]}"; warm "${FETCH_ARGS[@]}"; warm "${DIRECT_ARGS[@]}"
+warm "${ECHO_ARGS[@]}"; warm "${HELLO_ARGS[@]}"; warm "${FETCH_ARGS[@]}"; warm "${REFUSED_ARGS[@]}"; warm "${DIRECT_ARGS[@]}"
 
 # median V... -> the median, rounded
 median() { python3 -c 'import statistics, sys; print(round(statistics.median(float(v) for v in sys.argv[1:]), 2 if "." in "".join(sys.argv[1:]) else None))' "$@"; }
