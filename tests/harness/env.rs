@@ -266,12 +266,19 @@ fn run_cli(home: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]
     out
 }
 
+/// Send `sig` (`-TERM`, `-INT`, …) to a child process.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {sig} failed");
+}
+
 /// Stop a `keyhole serve` started by [`TestHost::spawn_serve`] with SIGTERM, and check it
 /// exits 0.
 pub fn stop_serve(mut child: std::process::Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    signal(&child, "-TERM");
     let status = child.wait().expect("wait for serve");
     assert!(status.success(), "serve did not exit cleanly: {status:?}");
 }

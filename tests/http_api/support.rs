@@ -13,6 +13,7 @@ use keyhole::server::{
 use keyhole::services::ServiceDef;
 use keyhole_tests::FakeApi;
 use keyhole_tests::env::TestHost;
+pub use keyhole_tests::env::signal;
 use keyhole_tests::plugins::plugin;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -178,14 +179,6 @@ pub async fn connect_acme(t: &TestHost, api: &FakeApi, name: &str) {
     let values = [("X-API-Key".to_string(), keyhole::secrets::Secret::new(KEY))].into();
     let out = c.connect(name, values).await.unwrap();
     assert!(out.verification.unwrap().ok);
-}
-
-pub fn signal(child: &std::process::Child, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
 }
 
 pub fn wait_exit(child: &mut std::process::Child, within: Duration) -> i32 {
