@@ -25,6 +25,11 @@
 #   UPSTREAM_CPUS=...     (with PIN=1) override the upstream API's CPUs (by default its
 #                         own with >= 3 CPUs, else the servers': it shares keyhole's)
 #   GATEWAY=1             also run the in-process authenticated-call bench (0 skips it)
+#   IDLE_SPIN=0           1 keeps every CPU from going idle with one SCHED_IDLE busy loop
+#                         per CPU (it yields to any other task). On a VM whose idle vCPUs
+#                         halt (guest halt polling off), each wake-up of an idle CPU goes
+#                         through the hypervisor; this shows the figures without that, as
+#                         on bare metal or with halt polling. Same for both servers.
 #   KEYHOLE_PORT=18976 WASMTIME_PORT=18977 UPSTREAM_PORT=18978
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +38,7 @@ ROOT=$PWD
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
 GATEWAY=${GATEWAY:-1}
+IDLE_SPIN=${IDLE_SPIN:-0}
 CONCURRENCY=${CONCURRENCY:-"1 16 64"}
 PIN=${PIN:-1}
 KEYHOLE_PORT=${KEYHOLE_PORT:-18976}
@@ -58,6 +64,10 @@ if ! have wasmtime || ! wasmtime --version | grep -q "^wasmtime $WASMTIME_VERSIO
     cargo install wasmtime-cli --version "^$WASMTIME_VERSION" --locked
 fi
 have rustup && rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+if [ "$IDLE_SPIN" = 1 ] && ! { have chrt && have taskset; }; then
+    echo "IDLE_SPIN=1 needs chrt and taskset (util-linux)" >&2
+    exit 1
+fi
 
 # --- builds ------------------------------------------------------------------------
 step "building keyhole (release), the upstream API, the plugins and the wasi:http echo component"
@@ -87,10 +97,17 @@ if [ "$PIN" = 1 ] && have taskset && [ "$NCPU" -ge 2 ]; then
     fi
     UPSTREAM_ON=(taskset -c "$UPSTREAM_CPUS")
     PLACEMENT+=", upstream API on CPUs $UPSTREAM_CPUS"
+    UPSTREAM_CPUS_SHOWN=$UPSTREAM_CPUS
 else
     PLACEMENT="unpinned (servers and oha share all $NCPU CPUs)"
+    UPSTREAM_CPUS_SHOWN="any"
 fi
 CLIENT=("${LOAD[@]}") # where `run` starts oha
+if [ "$IDLE_SPIN" = 1 ]; then
+    PLACEMENT+="; idle CPUs kept busy by a SCHED_IDLE spinner each (IDLE_SPIN=1)"
+else
+    PLACEMENT+="; idle CPUs may halt (IDLE_SPIN=0)"
+fi
 
 # --- servers -----------------------------------------------------------------------
 WORK=$(mktemp -d)
@@ -102,6 +119,12 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+if [ "$IDLE_SPIN" = 1 ]; then
+    for cpu in $(seq 0 $((NCPU - 1))); do
+        taskset -c "$cpu" chrt --idle 0 sh -c 'while :; do :; done' &
+        PIDS+=($!)
+    done
+fi
 
 wait_http() { # URL
     python3 - "$1" <<'EOF'
@@ -286,16 +309,30 @@ done
 if [ "$GATEWAY" = 1 ]; then
     step "authenticated call in one process (cargo bench --bench gateway)"
     # Same CPU placement as the servers above; criterion's own samples are kept short,
-    # the printed p50s come from the bench's interleaved rounds.
-    "${SERVE[@]}" cargo bench --quiet -p keyhole-host --bench gateway -- \
-        --warm-up-time 1 --measurement-time 2 >"$WORK/gateway.txt" 2>&1 \
-        || { cat "$WORK/gateway.txt" >&2; exit 1; }
+    # the printed p50s come from the bench's interleaved rounds. Run twice: with the
+    # upstream on a task of the bench's thread, then with the upstream API process above
+    # (each call switches processes, as in keyhole serve, but no HTTP server in front).
+    gateway() { # OUT [env...]
+        local out=$1
+        shift
+        env "$@" "${SERVE[@]}" cargo bench --quiet -p keyhole-host --bench gateway -- \
+            --warm-up-time 1 --measurement-time 2 >"$out" 2>&1 || { cat "$out" >&2; exit 1; }
+    }
+    gateway "$WORK/gateway.txt"
+    gateway "$WORK/gateway-process.txt" GATEWAY_UPSTREAM="127.0.0.1:$UPSTREAM_PORT" \
+        GATEWAY_UPSTREAM_KEY="$UPSTREAM_KEY"
     {
         echo
-        echo "In one process (\`cargo bench -p keyhole-host --bench gateway\`, one thread; no cross-process wake-ups):"
+        echo "keyhole in one process (\`cargo bench -p keyhole-host --bench gateway\`, one thread, no HTTP server in front), the upstream on a task of the same thread:"
         echo
         echo '```'
         grep -A3 '^authenticated call added latency' "$WORK/gateway.txt"
+        echo '```'
+        echo
+        echo "The same with the upstream API process above (CPUs $UPSTREAM_CPUS_SHOWN): each call switches processes, as in \`keyhole serve\`:"
+        echo
+        echo '```'
+        grep -A3 '^authenticated call added latency' "$WORK/gateway-process.txt"
         echo '```'
     } | tee -a "$REPORT"
 fi

@@ -14,6 +14,10 @@
 //!
 //! The added latency is `fetch − refused − direct` at p50, from every call of an
 //! interleaved measurement (rounds of the three cases in turn, each call timed).
+//!
+//! With `GATEWAY_UPSTREAM=ADDR` and `GATEWAY_UPSTREAM_KEY=KEY` the three cases call an
+//! upstream in another process instead (`examples/bench-upstream.rs` serving that key):
+//! each call then switches processes, as it does in `keyhole serve`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -28,17 +32,26 @@ use tokio::runtime::Runtime as Tokio;
 
 mod common;
 
-/// The upstream's API key.
+/// The in-process upstream's API key.
 const KEY: &str = "bench-gateway-key-0123456789";
 
-/// The local upstream, serving on one task of the bench's runtime.
-async fn upstream() -> std::net::SocketAddr {
+/// Where the upstream is and its key: another process's, from `GATEWAY_UPSTREAM` and
+/// `GATEWAY_UPSTREAM_KEY`, else one served on a task of the bench's runtime.
+async fn upstream() -> (std::net::SocketAddr, String) {
+    if let Ok(addr) = std::env::var("GATEWAY_UPSTREAM") {
+        let addr = addr
+            .parse()
+            .expect("GATEWAY_UPSTREAM is an address such as 127.0.0.1:18978");
+        let key = std::env::var("GATEWAY_UPSTREAM_KEY")
+            .expect("GATEWAY_UPSTREAM_KEY: the key the upstream at GATEWAY_UPSTREAM accepts");
+        return (addr, key);
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the upstream");
     let addr = listener.local_addr().expect("upstream address");
     tokio::spawn(async move { common::upstream::serve(listener, KEY).await });
-    addr
+    (addr, KEY.to_string())
 }
 
 struct Fixture {
@@ -47,6 +60,7 @@ struct Fixture {
     host: Keyhole,
     client: reqwest::Client,
     url: String,
+    key: String,
 }
 
 const FETCH: &str = r#"{"connection":"upstream","target":"/"}"#;
@@ -63,7 +77,7 @@ impl Fixture {
         let wasm = common::plugin("hello-http");
         let home = tempfile::tempdir().expect("tempdir");
         let host = Keyhole::open(home.path(), RuntimeConfig::default()).expect("open");
-        let addr = rt.block_on(upstream());
+        let (addr, key) = rt.block_on(upstream());
         let url = format!("http://{addr}/");
         rt.block_on(async {
             let service = ServiceDef::from_toml(&format!(
@@ -87,7 +101,7 @@ location = "header"
                 .expect("add connection");
             c.connect(
                 "upstream",
-                [("X-API-Key".to_string(), Secret::new(KEY))].into(),
+                [("X-API-Key".to_string(), Secret::new(key.clone()))].into(),
             )
             .await
             .expect("connect");
@@ -108,6 +122,7 @@ location = "header"
             host,
             client: keyhole::connections::build_client(),
             url,
+            key,
         };
         // Each case must do what it claims before it is timed.
         let out: serde_json::Value =
@@ -138,7 +153,7 @@ location = "header"
         let r = self
             .client
             .get(&self.url)
-            .header("X-API-Key", KEY)
+            .header("X-API-Key", &self.key)
             .send()
             .await
             .expect("direct GET");
