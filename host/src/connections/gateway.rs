@@ -44,9 +44,9 @@ struct Opened {
     params: std::collections::BTreeMap<String, String>,
     base_url: Option<String>,
     service: ServiceDef,
-    creds: Credentials,
+    creds: Arc<Credentials>,
     redactor: Arc<Redactor>,
-    endpoint: Endpoint,
+    endpoint: Arc<Endpoint>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -55,12 +55,17 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// A connection opened for one request, with the scrubber for its secrets.
+/// What opening a connection yields: credentials, scrubber and endpoint, shared with the
+/// gateway's cache.
+type Opening = (Arc<Credentials>, Arc<Redactor>, Arc<Endpoint>);
+
+/// A connection opened for one request, with the scrubber for its secrets. Credentials
+/// and endpoint are shared with the gateway's cache, so a call copies no secret.
 pub(crate) struct Loaded {
     pub row: ConnectionRow,
     pub service: ServiceDef,
-    pub creds: Credentials,
-    pub endpoint: Endpoint,
+    pub creds: Arc<Credentials>,
+    pub endpoint: Arc<Endpoint>,
     redactor: Arc<Redactor>,
 }
 
@@ -70,14 +75,14 @@ impl Loaded {
         row: ConnectionRow,
         service: ServiceDef,
         creds: Credentials,
-        endpoint: Endpoint,
+        endpoint: impl Into<Arc<Endpoint>>,
     ) -> Self {
         let redactor = Arc::new(inject::redactor_for(&service, &creds, &row.params));
         Self {
             row,
             service,
-            creds,
-            endpoint,
+            creds: Arc::new(creds),
+            endpoint: endpoint.into(),
             redactor,
         }
     }
@@ -89,7 +94,7 @@ impl Loaded {
             &creds,
             &self.row.params,
         ));
-        self.creds = creds;
+        self.creds = Arc::new(creds);
     }
 
     /// Scrubs every form of this connection's secrets.
@@ -265,11 +270,7 @@ impl Gateway {
     /// A row's credentials, scrubber and endpoint: reused when nothing they derive from
     /// changed, otherwise opened, built and resolved (once per change, not once per
     /// request).
-    fn open(
-        &self,
-        row: &ConnectionRow,
-        service: &ServiceDef,
-    ) -> Result<(Credentials, Arc<Redactor>, Endpoint), ConnectionError> {
+    fn open(&self, row: &ConnectionRow, service: &ServiceDef) -> Result<Opening, ConnectionError> {
         let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(o) = opened.get(&row.name)
             && o.sealed == row.sealed
@@ -284,11 +285,12 @@ impl Gateway {
             let creds = Credentials::default();
             let redactor = Arc::new(inject::redactor_for(service, &creds, &row.params));
             let endpoint = resolve_endpoint(service, row, &creds)?;
-            return Ok((creds, redactor, endpoint));
+            return Ok((Arc::new(creds), redactor, Arc::new(endpoint)));
         };
         let creds = Credentials::open(&self.sealer, &row.name, blob)?;
         let redactor = Arc::new(inject::redactor_for(service, &creds, &row.params));
-        let endpoint = resolve_endpoint(service, row, &creds)?;
+        let endpoint = Arc::new(resolve_endpoint(service, row, &creds)?);
+        let creds = Arc::new(creds);
         opened.insert(
             row.name.clone(),
             Opened {
