@@ -60,7 +60,7 @@ impl std::fmt::Debug for Gateway {
 type Opening = (Arc<Credentials>, Arc<Redactor>, Arc<Endpoint>);
 
 /// A connection opened for one request, with the scrubber for its secrets. Credentials
-/// and endpoint are shared with the gateway's cache, so a call copies no secret.
+/// and endpoint are shared with the gateway's cache: a call does not clone them.
 pub(crate) struct Loaded {
     pub row: ConnectionRow,
     pub service: ServiceDef,
