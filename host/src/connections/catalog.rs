@@ -29,6 +29,13 @@ pub struct CatalogEntry {
     pub source: ServiceSource,
 }
 
+/// A custom service's stored TOML and its parse.
+#[derive(Debug)]
+struct Parsed {
+    text: String,
+    def: Arc<ServiceDef>,
+}
+
 /// Lookup and administration of services.
 #[derive(Debug, Clone)]
 pub struct Catalog {
@@ -36,7 +43,9 @@ pub struct Catalog {
     /// Custom services already parsed, by name, with the TOML they were parsed from: a
     /// lookup still reads the stored text (another process may have edited it) but only
     /// parses it when it changed.
-    parsed: Arc<Mutex<HashMap<String, (String, ServiceDef)>>>,
+    parsed: Arc<Mutex<HashMap<String, Parsed>>>,
+    /// Presets, shared by the calls that use them.
+    presets: Arc<Mutex<HashMap<String, Arc<ServiceDef>>>>,
 }
 
 impl Catalog {
@@ -45,19 +54,61 @@ impl Catalog {
         Self {
             storage,
             parsed: Arc::default(),
+            presets: Arc::default(),
         }
     }
 
     /// Parse a stored definition, or reuse the parse of the same text.
-    fn parse(&self, name: &str, definition: &str) -> Result<ServiceDef, ConnectionError> {
+    fn parse(&self, name: &str, definition: &str) -> Result<Arc<ServiceDef>, ConnectionError> {
         let mut parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((text, def)) = parsed.get(name)
-            && text == definition
+        if let Some(p) = parsed.get(name)
+            && p.text == definition
         {
+            return Ok(p.def.clone());
+        }
+        let def = Arc::new(ServiceDef::from_toml(definition)?);
+        parsed.insert(
+            name.to_string(),
+            Parsed {
+                text: definition.to_string(),
+                def: def.clone(),
+            },
+        );
+        Ok(def)
+    }
+
+    /// The custom service's definition, if `definition` (its stored text) is one.
+    fn custom(
+        &self,
+        name: &str,
+        definition: Option<&str>,
+    ) -> Result<Option<Arc<ServiceDef>>, ConnectionError> {
+        match definition {
+            Some(text) if !text.is_empty() => self.parse(name, text).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The definition a call uses, shared rather than copied: `definition` is the custom
+    /// service's stored text as the caller read it (`None` if there is none).
+    pub fn require_shared(
+        &self,
+        name: &str,
+        definition: Option<&str>,
+    ) -> Result<Arc<ServiceDef>, ConnectionError> {
+        if let Some(def) = self.custom(name, definition)? {
+            return Ok(def);
+        }
+        let mut shared = self.presets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(def) = shared.get(name) {
             return Ok(def.clone());
         }
-        let def = ServiceDef::from_toml(definition)?;
-        parsed.insert(name.to_string(), (definition.to_string(), def.clone()));
+        let def = Arc::new(
+            find_preset(name)
+                .ok_or_else(|| ConnectionError::UnknownService(name.to_string()))?
+                .clone(),
+        );
+        shared.insert(name.to_string(), def.clone());
         Ok(def)
     }
 
@@ -67,29 +118,15 @@ impl Catalog {
         self.lookup(name, row.as_ref().map(|r| r.definition.as_str()))
     }
 
-    /// `require` for a caller that already read the service's stored definition (`None`
-    /// if there is no custom service of that name).
-    pub fn require_stored(
-        &self,
-        name: &str,
-        definition: Option<&str>,
-    ) -> Result<CatalogEntry, ConnectionError> {
-        self.lookup(name, definition)?
-            .ok_or_else(|| ConnectionError::UnknownService(name.to_string()))
-    }
-
     /// The custom service if it has a definition, else the preset.
     fn lookup(
         &self,
         name: &str,
         definition: Option<&str>,
     ) -> Result<Option<CatalogEntry>, ConnectionError> {
-        if let Some(definition) = definition
-            && !definition.is_empty()
-        {
-            let def = self.parse(name, definition)?;
+        if let Some(def) = self.custom(name, definition)? {
             return Ok(Some(CatalogEntry {
-                def,
+                def: Arc::unwrap_or_clone(def),
                 source: ServiceSource::Custom,
             }));
         }
@@ -116,7 +153,7 @@ impl Catalog {
             .collect();
         for row in self.storage.list_services()? {
             if !row.definition.is_empty() {
-                let def = self.parse(&row.name, &row.definition)?;
+                let def = Arc::unwrap_or_clone(self.parse(&row.name, &row.definition)?);
                 out.push(CatalogEntry {
                     def,
                     source: ServiceSource::Custom,
@@ -171,5 +208,44 @@ impl Catalog {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::MINIMAL;
+
+    fn catalog() -> (tempfile::TempDir, Catalog) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(&dir.path().join("t.db")).unwrap());
+        (dir, Catalog::new(storage))
+    }
+
+    #[test]
+    fn calls_share_one_definition_until_its_text_changes() {
+        let (_dir, c) = catalog();
+        let first = c.require_shared("acme", Some(MINIMAL)).unwrap();
+        let again = c.require_shared("acme", Some(MINIMAL)).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "same text, same parse");
+        assert_eq!(first.base_url, "https://api.acme.test");
+
+        let edited = MINIMAL.replace("api.acme.test", "v2.acme.test");
+        let changed = c.require_shared("acme", Some(&edited)).unwrap();
+        assert!(!Arc::ptr_eq(&first, &changed), "an edit is parsed afresh");
+        assert_eq!(changed.base_url, "https://v2.acme.test");
+    }
+
+    #[test]
+    fn presets_are_shared_and_unknown_services_are_refused() {
+        let (_dir, c) = catalog();
+        let first = c.require_shared("github", None).unwrap();
+        let again = c.require_shared("github", Some("")).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(*first, *find_preset("github").unwrap());
+        assert!(matches!(
+            c.require_shared("no-such-service", None),
+            Err(ConnectionError::UnknownService(name)) if name == "no-such-service"
+        ));
     }
 }

@@ -43,7 +43,7 @@ struct Opened {
     sealed: Option<Vec<u8>>,
     params: std::collections::BTreeMap<String, String>,
     base_url: Option<String>,
-    service: ServiceDef,
+    service: Arc<ServiceDef>,
     creds: Arc<Credentials>,
     redactor: Arc<Redactor>,
     endpoint: Arc<Endpoint>,
@@ -63,7 +63,7 @@ type Opening = (Arc<Credentials>, Arc<Redactor>, Arc<Endpoint>);
 /// and endpoint are shared with the gateway's cache: a call does not clone them.
 pub(crate) struct Loaded {
     pub row: ConnectionRow,
-    pub service: ServiceDef,
+    pub service: Arc<ServiceDef>,
     pub creds: Arc<Credentials>,
     pub endpoint: Arc<Endpoint>,
     redactor: Arc<Redactor>,
@@ -73,10 +73,11 @@ impl Loaded {
     /// A connection opened with `creds`, building its scrubber.
     pub fn new(
         row: ConnectionRow,
-        service: ServiceDef,
+        service: impl Into<Arc<ServiceDef>>,
         creds: Credentials,
         endpoint: impl Into<Arc<Endpoint>>,
     ) -> Self {
+        let service = service.into();
         let redactor = Arc::new(inject::redactor_for(&service, &creds, &row.params));
         Self {
             row,
@@ -209,8 +210,8 @@ impl Gateway {
         };
         let service = self
             .catalog
-            .require_stored(&call.row.service, call.service_definition.as_deref());
-        let mut loaded = match service.and_then(|s| self.open_row(call.row, s.def)) {
+            .require_shared(&call.row.service, call.service_definition.as_deref());
+        let mut loaded = match service.and_then(|s| self.open_row(call.row, s)) {
             Ok(l) => l,
             Err(ConnectionError::Seal(e)) => {
                 tracing::error!(connection, error = %e, "cannot open a connection's credentials");
@@ -251,12 +252,16 @@ impl Gateway {
             self.forget(name);
             return Ok(None);
         };
-        let service = self.catalog.require(&row.service)?.def;
+        let service = Arc::new(self.catalog.require(&row.service)?.def);
         self.open_row(row, service).map(Some)
     }
 
     /// A connection row's credentials and endpoint, under `service`.
-    fn open_row(&self, row: ConnectionRow, service: ServiceDef) -> Result<Loaded, ConnectionError> {
+    fn open_row(
+        &self,
+        row: ConnectionRow,
+        service: Arc<ServiceDef>,
+    ) -> Result<Loaded, ConnectionError> {
         let (creds, redactor, endpoint) = self.open(&row, &service)?;
         Ok(Loaded {
             row,
@@ -270,13 +275,17 @@ impl Gateway {
     /// A row's credentials, scrubber and endpoint: reused when nothing they derive from
     /// changed, otherwise opened, built and resolved (once per change, not once per
     /// request).
-    fn open(&self, row: &ConnectionRow, service: &ServiceDef) -> Result<Opening, ConnectionError> {
+    fn open(
+        &self,
+        row: &ConnectionRow,
+        service: &Arc<ServiceDef>,
+    ) -> Result<Opening, ConnectionError> {
         let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(o) = opened.get(&row.name)
             && o.sealed == row.sealed
             && o.params == row.params
             && o.base_url == row.base_url
-            && o.service == *service
+            && (Arc::ptr_eq(&o.service, service) || o.service == *service)
         {
             return Ok((o.creds.clone(), o.redactor.clone(), o.endpoint.clone()));
         }

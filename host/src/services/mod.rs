@@ -26,6 +26,8 @@ mod validate;
 
 pub use presets::{find_preset, presets};
 pub use resolve::{Endpoint, Origin};
+#[cfg(test)]
+pub(crate) use schema::MINIMAL;
 pub use schema::{
     AuthKind, GrantType, OAuth2Def, ParamDef, ParamLocation, ServiceDef, TokenAuthMethod,
     TokenLocation, TokenPlacement, VerifyDef,

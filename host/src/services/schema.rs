@@ -356,11 +356,9 @@ fn is_get(s: &str) -> bool {
     s == "GET"
 }
 
+/// The smallest valid custom service (an API key in a header), for tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"
+pub(crate) const MINIMAL: &str = r#"
 name = "acme"
 display_name = "Acme"
 auth = "api_key"
@@ -372,6 +370,10 @@ display_name = "API key"
 secret = true
 location = "header"
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn minimal_definition_gets_defaults() {
