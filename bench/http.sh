@@ -64,8 +64,8 @@ if ! have wasmtime || ! wasmtime --version | grep -q "^wasmtime $WASMTIME_VERSIO
     cargo install wasmtime-cli --version "^$WASMTIME_VERSION" --locked
 fi
 have rustup && rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-if [ "$IDLE_SPIN" = 1 ] && ! { have chrt && have taskset; }; then
-    echo "IDLE_SPIN=1 needs chrt and taskset (util-linux)" >&2
+if [ "$IDLE_SPIN" = 1 ] && ! { have chrt && have taskset && chrt --idle 0 true; }; then
+    echo "IDLE_SPIN=1 needs chrt and taskset (util-linux) and a kernel with SCHED_IDLE" >&2
     exit 1
 fi
 
