@@ -59,8 +59,8 @@ impl std::fmt::Debug for Gateway {
 /// gateway's cache.
 type Opening = (Arc<Credentials>, Arc<Redactor>, Arc<Endpoint>);
 
-/// A connection opened for one request, with the scrubber for its secrets. Credentials
-/// and endpoint are shared with the gateway's cache: a call does not clone them.
+/// A connection opened for one request, with the scrubber for its secrets. Service,
+/// credentials and endpoint are shared with the caches: a call does not clone them.
 pub(crate) struct Loaded {
     pub row: ConnectionRow,
     pub service: Arc<ServiceDef>,
