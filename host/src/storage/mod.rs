@@ -23,7 +23,7 @@ pub use schedules::ScheduleRow;
 pub use tokens::{ApiTokenRow, NewApiToken};
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -121,6 +121,77 @@ impl Drop for Checkpointer {
     }
 }
 
+/// What the checkpoint thread does each tick, on a connection of its own.
+///
+/// Once a checkpoint has copied every WAL frame into the database file, the next write
+/// starts the WAL over and syncs its new header (with `synchronous=NORMAL` the only
+/// sync a commit makes). Left to itself, that write is an invocation's record, on the
+/// path to its answer; for sporadic traffic, every one. So after such a checkpoint (or
+/// on finding the WAL empty, as at start) the keeper makes that write itself, through the shared connection (no busy-wait), and it
+/// does not checkpoint again until someone else has written: checkpointing only its own
+/// frame would hand the restart straight back to the next writer.
+struct WalKeeper {
+    conn: Connection,
+    path: PathBuf,
+    /// `PRAGMA data_version` right after the keeper's own restarting write: unchanged
+    /// means nobody else has written since.
+    after_restart: Option<i64>,
+}
+
+impl WalKeeper {
+    fn new(storage: &Storage) -> Result<Self, StorageError> {
+        let conn = Connection::open(&storage.path).map_err(|e| storage.err(e))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| storage.err(e))?;
+        Ok(Self {
+            conn,
+            path: storage.path.clone(),
+            after_restart: None,
+        })
+    }
+
+    fn data_version(&self) -> Option<i64> {
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .ok()
+    }
+
+    /// Checkpoint what others wrote and, with `restart`, start the WAL over if the
+    /// checkpoint emptied it.
+    fn tick(&mut self, storage: &Weak<Storage>, restart: bool) {
+        if self.after_restart.is_some() && self.data_version() == self.after_restart {
+            return;
+        }
+        // PASSIVE: copies what it can without waiting for or blocking anyone.
+        let done = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            });
+        match done {
+            Ok((0, frames, copied)) if restart && frames >= 0 && copied == frames => {
+                let Some(storage) = storage.upgrade() else {
+                    return;
+                };
+                match storage.meta_set("wal-restarted-at", now_ms().to_string().as_bytes()) {
+                    Ok(()) => self.after_restart = self.data_version(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not restart the WAL; the next write will")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(database = %self.path.display(), error = %e, "WAL checkpoint failed; will retry");
+            }
+        }
+    }
+}
+
 /// Current time as Unix milliseconds (every timestamp column uses this).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -173,13 +244,15 @@ impl Storage {
     /// Move WAL checkpoints off the write path for a long-running process: commits stop
     /// checkpointing (a checkpoint writes the database file and syncs, which would stall
     /// whichever invocation's commit triggered it), and a background thread with its own
-    /// connection checkpoints every `every` instead. Stops when the returned value drops.
-    pub fn checkpoint_in_background(&self, every: Duration) -> Result<Checkpointer, StorageError> {
-        let conn = Connection::open(&self.path).map_err(|e| self.err(e))?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(|e| self.err(e))?;
+    /// connection checkpoints every `every` instead (see [`WalKeeper`]). Stops when the
+    /// returned value drops.
+    pub fn checkpoint_in_background(
+        self: &Arc<Self>,
+        every: Duration,
+    ) -> Result<Checkpointer, StorageError> {
+        let mut keeper = WalKeeper::new(self)?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let path = self.path.clone();
+        let storage = Arc::downgrade(self);
         let thread = std::thread::Builder::new()
             .name("keyhole-checkpoint".into())
             .spawn(move || {
@@ -188,17 +261,15 @@ impl Storage {
                         stopped.recv_timeout(every),
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout)
                     );
-                    // PASSIVE: copies what it can without waiting for or blocking anyone.
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(database = %path.display(), error = %e, "WAL checkpoint failed; will retry");
-                    }
+                    keeper.tick(&storage, !last);
                     if last {
                         break;
                     }
                 }
             })
-            .map_err(|e| StorageError::Background(format!("cannot start the checkpoint thread: {e}")))?;
+            .map_err(|e| {
+                StorageError::Background(format!("cannot start the checkpoint thread: {e}"))
+            })?;
         self.lock()
             .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| self.err(e))?;
@@ -254,15 +325,24 @@ mod tests {
 
     #[test]
     fn the_background_checkpointer_lets_the_wal_be_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(&dir.path().join("t.db")).unwrap();
+        let (_dir, s) = without_autocheckpoint();
+        // The first batch before the thread starts, so it fills the WAL from one end to
+        // the other: any restart during the second batch only makes that one smaller.
+        let first = write_batch(&s);
+        let before = wal_generation(&s);
         let checkpointer = s
             .checkpoint_in_background(Duration::from_millis(5))
             .unwrap();
-        let first = write_batch(&s);
-        std::thread::sleep(Duration::from_millis(100));
-        // Checkpointed in the background, so the next commits rewrite the WAL from its
-        // start instead of appending (commits no longer checkpoint themselves).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while wal_generation(&s) == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the checkpoint thread never ran"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Checkpointed and started over in the background, so the next commits rewrite
+        // the WAL from its start instead of appending.
         let second = write_batch(&s);
         assert!(
             second < first + first / 2,
@@ -272,15 +352,74 @@ mod tests {
         assert_eq!(s.recent_invocations(None, 1000).unwrap().len(), 400);
     }
 
+    /// A database whose commits never checkpoint, as under `keyhole serve`.
+    fn without_autocheckpoint() -> (tempfile::TempDir, Arc<Storage>) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Storage::open(&dir.path().join("t.db")).unwrap());
+        s.lock()
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .unwrap();
+        (dir, s)
+    }
+
+    /// The WAL header's checkpoint sequence and salts: they change when, and only
+    /// when, the WAL starts over.
+    fn wal_generation(s: &Storage) -> Vec<u8> {
+        std::fs::read(s.path().with_extension("db-wal")).unwrap()[12..24].to_vec()
+    }
+
+    #[test]
+    fn after_a_checkpoint_the_keeper_not_the_next_writer_restarts_the_wal() {
+        let (_dir, s) = without_autocheckpoint();
+        let mut keeper = WalKeeper::new(&s).unwrap();
+        let weak = Arc::downgrade(&s);
+        write_batch(&s);
+        let before = wal_generation(&s);
+
+        keeper.tick(&weak, true);
+        let restarted = wal_generation(&s);
+        assert_ne!(
+            restarted, before,
+            "the keeper checkpointed and started the WAL over"
+        );
+
+        keeper.tick(&weak, true);
+        keeper.tick(&weak, true);
+        assert_eq!(
+            wal_generation(&s),
+            restarted,
+            "with no other writes the keeper leaves the WAL alone"
+        );
+
+        // An invocation record now appends: its commit writes no new header (no sync).
+        s.insert_invocation(&row()).unwrap();
+        assert_eq!(wal_generation(&s), restarted);
+
+        // The next tick checkpoints that record and starts over again.
+        keeper.tick(&weak, true);
+        assert_ne!(wal_generation(&s), restarted);
+        assert_eq!(s.recent_invocations(None, 1000).unwrap().len(), 201);
+    }
+
+    #[test]
+    fn without_the_keeper_the_next_writer_restarts_the_wal() {
+        // The control for the test above: a checkpoint alone leaves the restart (and its
+        // header sync) to whoever writes next.
+        let (_dir, s) = without_autocheckpoint();
+        let mut keeper = WalKeeper::new(&s).unwrap();
+        write_batch(&s);
+        let before = wal_generation(&s);
+        keeper.tick(&Arc::downgrade(&s), false);
+        assert_eq!(wal_generation(&s), before, "checkpointed, not restarted");
+        s.insert_invocation(&row()).unwrap();
+        assert_ne!(wal_generation(&s), before, "the writer restarted it");
+    }
+
     #[test]
     fn without_checkpoints_the_wal_keeps_growing() {
         // The control for the test above: with commits not checkpointing and no
         // background thread, the second batch appends.
-        let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(&dir.path().join("t.db")).unwrap();
-        s.lock()
-            .pragma_update(None, "wal_autocheckpoint", 0)
-            .unwrap();
+        let (_dir, s) = without_autocheckpoint();
         let first = write_batch(&s);
         let second = write_batch(&s);
         assert!(
