@@ -44,8 +44,6 @@ pub struct Catalog {
     /// lookup still reads the stored text (another process may have edited it) but only
     /// parses it when it changed.
     parsed: Arc<Mutex<HashMap<String, Parsed>>>,
-    /// Presets, shared by the calls that use them.
-    presets: Arc<Mutex<HashMap<String, Arc<ServiceDef>>>>,
 }
 
 impl Catalog {
@@ -54,7 +52,6 @@ impl Catalog {
         Self {
             storage,
             parsed: Arc::default(),
-            presets: Arc::default(),
         }
     }
 
@@ -96,20 +93,12 @@ impl Catalog {
         name: &str,
         definition: Option<&str>,
     ) -> Result<Arc<ServiceDef>, ConnectionError> {
-        if let Some(def) = self.custom(name, definition)? {
-            return Ok(def);
+        match self.custom(name, definition)? {
+            Some(def) => Ok(def),
+            None => find_preset(name)
+                .cloned()
+                .ok_or_else(|| ConnectionError::UnknownService(name.to_string())),
         }
-        let mut shared = self.presets.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(def) = shared.get(name) {
-            return Ok(def.clone());
-        }
-        let def = Arc::new(
-            find_preset(name)
-                .ok_or_else(|| ConnectionError::UnknownService(name.to_string()))?
-                .clone(),
-        );
-        shared.insert(name.to_string(), def.clone());
-        Ok(def)
     }
 
     /// A service by name: custom first (names cannot collide with presets), then presets.
@@ -131,7 +120,7 @@ impl Catalog {
             }));
         }
         Ok(find_preset(name).map(|def| CatalogEntry {
-            def: def.clone(),
+            def: ServiceDef::clone(def),
             source: ServiceSource::Preset,
         }))
     }
@@ -147,7 +136,7 @@ impl Catalog {
         let mut out: Vec<CatalogEntry> = presets()
             .iter()
             .map(|d| CatalogEntry {
-                def: d.clone(),
+                def: ServiceDef::clone(d),
                 source: ServiceSource::Preset,
             })
             .collect();
@@ -242,7 +231,7 @@ mod tests {
         let first = c.require_shared("github", None).unwrap();
         let again = c.require_shared("github", Some("")).unwrap();
         assert!(Arc::ptr_eq(&first, &again));
-        assert_eq!(*first, *find_preset("github").unwrap());
+        assert_eq!(*first, **find_preset("github").unwrap());
         assert!(matches!(
             c.require_shared("no-such-service", None),
             Err(ConnectionError::UnknownService(name)) if name == "no-such-service"

@@ -285,7 +285,8 @@ impl Gateway {
             && o.sealed == row.sealed
             && o.params == row.params
             && o.base_url == row.base_url
-            && (Arc::ptr_eq(&o.service, service) || o.service == *service)
+            // `Arc`'s `==` checks for the same allocation first.
+            && o.service == *service
         {
             return Ok((o.creds.clone(), o.redactor.clone(), o.endpoint.clone()));
         }

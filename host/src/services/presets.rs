@@ -4,7 +4,7 @@
 //! `docs_url`). Adding one: drop `NAME.toml` in `host/presets/` and list it in [`SOURCES`];
 //! the tests check that every file is listed and every preset is valid.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use super::schema::ServiceDef;
 
@@ -41,21 +41,23 @@ const SOURCES: &[(&str, &str)] = &[
 /// # Panics
 /// If a preset file is invalid; `every_preset_is_valid` below makes that a test failure
 /// rather than a runtime surprise.
-pub fn presets() -> &'static [ServiceDef] {
-    static PRESETS: OnceLock<Vec<ServiceDef>> = OnceLock::new();
+pub fn presets() -> &'static [Arc<ServiceDef>] {
+    static PRESETS: OnceLock<Vec<Arc<ServiceDef>>> = OnceLock::new();
     PRESETS.get_or_init(|| {
         SOURCES
             .iter()
             .map(|(file, text)| {
-                ServiceDef::from_toml(text)
-                    .unwrap_or_else(|e| panic!("built-in preset {file}.toml is invalid: {e}"))
+                Arc::new(
+                    ServiceDef::from_toml(text)
+                        .unwrap_or_else(|e| panic!("built-in preset {file}.toml is invalid: {e}")),
+                )
             })
             .collect()
     })
 }
 
-/// The preset called `name`, if there is one.
-pub fn find_preset(name: &str) -> Option<&'static ServiceDef> {
+/// The preset called `name`, if there is one (shared: clone the `Arc`, not the definition).
+pub fn find_preset(name: &str) -> Option<&'static Arc<ServiceDef>> {
     presets().iter().find(|def| def.name == name)
 }
 

@@ -438,7 +438,7 @@ token_url = "https://acme.test/token"
         for def in super::super::presets() {
             let text = def.to_toml().unwrap();
             let back = ServiceDef::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-            assert_eq!(&back, def, "{text}");
+            assert_eq!(&back, &**def, "{text}");
         }
     }
 

@@ -127,9 +127,10 @@ impl Drop for Checkpointer {
 /// starts the WAL over and syncs its new header (with `synchronous=NORMAL` the only
 /// sync a commit makes). Left to itself, that write is an invocation's record, on the
 /// path to its answer; for sporadic traffic, every one. So after such a checkpoint (or
-/// on finding the WAL empty, as at start) the keeper makes that write itself, through the shared connection (no busy-wait), and it
-/// does not checkpoint again until someone else has written: checkpointing only its own
-/// frame would hand the restart straight back to the next writer.
+/// on finding the WAL empty, as at start) the keeper makes that write itself, through
+/// the shared connection (no busy-wait), and it does not checkpoint again until someone
+/// else has written: checkpointing only its own frame would hand the restart straight
+/// back to the next writer.
 struct WalKeeper {
     conn: Connection,
     path: PathBuf,
@@ -159,7 +160,9 @@ impl WalKeeper {
     /// Checkpoint what others wrote and, with `restart`, start the WAL over if the
     /// checkpoint emptied it.
     fn tick(&mut self, storage: &Weak<Storage>, restart: bool) {
-        if self.after_restart.is_some() && self.data_version() == self.after_restart {
+        if let Some(version) = self.after_restart
+            && self.data_version() == Some(version)
+        {
             return;
         }
         // PASSIVE: copies what it can without waiting for or blocking anyone.
