@@ -385,7 +385,8 @@ async fn unknown_and_ungranted_connections_are_both_access_denied() {
 async fn revoke_then_reconnect_in_place_keeps_name_and_grants() {
     let (t, api) = acme().await;
     let c = t.host.connections();
-    let view = c.revoke("acme").await.unwrap();
+    let (view, provider) = c.revoke("acme").await.unwrap();
+    assert!(provider.is_empty(), "an API-key connection has nothing to revoke at a provider");
     assert_eq!(view.status, keyhole::connections::Status::Revoked);
     assert!(view.params[0].value.is_none(), "credentials not wiped");
     assert_eq!(
@@ -589,6 +590,47 @@ async fn redirects_are_not_followed_and_secrets_are_scrubbed() {
     assert!(!text.contains(KEY), "secret reached the guest: {text}");
     assert!(text.contains("[redacted]"));
     assert!(api.requests_to("/leak").len() == 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_echoed_secret_cannot_pass_the_scrubber_compressed_or_in_slices() {
+    let (t, api) = acme().await;
+    // keyhole asks for the plain answer (the echo compresses when asked to), and scrubs it.
+    let echo = call(&t, "hello", json!({"connection": "acme", "target": "/echo"})).await;
+    assert_eq!(echo["status"], 200, "{echo}");
+    let body = echo["body"].as_str().unwrap();
+    assert!(body.contains("[redacted]") && !body.contains(KEY), "{body}");
+    let sent = api.requests_to("/echo");
+    assert_eq!(sent.last().unwrap().header("accept-encoding"), Some("identity"));
+
+    // A compressed or partial answer would carry an echoed secret past the scrubber, so a
+    // guest may not ask for one; nothing is sent.
+    for (name, value) in [
+        ("Accept-Encoding", "gzip"),
+        ("accept-encoding", "identity;q=0.1, gzip"),
+        ("TE", "gzip"),
+        ("Range", "bytes=0-9"),
+        ("If-Range", "\"etag\""),
+    ] {
+        let out = call(
+            &t,
+            "hello",
+            json!({"connection": "acme", "target": "/echo", "headers": [[name, value]]}),
+        )
+        .await;
+        assert_eq!(out["error"], "invalid-request", "{name}: {out}");
+        assert!(out["detail"].as_str().unwrap().contains(name), "{out}");
+    }
+    assert_eq!(api.requests_to("/echo").len(), sent.len(), "a refused request was sent");
+
+    // An upstream that compresses unasked: its body does not reach the guest.
+    let out = call(&t, "hello", json!({"connection": "acme", "target": "/gzip-echo"})).await;
+    assert_eq!(out["error"], "upstream-unreachable", "{out}");
+    assert!(
+        out["detail"].as_str().unwrap().contains("Content-Encoding: gzip"),
+        "{out}"
+    );
+    assert_eq!(api.hits("/gzip-echo"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

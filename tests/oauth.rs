@@ -379,13 +379,18 @@ async fn a_rotated_refresh_token_survives_a_restart() {
             .is_refresh_token_active(s.server.issued_refresh_tokens().last().unwrap())
     );
 
-    // A response without a refresh token keeps the old one.
+    // A response without a refresh token keeps the old one: the second call refreshes
+    // (its token is inside the skew) with the kept token. (A new process: within one, a
+    // 401 forces a refresh at most once per cooldown.)
     s.server.set_omit_refresh_token_on_refresh(true);
     s.server.set_rotate_refresh(false);
+    s.server.set_access_ttl(30);
+    s.t.reopen();
     s.server.expire_all_access_tokens();
+    let before = s.server.token_requests_for("refresh_token");
     assert_eq!(call(&s.t, user()).await["status"], 200);
-    s.server.expire_all_access_tokens();
     assert_eq!(call(&s.t, user()).await["status"], 200);
+    assert_eq!(s.server.token_requests_for("refresh_token"), before + 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -434,6 +439,116 @@ async fn invalid_grant_needs_reauth_and_transient_failures_do_not() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn provider_error_text_is_scrubbed_and_never_reaches_a_guest() {
+    let s = setup("authorization_code").await;
+    authorize(&s).await;
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    let refresh = s.server.issued_refresh_tokens().last().unwrap().clone();
+    // The provider's error text quotes the refresh token and the client's Basic header.
+    s.server.set_quote_in_errors(true);
+    s.server.expire_all_access_tokens();
+    s.server.fail_next_token_requests(1, 503);
+    let out = call(&s.t, user()).await;
+    assert_eq!(out["error"], "upstream-unreachable", "{out}");
+    let text = out.to_string();
+    assert!(
+        !text.contains(&refresh) && !text.contains("cannot refresh"),
+        "the provider's text reached the guest: {text}"
+    );
+    let view = s.t.cli(&["connections", "show", "prov", "--json"]).json();
+    let outcome = view["token"]["last_refresh_outcome"].as_str().unwrap();
+    assert!(
+        outcome.contains("cannot refresh [redacted] now (client Basic [redacted])"),
+        "{outcome}"
+    );
+    let basic = keyhole_tests::fake_api::basic_blob(CLIENT_ID, CLIENT_SECRET);
+    let raw = String::from_utf8_lossy(&s.t.raw_database()).into_owned();
+    assert!(!raw.contains(&refresh) && !raw.contains(&basic));
+    capture::assert_no_secrets(&[&refresh, CLIENT_SECRET, &basic]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_errors_sent_with_status_200_count_as_the_errors_they_are() {
+    let s = setup("authorization_code").await;
+    authorize(&s).await;
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    s.server.set_errors_with_200(true);
+    s.server.expire_all_access_tokens();
+    s.server.reject_next_refreshes(1);
+    assert_eq!(call(&s.t, user()).await["error"], "not-connected");
+    let view = s.t.host.connections().show("prov").unwrap();
+    assert_eq!(view.status, Status::NeedsReauth);
+    assert!(view.status_reason.unwrap().contains("invalid_grant"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_request_repeats_the_authorization_requests_redirect_uri() {
+    let s = setup("authorization_code").await;
+    let other = format!("http://127.0.0.1:{}/oauth/callback", free_port());
+    s.server.register_client(
+        CLIENT_ID,
+        CLIENT_SECRET,
+        [s.redirect.clone(), other.clone()],
+        ClientAuth::Basic,
+    );
+    let c = s.t.host.connections();
+    let pending = c.begin_authorization("prov").unwrap();
+    // The admin points the service at another callback URL while the browser is out.
+    let config = ClientConfig {
+        client_id: CLIENT_ID.into(),
+        client_secret: Some(Secret::new(CLIENT_SECRET)),
+        redirect_url: Some(other),
+    };
+    c.set_oauth_client("prov", &config).unwrap();
+    let location = s.server.approve(&pending.authorize_url).await.unwrap();
+    assert!(location.starts_with(&s.redirect), "{location}");
+    let view = c
+        .complete_authorization(&callback(&location), Some("prov"))
+        .await
+        .unwrap();
+    assert_eq!(view.status, Status::Connected);
+    let token = s.server.requests_to("/token");
+    let form = token.last().unwrap().form();
+    let sent = form.iter().find(|(k, _)| k == "redirect_uri").map(|(_, v)| v);
+    assert_eq!(sent, Some(&s.redirect));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_cannot_make_keyhole_hammer_the_token_endpoint_or_end_a_connection() {
+    let s = setup("authorization_code").await;
+    authorize(&s).await;
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    let always_401 = json!({"connection": "prov", "target": "/always-401", "repeat": 5});
+    let before = s.server.token_requests_for("refresh_token");
+    let out = call(&s.t, always_401.clone()).await;
+    assert_eq!(out["status"], 401, "{out}");
+    assert_eq!(out["sent"], 5, "{out}");
+    let out = call(&s.t, always_401.clone()).await;
+    assert_eq!(out["status"], 401, "{out}");
+    assert_eq!(
+        s.server.token_requests_for("refresh_token"),
+        before + 1,
+        "a 401 forced more than one refresh within the cooldown"
+    );
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+
+    // Without a refresh token, a 401 on a token that has not expired is the guest's
+    // answer; the connection stays connected until the token really expires.
+    s.server.set_refresh_token_on_code(false);
+    s.server.set_access_ttl(3);
+    authorize(&s).await;
+    let out = call(&s.t, json!({"connection": "prov", "target": "/always-401"})).await;
+    assert_eq!(out["status"], 401, "{out}");
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+    let view = s.t.host.connections().show("prov").unwrap();
+    assert_eq!(view.status, Status::Connected);
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    assert_eq!(call(&s.t, user()).await["error"], "not-connected");
+    let view = s.t.host.connections().show("prov").unwrap();
+    assert_eq!(view.status, Status::NeedsReauth);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn revoke_calls_the_provider_and_reconnect_works_in_place() {
     let s = setup("authorization_code").await;
     authorize(&s).await;
@@ -466,7 +581,19 @@ async fn revoke_calls_the_provider_and_reconnect_works_in_place() {
             .granted_functions,
         vec!["hello".to_string()]
     );
-    capture::assert_no_secrets(&[CLIENT_SECRET, &access, &refresh]);
+
+    // The provider fails to revoke: wiped locally all the same, but the command says the
+    // grant may still be live there, and exits 1.
+    let live = s.server.issued_refresh_tokens().last().unwrap().clone();
+    s.server.fail_next_revocations(2);
+    let out = s.t.cli(&["connections", "revoke", "prov", "--json"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("did not confirm every revocation"), "{}", out.stderr);
+    let answer: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(answer["connection"]["status"], "revoked");
+    assert_eq!(answer["provider"][0]["outcome"], "failed", "{answer}");
+    assert!(s.server.is_refresh_token_active(&live));
+    capture::assert_no_secrets(&[CLIENT_SECRET, &access, &refresh, &live]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -113,8 +113,8 @@ struct ApiState {
 
 /// A fake third-party API on `127.0.0.1`; it stops when dropped.
 ///
-/// Routes: `GET /user`, `GET /v1/user`, `ANY /echo`, `ANY /v1/echo[/*rest]`, `GET /leak`
-/// (authenticated); `ANY /open/echo[/*rest]`, `GET /redirect?to=URL[&status=30x]`,
+/// Routes: `GET /user`, `GET /v1/user`, `ANY /echo`, `ANY /v1/echo[/*rest]` (gzip when
+/// the request accepts it), `ANY /gzip-echo` (gzip always), `GET /leak` (authenticated); `ANY /open/echo[/*rest]`, `GET /redirect?to=URL[&status=30x]`,
 /// `GET /slow?ms=N`, `GET /big?bytes=N[&chunked=true]`, `ANY /status/{code}` (open).
 pub struct FakeApi {
     server: TestServer,
@@ -150,6 +150,7 @@ impl FakeApi {
             .route("/v1/echo/{*rest}", any(echo))
             .route("/open/echo", any(open_echo))
             .route("/open/echo/{*rest}", any(open_echo))
+            .route("/gzip-echo", any(gzip_echo))
             .route("/leak", get(leak))
             .route("/redirect", get(redirect))
             .route("/slow", get(slow))
@@ -350,9 +351,51 @@ async fn echo(
     body: Bytes,
 ) -> Response {
     match authenticate(&state, &headers, &uri) {
-        Auth::Ok(_) => Json(Echo::of(&method, &uri, &headers, &body)).into_response(),
+        Auth::Ok(_) => {
+            let echo = Json(Echo::of(&method, &uri, &headers, &body)).into_response();
+            // Like most servers, compress when the client accepts it.
+            let gzip_ok = headers
+                .get_all(header::ACCEPT_ENCODING)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|e| e.split(';').next().unwrap_or("").trim() == "gzip");
+            if gzip_ok { gzip(echo).await } else { echo }
+        }
         Auth::Denied(resp) => resp,
     }
+}
+
+/// The echo, gzip-compressed whatever the client asked for (a misbehaving server).
+async fn gzip_echo(
+    State(state): State<Arc<ApiState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match authenticate(&state, &headers, &uri) {
+        Auth::Ok(_) => gzip(Json(Echo::of(&method, &uri, &headers, &body)).into_response()).await,
+        Auth::Denied(resp) => resp,
+    }
+}
+
+/// `response` with its body gzip-compressed and `Content-Encoding: gzip`.
+async fn gzip(response: Response) -> Response {
+    use std::io::Write as _;
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .expect("an in-memory body reads");
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(&bytes).expect("writing to a Vec");
+    let compressed = encoder.finish().expect("writing to a Vec");
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_ENCODING,
+        header::HeaderValue::from_static("gzip"),
+    );
+    Response::from_parts(parts, Body::from(compressed))
 }
 
 async fn open_echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {

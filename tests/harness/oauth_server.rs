@@ -237,6 +237,27 @@ impl OAuthServer {
         self.store().knobs.omit_refresh_on_refresh = omit;
     }
 
+    /// Whether `/token` errors are sent with status 200, as GitHub, Slack and Zoho do.
+    pub fn set_errors_with_200(&self, on: bool) {
+        self.store().knobs.errors_with_200 = on;
+    }
+
+    /// Whether injected `/token` failures quote what the request presented (its refresh
+    /// token and `Authorization` header), as careless providers' error texts do.
+    pub fn set_quote_in_errors(&self, on: bool) {
+        self.store().knobs.quote_in_errors = on;
+    }
+
+    /// The next `n` `/revoke` requests answer 503 without revoking anything.
+    pub fn fail_next_revocations(&self, n: u32) {
+        self.store().knobs.fail_next_revocations = n;
+    }
+
+    /// Whether the code exchange issues a refresh token (default on).
+    pub fn set_refresh_token_on_code(&self, on: bool) {
+        self.store().knobs.refresh_on_code = on;
+    }
+
     /// Delays every `/token` answer, so concurrent refreshers pile up.
     pub fn set_token_delay(&self, ms: u64) {
         self.store().knobs.token_delay = Duration::from_millis(ms);

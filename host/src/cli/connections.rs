@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use super::output;
 use crate::Keyhole;
 use crate::connections::{ConnectionView, VerifyOutcome};
+use crate::oauth::RevocationOutcome;
 use crate::secrets::Secret;
 use crate::services::ParamDef;
 
@@ -77,9 +78,17 @@ pub enum ConnectionsCmd {
         json: bool,
     },
     /// Wipe the credentials (status `revoked`); `connect` works again with the same name.
+    ///
+    /// For OAuth connections the tokens are first revoked at the provider (RFC 7009).
+    /// The credentials are wiped locally whatever the provider answers; if it did not
+    /// confirm every revocation, the command says so and exits 1: the grant may still be
+    /// live there, so remove keyhole's access in the provider's account settings.
     Revoke {
         /// Connection name.
         name: String,
+        /// Print JSON: the connection and the provider's answer per token.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete a connection and its grants.
     Delete {
@@ -201,11 +210,27 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
             }
             Ok(if outcome.ok { 0 } else { 1 })
         }
-        ConnectionsCmd::Revoke { name } => {
-            c.revoke(&name).await?;
-            println!(
-                "revoked connection {name}: credentials wiped; reconnect with `keyhole connections connect {name}`"
-            );
+        ConnectionsCmd::Revoke { name, json } => {
+            let (view, provider) = c.revoke(&name).await?;
+            let failed = provider
+                .iter()
+                .any(|p| p.outcome == RevocationOutcome::Failed);
+            if json {
+                output::json(&serde_json::json!({ "connection": view, "provider": provider }))?;
+            } else {
+                println!(
+                    "revoked connection {name}: credentials wiped; reconnect with `keyhole connections connect {name}`"
+                );
+                for p in &provider {
+                    println!("  provider: {}", p.detail);
+                }
+            }
+            if failed {
+                eprintln!(
+                    "error: the provider did not confirm every revocation, so the grant may still be live there; remove keyhole's access in the provider's account settings"
+                );
+                return Ok(1);
+            }
             Ok(0)
         }
         ConnectionsCmd::Delete { name } => {
@@ -463,7 +488,9 @@ fn open_browser(url: &str) {
         .ok()
         .or_else(|| has_display.then(|| "xdg-open".to_string()));
     if let Some(cmd) = opener {
+        // The browser outlives this command: it must not inherit the master key.
         let _ = std::process::Command::new(cmd)
+            .env_remove(crate::secrets::MASTER_KEY_ENV)
             .arg(url)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

@@ -21,6 +21,11 @@ use crate::storage::{ConnectionRow, OutboundCall, Storage};
 /// Headers a guest may never set on a connection request: the connection decides them.
 const REFUSED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "host"];
 
+/// Headers that would bring the answer back in a form the scrubber cannot read whole: a
+/// compressed body (`Accept-Encoding`, `TE`) or a slice of one (`Range`, `If-Range`) could
+/// carry an echoed secret past it. keyhole asks for the whole, uncompressed answer.
+const UNSCRUBBABLE_HEADERS: &[&str] = &["accept-encoding", "te", "range", "if-range"];
+
 /// A connection's `last_used_at` is written at most this often (milliseconds), so a busy
 /// connection does not add a database write to every request.
 const LAST_USED_RESOLUTION_MS: i64 = 60_000;
@@ -342,8 +347,9 @@ impl Gateway {
         let response = self.send_prepared(loaded, &prepared, limits).await?;
         if oauth && response.status == 401 {
             tracing::info!(connection = %loaded.row.name, "upstream answered 401; refreshing the token once and retrying once");
-            self.oauth.ensure_fresh(loaded, true).await?;
-            return self.send_prepared(loaded, &prepared, limits).await;
+            if self.oauth.ensure_fresh(loaded, true).await? {
+                return self.send_prepared(loaded, &prepared, limits).await;
+            }
         }
         Ok(response)
     }
@@ -375,6 +381,19 @@ impl Gateway {
                 .await
                 .map_err(|e| map_reqwest(e, redactor))?;
             let status = response.status().as_u16();
+            if let Some(encoding) = response
+                .headers()
+                .get(reqwest::header::CONTENT_ENCODING)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_ascii_lowercase())
+                .filter(|e| !e.is_empty() && e != "identity")
+            {
+                // Asked for identity and got something else: the scrubber cannot see into
+                // it, so it does not reach the guest.
+                return Err(SendError::UpstreamUnreachable(format!(
+                    "the upstream sent an encoded answer (Content-Encoding: {}) although keyhole asked for none; keyhole passes on only bodies it can check for secrets",
+                    redactor.scrub(&encoding)
+                )));
+            }
             let headers = response
                 .headers()
                 .iter()
@@ -472,6 +491,11 @@ fn prepare(
                 "header {name:?} is set by the connection and may not be supplied"
             )));
         }
+        if UNSCRUBBABLE_HEADERS.contains(&lower.as_str()) {
+            return Err(SendError::InvalidRequest(format!(
+                "header {name:?} may not be supplied: keyhole asks for the whole, uncompressed answer so it can scrub secrets from it"
+            )));
+        }
         if name
             .chars()
             .chain(value.chars())
@@ -489,6 +513,10 @@ fn prepare(
         })?;
         headers.append(hn, hv);
     }
+    headers.insert(
+        reqwest::header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     Ok(Prepared {
         method,
         url,

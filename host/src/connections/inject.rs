@@ -48,10 +48,8 @@ pub fn redactor_for(
         if let Some(p) = service.param(name)
             && p.location == ParamLocation::Url
             && let Ok(url) = url::Url::parse(value.expose())
-            && url.path().len() > 1
         {
-            // A capability URL's path is itself the secret (webhooks).
-            r.add(url.path());
+            add_capability_url(&mut r, &url);
         }
     }
     // The Basic pair is sent encoded, so its encoding is a secret form too (when either
@@ -100,6 +98,31 @@ pub fn redactor_for(
         }
     }
     r
+}
+
+/// Shortest piece of a capability URL scrubbed on its own.
+const URL_PIECE_MIN: usize = 12;
+
+/// A capability URL (a webhook) is a secret as a whole, as its path, and piece by piece:
+/// services answer with the pieces on their own (Discord returns a webhook's `id` and
+/// `token` as separate fields), and some put the secret in the host name. Every long path
+/// segment, query value and first host label is scrubbed too; short, generic ones
+/// (`api`, `webhooks`, `hooks`) are not.
+fn add_capability_url(r: &mut Redactor, url: &url::Url) {
+    if url.path().len() > 1 {
+        r.add(url.path());
+    }
+    let segments = url.path_segments().into_iter().flatten().map(str::to_string);
+    let values = url.query_pairs().map(|(_, v)| v.into_owned());
+    let label = url
+        .host_str()
+        .and_then(|h| h.split('.').next())
+        .map(str::to_string);
+    for piece in segments.chain(values).chain(label) {
+        if piece.len() >= URL_PIECE_MIN {
+            r.add(&piece);
+        }
+    }
 }
 
 /// The base64 `user:password` of a Basic `Authorization` header.
@@ -221,6 +244,30 @@ mod tests {
         assert_eq!(
             r.scrub(&echoed),
             "auth=Basic [redacted] sid=AC123 token=[redacted]"
+        );
+    }
+
+    #[test]
+    fn a_webhook_url_is_scrubbed_whole_and_piece_by_piece() {
+        let webhook = find_preset("webhook").unwrap();
+        let id = "1234567890123456789";
+        let token = "WHtokenAbCdEfGh-SECRET_0123456789";
+        let url = format!("https://discord.com/api/webhooks/{id}/{token}?thread=9876543210987");
+        let r = redactor_for(webhook, &creds(&[("url", &url)]), &BTreeMap::new());
+        // Discord's answer to a GET on the webhook: the pieces, each on its own.
+        let answer = format!(
+            r#"{{"type":1,"id":"{id}","token":"{token}","thread":"9876543210987","url":"{url}","name":"api webhooks"}}"#
+        );
+        assert_eq!(
+            r.scrub(&answer),
+            r#"{"type":1,"id":"[redacted]","token":"[redacted]","thread":"[redacted]","url":"[redacted]","name":"api webhooks"}"#
+        );
+        // A secret host label (Pipedream-style), and generic pieces left alone.
+        let url = "https://eo1a2b3c4d5e6f7a8b.m.pipedream.net/";
+        let r = redactor_for(webhook, &creds(&[("url", url)]), &BTreeMap::new());
+        assert_eq!(
+            r.scrub("sent to eo1a2b3c4d5e6f7a8b via pipedream.net"),
+            "sent to [redacted] via pipedream.net"
         );
     }
 

@@ -11,7 +11,10 @@ use super::credentials::Credentials;
 use super::gateway::{Loaded, RequestLimits, resolve_endpoint};
 use super::{Catalog, ConnectionError, Gateway, OutboundRequest, Status};
 use crate::config::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES};
-use crate::oauth::{CallbackParams, ClientConfig, OAuthError, PendingAuthorization};
+use crate::oauth::{
+    CallbackParams, ClientConfig, OAuthError, PendingAuthorization, ProviderRevocation,
+    RevocationOutcome,
+};
 use crate::secrets::Secret;
 use crate::services::{AuthKind, GrantType, ParamDef, ParamLocation, ServiceDef, validate_name};
 use crate::storage::{ConnectionRow, now_ms};
@@ -509,8 +512,13 @@ impl Connections {
     }
 
     /// Wipe a connection's credentials; it stays, with status `revoked`, and can be
-    /// connected again under the same name with the same grants.
-    pub async fn revoke(&self, name: &str) -> Result<ConnectionView, ConnectionError> {
+    /// connected again under the same name with the same grants. The credentials are
+    /// wiped whatever the provider says; its answer to each token comes back (and goes
+    /// into the status reason), so a caller can tell a grant that may still be live.
+    pub async fn revoke(
+        &self,
+        name: &str,
+    ) -> Result<(ConnectionView, Vec<ProviderRevocation>), ConnectionError> {
         let row = self.row(name)?;
         let service = self.catalog().require(&row.service)?.def;
         let mut provider = Vec::new();
@@ -525,15 +533,17 @@ impl Connections {
                         .revoke_tokens(&service, &row, &creds)
                         .await
                 }
-                Err(e) => provider.push(format!(
-                    "could not open the stored tokens ({e}); wiped locally only"
-                )),
+                Err(e) => provider.push(ProviderRevocation {
+                    outcome: RevocationOutcome::Failed,
+                    detail: format!("could not open the stored tokens ({e}); wiped locally only"),
+                }),
             }
         }
         let mut reason = format!("revoked by admin at {}", crate::util::format_ms(now_ms()));
         if !provider.is_empty() {
             reason.push_str("; provider: ");
-            reason.push_str(&provider.join("; "));
+            let lines: Vec<&str> = provider.iter().map(|p| p.detail.as_str()).collect();
+            reason.push_str(&lines.join("; "));
         }
         self.gateway.storage.swap_credentials(
             name,
@@ -545,7 +555,7 @@ impl Connections {
             false,
         )?;
         tracing::info!(connection = name, "connection revoked; credentials wiped");
-        self.show(name)
+        Ok((self.show(name)?, provider))
     }
 
     /// Store a service's OAuth client registration (sealed).
@@ -602,7 +612,7 @@ impl Connections {
             .state
             .as_deref()
             .ok_or_else(|| OAuthError::BadState("the callback carries no state".into()))?;
-        let (name, verifier) = match self.gateway.oauth.take_state(state, expected) {
+        let taken = match self.gateway.oauth.take_state(state, expected) {
             Ok(v) => v,
             Err(e) => {
                 if let Some(conn) = expected {
@@ -611,6 +621,7 @@ impl Connections {
                 return Err(e.into());
             }
         };
+        let name = taken.connection.clone();
         if let Some(error) = &params.error {
             let mut why = error.clone();
             if let Some(d) = &params.error_description {
@@ -630,7 +641,7 @@ impl Connections {
         if let Err(e) = self
             .gateway
             .oauth
-            .exchange(&service, &row, code, verifier)
+            .exchange(&service, &row, code, taken)
             .await
         {
             self.note_failure(&name, &e.to_string());

@@ -3,15 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use oauth2::basic::{BasicErrorResponseType, BasicTokenResponse};
+use base64::Engine as _;
+use oauth2::basic::{BasicErrorResponse, BasicErrorResponseType, BasicTokenResponse};
 use oauth2::{
-    AuthorizationCode, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RequestTokenError,
+    AuthorizationCode, CsrfToken, RedirectUrl, PkceCodeChallenge, PkceCodeVerifier, RequestTokenError,
     TokenResponse,
 };
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::{OAuth, OAuthError, STATE_TTL, TokenInfo};
+use super::{ClientConfig, OAuth, OAuthError, STATE_TTL, TokenInfo};
+use crate::connections::redact::Redactor;
 use crate::connections::{Credentials, Status, Tokens};
 use crate::secrets::Secret;
 use crate::services::{GrantType, ServiceDef};
@@ -26,6 +28,18 @@ pub struct PendingAuthorization {
     pub redirect_url: String,
     /// Unix ms after which the URL no longer completes.
     pub expires_at: i64,
+}
+
+/// A consumed authorization state: whose it was, its PKCE verifier, and the redirect URL
+/// the authorization request carried. (oauth2's verifier prints as `[redacted]`.)
+#[derive(Debug)]
+pub struct TakenState {
+    /// The connection being authorized.
+    pub connection: String,
+    /// The PKCE verifier for the token request.
+    pub verifier: PkceCodeVerifier,
+    /// The `redirect_uri` sent with the authorization request.
+    pub redirect_url: String,
 }
 
 fn state_hash(state: &str) -> String {
@@ -50,26 +64,59 @@ pub(crate) fn url_params(service: &ServiceDef, row: &ConnectionRow) -> BTreeMap<
         .collect()
 }
 
-/// Classify a token endpoint failure: `Ok(true)` for `invalid_grant` (terminal).
+/// Scrubs what a token endpoint's answer may quote back: the client secret (raw, and as
+/// the Basic pair oauth2 sends it) and `more` (tokens, the code, the PKCE verifier).
+pub(crate) fn token_endpoint_redactor(config: &ClientConfig, more: &[&str]) -> Redactor {
+    let mut r = Redactor::default();
+    if let Some(secret) = &config.client_secret {
+        r.add(secret.expose());
+        let form = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let b64 = |pair: String| base64::engine::general_purpose::STANDARD.encode(pair);
+        r.add_exact(&b64(format!(
+            "{}:{}",
+            form(&config.client_id),
+            form(secret.expose())
+        )));
+        r.add_exact(&b64(format!("{}:{}", config.client_id, secret.expose())));
+    }
+    for value in more {
+        r.add(value);
+    }
+    r
+}
+
+/// Classify a token endpoint failure: `(true, _)` for `invalid_grant` (terminal), with a
+/// description scrubbed by `redactor` (providers may quote what they were sent).
+///
+/// An error object sent with status 200 (GitHub, Slack and Zoho do) counts as the error
+/// it is, not as a malformed token response.
 pub(crate) fn describe<RE: std::error::Error + 'static>(
-    e: &RequestTokenError<RE, oauth2::basic::BasicErrorResponse>,
+    e: &RequestTokenError<RE, BasicErrorResponse>,
+    redactor: &Redactor,
 ) -> (bool, String) {
-    match e {
-        RequestTokenError::ServerResponse(r) => {
-            let terminal = matches!(r.error(), BasicErrorResponseType::InvalidGrant);
-            let mut msg = r.error().to_string();
-            if let Some(d) = r.error_description() {
-                msg.push_str(": ");
-                msg.push_str(d);
-            }
-            (terminal, msg)
+    let server = |r: &BasicErrorResponse| {
+        let terminal = matches!(r.error(), BasicErrorResponseType::InvalidGrant);
+        let mut msg = r.error().to_string();
+        if let Some(d) = r.error_description() {
+            msg.push_str(": ");
+            msg.push_str(d);
         }
+        (terminal, msg)
+    };
+    let (terminal, msg) = match e {
+        RequestTokenError::ServerResponse(r) => server(r),
         RequestTokenError::Request(e) => {
             (false, format!("could not reach the token endpoint: {e}"))
         }
-        RequestTokenError::Parse(e, _) => (false, format!("unexpected token endpoint answer: {e}")),
+        RequestTokenError::Parse(e, body) => {
+            match serde_json::from_slice::<BasicErrorResponse>(body) {
+                Ok(r) => server(&r),
+                Err(_) => (false, format!("unexpected token endpoint answer: {e}")),
+            }
+        }
         RequestTokenError::Other(s) => (false, s.clone()),
-    }
+    };
+    (terminal, redactor.scrub(&msg))
 }
 
 /// Turn a token response into credentials and facts. `previous_refresh` is kept when the
@@ -172,12 +219,12 @@ impl OAuth {
     }
 
     /// Take the pending authorization for a callback's `state`. The state is consumed
-    /// whatever happens next. Returns the connection name and the PKCE verifier.
+    /// whatever happens next.
     pub fn take_state(
         &self,
         state: &str,
         expected_connection: Option<&str>,
-    ) -> Result<(String, PkceCodeVerifier), OAuthError> {
+    ) -> Result<TakenState, OAuthError> {
         let pending = self
             .storage
             .take_oauth_state(&state_hash(state))
@@ -207,30 +254,41 @@ impl OAuth {
             .map_err(|e| OAuthError::Config(e.to_string()))?;
         let verifier = String::from_utf8(verifier.to_vec())
             .map_err(|_| OAuthError::Config("stored verifier is malformed".into()))?;
-        Ok((pending.connection, PkceCodeVerifier::new(verifier)))
+        Ok(TakenState {
+            connection: pending.connection,
+            verifier: PkceCodeVerifier::new(verifier),
+            redirect_url: pending.redirect_url,
+        })
     }
 
     /// Exchange an authorization code and store the tokens; the connection becomes
-    /// `connected`.
+    /// `connected`. The token request repeats the `redirect_uri` the authorization request
+    /// carried (RFC 6749 §4.1.3), even if the configured one changed meanwhile.
     pub async fn exchange(
         &self,
         service: &ServiceDef,
         row: &ConnectionRow,
         code: &str,
-        verifier: PkceCodeVerifier,
+        taken: TakenState,
     ) -> Result<(), OAuthError> {
         let def = service
             .oauth2
             .as_ref()
             .ok_or_else(|| OAuthError::Config("not an OAuth service".into()))?;
-        let (client, _, _) = self.client_for(service, &url_params(service, row))?;
+        let (client, config, _) = self.client_for(service, &url_params(service, row))?;
+        let redirect = RedirectUrl::new(taken.redirect_url.clone()).map_err(|e| {
+            OAuthError::Config(format!("redirect URL {:?}: {e}", taken.redirect_url))
+        })?;
+        let redactor =
+            token_endpoint_redactor(&config, &[code, taken.verifier.secret().as_str()]);
         let response = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|e| OAuthError::Config(e.to_string()))?
-            .set_pkce_verifier(verifier)
+            .set_redirect_uri(std::borrow::Cow::Owned(redirect))
+            .set_pkce_verifier(taken.verifier)
             .request_async(&self.http)
             .await
-            .map_err(|e| OAuthError::Token(describe(&e).1))?;
+            .map_err(|e| OAuthError::Token(describe(&e, &redactor).1))?;
         let (tokens, info) = tokens_from(&response, None, &row.scopes, &def.scope_separator);
         self.store_tokens(row, tokens, info)
     }
@@ -254,7 +312,8 @@ impl OAuth {
             .oauth2
             .as_ref()
             .ok_or_else(|| OAuthError::Config("not an OAuth service".into()))?;
-        let (client, _, _) = self.client_for(service, &url_params(service, row))?;
+        let (client, config, _) = self.client_for(service, &url_params(service, row))?;
+        let redactor = token_endpoint_redactor(&config, &[]);
         let mut request = client
             .exchange_client_credentials()
             .map_err(|e| OAuthError::Config(e.to_string()))?;
@@ -264,7 +323,7 @@ impl OAuth {
         let response = request
             .request_async(&self.http)
             .await
-            .map_err(|e| OAuthError::Token(describe(&e).1))?;
+            .map_err(|e| OAuthError::Token(describe(&e, &redactor).1))?;
         Ok(tokens_from(
             &response,
             None,
@@ -379,10 +438,14 @@ mod tests {
         o.storage
             .insert_oauth_state(&state_hash("s2"), &pending(&o, now_ms() + 60_000))
             .unwrap();
-        let (conn, verifier) = o.take_state("s2", Some("c")).unwrap();
+        let taken = o.take_state("s2", Some("c")).unwrap();
         assert_eq!(
-            (conn.as_str(), verifier.secret().as_str()),
-            ("c", "verifier")
+            (
+                taken.connection.as_str(),
+                taken.verifier.secret().as_str(),
+                taken.redirect_url.as_str()
+            ),
+            ("c", "verifier", "http://127.0.0.1:1/cb")
         );
         assert!(o.take_state("s2", Some("c")).is_err(), "state reused");
 

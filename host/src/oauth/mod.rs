@@ -16,7 +16,8 @@ pub use client::{
     ClientConfig, DEFAULT_REDIRECT_URL, REDIRECT_URL_ENV,
     default_redirect_url as client_default_redirect,
 };
-pub use flow::PendingAuthorization;
+pub use flow::{PendingAuthorization, TakenState};
+pub use revoke::{ProviderRevocation, RevocationOutcome};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,8 @@ use crate::storage::Storage;
 
 /// A token within this much of its expiry is refreshed before use.
 pub const REFRESH_SKEW: Duration = Duration::from_secs(60);
+/// After a 401 forced a refresh, further 401s go back to the guest for this long.
+pub const FORCED_REFRESH_COOLDOWN: Duration = Duration::from_secs(30);
 /// How long an authorization URL (its `state`) stays valid.
 pub const STATE_TTL: Duration = Duration::from_secs(10 * 60);
 /// First and longest wait after a transient refresh failure.
@@ -100,6 +103,8 @@ pub struct OAuth {
     pub(crate) http: reqwest::Client,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     backoff: Mutex<HashMap<String, (Instant, Duration)>>,
+    /// When a 401 last forced a refresh, per connection.
+    forced: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for OAuth {
@@ -126,6 +131,7 @@ impl OAuth {
             http,
             locks: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
+            forced: Mutex::new(HashMap::new()),
         }
     }
 
@@ -187,6 +193,19 @@ impl OAuth {
         };
         map.insert(connection.to_string(), (Instant::now() + next, next));
         next
+    }
+
+    /// Whether a 401 may force a refresh of `connection` now; if so, the cooldown starts.
+    fn may_force_refresh(&self, connection: &str) -> bool {
+        let mut map = self.forced.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match map.get(connection) {
+            Some(at) if now.duration_since(*at) < FORCED_REFRESH_COOLDOWN => false,
+            _ => {
+                map.insert(connection.to_string(), now);
+                true
+            }
+        }
     }
 
     fn note_success(&self, connection: &str) {

@@ -9,12 +9,16 @@ use std::time::Instant;
 use oauth2::RefreshToken;
 use zeroize::Zeroizing;
 
-use super::flow::{describe, tokens_from, url_params};
+use super::flow::{describe, token_endpoint_redactor, tokens_from, url_params};
 use super::{OAuth, REFRESH_SKEW, TokenInfo};
 use crate::connections::gateway::Loaded;
 use crate::connections::{Credentials, SendError, Status};
 use crate::services::GrantType;
 use crate::storage::now_ms;
+
+/// What a guest is told when the token cannot be refreshed for now. The provider's own
+/// answer goes to the connection's status (scrubbed), not to guests.
+const REFRESH_FAILING: &str = "the connection's access token could not be refreshed (the provider's token endpoint is failing); keyhole retries after a backoff";
 
 fn needs_refresh(loaded: &Loaded) -> bool {
     match loaded.creds.tokens.as_ref().and_then(|t| t.expires_at) {
@@ -34,17 +38,24 @@ fn expired(loaded: &Loaded) -> bool {
 
 impl OAuth {
     /// Make sure `loaded` holds a usable access token. With `force`, the upstream just
-    /// answered 401 to the token in `loaded`: refresh unless someone already did.
+    /// answered 401 to the token in `loaded`: refresh unless someone already did. Returns
+    /// whether `loaded` now holds different credentials (only then is a retry worth it).
+    ///
+    /// A 401 forces at most one refresh per connection every [`super::FORCED_REFRESH_COOLDOWN`],
+    /// so a guest calling an endpoint that always answers 401 cannot make keyhole hammer
+    /// the provider's token endpoint; within it the 401 goes back to the guest. Without a
+    /// refresh token, a 401 on a token that has not expired goes back to the guest too: it
+    /// does not prove the grant dead, and any granted guest could provoke one.
     pub(crate) async fn ensure_fresh(
         &self,
         loaded: &mut Loaded,
         force: bool,
-    ) -> Result<(), SendError> {
+    ) -> Result<bool, SendError> {
         if loaded.creds.tokens.is_none() {
             return Err(SendError::NotConnected);
         }
         if !force && !needs_refresh(loaded) {
-            return Ok(());
+            return Ok(false);
         }
         let name = loaded.row.name.clone();
         if let Some(until) = self.backoff_until(&name)
@@ -52,11 +63,9 @@ impl OAuth {
         {
             // A recent refresh failed transiently: don't hammer the provider.
             return if expired(loaded) || force {
-                Err(SendError::UpstreamUnreachable(
-                    "token refresh is failing; keyhole retries after a backoff".into(),
-                ))
+                Err(SendError::UpstreamUnreachable(REFRESH_FAILING.into()))
             } else {
-                Ok(())
+                Ok(false)
             };
         }
 
@@ -72,7 +81,26 @@ impl OAuth {
             if Status::parse(&loaded.row.status) != Status::Connected {
                 return Err(SendError::NotConnected);
             }
-            return Ok(());
+            return Ok(true);
+        }
+        if force {
+            let has_refresh = loaded
+                .creds
+                .tokens
+                .as_ref()
+                .is_some_and(|t| t.refresh.is_some());
+            let code_grant = loaded
+                .service
+                .oauth2
+                .as_ref()
+                .is_some_and(|d| d.grant == GrantType::AuthorizationCode);
+            if code_grant && !has_refresh && !expired(loaded) {
+                return Ok(false);
+            }
+            if !self.may_force_refresh(&name) {
+                tracing::info!(connection = %name, "a 401 right after a forced refresh; not refreshing again yet");
+                return Ok(false);
+            }
         }
         self.refresh_locked(loaded, force).await
     }
@@ -97,7 +125,7 @@ impl OAuth {
         ))
     }
 
-    async fn refresh_locked(&self, loaded: &mut Loaded, force: bool) -> Result<(), SendError> {
+    async fn refresh_locked(&self, loaded: &mut Loaded, force: bool) -> Result<bool, SendError> {
         let name = loaded.row.name.clone();
         let def = loaded
             .service
@@ -108,18 +136,23 @@ impl OAuth {
         info.last_refresh_at = Some(now_ms());
 
         let result = if def.grant == GrantType::ClientCredentials {
+            // Its errors come scrubbed of the client secret.
             self.fetch_client_credentials(&loaded.service, &loaded.row)
                 .await
                 .map_err(|e| (false, e.to_string()))
         } else {
             let Some(refresh) = loaded.creds.tokens.as_ref().and_then(|t| t.refresh.clone()) else {
+                if !expired(loaded) {
+                    // Within the skew of expiry, but still good: use it while it lasts.
+                    return Ok(false);
+                }
                 self.mark_needs_reauth(
                     loaded,
                     "the access token expired and the provider issued no refresh token",
                 )?;
                 return Err(SendError::NotConnected);
             };
-            let (client, _, _) =
+            let (client, config, _) =
                 match self.client_for(&loaded.service, &url_params(&loaded.service, &loaded.row)) {
                     Ok(c) => c,
                     Err(e) => {
@@ -132,6 +165,11 @@ impl OAuth {
             let request = client
                 .exchange_refresh_token(&refresh_token)
                 .map_err(|e| SendError::UpstreamUnreachable(format!("cannot refresh: {e}")))?;
+            let access = loaded.creds.tokens.as_ref().map(|t| t.access.expose());
+            let redactor = token_endpoint_redactor(
+                &config,
+                &[refresh.expose(), access.unwrap_or_default()],
+            );
             match request.request_async(&self.http).await {
                 Ok(response) => Ok(tokens_from(
                     &response,
@@ -139,7 +177,7 @@ impl OAuth {
                     &loaded.row.scopes,
                     &def.scope_separator,
                 )),
-                Err(e) => Err(describe(&e)),
+                Err(e) => Err(describe(&e, &redactor)),
             }
         };
 
@@ -174,12 +212,19 @@ impl OAuth {
                         loaded.set_creds(creds);
                         self.note_success(&name);
                         tracing::info!(connection = %name, "access token refreshed");
-                        Ok(())
+                        Ok(true)
                     }
                     None => {
-                        // Another writer (another process) stored newer credentials first.
+                        // Another writer stored newer credentials first (another process's
+                        // refresh), or an admin revoked or reconnected meanwhile: use what
+                        // is stored now, if anything.
                         *loaded = self.reload(loaded)?;
-                        Ok(())
+                        if Status::parse(&loaded.row.status) != Status::Connected
+                            || loaded.creds.tokens.is_none()
+                        {
+                            return Err(SendError::NotConnected);
+                        }
+                        Ok(true)
                     }
                 }
             }
@@ -189,7 +234,10 @@ impl OAuth {
                 let current = self.reload(loaded)?;
                 if current.row.generation != loaded.row.generation {
                     *loaded = current;
-                    return Ok(());
+                    if Status::parse(&loaded.row.status) != Status::Connected {
+                        return Err(SendError::NotConnected);
+                    }
+                    return Ok(true);
                 }
                 tracing::warn!(connection = %name, "refresh token rejected (invalid_grant); connection needs re-authorization");
                 self.mark_needs_reauth(
@@ -207,12 +255,11 @@ impl OAuth {
                     tracing::warn!(error = %e, "could not record the refresh outcome");
                 }
                 // After a 401 the current token is known bad; otherwise it may still serve.
+                // The guest gets a fixed message: the provider's text is for admins.
                 if expired(loaded) || force {
-                    Err(SendError::UpstreamUnreachable(format!(
-                        "token refresh failed: {reason}"
-                    )))
+                    Err(SendError::UpstreamUnreachable(REFRESH_FAILING.into()))
                 } else {
-                    Ok(())
+                    Ok(false)
                 }
             }
         }

@@ -8,54 +8,95 @@
 use base64::Engine as _;
 
 use super::OAuth;
-use super::flow::url_params;
+use super::flow::{token_endpoint_redactor, url_params};
 use crate::connections::Credentials;
 use crate::services::{ServiceDef, TokenAuthMethod};
 use crate::storage::ConnectionRow;
 
+/// What became of one token at the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RevocationOutcome {
+    /// The provider confirmed it (RFC 7009: 200).
+    Revoked,
+    /// Nothing to do or no way to do it: no tokens held, no revocation endpoint.
+    NotSupported,
+    /// The provider refused or could not be reached: the grant may still be live there.
+    Failed,
+}
+
+/// One line of a revocation's result, for people (never holds a token).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProviderRevocation {
+    /// What happened.
+    pub outcome: RevocationOutcome,
+    /// The details.
+    pub detail: String,
+}
+
+impl ProviderRevocation {
+    fn new(outcome: RevocationOutcome, detail: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            detail: detail.into(),
+        }
+    }
+}
+
 impl OAuth {
     /// Revoke the refresh token, then the access token, at the service's revocation
-    /// endpoint. Returns one human-readable line per token (never the token itself).
+    /// endpoint. Returns one result per token (or one saying why nothing was sent).
     pub async fn revoke_tokens(
         &self,
         service: &ServiceDef,
         row: &ConnectionRow,
         creds: &Credentials,
-    ) -> Vec<String> {
+    ) -> Vec<ProviderRevocation> {
+        use RevocationOutcome::{Failed, NotSupported, Revoked};
         let Some(def) = &service.oauth2 else {
             return vec![];
         };
         let Some(tokens) = &creds.tokens else {
-            return vec!["no tokens were held".into()];
+            return vec![ProviderRevocation::new(NotSupported, "no tokens were held")];
         };
         let Some(template) = &def.revocation_url else {
-            return vec![format!(
-                "service {:?} has no revocation endpoint; tokens wiped locally only",
-                service.name
+            return vec![ProviderRevocation::new(
+                NotSupported,
+                format!(
+                    "service {:?} has no revocation endpoint; tokens wiped locally only",
+                    service.name
+                ),
             )];
         };
         let url = match service.resolve_url(template, &url_params(service, row)) {
             Ok(u) => u,
-            Err(e) => return vec![format!("revocation URL unusable: {e}")],
+            Err(e) => {
+                return vec![ProviderRevocation::new(
+                    Failed,
+                    format!("revocation URL unusable: {e}"),
+                )];
+            }
         };
         let config = match self.load_client(&service.name) {
             Ok(Some(c)) => c,
             Ok(None) => {
-                return vec!["no OAuth client configured; tokens wiped locally only".into()];
+                return vec![ProviderRevocation::new(
+                    Failed,
+                    "no OAuth client configured; tokens wiped locally only",
+                )];
             }
-            Err(e) => return vec![format!("cannot load the OAuth client: {e}")],
+            Err(e) => {
+                return vec![ProviderRevocation::new(
+                    Failed,
+                    format!("cannot load the OAuth client: {e}"),
+                )];
+            }
         };
         let mut outcomes = Vec::new();
         // A provider's error page may quote what we sent; never let a token or the client
         // secret reach the status reason, the CLI or the database through it.
-        let mut redactor = crate::connections::redact::Redactor::default();
-        redactor.add(tokens.access.expose());
-        if let Some(r) = &tokens.refresh {
-            redactor.add(r.expose());
-        }
-        if let Some(s) = &config.client_secret {
-            redactor.add(s.expose());
-        }
+        let refresh = tokens.refresh.as_ref().map(|r| r.expose()).unwrap_or_default();
+        let redactor = token_endpoint_redactor(&config, &[tokens.access.expose(), refresh]);
         let mut list: Vec<(&str, &crate::secrets::Secret)> = Vec::new();
         if let Some(r) = &tokens.refresh {
             list.push(("refresh_token", r));
@@ -65,8 +106,10 @@ impl OAuth {
             let mut form: Vec<(&str, &str)> =
                 vec![("token", token.expose()), ("token_type_hint", hint)];
             let mut request = self.http.post(url.clone());
+            // A public client (no secret) identifies itself with `client_id` in the body
+            // (RFC 7009 §2.1, RFC 6749 §2.3), whatever the service's method says.
             match def.token_auth_method {
-                TokenAuthMethod::Basic => {
+                TokenAuthMethod::Basic if config.client_secret.is_some() => {
                     let user = form_encode(&config.client_id);
                     let pass = config
                         .client_secret
@@ -78,7 +121,7 @@ impl OAuth {
                     request =
                         request.header(reqwest::header::AUTHORIZATION, format!("Basic {blob}"));
                 }
-                TokenAuthMethod::Body => {
+                TokenAuthMethod::Basic | TokenAuthMethod::Body => {
                     form.push(("client_id", &config.client_id));
                     if let Some(s) = &config.client_secret {
                         form.push(("client_secret", s.expose()));
@@ -87,17 +130,27 @@ impl OAuth {
             }
             let label = hint.replace('_', " ");
             let line = match request.form(&form).send().await {
-                Ok(r) if r.status().is_success() => {
-                    format!("{label}: revoked at the provider ({})", r.status().as_u16())
-                }
+                Ok(r) if r.status().is_success() => ProviderRevocation::new(
+                    Revoked,
+                    format!("{label}: revoked at the provider ({})", r.status().as_u16()),
+                ),
                 Ok(r) => {
                     let status = r.status().as_u16();
                     // Scrub before cutting, so a cut cannot leave part of a token behind.
                     let body = redactor.scrub(&r.text().await.unwrap_or_default());
                     let body: String = body.trim().chars().take(200).collect();
-                    format!("{label}: the provider answered {status}: {body}")
+                    ProviderRevocation::new(
+                        Failed,
+                        format!("{label}: the provider answered {status}: {body}"),
+                    )
                 }
-                Err(e) => format!("{label}: revocation request failed: {}", e.without_url()),
+                Err(e) => ProviderRevocation::new(
+                    Failed,
+                    format!(
+                        "{label}: revocation request failed: {}",
+                        redactor.scrub(&e.without_url().to_string())
+                    ),
+                ),
             };
             outcomes.push(line);
         }

@@ -8,7 +8,7 @@
 
 mod seal;
 
-pub use seal::{KeySource, MasterKey, SealError, Sealer};
+pub use seal::{KeySource, MASTER_KEY_ENV, MasterKey, SealError, Sealer};
 
 use std::fmt;
 

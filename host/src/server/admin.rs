@@ -217,7 +217,8 @@ pub async fn revoke_connection(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult {
-    to_json(s.host.connections().revoke(&name).await?)
+    let (view, _provider) = s.host.connections().revoke(&name).await?;
+    to_json(view)
 }
 
 fn entry_json(e: &CatalogEntry) -> Value {

@@ -35,6 +35,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/token", post(token))
         .route("/revoke", post(revoke))
         .route("/api/user", get(api_user))
+        .route("/api/always-401", any(api_always_401))
         .route("/api/echo", any(api_echo))
         .route("/api/echo/{*rest}", any(api_echo))
         .with_state(shared)
@@ -362,7 +363,7 @@ fn token_response(issued: Issued) -> Response {
 /// `POST /token` (RFC 6749 §4.1.3, §4.4.2, §6).
 async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let parsed = form_params(&headers, &body);
-    let (delay, injected) = {
+    let (delay, injected, errors_with_200, quote) = {
         let mut store = shared.store.lock().unwrap();
         let grant = parsed
             .as_ref()
@@ -377,16 +378,27 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
             knobs.fail_next -= 1;
             knobs.fail_status
         });
-        (knobs.token_delay, injected)
+        (knobs.token_delay, injected, knobs.errors_with_200, knobs.quote_in_errors)
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     if let Some(status) = injected {
+        let mut description = "injected failure (test knob)".to_string();
+        if quote {
+            let presented = parsed.as_ref().ok().and_then(|p| p.get("refresh_token"));
+            let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            description = format!(
+                "cannot refresh {} now (client {})",
+                presented.unwrap_or("-"),
+                auth.unwrap_or("-")
+            );
+        }
         let body = json!({
             "error": "temporarily_unavailable",
-            "error_description": "injected failure (test knob)",
+            "error_description": description,
         });
+        let status = if errors_with_200 { StatusCode::OK } else { status };
         return (status, [(header::RETRY_AFTER, "1")], Json(body)).into_response();
     }
     let params = match parsed {
@@ -420,6 +432,11 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
     };
     match result {
         Ok(issued) => token_response(issued),
+        Err(err) if errors_with_200 => {
+            let mut response = err.into_response();
+            *response.status_mut() = StatusCode::OK;
+            response
+        }
         Err(err) => err.into_response(),
     }
 }
@@ -431,6 +448,14 @@ async fn revoke(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         Err(err) => return err.into_response(),
     };
     let mut store = shared.store.lock().unwrap();
+    if store.knobs.fail_next_revocations > 0 {
+        store.knobs.fail_next_revocations -= 1;
+        let body = json!({
+            "error": "temporarily_unavailable",
+            "error_description": "injected failure (test knob)",
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     let client_id = match authenticate_client(&store, &headers, &params) {
         Ok(id) => id,
         Err(err) => return err.into_response(),
@@ -494,6 +519,15 @@ async fn api_user(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Resp
         .into_response(),
         Err(unauthorized) => unauthorized.into_response(),
     }
+}
+
+/// Refuses every token, valid or not (an endpoint the grant does not cover, answering 401
+/// instead of 403).
+async fn api_always_401() -> Response {
+    Unauthorized(format!(
+        "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"not for this token\""
+    ))
+    .into_response()
 }
 
 async fn api_echo(

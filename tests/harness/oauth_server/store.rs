@@ -135,6 +135,10 @@ pub(crate) struct Knobs {
     pub fail_next: u32,
     pub fail_status: StatusCode,
     pub reject_next_refreshes: u32,
+    pub errors_with_200: bool,
+    pub quote_in_errors: bool,
+    pub refresh_on_code: bool,
+    pub fail_next_revocations: u32,
 }
 
 impl Default for Knobs {
@@ -148,6 +152,10 @@ impl Default for Knobs {
             fail_next: 0,
             fail_status: StatusCode::SERVICE_UNAVAILABLE,
             reject_next_refreshes: 0,
+            errors_with_200: false,
+            quote_in_errors: false,
+            refresh_on_code: true,
+            fail_next_revocations: 0,
         }
     }
 }
@@ -339,7 +347,10 @@ impl Store {
             entry.family = Some(family);
         }
         let (access_token, expires_in) = self.mint_access(client_id, &scope, family);
-        let refresh_token = Some(self.mint_refresh(client_id, &scope, family));
+        let refresh_token = self
+            .knobs
+            .refresh_on_code
+            .then(|| self.mint_refresh(client_id, &scope, family));
         Ok(Issued {
             access_token,
             expires_in,
