@@ -1,6 +1,7 @@
 //! Per-function state (`keyhole:function/kv`) and WIT versioning: state persists across
 //! runs and restarts, is private to each function, is rolled back when a run fails, is
-//! bounded by typed quotas; components built against 0.1.0 still run on a 0.2.0 host.
+//! bounded by typed quotas, and concurrent runs (in one process or several) take turns on
+//! it; components built against 0.1.0 still run on a 0.2.0 host.
 
 use keyhole::UploadOptions;
 use keyhole_tests::env::TestHost;
@@ -36,6 +37,40 @@ async fn state_persists_is_private_and_survives_restarts() {
     t.host.delete_function("a").unwrap();
     t.upload("counter", "a", &[]).await;
     assert_eq!(run(&t, "a", json!({})).await.unwrap()["count"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_runs_take_turns_on_state_so_no_update_is_lost() {
+    let t = std::sync::Arc::new(TestHost::new());
+    t.upload("counter", "c", &[]).await;
+    const IN_PROCESS: u64 = 48;
+    const PROCESSES: u64 = 3;
+    // Other processes on the same data directory (`keyhole run` beside `keyhole serve`).
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| t.spawn_cli(&["run", "c", "--input", "{}"]))
+        .collect();
+    let tasks: Vec<_> = (0..IN_PROCESS)
+        .map(|_| {
+            let t = t.clone();
+            tokio::spawn(async move { run(&t, "c", json!({})).await })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for task in tasks {
+        counts.push(task.await.unwrap().unwrap()["count"].as_u64().unwrap());
+    }
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+        counts.push(answer["count"].as_u64().unwrap());
+    }
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        (1..=IN_PROCESS + PROCESSES).collect::<Vec<_>>(),
+        "a run read state another run was about to change: updates lost or repeated"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

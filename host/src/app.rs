@@ -325,6 +325,8 @@ impl Keyhole {
         {
             tracing::error!(function = name, error = %e, "could not commit the function's state");
         }
+        // The next run of this function may read its state now.
+        drop(outcome.state_turn);
         let duration_us = record.duration_us;
         let id = match self.recorder.record(record).await {
             Ok(id) => id,

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::secrets::Sealer;
-use crate::storage::Storage;
+use crate::storage::{Storage, locks};
 
 /// A token within this much of its expiry is refreshed before use.
 pub const REFRESH_SKEW: Duration = Duration::from_secs(60);
@@ -101,7 +101,7 @@ pub struct OAuth {
     pub(crate) storage: Arc<Storage>,
     pub(crate) sealer: Arc<Sealer>,
     pub(crate) http: reqwest::Client,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: locks::LocalLocks,
     backoff: Mutex<HashMap<String, (Instant, Duration)>>,
     /// When a 401 last forced a refresh, per connection.
     forced: Mutex<HashMap<String, Instant>>,
@@ -129,52 +129,27 @@ impl OAuth {
             storage,
             sealer,
             http,
-            locks: Mutex::new(HashMap::new()),
+            locks: locks::LocalLocks::default(),
             backoff: Mutex::new(HashMap::new()),
             forced: Mutex::new(HashMap::new()),
         }
     }
 
     /// An exclusive lock on refreshing `connection` shared by every keyhole process on this
-    /// data directory (an OS file lock in `<data dir>/locks/`), so two processes never
-    /// present the same refresh token: with rotation, the second use would be reuse, and
-    /// providers answer reuse by revoking the grant. Released when the file drops. `None`
-    /// (logged) if the lock file cannot be used; the generation compare-and-swap still
-    /// keeps stale writes out.
+    /// data directory, so two processes never present the same refresh token: with
+    /// rotation, the second use would be reuse, and providers answer reuse by revoking the
+    /// grant. Released when the file drops. `None` (logged) if the lock file cannot be
+    /// used; the generation compare-and-swap still keeps stale writes out.
     async fn process_lock(&self, connection: &str) -> Option<std::fs::File> {
-        let dir = self.storage.path().parent()?.join("locks");
-        let path = dir.join(format!("refresh-{connection}.lock"));
-        let locked = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&dir)?;
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)?;
-            file.lock()?;
-            Ok::<_, std::io::Error>(file)
-        })
-        .await;
-        match locked {
-            Ok(Ok(file)) => Some(file),
-            Ok(Err(e)) => {
-                tracing::warn!(connection, error = %e, "cannot take the cross-process refresh lock; refreshing without it");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(connection, error = %e, "cross-process refresh lock task failed");
-                None
-            }
-        }
+        locks::exclusive_file(
+            locks::dir_for(self.storage.path()),
+            format!("refresh-{connection}.lock"),
+        )
+        .await
     }
 
     fn lock_for(&self, connection: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(connection.to_string())
-            .or_default()
-            .clone()
+        self.locks.get(connection)
     }
 
     fn backoff_until(&self, connection: &str) -> Option<Instant> {

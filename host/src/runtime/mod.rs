@@ -106,6 +106,9 @@ pub struct Outcome {
     pub duration: Duration,
     /// State writes to commit if (and only if) the invocation succeeded.
     pub kv_writes: std::collections::BTreeMap<String, Option<Vec<u8>>>,
+    /// The run's turn on the function's state, if it touched state: hold it until the
+    /// writes are committed (or dropped), then drop it.
+    pub state_turn: Option<crate::storage::locks::StateTurn>,
 }
 
 /// The shared runtime. One per process.
@@ -402,6 +405,7 @@ impl Runtime {
             outbound: vec![],
             duration: started.elapsed(),
             kv_writes: Default::default(),
+            state_turn: None,
         };
         if input.len() as u64 > limits.max_input_bytes {
             return fail(InvokeError::InputTooLarge {
@@ -459,6 +463,7 @@ impl Runtime {
             outbound: state.http.calls,
             duration: started.elapsed(),
             kv_writes: state.kv.writes,
+            state_turn: state.kv.turn,
         }
     }
 }

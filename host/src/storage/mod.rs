@@ -8,6 +8,7 @@ mod connections;
 mod functions;
 mod invocations;
 mod kv;
+pub mod locks;
 mod migrations;
 mod oauth;
 mod recorder;
@@ -96,6 +97,8 @@ impl CachedExt for Connection {
 pub struct Storage {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// Whose turn it is on each function's state (see [`locks::StateTurn`]).
+    state_locks: locks::LocalLocks,
 }
 
 impl std::fmt::Debug for Storage {
@@ -223,6 +226,7 @@ impl Storage {
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
+            state_locks: locks::LocalLocks::default(),
         })
     }
 

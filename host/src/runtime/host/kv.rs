@@ -1,5 +1,7 @@
 //! `keyhole:function/kv`: per-function state. Reads see this invocation's own writes;
 //! writes are buffered and committed by the host only when the invocation succeeds.
+//! Runs of one function take turns on its state: the first state access waits for the
+//! turn, which lasts until the run's writes are committed or dropped.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,6 +9,7 @@ use std::sync::Arc;
 use crate::runtime::bindings::kv::{Error, Host};
 use crate::runtime::state::InvocationState;
 use crate::storage::Storage;
+use crate::storage::locks::StateTurn;
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
@@ -23,6 +26,10 @@ pub struct KvState {
     pub(crate) writes: BTreeMap<String, Option<Vec<u8>>>,
     /// Stored bytes before this invocation, read on first write.
     base_total: Option<u64>,
+    /// This run's turn on the function's state, taken at its first state access and
+    /// handed on with the writes, so no other run of the function reads between this
+    /// run's reads and its commit.
+    pub(crate) turn: Option<StateTurn>,
 }
 
 impl KvState {
@@ -32,6 +39,16 @@ impl KvState {
             storage,
             writes: BTreeMap::new(),
             base_total: None,
+            turn: None,
+        }
+    }
+
+    /// Wait for this function's turn on its state, once per run.
+    async fn take_turn(&mut self) {
+        if self.turn.is_none()
+            && let Some(storage) = &self.storage
+        {
+            self.turn = Some(storage.state_turn(&self.function).await);
         }
     }
 
@@ -87,6 +104,7 @@ impl Host for InvocationState {
         if let Err(e) = KvState::check_key(&key) {
             return Ok(Err(e));
         }
+        self.kv.take_turn().await;
         if let Some(pending) = self.kv.writes.get(&key) {
             return Ok(Ok(pending.clone()));
         }
@@ -97,6 +115,7 @@ impl Host for InvocationState {
         if let Err(e) = KvState::check_key(&key) {
             return Ok(Err(e));
         }
+        self.kv.take_turn().await;
         if value.len() > MAX_VALUE_BYTES {
             return Ok(Err(Error::ValueTooLarge(format!(
                 "values are limited to {MAX_VALUE_BYTES} bytes"
@@ -120,11 +139,13 @@ impl Host for InvocationState {
         if let Err(e) = KvState::check_key(&key) {
             return Ok(Err(e));
         }
+        self.kv.take_turn().await;
         self.kv.writes.insert(key, None);
         Ok(Ok(()))
     }
 
     async fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, Error>> {
+        self.kv.take_turn().await;
         let mut keys: std::collections::BTreeSet<String> = match &self.kv.storage {
             Some(s) => s.kv_keys(&self.kv.function, &prefix)?.into_iter().collect(),
             None => Default::default(),
