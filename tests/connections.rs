@@ -386,7 +386,10 @@ async fn revoke_then_reconnect_in_place_keeps_name_and_grants() {
     let (t, api) = acme().await;
     let c = t.host.connections();
     let (view, provider) = c.revoke("acme").await.unwrap();
-    assert!(provider.is_empty(), "an API-key connection has nothing to revoke at a provider");
+    assert!(
+        provider.is_empty(),
+        "an API-key connection has nothing to revoke at a provider"
+    );
     assert_eq!(view.status, keyhole::connections::Status::Revoked);
     assert!(view.params[0].value.is_none(), "credentials not wiped");
     assert_eq!(
@@ -596,12 +599,20 @@ async fn redirects_are_not_followed_and_secrets_are_scrubbed() {
 async fn an_echoed_secret_cannot_pass_the_scrubber_compressed_or_in_slices() {
     let (t, api) = acme().await;
     // keyhole asks for the plain answer (the echo compresses when asked to), and scrubs it.
-    let echo = call(&t, "hello", json!({"connection": "acme", "target": "/echo"})).await;
+    let echo = call(
+        &t,
+        "hello",
+        json!({"connection": "acme", "target": "/echo"}),
+    )
+    .await;
     assert_eq!(echo["status"], 200, "{echo}");
     let body = echo["body"].as_str().unwrap();
     assert!(body.contains("[redacted]") && !body.contains(KEY), "{body}");
     let sent = api.requests_to("/echo");
-    assert_eq!(sent.last().unwrap().header("accept-encoding"), Some("identity"));
+    assert_eq!(
+        sent.last().unwrap().header("accept-encoding"),
+        Some("identity")
+    );
 
     // A compressed or partial answer would carry an echoed secret past the scrubber, so a
     // guest may not ask for one; nothing is sent.
@@ -621,13 +632,25 @@ async fn an_echoed_secret_cannot_pass_the_scrubber_compressed_or_in_slices() {
         assert_eq!(out["error"], "invalid-request", "{name}: {out}");
         assert!(out["detail"].as_str().unwrap().contains(name), "{out}");
     }
-    assert_eq!(api.requests_to("/echo").len(), sent.len(), "a refused request was sent");
+    assert_eq!(
+        api.requests_to("/echo").len(),
+        sent.len(),
+        "a refused request was sent"
+    );
 
     // An upstream that compresses unasked: its body does not reach the guest.
-    let out = call(&t, "hello", json!({"connection": "acme", "target": "/gzip-echo"})).await;
+    let out = call(
+        &t,
+        "hello",
+        json!({"connection": "acme", "target": "/gzip-echo"}),
+    )
+    .await;
     assert_eq!(out["error"], "upstream-unreachable", "{out}");
     assert!(
-        out["detail"].as_str().unwrap().contains("Content-Encoding: gzip"),
+        out["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Content-Encoding: gzip"),
         "{out}"
     );
     assert_eq!(api.hits("/gzip-echo"), 1);
@@ -744,13 +767,25 @@ async fn admin_rules_names_duplicates_service_deletion_and_grants_on_new_version
     assert_eq!(call(&t, "hello", user.clone()).await["status"], 200);
     assert_eq!(api.hits("/user"), 1);
     let moved = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
-    c.edit("acme", None, Some(Some(moved.base_url())), BTreeMap::new())
-        .unwrap();
+    // Sending the stored key to another origin needs confirming; unconfirmed, nothing
+    // changes.
+    let moving = Some(Some(moved.base_url()));
+    let err = c
+        .edit("acme", None, moving.clone(), BTreeMap::new(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--move-credentials") && err.contains(&moved.base_url()),
+        "{err}"
+    );
+    assert_eq!(call(&t, "hello", user.clone()).await["status"], 200);
+    assert_eq!((api.hits("/user"), moved.hits("/user")), (2, 0));
+    c.edit("acme", None, moving, BTreeMap::new(), true).unwrap();
     assert_eq!(call(&t, "hello", user).await["status"], 200);
     assert_eq!(moved.hits("/user"), 1);
     assert_eq!(
         api.hits("/user"),
-        1,
+        2,
         "nothing more went to the old base URL"
     );
     c.delete("acme").unwrap();

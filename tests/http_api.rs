@@ -225,6 +225,37 @@ async fn upload_then_invoke_and_every_status_mapping() {
         (r.status, r.kind().as_str()),
         (StatusCode::BAD_REQUEST, "invalid-component")
     );
+
+    // Errors axum makes itself carry the same JSON body: a malformed query or path, a
+    // method the endpoint does not take (with `Allow`), an unknown route.
+    let admin = api.admin.clone();
+    for (method, path, status, kind) in [
+        ("GET", "/v1/invocations?limit=abc", 400, "bad-request"),
+        ("GET", "/v1/invocations?limit=", 400, "bad-request"),
+        ("GET", "/v1/functions/%ff", 400, "bad-request"),
+        ("POST", "/v1/functions", 405, "method-not-allowed"),
+        (
+            "GET",
+            "/v1/functions/echo/invoke",
+            405,
+            "method-not-allowed",
+        ),
+        ("POST", "/healthz", 405, "method-not-allowed"),
+        ("GET", "/v1/nothing-here", 404, "not-found"),
+    ] {
+        let r = api.send(method, path, Some(&admin), vec![]).await;
+        assert_eq!(r.status.as_u16(), status, "{method} {path}: {}", r.body);
+        assert_eq!(r.kind(), kind, "{method} {path}: {}", r.body);
+        assert!(
+            !r.json()["error"]["message"].as_str().unwrap().is_empty(),
+            "{method} {path}: {}",
+            r.body
+        );
+        if status == 405 {
+            assert!(r.headers.contains_key("allow"), "{method} {path}");
+            assert!(r.body.contains(method), "{}", r.body);
+        }
+    }
     api.shutdown().await;
 }
 

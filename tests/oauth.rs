@@ -509,7 +509,10 @@ async fn the_token_request_repeats_the_authorization_requests_redirect_uri() {
     assert_eq!(view.status, Status::Connected);
     let token = s.server.requests_to("/token");
     let form = token.last().unwrap().form();
-    let sent = form.iter().find(|(k, _)| k == "redirect_uri").map(|(_, v)| v);
+    let sent = form
+        .iter()
+        .find(|(k, _)| k == "redirect_uri")
+        .map(|(_, v)| v);
     assert_eq!(sent, Some(&s.redirect));
 }
 
@@ -588,7 +591,11 @@ async fn revoke_calls_the_provider_and_reconnect_works_in_place() {
     s.server.fail_next_revocations(2);
     let out = s.t.cli(&["connections", "revoke", "prov", "--json"]);
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stderr.contains("did not confirm every revocation"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("did not confirm every revocation"),
+        "{}",
+        out.stderr
+    );
     let answer: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(answer["connection"]["status"], "revoked");
     assert_eq!(answer["provider"][0]["outcome"], "failed", "{answer}");

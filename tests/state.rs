@@ -61,7 +61,11 @@ async fn concurrent_runs_take_turns_on_state_so_no_update_is_lost() {
     }
     for child in children {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
         counts.push(answer["count"].as_u64().unwrap());
     }

@@ -68,6 +68,10 @@ pub enum ConnectionsCmd {
         /// Set a non-secret param (NAME=VALUE, repeatable).
         #[arg(long = "param", value_parser = parse_kv)]
         params: Vec<(String, String)>,
+        /// Confirm that the stored credentials may go to the new origins (without it, a
+        /// change of where a connected connection points is refused).
+        #[arg(long)]
+        move_credentials: bool,
     },
     /// Run the service's verification request with the stored credentials.
     Test {
@@ -189,6 +193,7 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
             base_url,
             clear_base_url,
             params,
+            move_credentials,
         } => {
             let scopes = (!scopes.is_empty()).then_some(scopes);
             let base = if clear_base_url {
@@ -196,7 +201,8 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
             } else {
                 base_url.map(Some)
             };
-            let v = c.edit(&name, scopes, base, params.into_iter().collect())?;
+            let params = params.into_iter().collect();
+            let v = c.edit(&name, scopes, base, params, move_credentials)?;
             println!("updated connection {name}");
             show(&v);
             Ok(0)

@@ -384,7 +384,11 @@ impl Gateway {
             if let Some(encoding) = response
                 .headers()
                 .get(reqwest::header::CONTENT_ENCODING)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_ascii_lowercase())
+                .map(|v| {
+                    String::from_utf8_lossy(v.as_bytes())
+                        .trim()
+                        .to_ascii_lowercase()
+                })
                 .filter(|e| !e.is_empty() && e != "identity")
             {
                 // Asked for identity and got something else: the scrubber cannot see into

@@ -112,7 +112,11 @@ fn add_capability_url(r: &mut Redactor, url: &url::Url) {
     if url.path().len() > 1 {
         r.add(url.path());
     }
-    let segments = url.path_segments().into_iter().flatten().map(str::to_string);
+    let segments = url
+        .path_segments()
+        .into_iter()
+        .flatten()
+        .map(str::to_string);
     let values = url.query_pairs().map(|(_, v)| v.into_owned());
     let label = url
         .host_str()

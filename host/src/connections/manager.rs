@@ -263,15 +263,26 @@ impl Connections {
     }
 
     /// Change a connection's scopes, base URL override or non-secret params.
+    ///
+    /// A change that would send stored credentials to other origins (a new base URL, or a
+    /// param the URL is built from) is refused unless `move_credentials` confirms it: a
+    /// typo in a URL must not hand a key to whoever owns the mistyped host.
     pub fn edit(
         &self,
         name: &str,
         scopes: Option<Vec<String>>,
         base_url: Option<Option<String>>,
         params: BTreeMap<String, String>,
+        move_credentials: bool,
     ) -> Result<ConnectionView, ConnectionError> {
         let mut row = self.row(name)?;
         let service = self.catalog().require(&row.service)?.def;
+        let origins = |row: &ConnectionRow| {
+            resolve_endpoint(&service, row, &Credentials::default())
+                .ok()
+                .map(|e| e.allowed_origins)
+        };
+        let before = origins(&row);
         if let Some(s) = scopes {
             row.scopes = s;
         }
@@ -293,6 +304,23 @@ impl Connections {
             }
             check_choice(p, &v)?;
             row.params.insert(k, v);
+        }
+        if let (Some(before), Some(after)) = (before, origins(&row))
+            && row.sealed.is_some()
+            && before != after
+            && !move_credentials
+        {
+            let list = |o: &[crate::services::Origin]| {
+                o.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(ConnectionError::Invalid(format!(
+                "connection {name:?} holds credentials for {}; this change would send them to {}. Check the URL, then repeat with --move-credentials, or revoke the connection first (nothing was changed)",
+                list(&before),
+                list(&after)
+            )));
         }
         resolve_endpoint(&service, &row, &Credentials::default()).or_else(|e| {
             // Secret url params are not known here; only fail for non-secret problems.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use oauth2::basic::{BasicErrorResponse, BasicErrorResponseType, BasicTokenResponse};
 use oauth2::{
-    AuthorizationCode, CsrfToken, RedirectUrl, PkceCodeChallenge, PkceCodeVerifier, RequestTokenError,
-    TokenResponse,
+    AuthorizationCode, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
+    RequestTokenError, TokenResponse,
 };
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -279,8 +279,7 @@ impl OAuth {
         let redirect = RedirectUrl::new(taken.redirect_url.clone()).map_err(|e| {
             OAuthError::Config(format!("redirect URL {:?}: {e}", taken.redirect_url))
         })?;
-        let redactor =
-            token_endpoint_redactor(&config, &[code, taken.verifier.secret().as_str()]);
+        let redactor = token_endpoint_redactor(&config, &[code, taken.verifier.secret().as_str()]);
         let response = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|e| OAuthError::Config(e.to_string()))?

@@ -166,10 +166,8 @@ impl OAuth {
                 .exchange_refresh_token(&refresh_token)
                 .map_err(|e| SendError::UpstreamUnreachable(format!("cannot refresh: {e}")))?;
             let access = loaded.creds.tokens.as_ref().map(|t| t.access.expose());
-            let redactor = token_endpoint_redactor(
-                &config,
-                &[refresh.expose(), access.unwrap_or_default()],
-            );
+            let redactor =
+                token_endpoint_redactor(&config, &[refresh.expose(), access.unwrap_or_default()]);
             match request.request_async(&self.http).await {
                 Ok(response) => Ok(tokens_from(
                     &response,

@@ -95,7 +95,11 @@ impl OAuth {
         let mut outcomes = Vec::new();
         // A provider's error page may quote what we sent; never let a token or the client
         // secret reach the status reason, the CLI or the database through it.
-        let refresh = tokens.refresh.as_ref().map(|r| r.expose()).unwrap_or_default();
+        let refresh = tokens
+            .refresh
+            .as_ref()
+            .map(|r| r.expose())
+            .unwrap_or_default();
         let redactor = token_endpoint_redactor(&config, &[tokens.access.expose(), refresh]);
         let mut list: Vec<(&str, &crate::secrets::Secret)> = Vec::new();
         if let Some(r) = &tokens.refresh {

@@ -66,7 +66,7 @@ impl ApiError {
         Self::new(
             StatusCode::NOT_FOUND,
             "not-found",
-            "no such endpoint; see the endpoint list in host/src/server/mod.rs docs",
+            "no such endpoint; the endpoints are listed in keyhole's README under \"HTTP API\"",
         )
     }
 

@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/oauth/callback", get(oauth_callback))
         .merge(api)
+        .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         // A client that stalls mid-body would otherwise hold its invocation slot.
         .layer(RequestBodyTimeoutLayer::new(state.config.body_timeout))
@@ -96,6 +97,54 @@ async fn require_token(
     }
     request.extensions_mut().insert(caller);
     next.run(request).await
+}
+
+/// Every error answer has the JSON error body, including those axum makes itself (a
+/// malformed query string or path, a method the endpoint does not take). The OAuth
+/// callback's HTML pages are left as they are: a browser reads them.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !(status.is_client_error() || status.is_server_error())
+        || content_type.starts_with("application/json")
+        || content_type.starts_with("text/html")
+    {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (kind, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method-not-allowed",
+            format!("this endpoint does not take {method}; the Allow header lists what it takes"),
+        ),
+        StatusCode::BAD_REQUEST => ("bad-request", text),
+        StatusCode::NOT_FOUND => ("not-found", text),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too-large", text),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported-media-type", text),
+        _ => ("error", text),
+    };
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        message
+    };
+    let mut answer = ApiError::new(status, kind, message).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(v) = parts.headers.get(&name) {
+            answer.headers_mut().insert(name, v.clone());
+        }
+    }
+    answer
 }
 
 async fn no_route() -> ApiError {

@@ -378,7 +378,12 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
             knobs.fail_next -= 1;
             knobs.fail_status
         });
-        (knobs.token_delay, injected, knobs.errors_with_200, knobs.quote_in_errors)
+        (
+            knobs.token_delay,
+            injected,
+            knobs.errors_with_200,
+            knobs.quote_in_errors,
+        )
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -387,7 +392,9 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
         let mut description = "injected failure (test knob)".to_string();
         if quote {
             let presented = parsed.as_ref().ok().and_then(|p| p.get("refresh_token"));
-            let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            let auth = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
             description = format!(
                 "cannot refresh {} now (client {})",
                 presented.unwrap_or("-"),
@@ -398,7 +405,11 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
             "error": "temporarily_unavailable",
             "error_description": description,
         });
-        let status = if errors_with_200 { StatusCode::OK } else { status };
+        let status = if errors_with_200 {
+            StatusCode::OK
+        } else {
+            status
+        };
         return (status, [(header::RETRY_AFTER, "1")], Json(body)).into_response();
     }
     let params = match parsed {
