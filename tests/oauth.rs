@@ -148,9 +148,21 @@ async fn full_code_flow_through_the_cli() {
         "the client secret must not be in the URL"
     );
     let location = s.server.approve(&url).await.unwrap();
-    // The browser follows the redirect to keyhole's one-shot listener.
+    // A stray redirect (a stale tab, another flow) is refused and does not end the wait.
+    let stray = reqwest::get(format!("{}?code=x&state=not-the-one", s.redirect))
+        .await
+        .unwrap();
+    assert_eq!(stray.status(), 400);
+    // The browser follows the redirect to keyhole's one-shot listener, and is told the
+    // outcome.
     let page = reqwest::get(&location).await.unwrap();
     assert!(page.status().is_success());
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("authorization complete")
+    );
     let status = child.wait().unwrap();
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();

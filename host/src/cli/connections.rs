@@ -465,8 +465,20 @@ async fn connect_oauth(host: &Keyhole, args: &ConnectArgs) -> anyhow::Result<i32
     let Some(listener) = listener else {
         return Ok(0);
     };
-    let params = listener.wait(crate::oauth::STATE_TTL).await?;
-    match c.complete_authorization(&params, Some(&args.name)).await {
+    let state = url::Url::parse(&pending.authorize_url)
+        .ok()
+        .and_then(|u| {
+            u.query_pairs()
+                .find(|(k, _)| k == "state")
+                .map(|(_, v)| v.into_owned())
+        })
+        .unwrap_or_default();
+    let outcome = listener
+        .wait(crate::oauth::STATE_TTL, &state, |params| async move {
+            c.complete_authorization(&params, Some(&args.name)).await
+        })
+        .await?;
+    match outcome {
         Ok(view) => {
             if args.json {
                 output::json(&view)?;

@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::Html;
 use axum::routing::get;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::OAuthError;
 
@@ -100,29 +101,65 @@ pub async fn bind_callback(redirect_url: &str) -> Result<CallbackListener, OAuth
     })
 }
 
+/// A redirect that carries the awaited state, and where to send the page the browser
+/// gets: the outcome of completing the authorization.
+type Arrival = (CallbackParams, oneshot::Sender<Result<String, String>>);
+
 impl CallbackListener {
-    /// Wait (up to `timeout`) for one redirect and return its query.
-    pub async fn wait(self, timeout: Duration) -> Result<CallbackParams, OAuthError> {
+    /// Wait (up to `timeout`) for the redirect carrying `state`, complete it with
+    /// `complete`, and show the outcome in the browser. A redirect with any other state
+    /// (a stale tab, a stray request) gets a 400 page and does not end the wait.
+    pub async fn wait<T, E, F, Fut>(
+        self,
+        timeout: Duration,
+        state: &str,
+        complete: F,
+    ) -> Result<Result<T, E>, OAuthError>
+    where
+        F: FnOnce(CallbackParams) -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
         let CallbackListener { listener, path } = self;
-        let (tx, mut rx) = mpsc::channel::<CallbackParams>(1);
+        let (tx, mut rx) = mpsc::channel::<Arrival>(1);
+        let expected = state.to_string();
         let app = axum::Router::new()
             .route(
                 &path,
                 get(
-                    |State(tx): State<mpsc::Sender<CallbackParams>>,
-                     Query(p): Query<CallbackParams>| async move {
-                        let message = if p.error.is_some() {
-                            "The provider refused the authorization; see the terminal."
-                        } else {
-                            "keyhole received the authorization; see the terminal for the result."
-                        };
-                        let _ = tx.send(p).await;
-                        page("authorization received", message)
+                    move |State(tx): State<mpsc::Sender<Arrival>>,
+                          Query(p): Query<CallbackParams>| async move {
+                        if p.state.as_deref() != Some(expected.as_str()) {
+                            return (
+                                StatusCode::BAD_REQUEST,
+                                page(
+                                    "not this authorization",
+                                    "This redirect does not carry the state keyhole is waiting for, so it was ignored. Use the URL the terminal shows.",
+                                ),
+                            );
+                        }
+                        let (reply, outcome) = oneshot::channel();
+                        if tx.send((p, reply)).await.is_err() {
+                            return (
+                                StatusCode::GONE,
+                                page("authorization failed", "keyhole stopped waiting; see the terminal."),
+                            );
+                        }
+                        match outcome.await {
+                            Ok(Ok(message)) => (StatusCode::OK, page("authorization complete", &message)),
+                            Ok(Err(message)) => {
+                                (StatusCode::BAD_REQUEST, page("authorization failed", &message))
+                            }
+                            Err(_) => (
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                page("authorization failed", "see the terminal"),
+                            ),
+                        }
                     },
                 ),
             )
             .with_state(tx);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -130,16 +167,25 @@ impl CallbackListener {
                 })
                 .await;
         });
-        let result = tokio::time::timeout(timeout, rx.recv()).await;
-        let _ = stop_tx.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-        match result {
-            Ok(Some(p)) => Ok(p),
+        let arrival = tokio::time::timeout(timeout, rx.recv()).await;
+        let result = match arrival {
+            Ok(Some((params, reply))) => {
+                let outcome = complete(params).await;
+                let _ = reply.send(match &outcome {
+                    Ok(_) => Ok("keyhole stored the authorization; you can close this tab.".into()),
+                    Err(e) => Err(e.to_string()),
+                });
+                Ok(outcome)
+            }
             Ok(None) => Err(OAuthError::Callback("the callback listener stopped".into())),
             Err(_) => Err(OAuthError::Callback(format!(
                 "no callback arrived within {} minutes",
                 timeout.as_secs() / 60
             ))),
-        }
+        };
+        // Graceful: the browser's request gets its page before the listener closes.
+        let _ = stop_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        result
     }
 }
