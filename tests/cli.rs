@@ -145,6 +145,33 @@ fn failures_exit_non_zero_with_a_clear_message() {
     let logs = t.cli(&["logs", "mis", "--json"]).json();
     assert_eq!(logs[0]["outcome"], "invalid-input");
     assert_eq!(logs[2]["outcome"], "timeout");
+
+    // A cause already quoted by its error is not printed a second time.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = t.cli(&["serve", "--listen", &addr]);
+    let err = out.err();
+    assert!(err.contains("--listen"), "{err}");
+    assert_eq!(err.matches("in use").count(), 1, "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn the_data_directory_and_database_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestHost::new();
+    let home = t.home().join("fresh");
+    let out = t.cli(&["--home", path(&home), "functions", "list"]);
+    out.ok();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&home), 0o700);
+    for entry in std::fs::read_dir(&home).unwrap() {
+        let entry = entry.unwrap().path();
+        if entry.is_file() {
+            assert_eq!(mode(&entry), 0o600, "{}", entry.display());
+        }
+    }
+    assert!(home.join("keyhole.db").exists());
 }
 
 #[test]

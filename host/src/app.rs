@@ -111,7 +111,12 @@ impl std::fmt::Debug for Keyhole {
 impl Keyhole {
     /// Open the host on data directory `home` (created if needed).
     pub fn open(home: &Path, config: RuntimeConfig) -> Result<Self, HostError> {
-        std::fs::create_dir_all(home).map_err(|e| {
+        // Owner-only when keyhole creates it (an existing directory keeps its mode).
+        let mut dir = std::fs::DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+        dir.create(home).map_err(|e| {
             HostError::Startup(format!(
                 "cannot create data directory {}: {e}",
                 home.display()

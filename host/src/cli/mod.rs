@@ -69,10 +69,24 @@ pub async fn run(cli: Cli) -> i32 {
     match dispatch(cli, home).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             1
         }
     }
+}
+
+/// An error and its causes, each cause once: many of our messages already quote their
+/// cause, and printing it again would say everything twice.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
 }
 
 fn open(home: &std::path::Path, max_instances: u32) -> anyhow::Result<Keyhole> {

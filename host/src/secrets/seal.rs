@@ -61,7 +61,9 @@ pub enum SealError {
         context: String,
     },
     /// Reading or writing the key file failed.
-    #[error("cannot access master key file {path}: {source}")]
+    #[error(
+        "cannot access master key file {path}: {source}; check the data directory's permissions (it must be yours), or use another with --home"
+    )]
     Io {
         /// Path of the key file.
         path: PathBuf,

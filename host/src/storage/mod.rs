@@ -41,6 +41,17 @@ pub enum StorageError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The database file could not be created.
+    #[error(
+        "cannot create the database file {path}: {source}; check the data directory's permissions, or use another with --home"
+    )]
+    Create {
+        /// Path of the database file.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The database was written by a newer keyhole.
     #[error(
         "database {path} has schema version {found}, newer than this keyhole understands ({supported}); upgrade keyhole"
@@ -198,6 +209,21 @@ impl WalKeeper {
     }
 }
 
+/// Create an empty database file readable by its owner only, if there is none: it holds
+/// invocation logs and outbound paths. SQLite gives the WAL and shared-memory files the
+/// database file's mode, and takes an empty file as a new database.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Current time as Unix milliseconds (every timestamp column uses this).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -213,6 +239,10 @@ impl Storage {
             path: path.to_path_buf(),
             source,
         };
+        create_private(path).map_err(|source| StorageError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
