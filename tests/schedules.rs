@@ -150,6 +150,26 @@ fn schedules_are_administered_from_the_cli() {
             .err()
             .contains("no schedule named")
     );
+
+    // A function a schedule runs is not deleted from under it, unless the schedule goes too.
+    let refused = t.cli(&["functions", "delete", "counter"]);
+    assert!(
+        refused.err().contains("run by schedule nightly")
+            && refused.stderr.contains("--with-schedules"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        t.cli(&["functions", "show", "counter"])
+            .ok()
+            .contains("counter")
+    );
+    t.cli(&["functions", "delete", "counter", "--with-schedules"])
+        .ok();
+    assert_eq!(
+        t.cli(&["schedules", "list", "--json"]).json(),
+        serde_json::json!([])
+    );
 }
 
 #[test]

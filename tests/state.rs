@@ -34,7 +34,7 @@ async fn state_persists_is_private_and_survives_restarts() {
         .unwrap();
     assert_eq!(run(&t, "a", json!({})).await.unwrap()["count"], 4);
     // Deleting the function deletes its state.
-    t.host.delete_function("a").unwrap();
+    t.host.delete_function("a", false).unwrap();
     t.upload("counter", "a", &[]).await;
     assert_eq!(run(&t, "a", json!({})).await.unwrap()["count"], 1);
 }

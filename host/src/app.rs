@@ -40,6 +40,9 @@ pub enum HostError {
     /// No such function.
     #[error("no function named {0:?}; `keyhole functions list` shows what is uploaded")]
     UnknownFunction(String),
+    /// Something else depends on it.
+    #[error("{0}")]
+    InUse(String),
     /// Startup failure.
     #[error("{0}")]
     Startup(String),
@@ -240,12 +243,38 @@ impl Keyhole {
         })
     }
 
-    /// Delete every version of a function and its grants.
-    pub fn delete_function(&self, name: &str) -> Result<usize, HostError> {
-        match self.storage.delete_function(name)? {
-            0 => Err(HostError::UnknownFunction(name.to_string())),
-            n => Ok(n),
+    /// Delete every version of a function, its grants and its state. A function that
+    /// schedules run is kept (they would fail every time) unless `with_schedules`, which
+    /// deletes those schedules too. Returns the number of versions deleted.
+    pub fn delete_function(&self, name: &str, with_schedules: bool) -> Result<usize, HostError> {
+        let schedules: Vec<String> = self
+            .storage
+            .list_schedules()?
+            .into_iter()
+            .filter(|s| s.function == name)
+            .map(|s| s.name)
+            .collect();
+        if !schedules.is_empty() && !with_schedules {
+            return Err(HostError::InUse(format!(
+                "function {name:?} is run by schedule{} {}; delete {} first (`keyhole schedules delete NAME`) or delete them with it (--with-schedules); nothing was deleted",
+                if schedules.len() == 1 { "" } else { "s" },
+                schedules.join(", "),
+                if schedules.len() == 1 { "it" } else { "them" },
+            )));
         }
+        let n = self.storage.delete_function(name)?;
+        if n == 0 {
+            return Err(HostError::UnknownFunction(name.to_string()));
+        }
+        for schedule in &schedules {
+            self.storage.delete_schedule(schedule)?;
+            tracing::info!(
+                schedule,
+                function = name,
+                "schedule deleted with its function"
+            );
+        }
+        Ok(n)
     }
 
     /// Recent invocations.

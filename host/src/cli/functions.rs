@@ -28,9 +28,13 @@ pub enum FunctionsCmd {
         json: JsonFlag,
     },
     /// Delete every version of a function (and its grants). Invocation history stays.
+    /// Refused while schedules run the function, unless `--with-schedules`.
     Delete {
         /// Function name.
         name: String,
+        /// Also delete the schedules that run it.
+        #[arg(long)]
+        with_schedules: bool,
     },
     /// Let a function use a connection.
     Grant {
@@ -199,8 +203,11 @@ pub async fn functions(host: &Keyhole, cmd: FunctionsCmd) -> anyhow::Result<i32>
             }
             Ok(0)
         }
-        FunctionsCmd::Delete { name } => {
-            let n = host.delete_function(&name)?;
+        FunctionsCmd::Delete {
+            name,
+            with_schedules,
+        } => {
+            let n = host.delete_function(&name, with_schedules)?;
             println!(
                 "deleted function {name} ({n} version{})",
                 if n == 1 { "" } else { "s" }

@@ -49,14 +49,24 @@ pub async fn show_function(
     to_json(s.host.show_function(&name)?)
 }
 
-/// `DELETE /v1/functions/{name}`
+/// `DELETE /v1/functions/{name}[?with_schedules=true]`: 409 `in-use` if schedules run
+/// it, unless they go too.
 pub async fn delete_function(
     _: Admin,
     State(s): State<AppState>,
     Path(name): Path<String>,
+    Query(q): Query<DeleteFunctionQuery>,
 ) -> ApiResult {
-    let versions = s.host.delete_function(&name)?;
+    let versions = s.host.delete_function(&name, q.with_schedules)?;
     Ok(Json(json!({ "deleted": name, "versions": versions })))
+}
+
+/// Query of `DELETE /v1/functions/{name}`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct DeleteFunctionQuery {
+    /// Also delete the schedules that run the function.
+    #[serde(default)]
+    with_schedules: bool,
 }
 
 fn parse_number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ApiError> {

@@ -202,6 +202,7 @@ impl From<HostError> for ApiError {
             HostError::Connection(c) => return c.into(),
             HostError::UnknownFunction(_) => (StatusCode::NOT_FOUND, "not-found"),
             HostError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid-request"),
+            HostError::InUse(_) => (StatusCode::CONFLICT, "in-use"),
             HostError::Upload(UploadError::TooLarge { .. }) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large")
             }
