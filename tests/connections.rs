@@ -116,6 +116,10 @@ async fn readme_flow_through_the_cli() {
 
     t.cli(&["connections", "add", "acme", "--service", "acme"])
         .ok();
+    // A key typed without its name is refused without being echoed.
+    let typo = t.cli(&["connections", "connect", "acme", "--param", KEY]);
+    assert!(typo.err().contains("NAME=VALUE"), "{}", typo.stderr);
+    assert!(!typo.stderr.contains(KEY), "{}", typo.stderr);
     // Wrong key: verification fails, the upstream's reason is shown, status stays pending.
     let bad = t.cli_with(
         &["connections", "connect", "acme", "--params-stdin"],

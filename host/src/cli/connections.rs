@@ -66,7 +66,7 @@ pub enum ConnectionsCmd {
         #[arg(long)]
         clear_base_url: bool,
         /// Set a non-secret param (NAME=VALUE, repeatable).
-        #[arg(long = "param", value_parser = parse_kv)]
+        #[arg(long = "param", value_parser = KvParser)]
         params: Vec<(String, String)>,
         /// Confirm that the stored credentials may go to the new origins (without it, a
         /// change of where a connected connection points is refused).
@@ -107,7 +107,7 @@ pub struct ConnectArgs {
     /// Connection name.
     pub name: String,
     /// A param value as NAME=VALUE, by wire name or display name (repeatable).
-    #[arg(long = "param", value_parser = parse_kv)]
+    #[arg(long = "param", value_parser = KvParser)]
     pub params: Vec<(String, String)>,
     /// Read NAME=VALUE lines from stdin (for scripts; keeps secrets out of the process list).
     #[arg(long)]
@@ -121,6 +121,33 @@ pub struct ConnectArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `NAME=VALUE` for `--param`. Unlike clap's own error, a malformed one is not echoed
+/// back: it may be a secret typed without its name.
+#[derive(Clone)]
+struct KvParser;
+
+impl clap::builder::TypedValueParser for KvParser {
+    type Value = (String, String);
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        value
+            .to_str()
+            .and_then(|s| parse_kv(s).ok())
+            .ok_or_else(|| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    "--param expects NAME=VALUE (the value given is not shown, in case it is a secret)\n",
+                )
+                .with_cmd(cmd)
+            })
+    }
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {

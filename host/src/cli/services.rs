@@ -81,7 +81,8 @@ pub enum FlagAuth {
 /// Arguments of `services add`.
 #[derive(Debug, Args)]
 pub struct AddArgs {
-    /// TOML file in the preset schema (other flags are then ignored).
+    /// TOML file in the preset schema; the service is defined by the file alone, so the
+    /// other flags may not be given with it.
     #[arg(long, conflicts_with_all = ["name", "auth"])]
     pub file: Option<PathBuf>,
     /// Service name.
