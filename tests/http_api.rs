@@ -363,7 +363,13 @@ async fn admin_endpoints_and_no_secret_in_any_response() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
     let r = put(json!({"function": "echo", "every": "1h", "input": {"n": 1}})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    assert_eq!(api.get("/v1/schedules").await.json()[0]["name"], "tick");
+    let listed = api.get("/v1/schedules").await.json();
+    assert_eq!(listed[0]["name"], "tick");
+    assert_eq!(
+        listed[0]["input"],
+        json!({"n": 1}),
+        "input comes back as it went in"
+    );
     let r = api
         .send("POST", "/v1/schedules/tick/pause", Some(&admin), vec![])
         .await;

@@ -433,21 +433,24 @@ async fn invalid_grant_needs_reauth_and_transient_failures_do_not() {
             .starts_with("transient")
     );
 
-    // Terminal: invalid_grant.
-    let s = setup("authorization_code").await;
-    authorize(&s).await;
-    s.t.upload("hello-http", "hello", &["prov"]).await;
-    s.server.expire_all_access_tokens();
-    s.server.reject_next_refreshes(1);
-    assert_eq!(call(&s.t, user()).await["error"], "not-connected");
-    let view = s.t.host.connections().show("prov").unwrap();
-    assert_eq!(view.status, Status::NeedsReauth);
-    assert!(view.status_reason.unwrap().contains("invalid_grant"));
-    assert_eq!(call(&s.t, user()).await["error"], "not-connected");
+    // Terminal: invalid_grant, also when sent with status 200 (GitHub, Slack, Zoho).
+    for errors_with_200 in [true, false] {
+        let s = setup("authorization_code").await;
+        authorize(&s).await;
+        s.t.upload("hello-http", "hello", &["prov"]).await;
+        s.server.set_errors_with_200(errors_with_200);
+        s.server.expire_all_access_tokens();
+        s.server.reject_next_refreshes(1);
+        assert_eq!(call(&s.t, user()).await["error"], "not-connected");
+        let view = s.t.host.connections().show("prov").unwrap();
+        assert_eq!(view.status, Status::NeedsReauth);
+        assert!(view.status_reason.unwrap().contains("invalid_grant"));
+        assert_eq!(call(&s.t, user()).await["error"], "not-connected");
 
-    // Re-authorize in place: same name, same grants.
-    authorize(&s).await;
-    assert_eq!(call(&s.t, user()).await["status"], 200);
+        // Re-authorize in place: same name, same grants.
+        authorize(&s).await;
+        assert_eq!(call(&s.t, user()).await["status"], 200);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -477,20 +480,6 @@ async fn provider_error_text_is_scrubbed_and_never_reaches_a_guest() {
     let raw = String::from_utf8_lossy(&s.t.raw_database()).into_owned();
     assert!(!raw.contains(&refresh) && !raw.contains(&basic));
     capture::assert_no_secrets(&[&refresh, CLIENT_SECRET, &basic]);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn token_errors_sent_with_status_200_count_as_the_errors_they_are() {
-    let s = setup("authorization_code").await;
-    authorize(&s).await;
-    s.t.upload("hello-http", "hello", &["prov"]).await;
-    s.server.set_errors_with_200(true);
-    s.server.expire_all_access_tokens();
-    s.server.reject_next_refreshes(1);
-    assert_eq!(call(&s.t, user()).await["error"], "not-connected");
-    let view = s.t.host.connections().show("prov").unwrap();
-    assert_eq!(view.status, Status::NeedsReauth);
-    assert!(view.status_reason.unwrap().contains("invalid_grant"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -350,20 +350,14 @@ async fn echo(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match authenticate(&state, &headers, &uri) {
-        Auth::Ok(_) => {
-            let echo = Json(Echo::of(&method, &uri, &headers, &body)).into_response();
-            // Like most servers, compress when the client accepts it.
-            let gzip_ok = headers
-                .get_all(header::ACCEPT_ENCODING)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|e| e.split(';').next().unwrap_or("").trim() == "gzip");
-            if gzip_ok { gzip(echo).await } else { echo }
-        }
-        Auth::Denied(resp) => resp,
-    }
+    // Like most servers, compress when the client accepts it.
+    let gzip_ok = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| e.split(';').next().unwrap_or("").trim() == "gzip");
+    authenticated_echo(&state, method, uri, headers, body, gzip_ok).await
 }
 
 /// The echo, gzip-compressed whatever the client asked for (a misbehaving server).
@@ -374,8 +368,22 @@ async fn gzip_echo(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match authenticate(&state, &headers, &uri) {
-        Auth::Ok(_) => gzip(Json(Echo::of(&method, &uri, &headers, &body)).into_response()).await,
+    authenticated_echo(&state, method, uri, headers, body, true).await
+}
+
+async fn authenticated_echo(
+    state: &ApiState,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    compress: bool,
+) -> Response {
+    match authenticate(state, &headers, &uri) {
+        Auth::Ok(_) => {
+            let echo = Json(Echo::of(&method, &uri, &headers, &body)).into_response();
+            if compress { gzip(echo).await } else { echo }
+        }
         Auth::Denied(resp) => resp,
     }
 }

@@ -5,6 +5,14 @@ use serde::Serialize;
 
 use super::{CachedExt, Storage, StorageError, now_ms};
 
+/// JSON text as the JSON value it holds (as a string if it is not JSON).
+fn as_json<S: serde::Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(value) => value.serialize(serializer),
+        Err(_) => serializer.serialize_str(text),
+    }
+}
+
 /// A stored schedule.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScheduleRow {
@@ -12,7 +20,8 @@ pub struct ScheduleRow {
     pub name: String,
     /// Function to invoke.
     pub function: String,
-    /// Input JSON text.
+    /// Input JSON text (serialized as the JSON it holds, as `PUT /v1/schedules` takes it).
+    #[serde(serialize_with = "as_json")]
     pub input: String,
     /// Fixed interval in ms, when the schedule is `--every`.
     pub every_ms: Option<i64>,
