@@ -798,6 +798,36 @@ async fn admin_rules_names_duplicates_service_deletion_and_grants_on_new_version
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn editing_a_service_so_credentials_would_go_elsewhere_needs_confirming() {
+    let (t, api) = acme().await;
+    let moved = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
+    let file = t.home().join("acme.toml");
+    std::fs::write(&file, api_key_header_service("acme", &moved.base_url())).unwrap();
+    let file = file.to_str().unwrap();
+    let refused = t.cli(&["services", "edit", "acme", "--file", file]);
+    assert!(
+        refused.err().contains("--move-credentials") && refused.stderr.contains("\"acme\""),
+        "{}",
+        refused.stderr
+    );
+    let user = json!({"connection": "acme", "target": "/user"});
+    assert_eq!(call(&t, "hello", user.clone()).await["status"], 200);
+    assert_eq!((api.hits("/user"), moved.hits("/user")), (1, 0));
+
+    t.cli(&[
+        "services",
+        "edit",
+        "acme",
+        "--file",
+        file,
+        "--move-credentials",
+    ])
+    .ok();
+    assert_eq!(call(&t, "hello", user).await["status"], 200);
+    assert_eq!((api.hits("/user"), moved.hits("/user")), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn presets_are_listed_and_shown() {
     let t = TestHost::new();
     let list = t.cli(&["services", "list", "--json"]).json();

@@ -36,6 +36,10 @@ pub enum ServicesCmd {
         /// TOML file in the preset schema; its `name` must match.
         #[arg(long)]
         file: PathBuf,
+        /// Confirm that connected connections' credentials may go to the new origins
+        /// (without it, a definition that moves them is refused).
+        #[arg(long)]
+        move_credentials: bool,
     },
     /// Set a service's OAuth client registration (client id, secret, redirect URL).
     ///
@@ -187,14 +191,18 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd) -> anyhow::Result<i32> {
             println!("next: keyhole connections add NAME --service {}", def.name);
             Ok(0)
         }
-        ServicesCmd::Edit { name, file } => {
+        ServicesCmd::Edit {
+            name,
+            file,
+            move_credentials,
+        } => {
             let def = parse_file(&file)?;
             anyhow::ensure!(
                 def.name == name,
                 "the file defines service {:?}, not {name:?}",
                 def.name
             );
-            catalog.edit(&def)?;
+            host.connections().edit_service(&def, move_credentials)?;
             println!("updated service {name}");
             Ok(0)
         }

@@ -16,7 +16,9 @@ use crate::oauth::{
     RevocationOutcome,
 };
 use crate::secrets::Secret;
-use crate::services::{AuthKind, GrantType, ParamDef, ParamLocation, ServiceDef, validate_name};
+use crate::services::{
+    AuthKind, GrantType, Origin, ParamDef, ParamLocation, ServiceDef, validate_name,
+};
 use crate::storage::{ConnectionRow, now_ms};
 
 /// Timeout of a verification request.
@@ -310,17 +312,7 @@ impl Connections {
             && before != after
             && !move_credentials
         {
-            let list = |o: &[crate::services::Origin]| {
-                o.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            return Err(ConnectionError::Invalid(format!(
-                "connection {name:?} holds credentials for {}; this change would send them to {}. Check the URL, then repeat with --move-credentials, or revoke the connection first (nothing was changed)",
-                list(&before),
-                list(&after)
-            )));
+            return Err(credentials_would_move(name, &before, &after));
         }
         resolve_endpoint(&service, &row, &Credentials::default()).or_else(|e| {
             // Secret url params are not known here; only fail for non-secret problems.
@@ -586,6 +578,35 @@ impl Connections {
         Ok((self.show(name)?, provider))
     }
 
+    /// Replace a custom service's definition. If that would send a connected
+    /// connection's credentials to other origins, it is refused unless `move_credentials`
+    /// confirms it (see [`Connections::edit`]).
+    pub fn edit_service(
+        &self,
+        def: &ServiceDef,
+        move_credentials: bool,
+    ) -> Result<(), ConnectionError> {
+        let old = self.catalog().require(&def.name)?.def;
+        if !move_credentials {
+            for row in self.gateway.storage.list_connections()? {
+                if row.service != def.name || row.sealed.is_none() {
+                    continue;
+                }
+                let origins = |service: &ServiceDef| {
+                    resolve_endpoint(service, &row, &Credentials::default())
+                        .ok()
+                        .map(|e| e.allowed_origins)
+                };
+                if let (Some(before), Some(after)) = (origins(&old), origins(def))
+                    && before != after
+                {
+                    return Err(credentials_would_move(&row.name, &before, &after));
+                }
+            }
+        }
+        self.catalog().edit(def)
+    }
+
     /// Store a service's OAuth client registration (sealed).
     pub fn set_oauth_client(
         &self,
@@ -723,6 +744,25 @@ impl Connections {
         }
         Ok(())
     }
+}
+
+/// The refusal of a change that would send `connection`'s stored credentials elsewhere.
+fn credentials_would_move(
+    connection: &str,
+    before: &[Origin],
+    after: &[Origin],
+) -> ConnectionError {
+    let list = |o: &[Origin]| {
+        o.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    ConnectionError::Invalid(format!(
+        "connection {connection:?} holds credentials for {}; this change would send them to {}. Check the URL, then repeat with --move-credentials, or revoke the connection first (nothing was changed)",
+        list(before),
+        list(after)
+    ))
 }
 
 fn check_override(service: &ServiceDef, url: &str) -> Result<(), ConnectionError> {
