@@ -224,6 +224,8 @@ async fn guest_output_is_captured_and_bounded() {
     let t = TestHost::new();
     let limits = keyhole::config::Limits {
         max_log_bytes: 1024,
+        max_output_bytes: 1000,
+        max_outbound_requests: 3,
         ..Default::default()
     };
     t.host
@@ -261,6 +263,40 @@ async fn guest_output_is_captured_and_bounded() {
         "{:?}",
         inv.logs.last()
     );
+
+    // A failed run's message is held to the output cap too.
+    let err = run_err(
+        &t,
+        "misbehave",
+        json!({"mode": "big-error", "bytes": 100_000}),
+    )
+    .await;
+    let message = err.to_string();
+    assert!(message.len() < 1300, "{} bytes", message.len());
+    assert!(
+        message.contains("cut at the 1000-byte output cap"),
+        "{message}"
+    );
+
+    // Calls past the cap are refused and not recorded, and a name of any length is
+    // recorded cut to the longest valid one: a guest cannot grow its record without bound.
+    let long_name = "x".repeat(10_000);
+    let input = json!({"mode": "http-flood", "connection": long_name, "times": 1000});
+    let inv = t
+        .host
+        .invoke("misbehave", &input.to_string())
+        .await
+        .unwrap();
+    let kinds: Value = serde_json::from_str(inv.result.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        kinds,
+        json!({"access-denied": 3, "too-many-requests": 997}),
+        "refused calls count toward the cap"
+    );
+    assert_eq!(inv.outbound.len(), 3);
+    let stored = t.host.logs(Some("misbehave"), 1).unwrap();
+    assert_eq!(stored[0].outbound.len(), 3);
+    assert!(stored[0].outbound.iter().all(|c| c.connection.len() == 50));
 }
 
 #[tokio::test(flavor = "multi_thread")]

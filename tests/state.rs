@@ -78,6 +78,42 @@ async fn concurrent_runs_take_turns_on_state_so_no_update_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_state_cannot_be_saved_fails_and_says_so() {
+    let t = TestHost::new();
+    t.upload("counter", "c", &[]).await;
+    assert_eq!(run(&t, "c", json!({})).await.unwrap()["count"], 1);
+    // The disk refuses the state write (a trigger stands in for a full disk).
+    let db = rusqlite::Connection::open(t.home().join("keyhole.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_kv BEFORE INSERT ON kv BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    )
+    .unwrap();
+    let err = run(&t, "c", json!({})).await.unwrap_err();
+    assert!(err.contains("state could not be saved"), "{err}");
+    assert_eq!(t.host.logs(Some("c"), 1).unwrap()[0].outcome, "host-error");
+    db.execute_batch("DROP TRIGGER refuse_kv").unwrap();
+    // Nothing was half-stored: the count goes on from 1.
+    assert_eq!(run(&t, "c", json!({})).await.unwrap()["count"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_may_change_only_so_many_keys() {
+    let t = TestHost::new();
+    t.upload("misbehave", "m", &[]).await;
+    let out = run(&t, "m", json!({"mode": "kv-churn", "keys": 10_001}))
+        .await
+        .unwrap();
+    assert_eq!(out["deleted"], 10_000, "{out}");
+    assert!(
+        out["refused"]
+            .as_str()
+            .unwrap()
+            .contains("at most 10000 keys"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failed_run_leaves_state_as_it_was() {
     let t = TestHost::new();
     t.upload("counter", "c", &[]).await;

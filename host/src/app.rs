@@ -331,10 +331,23 @@ impl Keyhole {
         let _in_flight = crate::metrics::in_flight(name);
         let started_at = now_ms();
         let gateway = Some(self.connections.gateway().clone());
-        let outcome = self
+        let mut outcome = self
             .runtime
             .invoke(&prepared, name, input, row.limits, gateway)
             .await;
+        // State writes land only with a successful run; a failed one leaves state as it
+        // was. A run whose writes cannot be stored did not succeed: its caller must not
+        // act on an output whose state is not there (it would notify twice).
+        if outcome.result.is_ok()
+            && let Err(e) = self.storage.kv_commit(name, &outcome.kv_writes)
+        {
+            tracing::error!(function = name, error = %e, "could not commit the function's state");
+            outcome.result = Err(InvokeError::Host(format!(
+                "the function ran, but its state could not be saved ({e}); its state is unchanged, so run it again"
+            )));
+        }
+        // The next run of this function may read its state now.
+        drop(outcome.state_turn.take());
         let record = InvocationRow {
             id: 0,
             function: name.to_string(),
@@ -353,14 +366,6 @@ impl Keyhole {
             outbound: outcome.outbound.clone(),
         };
         crate::metrics::record_invocation(&record);
-        // State writes land only with a successful run; a failed one leaves state as it was.
-        if outcome.result.is_ok()
-            && let Err(e) = self.storage.kv_commit(name, &outcome.kv_writes)
-        {
-            tracing::error!(function = name, error = %e, "could not commit the function's state");
-        }
-        // The next run of this function may read its state now.
-        drop(outcome.state_turn);
         let duration_us = record.duration_us;
         let id = match self.recorder.record(record).await {
             Ok(id) => id,

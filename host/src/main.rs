@@ -6,6 +6,16 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = keyhole::cli::Cli::parse();
+    // A one-shot command piped into `head` should stop quietly when the pipe closes, as
+    // Unix tools do, not panic on the failed print. `serve` keeps ignoring SIGPIPE: a
+    // closed log pipe must not take the server down.
+    #[cfg(unix)]
+    if !matches!(cli.command, keyhole::cli::Command::Serve(_)) {
+        // SAFETY: called before any other thread exists; restores the default action.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let default = if cli.verbose { "info" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()

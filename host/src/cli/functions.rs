@@ -239,12 +239,14 @@ async fn upload(host: &Keyhole, args: UploadArgs) -> anyhow::Result<i32> {
     let previous = host.storage().latest_function(&args.name)?;
     let mut limits = previous.map(|p| p.limits).unwrap_or_default();
     let mut custom = false;
+    // Out-of-range values must not wrap into small ones: saturate, and let the limit
+    // check below refuse them.
     if let Some(t) = args.timeout {
-        limits.timeout_ms = t.as_millis() as u64;
+        limits.timeout_ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
         custom = true;
     }
     if let Some(m) = args.memory_mib {
-        limits.memory_bytes = m << 20;
+        limits.memory_bytes = m.saturating_mul(1 << 20);
         custom = true;
     }
     if let Some(n) = args.max_input {

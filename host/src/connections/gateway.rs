@@ -150,10 +150,17 @@ impl Gateway {
         connection: &str,
         req: OutboundRequest,
     ) -> Result<OutboundResponse, SendError> {
+        // Refused calls count toward the cap too, and past it nothing more is recorded:
+        // the records of one invocation stay as bounded as its calls.
+        if ctx.calls.len() as u32 >= ctx.limits.max_outbound_requests {
+            return Err(SendError::TooManyRequests);
+        }
         let started = Instant::now();
+        // What the guest named, cut to the longest valid name (it may be anything).
+        let clip = |s: &str, max: usize| s.chars().take(max).collect::<String>();
         let mut record = OutboundCall {
-            connection: connection.to_string(),
-            method: req.method.clone(),
+            connection: clip(connection, crate::services::MAX_NAME_LEN),
+            method: clip(&req.method, 16),
             origin: String::new(),
             path: String::new(),
             status: None,
@@ -192,9 +199,6 @@ impl Gateway {
         req: OutboundRequest,
         record: &mut OutboundCall,
     ) -> Result<OutboundResponse, SendError> {
-        if ctx.calls.len() as u32 >= ctx.limits.max_outbound_requests {
-            return Err(SendError::TooManyRequests);
-        }
         // Unknown and ungranted answer the same, and a malformed name is just unknown.
         if validate_name("connection", connection).is_err() {
             return Err(SendError::AccessDenied);

@@ -451,7 +451,10 @@ impl Runtime {
         let result = match result {
             Err(_elapsed) => Err(InvokeError::Timeout { limit: timeout }),
             Ok(Ok(Ok(output))) => check_output(output, &limits),
-            Ok(Ok(Err(message))) => Err(InvokeError::Guest(message)),
+            Ok(Ok(Err(message))) => Err(InvokeError::Guest(clip_message(
+                message,
+                limits.max_output_bytes,
+            ))),
             Ok(Err(e)) => Err(classify_trap(&e, state.limiter.exceeded, &limits, &stderr)),
         };
         let state = store.into_data();
@@ -466,6 +469,24 @@ impl Runtime {
             state_turn: state.kv.turn,
         }
     }
+}
+
+/// A guest's error message, cut to `limit` bytes (on a character boundary) with a note:
+/// the output cap applies to what a failed run says, too.
+fn clip_message(mut message: String, limit: u64) -> String {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if message.len() > limit {
+        let total = message.len();
+        let mut cut = limit;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(&format!(
+            " [keyhole: error message cut at the {limit}-byte output cap; it had {total} bytes]"
+        ));
+    }
+    message
 }
 
 fn check_output(output: String, limits: &Limits) -> Result<String, InvokeError> {

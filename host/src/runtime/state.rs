@@ -58,10 +58,7 @@ impl InvocationState {
         Self {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                limit: limits.memory_bytes as usize,
-                exceeded: false,
-            },
+            limiter: MemoryLimiter::new(limits.memory_bytes as usize),
             stdout,
             stderr,
             logs: LogBuffer::new(cap),
@@ -89,11 +86,26 @@ impl WasiView for InvocationState {
     }
 }
 
-/// Caps each linear memory at the function's limit and remembers when it was hit, so
-/// the trap that follows is reported as out-of-memory rather than a generic trap.
+/// Caps the instance's linear memories, all of them together (a component may hold
+/// several), at the function's limit, and remembers when it was hit, so the trap that
+/// follows is reported as out-of-memory rather than a generic trap.
 pub struct MemoryLimiter {
     limit: usize,
+    /// Bytes granted to all memories so far (a failed growth stays counted: erring on
+    /// the safe side).
+    used: usize,
     pub(crate) exceeded: bool,
+}
+
+impl MemoryLimiter {
+    /// A limiter granting at most `limit` bytes in total.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: 0,
+            exceeded: false,
+        }
+    }
 }
 
 /// Most table elements a guest may grow to (function tables of big Rust guests fit easily).
@@ -102,17 +114,20 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
+        // `current` (this memory's size) is already counted in `used`.
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.limit {
             self.exceeded = true;
             wasmtime::bail!(
-                "memory limit of {} bytes exceeded (wanted {desired})",
+                "memory limit of {} bytes exceeded (all memories together would take {total})",
                 self.limit
             );
         }
+        self.used = total;
         Ok(true)
     }
 
@@ -163,5 +178,26 @@ impl LogBuffer {
             ));
         }
         self.lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmtime::ResourceLimiter as _;
+
+    use super::*;
+
+    #[test]
+    fn the_memory_limit_covers_all_memories_together() {
+        const MIB: usize = 1 << 20;
+        let mut limiter = MemoryLimiter::new(64 * MIB);
+        // Two memories of 30 MiB fit; growing the first to 34 MiB still fits (64 in all).
+        assert!(limiter.memory_growing(0, 30 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(0, 30 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(30 * MIB, 34 * MIB, None).unwrap());
+        assert!(!limiter.exceeded);
+        // A third memory would take the total over, though it is small on its own.
+        assert!(limiter.memory_growing(0, MIB, None).is_err());
+        assert!(limiter.exceeded);
     }
 }

@@ -100,7 +100,9 @@ pub async fn upload_function(
                 custom = true;
             }
             "memory_mib" => {
-                limits.memory_bytes = parse_number::<u64>(&key, &value)? << 20;
+                // Saturate rather than wrap; the limit check refuses what is too large.
+                let mib = parse_number::<u64>(&key, &value)?;
+                limits.memory_bytes = mib.saturating_mul(1 << 20);
                 custom = true;
             }
             "max_input" => {

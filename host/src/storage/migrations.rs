@@ -151,32 +151,38 @@ pub fn apply(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
     apply_list(conn, path, MIGRATIONS)
 }
 
-/// Apply the migrations of `migrations` not applied yet, one transaction each.
+/// Apply the migrations of `migrations` not applied yet, one transaction each. Each
+/// reads the schema version inside its own write transaction, so processes opening a
+/// new data directory at the same moment apply each migration once, in turn.
 fn apply_list(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), StorageError> {
     let err = |source| StorageError::Sqlite {
         path: path.to_path_buf(),
         source,
     };
-    let current: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(err)?;
     let supported = migrations.len() as i64;
-    if current > supported {
-        return Err(StorageError::TooNew {
-            path: path.to_path_buf(),
-            found: current,
-            supported,
-        });
-    }
-    for (i, sql) in migrations.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction().map_err(err)?;
+    loop {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let current: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        if current > supported {
+            return Err(StorageError::TooNew {
+                path: path.to_path_buf(),
+                found: current,
+                supported,
+            });
+        }
+        let Some(sql) = migrations.get(current as usize) else {
+            return Ok(());
+        };
         tx.execute_batch(sql).map_err(err)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)
+        tx.pragma_update(None, "user_version", current + 1)
             .map_err(err)?;
         tx.commit().map_err(err)?;
-        tracing::debug!(version = i + 1, "applied schema migration");
+        tracing::debug!(version = current + 1, "applied schema migration");
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -27,6 +27,21 @@ enum Mode {
         connection: String,
         target: Option<String>,
     },
+    /// Call `connection` `times` times, carrying on after every refusal; answers how many
+    /// calls ended in each error kind (or `ok`).
+    HttpFlood {
+        connection: String,
+        times: u32,
+    },
+    /// Fail with an error message of `bytes` bytes.
+    BigError {
+        bytes: usize,
+    },
+    /// Delete `keys` distinct keys of state; answers how many went through and the
+    /// first refusal.
+    KvChurn {
+        keys: u32,
+    },
     /// Fill `copies` heap buffers with `marker` and leave them there.
     Scribble {
         marker: String,
@@ -74,6 +89,26 @@ fn run(mode: Mode) -> Result<Value, Error> {
                 // Keep the stable kind in the message so tests can match on it.
                 .map_err(|err| Error::msg(format!("{}: {err}", err.kind())))?;
             Ok(json!({ "status": response.status(), "body": response.text() }))
+        }
+        Mode::HttpFlood { connection, times } => {
+            let mut kinds = std::collections::BTreeMap::<String, u32>::new();
+            for _ in 0..times {
+                let kind = match Connection::new(&connection).get("/").send() {
+                    Ok(_) => "ok".to_owned(),
+                    Err(err) => err.kind().to_owned(),
+                };
+                *kinds.entry(kind).or_default() += 1;
+            }
+            Ok(json!(kinds))
+        }
+        Mode::BigError { bytes } => Err(Error::msg("e".repeat(bytes))),
+        Mode::KvChurn { keys } => {
+            for i in 0..keys {
+                if let Err(err) = keyhole_sdk::kv::delete(format!("k{i}")) {
+                    return Ok(json!({ "deleted": i, "refused": err.to_string() }));
+                }
+            }
+            Ok(json!({ "deleted": keys }))
         }
         Mode::Scribble { marker, copies } => {
             let buffers: Vec<Vec<u8>> = (0..copies).map(|_| marker.clone().into_bytes()).collect();

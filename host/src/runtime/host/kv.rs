@@ -17,6 +17,8 @@ pub const MAX_KEY_BYTES: usize = 512;
 pub const MAX_VALUE_BYTES: usize = 256 << 10;
 /// Most bytes (keys plus values) one function may store.
 pub const MAX_FUNCTION_BYTES: u64 = 4 << 20;
+/// Most keys one run may set or delete (pending writes live in host memory).
+pub const MAX_PENDING_WRITES: usize = 10_000;
 
 /// This invocation's view of its function's state.
 pub struct KvState {
@@ -26,6 +28,8 @@ pub struct KvState {
     pub(crate) writes: BTreeMap<String, Option<Vec<u8>>>,
     /// Stored bytes before this invocation, read on first write.
     base_total: Option<u64>,
+    /// What the pending writes add to (or take from) `base_total`.
+    delta: i128,
     /// This run's turn on the function's state, taken at its first state access and
     /// handed on with the writes, so no other run of the function reads between this
     /// run's reads and its commit.
@@ -39,6 +43,7 @@ impl KvState {
             storage,
             writes: BTreeMap::new(),
             base_total: None,
+            delta: 0,
             turn: None,
         }
     }
@@ -75,27 +80,52 @@ impl KvState {
         }
     }
 
-    /// Bytes the function would store if this invocation's writes were committed.
-    fn projected_total(&mut self) -> wasmtime::Result<u64> {
-        let base = match self.base_total {
-            Some(b) => b,
-            None => {
-                let b = match &self.storage {
-                    Some(s) => s.kv_total(&self.function)?,
-                    None => 0,
-                };
-                self.base_total = Some(b);
-                b
-            }
-        };
-        let mut total = base as i128;
-        for (key, value) in &self.writes {
-            total -= self.stored_size(key)? as i128;
-            if let Some(v) = value {
-                total += (key.len() + v.len()) as i128;
-            }
+    /// Bytes the function stores now, read once per run.
+    fn base_total(&mut self) -> wasmtime::Result<u64> {
+        if let Some(b) = self.base_total {
+            return Ok(b);
         }
-        Ok(total.max(0) as u64)
+        let b = match &self.storage {
+            Some(s) => s.kv_total(&self.function)?,
+            None => 0,
+        };
+        self.base_total = Some(b);
+        Ok(b)
+    }
+
+    /// Bytes `key` takes as this run sees it (its pending write, else what is stored).
+    fn size_of(&self, key: &str) -> wasmtime::Result<u64> {
+        match self.writes.get(key) {
+            Some(pending) => Ok(pending.as_ref().map_or(0, |v| (key.len() + v.len()) as u64)),
+            None => self.stored_size(key),
+        }
+    }
+
+    /// Record a pending write of `key` (`None` deletes it), unless it would take the run
+    /// over [`MAX_PENDING_WRITES`] or the function over [`MAX_FUNCTION_BYTES`]. The
+    /// projected total is kept as a running difference, so each write costs at most one
+    /// read of the stored entry.
+    fn write(
+        &mut self,
+        key: String,
+        value: Option<Vec<u8>>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        if !self.writes.contains_key(&key) && self.writes.len() >= MAX_PENDING_WRITES {
+            return Ok(Err(Error::QuotaExceeded(format!(
+                "a run may set or delete at most {MAX_PENDING_WRITES} keys"
+            ))));
+        }
+        let old = self.size_of(&key)? as i128;
+        let new = value.as_ref().map_or(0, |v| (key.len() + v.len()) as i128);
+        let total = self.base_total()? as i128 + self.delta + new - old;
+        if new > old && total > MAX_FUNCTION_BYTES as i128 {
+            return Ok(Err(Error::QuotaExceeded(format!(
+                "a function may store at most {MAX_FUNCTION_BYTES} bytes"
+            ))));
+        }
+        self.delta += new - old;
+        self.writes.insert(key, value);
+        Ok(Ok(()))
     }
 }
 
@@ -121,18 +151,7 @@ impl Host for InvocationState {
                 "values are limited to {MAX_VALUE_BYTES} bytes"
             ))));
         }
-        let previous = self.kv.writes.insert(key.clone(), Some(value));
-        if self.kv.projected_total()? > MAX_FUNCTION_BYTES {
-            // Undo: a refused write must not linger in the batch.
-            match previous {
-                Some(p) => self.kv.writes.insert(key, p),
-                None => self.kv.writes.remove(&key),
-            };
-            return Ok(Err(Error::QuotaExceeded(format!(
-                "a function may store at most {MAX_FUNCTION_BYTES} bytes"
-            ))));
-        }
-        Ok(Ok(()))
+        self.kv.write(key, Some(value))
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), Error>> {
@@ -140,8 +159,7 @@ impl Host for InvocationState {
             return Ok(Err(e));
         }
         self.kv.take_turn().await;
-        self.kv.writes.insert(key, None);
-        Ok(Ok(()))
+        self.kv.write(key, None)
     }
 
     async fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, Error>> {
