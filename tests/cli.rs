@@ -153,6 +153,19 @@ fn failures_exit_non_zero_with_a_clear_message() {
     let err = out.err();
     assert!(err.contains("--listen"), "{err}");
     assert_eq!(err.matches("in use").count(), 1, "{err}");
+
+    // Values that cannot work are refused up front, and so is an edit of nothing.
+    for (args, says) in [
+        (vec!["serve", "--max-in-flight", "0"], "--max-in-flight"),
+        (vec!["serve", "--rate-burst", "0"], "--rate-burst"),
+    ] {
+        let out = t.cli(&args);
+        assert!(out.err().contains(says), "{args:?}: {}", out.stderr);
+    }
+    t.cli(&["connections", "add", "gh", "--service", "github"])
+        .ok();
+    let out = t.cli(&["connections", "edit", "gh"]);
+    assert!(out.err().contains("nothing to change"), "{}", out.stderr);
 }
 
 #[cfg(unix)]

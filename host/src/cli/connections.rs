@@ -222,6 +222,10 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
             params,
             move_credentials,
         } => {
+            anyhow::ensure!(
+                !scopes.is_empty() || base_url.is_some() || clear_base_url || !params.is_empty(),
+                "nothing to change: give --scope, --base-url, --clear-base-url or --param"
+            );
             let scopes = (!scopes.is_empty()).then_some(scopes);
             let base = if clear_base_url {
                 Some(None)

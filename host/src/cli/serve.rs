@@ -18,7 +18,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = server::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Invocations running at once (also the wasm instance pool size).
-    #[arg(long, default_value_t = server::DEFAULT_MAX_IN_FLIGHT, value_name = "N")]
+    #[arg(long, default_value_t = server::DEFAULT_MAX_IN_FLIGHT, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_in_flight: usize,
     /// Invocations waiting for a slot; beyond that requests get 503 with Retry-After.
     #[arg(long, default_value_t = server::DEFAULT_QUEUE, value_name = "N")]
@@ -30,7 +31,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = server::DEFAULT_RATE_LIMIT, value_name = "PER_SECOND")]
     pub rate_limit: u32,
     /// Requests a token may send in a burst above its sustained rate.
-    #[arg(long, default_value_t = server::DEFAULT_RATE_BURST, value_name = "N")]
+    #[arg(long, default_value_t = server::DEFAULT_RATE_BURST, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_burst: u32,
     /// After SIGINT/SIGTERM, how long in-flight invocations get to finish, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
