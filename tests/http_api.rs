@@ -769,3 +769,54 @@ async fn binary_sigint_past_the_deadline_still_exits_0() {
         "abandoned request should fail"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_idle_clients_cannot_hold_the_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = start(ServeConfig {
+        max_connections: 2,
+        header_timeout: Duration::from_secs(3),
+        shutdown_timeout: Duration::from_secs(20),
+        ..test_config()
+    })
+    .await;
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let fresh = || {
+        reqwest::Client::builder()
+            .timeout(Duration::from_millis(800))
+            .build()
+            .unwrap()
+    };
+    let healthz = format!("{}/healthz", api.base);
+
+    // A header sent a piece at a time is cut off at the header timeout.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "a half-sent header kept its connection open"
+    );
+
+    // Connections beyond the cap wait to be accepted: two idle clients hold both slots
+    // (for up to the 3 s header timeout), and a third is served once one of them leaves.
+    let idle_a = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _idle_b = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        fresh().get(&healthz).send().await.is_err(),
+        "served past the connection cap"
+    );
+    drop(idle_a);
+    let r = fresh().get(&healthz).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // A connection in the middle of a header does not hold up shutdown.
+    let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    let report = api.shutdown().await;
+    assert!(!report.forced, "{report:?}");
+}

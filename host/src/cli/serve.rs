@@ -37,6 +37,15 @@ pub struct ServeArgs {
     /// After SIGINT/SIGTERM, how long in-flight invocations get to finish, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub shutdown_timeout: Duration,
+    /// Open connections at most; more clients wait to be accepted until one closes, so
+    /// idle or slow clients cannot use up the process's file descriptors.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection stays open; then the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub header_timeout: Duration,
     /// Longest pause while a client sends a request body before it gets 408 (frees the
     /// invocation slot a stalled client would hold).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -63,6 +72,8 @@ impl ServeArgs {
             rate_limit: self.rate_limit,
             rate_burst: self.rate_burst,
             shutdown_timeout: self.shutdown_timeout,
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
         }
     }
 }

@@ -55,7 +55,10 @@ pub async fn invoke(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            headers.insert("x-keyhole-invocation-id", HeaderValue::from(invocation.id));
+            // Id 0: the record could not be stored (logged); name no record that is not there.
+            if invocation.id != 0 {
+                headers.insert("x-keyhole-invocation-id", HeaderValue::from(invocation.id));
+            }
             headers.insert("x-keyhole-version", HeaderValue::from(invocation.version));
             headers.insert(
                 "x-keyhole-duration-us",

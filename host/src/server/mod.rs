@@ -83,6 +83,10 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of invocation records kept per function (the newest).
 pub const DEFAULT_KEEP_INVOCATIONS: u64 = 10_000;
+/// Default for [`ServeConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default for [`ServeConfig::header_timeout`].
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often [`keep_invocations_bounded`] prunes.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Rows deleted per statement while pruning: the storage lock is held for one batch at a
@@ -145,6 +149,12 @@ pub struct ServeConfig {
     /// Longest pause while a client sends a request body; then 408, and whatever the
     /// request held (an invocation slot) is released.
     pub body_timeout: Duration,
+    /// Open connections at most; further clients wait in the kernel's accept queue until
+    /// one closes, so idle or slow clients cannot use up the process's file descriptors.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (also how long an idle
+    /// keep-alive connection stays open); then the connection is closed.
+    pub header_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -158,6 +168,8 @@ impl Default for ServeConfig {
             rate_burst: DEFAULT_RATE_BURST,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
         }
     }
 }

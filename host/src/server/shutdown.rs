@@ -1,9 +1,15 @@
 //! Graceful shutdown: on SIGINT/SIGTERM (or a cancelled token) stop accepting, let
 //! in-flight requests and background tasks finish up to a deadline, then return.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +58,55 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Accept connections and serve `app` on each until `shutdown` is cancelled; returns
+/// the handle that drains them.
+///
+/// Our own accept loop rather than `axum::serve`, for two limits it cannot set: a
+/// header timeout (hyper needs a timer for it; without one a client sending a header a
+/// byte at a time holds its connection forever, and stalls shutdown) and a cap on open
+/// connections (without one, idle clients use up the file descriptors and the server
+/// stops accepting anyone).
+async fn accept_until(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: &CancellationToken,
+    state: &AppState,
+) -> GracefulShutdown {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(state.config.max_connections));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_timeout);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = shutdown.cancelled() => return graceful,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was
+                    // accepted: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return graceful,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+}
+
 /// Serve `app` on `listener` until `shutdown` is cancelled, then drain for at most
 /// `timeout`.
 pub(super) async fn serve_until_drained(
@@ -62,27 +117,15 @@ pub(super) async fn serve_until_drained(
     timeout: Duration,
     state: AppState,
 ) -> Result<ShutdownReport, ServeError> {
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-    let mut server = std::pin::pin!(server);
-    // Until the signal: serve (an accept-loop failure ends the server early).
-    let finished = tokio::select! {
-        result = &mut server => {
-            result?;
-            true
-        }
-        _ = shutdown.cancelled() => false,
-    };
+    let graceful = accept_until(listener, app, &shutdown, &state).await;
     shutdown.cancel();
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
-    // axum stops accepting as soon as the token is cancelled and resolves once every
-    // open connection has finished its request.
-    let mut forced = !finished
-        && tokio::time::timeout_at(deadline, &mut server)
-            .await
-            .is_err();
+    // Every connection finishes the request it is serving, then closes; one that has not
+    // sent a whole request yet closes at once.
+    let mut forced = tokio::time::timeout_at(deadline, graceful.shutdown())
+        .await
+        .is_err();
     for task in background {
         let abort = task.abort_handle();
         if tokio::time::timeout_at(deadline, task).await.is_err() {

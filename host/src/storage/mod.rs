@@ -190,7 +190,13 @@ impl WalKeeper {
                 ))
             });
         match done {
-            Ok((0, frames, copied)) if restart && frames >= 0 && copied == frames => {
+            // One frame is another process's keeper restarting the WAL (its one-page
+            // meta write): restarting after it would have the two keepers take turns
+            // writing every tick, forever. Real writes (an invocation record and its
+            // index) take more.
+            Ok((0, frames, copied))
+                if restart && frames != 1 && frames >= 0 && copied == frames =>
+            {
                 let Some(storage) = storage.upgrade() else {
                     return;
                 };
@@ -436,6 +442,31 @@ mod tests {
         keeper.tick(&weak, true);
         assert_ne!(wal_generation(&s), restarted);
         assert_eq!(s.recent_invocations(None, 1000).unwrap().len(), 201);
+    }
+
+    #[test]
+    fn two_keepers_on_one_database_go_quiet_when_nobody_writes() {
+        // Two `keyhole serve` processes on one data directory: each keeper sees the
+        // other's restarting write as new activity. They must not answer it forever.
+        let (_dir, s) = without_autocheckpoint();
+        let other = Arc::new(Storage::open(s.path()).unwrap());
+        let (mut a, mut b) = (WalKeeper::new(&s).unwrap(), WalKeeper::new(&other).unwrap());
+        let (weak_a, weak_b) = (Arc::downgrade(&s), Arc::downgrade(&other));
+        write_batch(&s);
+        for _ in 0..3 {
+            a.tick(&weak_a, true);
+            b.tick(&weak_b, true);
+        }
+        let settled = (wal_generation(&s), s.meta_get("wal-restarted-at").unwrap());
+        for _ in 0..3 {
+            a.tick(&weak_a, true);
+            b.tick(&weak_b, true);
+        }
+        assert_eq!(
+            (wal_generation(&s), s.meta_get("wal-restarted-at").unwrap()),
+            settled,
+            "the keepers kept writing with nobody else writing"
+        );
     }
 
     #[test]
