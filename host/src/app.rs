@@ -328,7 +328,6 @@ impl Keyhole {
         if source != LoadSource::Memory {
             tracing::debug!(function = name, ?source, "function loaded");
         }
-        let _in_flight = crate::metrics::in_flight(name);
         let started_at = now_ms();
         let gateway = Some(self.connections.gateway().clone());
         let mut outcome = self

@@ -419,6 +419,10 @@ impl Runtime {
         let Ok(_permit) = self.permits.acquire().await else {
             return fail(InvokeError::AtCapacity);
         };
+        // From here it runs: the in-flight gauge and the duration leave out the wait for a
+        // slot.
+        let _running = crate::metrics::in_flight(function);
+        let started = Instant::now();
 
         let timeout = limits.timeout();
         let deadline = Instant::now() + timeout;
