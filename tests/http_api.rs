@@ -728,34 +728,10 @@ async fn binary_sigterm_lets_a_slow_invocation_finish_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn binary_sigint_past_the_deadline_still_exits_0() {
-    let upstream = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
-    let t = TestHost::new();
-    connect_acme(&t, &upstream, "acme").await;
-    let token = t
-        .cli(&["tokens", "create", "--scope", "admin"])
-        .ok()
-        .trim()
-        .to_string();
-    let wasm = plugin_path("misbehave");
-    t.cli(&[
-        "functions",
-        "upload",
-        wasm.to_str().unwrap(),
-        "--name",
-        "sleepy",
-        "--grant",
-        "acme",
-    ])
-    .ok();
-    let (mut child, base) = t.spawn_serve(&["--shutdown-timeout", "300ms"]);
-    let input = json!({"mode": "sleep-http", "connection": "acme", "target": "/slow?ms=5000"});
-    let request = reqwest::Client::new()
-        .post(format!("{base}/v1/functions/sleepy/invoke"))
-        .bearer_auth(&token)
-        .body(input.to_string())
-        .send();
-    let in_flight = tokio::spawn(request);
+    let sleepy = Sleepy::serve("300ms").await;
+    let in_flight = sleepy.call_slow();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut child = sleepy.child;
     let signalled = Instant::now();
     signal(&child, "-INT");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(4)), 0);
@@ -768,6 +744,72 @@ async fn binary_sigint_past_the_deadline_still_exits_0() {
         in_flight.await.unwrap().is_err(),
         "abandoned request should fail"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_a_second_signal_stops_at_once_with_status_1() {
+    let sleepy = Sleepy::serve("60s").await;
+    let in_flight = sleepy.call_slow();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut child = sleepy.child;
+    signal(&child, "-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, "-TERM");
+    // The slow call would hold a drain for 5 s; the second signal does not wait for it.
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(4)), 1);
+    assert!(in_flight.await.unwrap().is_err());
+}
+
+/// `keyhole serve` (the binary) with `sleepy`, a function whose call to the upstream
+/// takes 5 s, for the shutdown tests.
+struct Sleepy {
+    _upstream: FakeApi,
+    _t: TestHost,
+    child: std::process::Child,
+    base: String,
+    token: String,
+}
+
+impl Sleepy {
+    async fn serve(shutdown_timeout: &str) -> Self {
+        let upstream = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
+        let t = TestHost::new();
+        connect_acme(&t, &upstream, "acme").await;
+        let token = t
+            .cli(&["tokens", "create", "--scope", "admin"])
+            .ok()
+            .trim()
+            .to_string();
+        let wasm = plugin_path("misbehave");
+        t.cli(&[
+            "functions",
+            "upload",
+            wasm.to_str().unwrap(),
+            "--name",
+            "sleepy",
+            "--grant",
+            "acme",
+        ])
+        .ok();
+        let (child, base) = t.spawn_serve(&["--shutdown-timeout", shutdown_timeout]);
+        Self {
+            _upstream: upstream,
+            _t: t,
+            child,
+            base,
+            token,
+        }
+    }
+
+    fn call_slow(&self) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        let input = json!({"mode": "sleep-http", "connection": "acme", "target": "/slow?ms=5000"});
+        let request = reqwest::Client::new()
+            .post(format!("{}/v1/functions/sleepy/invoke", self.base))
+            .bearer_auth(&self.token)
+            .body(input.to_string())
+            .send();
+        tokio::spawn(request)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

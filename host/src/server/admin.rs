@@ -85,7 +85,21 @@ pub async fn upload_function(
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let wasm = body.map_err(ApiError::from_body)?;
+    let wasm = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            // Uploads have their own cap, not `--max-body`.
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                format!(
+                    "the component is over the {} MiB upload cap",
+                    crate::runtime::MAX_COMPONENT_BYTES >> 20
+                ),
+            )
+        } else {
+            ApiError::from_body(e)
+        }
+    })?;
     let previous = s.host.storage().latest_function(&name)?;
     let mut limits = previous.map(|p| p.limits).unwrap_or_default();
     let mut custom = false;

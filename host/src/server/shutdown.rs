@@ -27,12 +27,17 @@ pub struct ShutdownReport {
     pub abandoned_invocations: usize,
 }
 
-/// Cancel `token` on the first SIGINT (Ctrl-C) or SIGTERM.
+/// Cancel `token` on the first SIGINT (Ctrl-C) or SIGTERM; on a second one, stop at once
+/// (exit status 1) without waiting for the drain.
 pub fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown signal received; draining");
+        tracing::info!("shutdown signal received; draining (a second signal stops at once)");
         token.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second shutdown signal; stopping without waiting for in-flight work");
+        eprintln!("keyhole serve: stopped by a second signal before in-flight work finished");
+        std::process::exit(1);
     });
 }
 
