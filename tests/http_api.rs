@@ -670,17 +670,7 @@ async fn binary_sigterm_lets_a_slow_invocation_finish_and_exits_0() {
         "{}",
         list.stdout
     );
-    let wasm = plugin_path("misbehave");
-    t.cli(&[
-        "functions",
-        "upload",
-        wasm.to_str().unwrap(),
-        "--name",
-        "sleepy",
-        "--grant",
-        "acme",
-    ])
-    .ok();
+    upload_sleepy(&t);
 
     let (mut child, base) = t.spawn_serve(&["--shutdown-timeout", "10s"]);
     let http = reqwest::Client::new();
@@ -760,6 +750,21 @@ async fn binary_a_second_signal_stops_at_once_with_status_1() {
     assert!(in_flight.await.unwrap().is_err());
 }
 
+/// Upload `sleepy` (the misbehave fixture) with a grant on connection `acme`.
+fn upload_sleepy(t: &TestHost) {
+    let wasm = plugin_path("misbehave");
+    t.cli(&[
+        "functions",
+        "upload",
+        wasm.to_str().unwrap(),
+        "--name",
+        "sleepy",
+        "--grant",
+        "acme",
+    ])
+    .ok();
+}
+
 /// `keyhole serve` (the binary) with `sleepy`, a function whose call to the upstream
 /// takes 5 s, for the shutdown tests.
 struct Sleepy {
@@ -780,17 +785,7 @@ impl Sleepy {
             .ok()
             .trim()
             .to_string();
-        let wasm = plugin_path("misbehave");
-        t.cli(&[
-            "functions",
-            "upload",
-            wasm.to_str().unwrap(),
-            "--name",
-            "sleepy",
-            "--grant",
-            "acme",
-        ])
-        .ok();
+        upload_sleepy(&t);
         let (child, base) = t.spawn_serve(&["--shutdown-timeout", shutdown_timeout]);
         Self {
             _upstream: upstream,

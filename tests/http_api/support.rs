@@ -73,7 +73,7 @@ pub async fn start(config: ServeConfig) -> Api {
     let server = Server::bind(Arc::new(host), config).await.expect("bind");
     let base = format!("http://{}", server.local_addr());
     let stop = server.shutdown_token();
-    let task = tokio::spawn(async move { server.run().await.expect("server run") });
+    let task = tokio::spawn(async move { server.run().await });
     Api {
         t,
         base,

@@ -104,7 +104,7 @@ pub async fn serve(host: Keyhole, args: ServeArgs) -> anyhow::Result<i32> {
     );
     // Scripts and tests wait for this line; don't leave it in a buffer.
     std::io::stdout().flush()?;
-    let report = server.run().await?;
+    let report = server.run().await;
     if report.forced {
         eprintln!(
             "stopped after {:.1}s with {} invocation(s) still running (--shutdown-timeout)",

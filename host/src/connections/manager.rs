@@ -279,12 +279,7 @@ impl Connections {
     ) -> Result<ConnectionView, ConnectionError> {
         let mut row = self.row(name)?;
         let service = self.catalog().require(&row.service)?.def;
-        let origins = |row: &ConnectionRow| {
-            resolve_endpoint(&service, row, &Credentials::default())
-                .ok()
-                .map(|e| e.allowed_origins)
-        };
-        let before = origins(&row);
+        let before = origins(&service, &row);
         if let Some(s) = scopes {
             row.scopes = s;
         }
@@ -307,7 +302,7 @@ impl Connections {
             check_choice(p, &v)?;
             row.params.insert(k, v);
         }
-        if let (Some(before), Some(after)) = (before, origins(&row))
+        if let (Some(before), Some(after)) = (before, origins(&service, &row))
             && row.sealed.is_some()
             && before != after
             && !move_credentials
@@ -592,12 +587,7 @@ impl Connections {
                 if row.service != def.name || row.sealed.is_none() {
                     continue;
                 }
-                let origins = |service: &ServiceDef| {
-                    resolve_endpoint(service, &row, &Credentials::default())
-                        .ok()
-                        .map(|e| e.allowed_origins)
-                };
-                if let (Some(before), Some(after)) = (origins(&old), origins(def))
+                if let (Some(before), Some(after)) = (origins(&old, &row), origins(def, &row))
                     && before != after
                 {
                     return Err(credentials_would_move(&row.name, &before, &after));
@@ -744,6 +734,14 @@ impl Connections {
         }
         Ok(())
     }
+}
+
+/// Where `row`'s credentials go under `service`, as far as its non-secret settings tell
+/// (`None` when a secret URL param is needed to know).
+fn origins(service: &ServiceDef, row: &ConnectionRow) -> Option<Vec<Origin>> {
+    resolve_endpoint(service, row, &Credentials::default())
+        .ok()
+        .map(|e| e.allowed_origins)
 }
 
 /// The refusal of a change that would send `connection`'s stored credentials elsewhere.

@@ -54,6 +54,16 @@ fn context(service: &str) -> String {
 }
 
 impl ClientConfig {
+    /// The Basic client credentials (`base64(id:secret)`, each half form-urlencoded first,
+    /// RFC 6749 §2.3.1), for a confidential client.
+    pub(crate) fn basic_credentials(&self) -> Option<String> {
+        use base64::Engine as _;
+        let form = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let secret = self.client_secret.as_ref()?;
+        let pair = format!("{}:{}", form(&self.client_id), form(secret.expose()));
+        Some(base64::engine::general_purpose::STANDARD.encode(pair))
+    }
+
     /// The redirect URL to use: the service's own, else `KEYHOLE_REDIRECT_URL`, else the default.
     pub fn effective_redirect_url(&self) -> String {
         self.redirect_url

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
 use oauth2::basic::{BasicErrorResponse, BasicErrorResponseType, BasicTokenResponse};
 use oauth2::{
     AuthorizationCode, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
@@ -70,14 +69,9 @@ pub(crate) fn token_endpoint_redactor(config: &ClientConfig, more: &[&str]) -> R
     let mut r = Redactor::default();
     if let Some(secret) = &config.client_secret {
         r.add(secret.expose());
-        let form = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-        let b64 = |pair: String| base64::engine::general_purpose::STANDARD.encode(pair);
-        r.add_exact(&b64(format!(
-            "{}:{}",
-            form(&config.client_id),
-            form(secret.expose())
-        )));
-        r.add_exact(&b64(format!("{}:{}", config.client_id, secret.expose())));
+    }
+    if let Some(basic) = config.basic_credentials() {
+        r.add_exact(&basic);
     }
     for value in more {
         r.add(value);

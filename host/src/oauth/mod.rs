@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::secrets::Sealer;
-use crate::storage::{Storage, locks};
+use crate::storage::Storage;
 
 /// A token within this much of its expiry is refreshed before use.
 pub const REFRESH_SKEW: Duration = Duration::from_secs(60);
@@ -101,7 +101,6 @@ pub struct OAuth {
     pub(crate) storage: Arc<Storage>,
     pub(crate) sealer: Arc<Sealer>,
     pub(crate) http: reqwest::Client,
-    locks: locks::LocalLocks,
     backoff: Mutex<HashMap<String, (Instant, Duration)>>,
     /// When a 401 last forced a refresh, per connection.
     forced: Mutex<HashMap<String, Instant>>,
@@ -129,27 +128,9 @@ impl OAuth {
             storage,
             sealer,
             http,
-            locks: locks::LocalLocks::default(),
             backoff: Mutex::new(HashMap::new()),
             forced: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// An exclusive lock on refreshing `connection` shared by every keyhole process on this
-    /// data directory, so two processes never present the same refresh token: with
-    /// rotation, the second use would be reuse, and providers answer reuse by revoking the
-    /// grant. Released when the file drops. `None` (logged) if the lock file cannot be
-    /// used; the generation compare-and-swap still keeps stale writes out.
-    async fn process_lock(&self, connection: &str) -> Option<std::fs::File> {
-        locks::exclusive_file(
-            locks::dir_for(self.storage.path()),
-            format!("refresh-{connection}.lock"),
-        )
-        .await
-    }
-
-    fn lock_for(&self, connection: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.get(connection)
     }
 
     fn backoff_until(&self, connection: &str) -> Option<Instant> {

@@ -69,11 +69,11 @@ impl OAuth {
             };
         }
 
-        // Single flight: one refresh per connection in this process, then one across
-        // processes on this data directory.
-        let lock = self.lock_for(&name);
-        let _guard = lock.lock().await;
-        let _process = self.process_lock(&name).await;
+        // Single flight: one refresh per connection, in this process and across the
+        // processes on this data directory, so a rotating refresh token is never
+        // presented twice (providers answer reuse by revoking the grant). If the lock file
+        // cannot be used, the generation compare-and-swap still keeps stale writes out.
+        let _turn = self.storage.turn(&format!("refresh-{name}")).await;
         // Someone may have refreshed while we waited: re-read before asking the provider.
         let current = self.reload(loaded)?;
         if current.row.generation != loaded.row.generation {

@@ -5,8 +5,6 @@
 //! The request is the same: `token`, `token_type_hint`, client authentication as the
 //! service's token endpoint expects it.
 
-use base64::Engine as _;
-
 use super::OAuth;
 use super::flow::{token_endpoint_redactor, url_params};
 use crate::connections::Credentials;
@@ -112,20 +110,13 @@ impl OAuth {
             let mut request = self.http.post(url.clone());
             // A public client (no secret) identifies itself with `client_id` in the body
             // (RFC 7009 §2.1, RFC 6749 §2.3), whatever the service's method says.
-            match def.token_auth_method {
-                TokenAuthMethod::Basic if config.client_secret.is_some() => {
-                    let user = form_encode(&config.client_id);
-                    let pass = config
-                        .client_secret
-                        .as_ref()
-                        .map(|s| form_encode(s.expose()))
-                        .unwrap_or_default();
-                    let blob =
-                        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            let basic = config.basic_credentials();
+            match (def.token_auth_method, basic) {
+                (TokenAuthMethod::Basic, Some(blob)) => {
                     request =
                         request.header(reqwest::header::AUTHORIZATION, format!("Basic {blob}"));
                 }
-                TokenAuthMethod::Basic | TokenAuthMethod::Body => {
+                _ => {
                     form.push(("client_id", &config.client_id));
                     if let Some(s) = &config.client_secret {
                         form.push(("client_secret", s.expose()));
@@ -160,9 +151,4 @@ impl OAuth {
         }
         outcomes
     }
-}
-
-/// RFC 6749 §2.3.1: client id and secret are form-urlencoded before Basic encoding.
-fn form_encode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

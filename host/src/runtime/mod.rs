@@ -108,7 +108,7 @@ pub struct Outcome {
     pub kv_writes: std::collections::BTreeMap<String, Option<Vec<u8>>>,
     /// The run's turn on the function's state, if it touched state: hold it until the
     /// writes are committed (or dropped), then drop it.
-    pub state_turn: Option<crate::storage::locks::StateTurn>,
+    pub state_turn: Option<crate::storage::locks::Turn>,
 }
 
 /// The shared runtime. One per process.

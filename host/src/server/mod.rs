@@ -32,7 +32,7 @@
 //! // token that is cancelled when shutdown begins, and is awaited up to the deadline.
 //! server.spawn_background(|stop| async move { stop.cancelled().await });
 //! cancel_on_signals(server.shutdown_token()); // SIGINT / SIGTERM begin shutdown
-//! let report = server.run().await?;
+//! let report = server.run().await;
 //! # let _ = report; Ok(()) }
 //! ```
 
@@ -186,9 +186,6 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    /// The accept loop failed.
-    #[error("the HTTP server failed: {0}")]
-    Io(#[from] std::io::Error),
 }
 
 /// Shared state of every handler (cheap to clone).
@@ -280,7 +277,7 @@ impl Server {
     }
 
     /// Serve until the shutdown token is cancelled, then drain.
-    pub async fn run(self) -> Result<ShutdownReport, ServeError> {
+    pub async fn run(self) -> ShutdownReport {
         let Server {
             listener,
             state,

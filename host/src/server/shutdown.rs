@@ -1,5 +1,7 @@
-//! Graceful shutdown: on SIGINT/SIGTERM (or a cancelled token) stop accepting, let
-//! in-flight requests and background tasks finish up to a deadline, then return.
+//! The accept loop and graceful shutdown: serve connections (with a header timeout and a
+//! connection cap) until SIGINT/SIGTERM or a cancelled token, then stop accepting, let
+//! in-flight requests and background tasks finish up to a deadline, and return; a
+//! second signal exits at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{AppState, ServeError};
+use super::AppState;
 
 /// How a server stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +80,7 @@ async fn accept_until(
     state: &AppState,
 ) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(state.config.max_connections));
+    let slots = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(state.config.header_timeout);
@@ -121,7 +123,7 @@ pub(super) async fn serve_until_drained(
     background: Vec<JoinHandle<()>>,
     timeout: Duration,
     state: AppState,
-) -> Result<ShutdownReport, ServeError> {
+) -> ShutdownReport {
     let graceful = accept_until(listener, app, &shutdown, &state).await;
     shutdown.cancel();
     let started = Instant::now();
@@ -156,5 +158,5 @@ pub(super) async fn serve_until_drained(
             "server drained"
         );
     }
-    Ok(report)
+    report
 }

@@ -160,11 +160,8 @@ fn apply_list(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result
         source,
     };
     let supported = migrations.len() as i64;
-    loop {
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let current: i64 = tx
+    let version = |conn: &Connection| -> Result<i64, StorageError> {
+        let current: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(err)?;
         if current > supported {
@@ -174,6 +171,17 @@ fn apply_list(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result
                 supported,
             });
         }
+        Ok(current)
+    };
+    // Up to date (every open but the first): no write lock needed.
+    if version(conn)? == supported {
+        return Ok(());
+    }
+    loop {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let current = version(&tx)?;
         let Some(sql) = migrations.get(current as usize) else {
             return Ok(());
         };

@@ -108,8 +108,8 @@ impl CachedExt for Connection {
 pub struct Storage {
     conn: Mutex<Connection>,
     path: PathBuf,
-    /// Whose turn it is on each function's state (see [`locks::StateTurn`]).
-    state_locks: locks::LocalLocks,
+    /// In-process side of [`Storage::turn`].
+    locks: locks::LocalLocks,
 }
 
 impl std::fmt::Debug for Storage {
@@ -262,7 +262,7 @@ impl Storage {
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
-            state_locks: locks::LocalLocks::default(),
+            locks: locks::LocalLocks::default(),
         })
     }
 

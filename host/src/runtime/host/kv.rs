@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::runtime::bindings::kv::{Error, Host};
 use crate::runtime::state::InvocationState;
 use crate::storage::Storage;
-use crate::storage::locks::StateTurn;
+use crate::storage::locks::Turn;
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
@@ -33,7 +33,7 @@ pub struct KvState {
     /// This run's turn on the function's state, taken at its first state access and
     /// handed on with the writes, so no other run of the function reads between this
     /// run's reads and its commit.
-    pub(crate) turn: Option<StateTurn>,
+    pub(crate) turn: Option<Turn>,
 }
 
 impl KvState {
@@ -53,7 +53,7 @@ impl KvState {
         if self.turn.is_none()
             && let Some(storage) = &self.storage
         {
-            self.turn = Some(storage.state_turn(&self.function).await);
+            self.turn = Some(storage.turn(&format!("state-{}", self.function)).await);
         }
     }
 
