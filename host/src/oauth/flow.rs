@@ -105,12 +105,32 @@ pub(crate) fn describe<RE: std::error::Error + 'static>(
         RequestTokenError::Parse(e, body) => {
             match serde_json::from_slice::<BasicErrorResponse>(body) {
                 Ok(r) => server(&r),
-                Err(_) => (false, format!("unexpected token endpoint answer: {e}")),
+                Err(_) => {
+                    // serde may quote a value of the answer, and a malformed token
+                    // response may hold new tokens no scrubber knows: scrub every value.
+                    let mut values = Redactor::default();
+                    if let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) {
+                        add_values(&mut values, &answer);
+                    }
+                    let msg = format!("unexpected token endpoint answer: {e}");
+                    (false, values.scrub(&msg))
+                }
             }
         }
         RequestTokenError::Other(s) => (false, s.clone()),
     };
     (terminal, redactor.scrub(&msg))
+}
+
+/// Every string and number in `value`, for scrubbing.
+fn add_values(r: &mut Redactor, value: &serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) => r.add(s),
+        serde_json::Value::Number(n) => r.add(&n.to_string()),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| add_values(r, v)),
+        serde_json::Value::Object(fields) => fields.values().for_each(|v| add_values(r, v)),
+        serde_json::Value::Bool(_) | serde_json::Value::Null => {}
+    }
 }
 
 /// Turn a token response into credentials and facts. `previous_refresh` is kept when the
@@ -410,6 +430,21 @@ mod tests {
             redirect_url: "http://127.0.0.1:1/cb".into(),
             expires_at,
         }
+    }
+
+    #[test]
+    fn a_malformed_token_answer_is_described_without_its_values() {
+        // A token in the wrong type: serde's message would quote it.
+        let body = br#"{"access_token": 98765432123456789, "token_type": "bearer"}"#.to_vec();
+        let parse = serde_path_to_error::deserialize::<_, BasicTokenResponse>(
+            &mut serde_json::Deserializer::from_slice(&body),
+        )
+        .unwrap_err();
+        let e = RequestTokenError::<std::io::Error, BasicErrorResponse>::Parse(parse, body);
+        let (terminal, msg) = describe(&e, &Redactor::default());
+        assert!(!terminal);
+        assert!(msg.starts_with("unexpected token endpoint answer"), "{msg}");
+        assert!(!msg.contains("98765432123456789"), "{msg}");
     }
 
     #[test]
