@@ -16,7 +16,7 @@ use keyhole_tests::{Credential, FakeApi};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use support::{KEY, connect_acme, sample, signal, start, test_config, wait_exit};
+use support::{Api, KEY, connect_acme, sample, signal, start, test_config, wait_exit};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_missing_wrong_revoked_and_wrong_scope() {
@@ -492,43 +492,30 @@ async fn over_capacity_gets_503_and_the_server_keeps_serving() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stalled_request_body_gets_408_and_frees_its_slot() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let api = start(ServeConfig {
-        max_in_flight: 1,
-        queue: 0,
-        body_timeout: Duration::from_millis(800),
-        ..test_config()
-    })
-    .await;
-    api.upload("echo", "echo", "").await;
-    let addr = api.base.trim_start_matches("http://").to_string();
-    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    // Headers promise 100 bytes; 4 arrive, then nothing.
+/// A raw connection that has sent an invocation's headers (declaring `length` body
+/// bytes) and the first `sent` of the body.
+async fn half_sent_invocation(api: &Api, length: usize, sent: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = api.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"a\"",
+         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{sent}",
         api.admin
     );
-    stalled.write_all(head.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // While it stalls it holds the only invocation slot.
-    let busy = api.invoke("echo", "{}").await;
-    assert_eq!(
-        busy.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        busy.body
-    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
 
-    let started = Instant::now();
+/// Read from `stream` until it holds a whole JSON error answer, within `within`.
+async fn raw_answer(stream: &mut tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&answer).contains("body-timeout") {
-        let n = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut buf))
+    while !String::from_utf8_lossy(&answer).ends_with('}') {
+        let n = tokio::time::timeout(within, stream.read(&mut buf))
             .await
-            .expect("the server answers a stalled body within its timeout")
+            .expect("the server answers in time")
             .unwrap();
         assert!(
             n > 0,
@@ -537,14 +524,90 @@ async fn a_stalled_request_body_gets_408_and_frees_its_slot() {
         );
         answer.extend_from_slice(&buf[..n]);
     }
-    let answer = String::from_utf8_lossy(&answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_request_body_gets_408_and_never_holds_a_slot() {
+    let api = start(ServeConfig {
+        max_in_flight: 1,
+        queue: 0,
+        body_timeout: Duration::from_millis(800),
+        ..test_config()
+    })
+    .await;
+    api.upload("echo", "echo", "").await;
+    // Headers promise 100 bytes; 4 arrive, then nothing.
+    let mut stalled = half_sent_invocation(&api, 100, "{\"a\"").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // While it stalls, the only invocation slot is still free for others.
+    let r = api.invoke("echo", r#"{"during":"stall"}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json(), json!({"during":"stall"}));
+
+    let started = Instant::now();
+    let answer = raw_answer(&mut stalled, Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body-timeout"), "{answer}");
     assert!(answer.contains("--body-timeout"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    // The slot is free again.
-    let r = api.invoke("echo", r#"{"after":"stall"}"#).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(r.json(), json!({"after":"stall"}));
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trickling_body_gets_408_at_its_deadline_and_never_holds_a_slot() {
+    use tokio::io::AsyncWriteExt;
+    let api = start(ServeConfig {
+        max_in_flight: 1,
+        queue: 0,
+        body_timeout: Duration::from_millis(1500),
+        ..test_config()
+    })
+    .await;
+    api.upload("echo", "echo", "").await;
+    let started = Instant::now();
+    let (mut read, mut write) = half_sent_invocation(&api, 100, "{").await.into_split();
+    let answer = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut answer = Vec::new();
+        // Until the server has answered and closed.
+        let _ = read.read_to_end(&mut answer).await;
+        (
+            String::from_utf8_lossy(&answer).into_owned(),
+            started.elapsed(),
+        )
+    });
+    // A byte every 300 ms: no pause reaches the timeout, but the whole body never comes.
+    while !answer.is_finished() && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = write.write_all(b" ").await;
+        // Meanwhile the only slot serves others.
+        let r = api.invoke("echo", r#"{"during":"trickle"}"#).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let (answer, after) = answer.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive in full"), "{answer}");
+    assert!(
+        after < Duration::from_secs(6),
+        "answered only after {after:?}"
+    );
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declared_oversize_body_gets_413_before_it_is_sent() {
+    let api = start(ServeConfig {
+        max_body_bytes: 1024,
+        ..test_config()
+    })
+    .await;
+    api.upload("echo", "echo", "").await;
+    // Only the headers are sent: the answer cannot wait for the body.
+    let mut oversize = half_sent_invocation(&api, 1 << 30, "").await;
+    let answer = raw_answer(&mut oversize, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("--max-body"), "{answer}");
     api.shutdown().await;
 }
 

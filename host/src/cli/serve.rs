@@ -46,8 +46,9 @@ pub struct ServeArgs {
     /// keep-alive connection stays open; then the connection is closed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub header_timeout: Duration,
-    /// Longest pause while a client sends a request body before it gets 408 (frees the
-    /// invocation slot a stalled client would hold).
+    /// Longest pause while a client sends a request body before it gets 408; an
+    /// invocation's whole input must also arrive within it (a slow client never holds an
+    /// invocation slot: the input is read before the invocation takes one).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub body_timeout: Duration,
     /// Invocation records kept per function: the newest N stay, older ones are deleted at

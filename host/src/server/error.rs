@@ -99,28 +99,58 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid-request", message)
     }
 
-    /// A failed body read: 413 over the cap, else 400.
+    /// A failed body read: 408 after a pause over `--body-timeout`, 413 over the cap,
+    /// else 400.
     pub fn from_body(e: BytesRejection) -> Self {
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            if s.is::<tower_http::timeout::TimeoutError>() {
-                return Self::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body-timeout",
-                    "the client paused for longer than the server allows while sending the request body (`keyhole serve --body-timeout`); send the body without stalling",
-                );
-            }
-            source = s.source();
-        }
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                "the request body is over the server's size cap (`keyhole serve --max-body`)",
-            )
+        if paused(&e) {
+            Self::body_paused()
+        } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::body_too_large()
         } else {
             Self::new(e.status(), "invalid-request", e.body_text())
         }
+    }
+
+    /// [`Self::from_body`] for a body read with [`axum::body::to_bytes`].
+    pub fn from_body_error(e: &axum::Error) -> Self {
+        if paused(e) {
+            Self::body_paused()
+        } else if chain(e).any(|s| s.is::<http_body_util::LengthLimitError>()) {
+            Self::body_too_large()
+        } else {
+            Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-request",
+                format!("the request body could not be read: {e}"),
+            )
+        }
+    }
+
+    /// 413: the body is (or is declared) over `--max-body`.
+    pub fn body_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "the request body is over the server's size cap (`keyhole serve --max-body`)",
+        )
+    }
+
+    /// 408: the client paused too long mid-body.
+    fn body_paused() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "the client paused for longer than the server allows while sending the request body (`keyhole serve --body-timeout`); send the body without stalling",
+        )
+    }
+
+    /// 408: an invocation's whole input did not arrive within `--body-timeout`.
+    pub fn body_deadline() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "the invocation input did not arrive in full within the server's limit (`keyhole serve --body-timeout`); send the whole body at once",
+        )
     }
 
     /// Map a failed invocation: 404 unknown function, 400 invalid input, 413 input too
@@ -233,6 +263,18 @@ impl From<TokenError> for ApiError {
             _ => Self::bad_request(e.to_string()),
         }
     }
+}
+
+/// `e` and its sources.
+fn chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |s| s.source())
+}
+
+/// Whether a body read failed on the router's per-pause body timeout.
+fn paused(e: &(dyn std::error::Error + 'static)) -> bool {
+    chain(e).any(|s| s.is::<tower_http::timeout::TimeoutError>())
 }
 
 #[cfg(test)]

@@ -5,12 +5,18 @@
 //! `x-keyhole-duration-us`. Failures use [`ApiError::from_invoke`]: 404 unknown
 //! function, 400 invalid input, 413 input too large, 504 timeout, 500 trap or guest
 //! error (with its message), 503 at capacity (with `Retry-After`).
+//!
+//! The input is read whole before the invocation takes a capacity place, and it must
+//! arrive within `--body-timeout`: a client trickling its body holds a connection, never
+//! an invocation slot. A request that could not get a place anyway is refused before its
+//! body is read, and a declared `Content-Length` over the cap is refused up front.
+
+use std::time::Duration;
 
 use axum::Extension;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 use super::AppState;
@@ -22,7 +28,8 @@ pub async fn invoke(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Extension(caller): Extension<Caller>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     if !caller.may_invoke(&name) {
         crate::metrics::http_rejection("forbidden");
@@ -30,7 +37,13 @@ pub async fn invoke(
             "this token may only invoke the function it was created for",
         ));
     }
-    let body = body.map_err(ApiError::from_body)?;
+    // Cheap refusal first: with no place free, the body is not worth reading.
+    if !state.capacity.has_room() {
+        return Err(state.capacity.refuse());
+    }
+    let config = &state.config;
+    let body = read_body(&headers, body, config.max_body_bytes, config.body_timeout).await?;
+    let _ticket = state.capacity.enter()?;
     let input = if body.iter().all(u8::is_ascii_whitespace) {
         "{}"
     } else {
@@ -67,5 +80,26 @@ pub async fn invoke(
             Ok(response)
         }
         Err(e) => Err(ApiError::from_invoke(&e).with_invocation(invocation.id)),
+    }
+}
+
+/// The whole request body, at most `limit` bytes, arrived within `deadline` (408 after
+/// it; the per-pause timeout of the router's layer applies inside it too).
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::body_too_large());
+    }
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => Err(ApiError::from_body_error(&e)),
+        Err(_) => Err(ApiError::body_deadline()),
     }
 }

@@ -2,20 +2,17 @@
 //! invocations (beyond both: 503 with `Retry-After`, never unbounded memory) and a
 //! per-token request rate limit (429 with `Retry-After`).
 //!
-//! Admission happens before the request body is read, so a refused request never
-//! costs its body in memory.
+//! An invocation checks for a free place before it reads its body (so a request
+//! refused under load never costs its body in memory) and takes the place once the body
+//! is in (so a slow client never holds one).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::AppState;
 use super::error::ApiError;
 
 /// Invocation slots plus waiting places. Holding a ticket means "running or waiting";
@@ -45,13 +42,25 @@ impl Capacity {
 
     /// Take a place, or 503 at once when none is free.
     pub fn enter(&self) -> Result<Ticket, ApiError> {
-        let admitted = self.admission.clone().try_acquire_owned().map_err(|_| {
-            crate::metrics::http_rejection("at_capacity");
-            ApiError::at_capacity()
-        })?;
+        let admitted = self
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.refuse())?;
         Ok(Ticket {
             _admitted: admitted,
         })
+    }
+
+    /// The 503 for a request that found no place (counted in the metrics).
+    pub fn refuse(&self) -> ApiError {
+        crate::metrics::http_rejection("at_capacity");
+        ApiError::at_capacity()
+    }
+
+    /// Whether a place is free now (it may be gone by the time [`Self::enter`] asks).
+    pub fn has_room(&self) -> bool {
+        self.admission.available_permits() > 0
     }
 
     /// Invocations admitted now (running or waiting for an instance).
@@ -93,18 +102,6 @@ impl RateLimit {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             ApiError::rate_limited(wait.as_secs_f64().ceil() as u64)
         })
-    }
-}
-
-/// Route middleware for invocations: take a capacity ticket for the whole request.
-pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match state.capacity.enter() {
-        Ok(ticket) => {
-            let response = next.run(request).await;
-            drop(ticket);
-            response
-        }
-        Err(e) => e.into_response(),
     }
 }
 

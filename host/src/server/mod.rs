@@ -79,7 +79,7 @@ pub const DEFAULT_RATE_LIMIT: u32 = 100;
 pub const DEFAULT_RATE_BURST: u32 = 200;
 /// Default time in-flight work gets to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default longest pause while a client sends a request body (then 408).
+/// Default for [`ServeConfig::body_timeout`].
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of invocation records kept per function (the newest).
 pub const DEFAULT_KEEP_INVOCATIONS: u64 = 10_000;
@@ -146,8 +146,8 @@ pub struct ServeConfig {
     pub rate_burst: u32,
     /// How long in-flight requests and background tasks get after shutdown begins.
     pub shutdown_timeout: Duration,
-    /// Longest pause while a client sends a request body; then 408, and whatever the
-    /// request held (an invocation slot) is released.
+    /// Longest pause while a client sends a request body, and the longest an
+    /// invocation's whole input may take to arrive; then 408.
     pub body_timeout: Duration,
     /// Open connections at most; further clients wait in the kernel's accept queue until
     /// one closes, so idle or slow clients cannot use up the process's file descriptors.

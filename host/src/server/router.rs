@@ -1,6 +1,6 @@
 //! The route table of `keyhole serve` and its cross-cutting layers: bearer
-//! authentication, the per-token rate limit, body caps and timeouts, and invocation
-//! admission.
+//! authentication, the per-token rate limit, body caps and the per-pause body timeout.
+//! (Invocation admission is in [`super::invoke`]: it needs the body read first.)
 //!
 //! Open (no token): `GET /healthz`, `GET /oauth/callback`. Everything else, including
 //! unknown paths, answers 401 without a valid token, so a caller without one learns
@@ -16,14 +16,12 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use super::auth::{Admin, authenticate};
 use super::error::ApiError;
-use super::{AppState, admin, invoke, limits, schedules};
+use super::{AppState, admin, invoke, schedules};
 use crate::oauth::CallbackParams;
 use crate::runtime::MAX_COMPONENT_BYTES;
 
 /// Build the router over `state`.
 pub fn router(state: AppState) -> Router {
-    let invoke_route = post(invoke::invoke)
-        .route_layer(middleware::from_fn_with_state(state.clone(), limits::admit));
     let api = Router::new()
         .route("/v1/functions", get(admin::list_functions))
         .route(
@@ -34,7 +32,7 @@ pub fn router(state: AppState) -> Router {
                 .post(admin::upload_function)
                 .layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
         )
-        .route("/v1/functions/{name}/invoke", invoke_route)
+        .route("/v1/functions/{name}/invoke", post(invoke::invoke))
         .route("/v1/functions/{name}/grants", get(admin::list_grants))
         .route(
             "/v1/functions/{name}/grants/{connection}",
@@ -72,7 +70,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        // A client that stalls mid-body would otherwise hold its invocation slot.
+        // A client that stalls mid-body would otherwise hold its connection for ever.
         .layer(RequestBodyTimeoutLayer::new(state.config.body_timeout))
         .with_state(state)
 }
