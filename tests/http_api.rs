@@ -612,6 +612,95 @@ async fn a_declared_oversize_body_gets_413_before_it_is_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn another_process_holding_the_database_lock_stalls_no_one_and_writes_get_503() {
+    let api = Arc::new(start(test_config()).await);
+    api.upload("echo", "echo", "").await;
+    // Another process (a `keyhole` command, a backup, an `sqlite3` shell) takes the
+    // write lock and keeps it.
+    let other = rusqlite::Connection::open(api.t.home().join("keyhole.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let held = Instant::now();
+
+    // A write waits out the lock; a read queues behind it. That is one request per
+    // worker thread of this runtime.
+    let write = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let body = json!({"function": "echo", "every": "1h"}).to_string();
+            api.send(
+                "PUT",
+                "/v1/schedules/tick",
+                Some(&api.admin),
+                body.into_bytes(),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let read = {
+        let api = api.clone();
+        tokio::spawn(async move { api.get("/v1/functions").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Meanwhile the server answers whatever does not need the database: the waits do
+    // not hold its threads. (The lock is held for 10 s, so an answer within 5 s shows it.)
+    for _ in 0..3 {
+        let health = tokio::time::timeout(
+            Duration::from_secs(5),
+            api.send("GET", "/healthz", None, vec![]),
+        )
+        .await
+        .expect("/healthz answers while another process holds the database lock");
+        assert_eq!(health.status, StatusCode::OK);
+    }
+    // (A stalled runtime cannot even run the timeout above: this catches it instead.)
+    assert!(
+        held.elapsed() < Duration::from_secs(5),
+        "/healthz was answered only after {:?}: the lock wait held the server",
+        held.elapsed()
+    );
+    assert!(!write.is_finished());
+
+    // The write gives up after the busy timeout with a 503 that says why and when to
+    // retry; the read then runs.
+    let write = write.await.unwrap();
+    assert_eq!(
+        write.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        write.body
+    );
+    assert_eq!(write.kind(), "busy");
+    assert!(
+        write.body.contains("locked by another process"),
+        "{}",
+        write.body
+    );
+    assert_eq!(write.headers["retry-after"], "1");
+    let read = read.await.unwrap();
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+
+    // Once the lock is released the same write succeeds.
+    other.execute_batch("ROLLBACK").unwrap();
+    let body = json!({"function": "echo", "every": "1h"}).to_string();
+    let again = api
+        .send(
+            "PUT",
+            "/v1/schedules/tick",
+            Some(&api.admin),
+            body.into_bytes(),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
+    Arc::try_unwrap(api)
+        .ok()
+        .expect("no other handle")
+        .shutdown()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn per_token_rate_limit_gets_429() {
     let api = start(ServeConfig {
         rate_limit: 1,

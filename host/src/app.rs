@@ -292,7 +292,7 @@ impl Keyhole {
         let row = self
             .storage
             .latest_function(name)
-            .map_err(|e| host(&e))?
+            .map_err(|e| storage_fault(&e))?
             .ok_or_else(|| InvokeError::NotFound(name.to_string()))?;
         // Warm path: the pre-instantiated component is in memory, no blocking work needed.
         let cached = self.runtime.cached(&row.content_hash);
@@ -341,9 +341,15 @@ impl Keyhole {
             && let Err(e) = self.storage.kv_commit(name, &outcome.kv_writes)
         {
             tracing::error!(function = name, error = %e, "could not commit the function's state");
-            outcome.result = Err(InvokeError::Host(format!(
-                "the function ran, but its state could not be saved ({e}); its state is unchanged, so run it again"
-            )));
+            outcome.result = Err(if e.is_busy() {
+                InvokeError::Busy(
+                    "the function ran, but its state could not be saved: another process held the database's lock; its state is unchanged, so run it again".into(),
+                )
+            } else {
+                InvokeError::Host(format!(
+                    "the function ran, but its state could not be saved ({e}); its state is unchanged, so run it again"
+                ))
+            });
         }
         // The next run of this function may read its state now.
         drop(outcome.state_turn.take());
@@ -398,5 +404,14 @@ impl Keyhole {
             outbound: outcome.outbound,
             duration_us: outcome.duration.as_micros() as u64,
         })
+    }
+}
+
+/// An invocation's storage failure: retryable when another process held the lock.
+fn storage_fault(e: &crate::storage::StorageError) -> InvokeError {
+    if e.is_busy() {
+        InvokeError::Busy("another process held the database's lock too long; retry shortly".into())
+    } else {
+        InvokeError::Host(e.to_string())
     }
 }

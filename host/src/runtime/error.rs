@@ -93,6 +93,9 @@ pub enum InvokeError {
     /// All instance slots busy and the wait queue is full.
     #[error("the host is at capacity; retry shortly")]
     AtCapacity,
+    /// Another process held the database's lock too long; retrying later may work.
+    #[error("{0}")]
+    Busy(String),
     /// A host-side fault (storage, compilation cache, ...).
     #[error("host error: {0}")]
     Host(String),
@@ -114,6 +117,7 @@ impl InvokeError {
             Self::OutputTooLarge { .. } => "output-too-large",
             Self::InvalidOutput(_) => "invalid-output",
             Self::AtCapacity => "at-capacity",
+            Self::Busy(_) => "busy",
             Self::Host(_) => "host-error",
         }
     }

@@ -17,7 +17,7 @@ use crate::storage::StorageError;
 
 use super::auth::TokenError;
 
-/// Seconds a client is told to wait after a 503 at capacity.
+/// Seconds a client is told to wait after a 503 (at capacity, or the database busy).
 pub const RETRY_AFTER_BUSY_SECS: u64 = 1;
 
 /// An error answer of the HTTP API.
@@ -37,12 +37,14 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with no extras.
+    /// Every 503 says when to retry.
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             kind,
             message: message.into(),
-            retry_after: None,
+            retry_after: (status == StatusCode::SERVICE_UNAVAILABLE)
+                .then_some(RETRY_AFTER_BUSY_SECS),
             invocation_id: None,
         }
     }
@@ -162,6 +164,7 @@ impl ApiError {
             InvokeError::InputTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             InvokeError::AtCapacity => return Self::at_capacity(),
+            InvokeError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             InvokeError::OutOfMemory { .. }
             | InvokeError::StackOverflow
             | InvokeError::Panic(_)
@@ -205,6 +208,7 @@ impl IntoResponse for ApiError {
 fn storage_status(e: &StorageError) -> (StatusCode, &'static str) {
     match e {
         StorageError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        StorageError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "host-error"),
     }
 }

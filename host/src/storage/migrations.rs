@@ -155,10 +155,7 @@ pub fn apply(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
 /// reads the schema version inside its own write transaction, so processes opening a
 /// new data directory at the same moment apply each migration once, in turn.
 fn apply_list(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), StorageError> {
-    let err = |source| StorageError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| StorageError::from_sqlite(path, source);
     let supported = migrations.len() as i64;
     let version = |conn: &Connection| -> Result<i64, StorageError> {
         let current: i64 = conn

@@ -4,6 +4,7 @@
 //! order at open. Every other module talks to [`Storage`] through typed methods; sealed
 //! credential blobs pass through here opaque (this module never sees plaintext secrets).
 
+mod busy;
 mod connections;
 mod functions;
 mod invocations;
@@ -75,6 +76,35 @@ pub enum StorageError {
     /// the writer or checkpoint thread could not run.
     #[error("background storage work failed: {0}")]
     Background(String),
+    /// Another process held the database's lock for longer than the busy timeout.
+    #[error(
+        "the database {path} stayed locked by another process for {}s; retry, and if it persists find the process holding it (`fuser {path}`)", busy::BUSY_TIMEOUT.as_secs()
+    )]
+    Busy {
+        /// Path of the database file.
+        path: PathBuf,
+    },
+}
+
+impl StorageError {
+    /// Classify an SQLite error on the database at `path`.
+    fn from_sqlite(path: &Path, source: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+        match source.sqlite_error_code() {
+            Some(DatabaseBusy | DatabaseLocked) => Self::Busy {
+                path: path.to_path_buf(),
+            },
+            _ => Self::Sqlite {
+                path: path.to_path_buf(),
+                source,
+            },
+        }
+    }
+
+    /// Whether retrying later may succeed: another process held the lock.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Self::Busy { .. })
+    }
 }
 
 /// Statements kept prepared per connection: enough for every distinct statement in
@@ -241,16 +271,14 @@ pub fn now_ms() -> i64 {
 impl Storage {
     /// Open (creating if needed) the database at `path` and apply pending migrations.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let err = |source| StorageError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        };
+        let err = |source| StorageError::from_sqlite(path, source);
         create_private(path).map_err(|source| StorageError::Create {
             path: path.to_path_buf(),
             source,
         })?;
         let mut conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        conn.busy_handler(Some(busy::wait_while_busy))
+            .map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -272,16 +300,11 @@ impl Storage {
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent (each call is
-        // one statement or one transaction), so recover from poisoning.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        busy::lock_contended(&self.conn)
     }
 
     fn err(&self, source: rusqlite::Error) -> StorageError {
-        StorageError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
+        StorageError::from_sqlite(&self.path, source)
     }
 
     /// Move WAL checkpoints off the write path for a long-running process: commits stop
