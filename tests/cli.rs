@@ -69,6 +69,52 @@ fn upload_run_list_show_logs_delete() {
             .err()
             .contains("no function named")
     );
+    // Its records stay, and an upload under the same name goes on numbering versions,
+    // so no record is mistaken for the new code's.
+    assert_eq!(
+        t.cli(&["logs", "echo", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let out = t.cli(&["functions", "upload", path(&echo), "--name", "echo"]);
+    assert!(
+        out.ok().contains("uploaded echo version 2"),
+        "{}",
+        out.stdout
+    );
+    // A name that never had a function or a record is an error, not an empty list.
+    let out = t.cli(&["logs", "nosuch"]);
+    assert!(
+        out.err().contains("no function named \"nosuch\""),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn logs_keep_each_record_to_one_line_and_details_give_the_whole_error() {
+    let t = TestHost::new();
+    let misbehave = plugin_path("misbehave");
+    t.cli(&["functions", "upload", path(&misbehave), "--name", "mis"])
+        .ok();
+    let input = r#"{"mode":"big-error","bytes":5000}"#;
+    t.cli(&["run", "mis", "--input", input]).err();
+    let stored = t.cli(&["logs", "mis", "--json"]).json()[0]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(stored.len() > 5000, "{}", stored.len());
+    let table = t.cli(&["logs", "mis"]);
+    let row = table.ok().lines().nth(1).unwrap();
+    assert!(row.ends_with('…') && row.len() < 300, "{row}");
+    let details = t.cli(&["logs", "mis", "--details"]);
+    assert!(
+        details.ok().contains(&stored),
+        "--details has the whole error"
+    );
 }
 
 #[test]

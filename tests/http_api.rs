@@ -805,6 +805,21 @@ async fn binary_sigterm_lets_a_slow_invocation_finish_and_exits_0() {
     let upstream = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
     let t = TestHost::new();
     connect_acme(&t, &upstream, "acme").await;
+    // A token is bound only to a function that exists.
+    let refused = t.cli(&[
+        "tokens",
+        "create",
+        "--scope",
+        "invoke",
+        "--function",
+        "sleepy",
+    ]);
+    assert!(
+        refused.err().contains("no function named \"sleepy\""),
+        "{}",
+        refused.stderr
+    );
+    upload_sleepy(&t);
     // Tokens through the CLI: printed once, listed without the value.
     let token = t.cli(&[
         "tokens",
@@ -822,7 +837,6 @@ async fn binary_sigterm_lets_a_slow_invocation_finish_and_exits_0() {
         "{}",
         list.stdout
     );
-    upload_sleepy(&t);
 
     let (mut child, base) = t.spawn_serve(&["--shutdown-timeout", "10s"]);
     let http = reqwest::Client::new();
@@ -853,7 +867,16 @@ async fn binary_sigterm_lets_a_slow_invocation_finish_and_exits_0() {
     let id = t.cli(&["tokens", "list", "--json"]).json()[0]["id"]
         .as_i64()
         .unwrap();
-    t.cli(&["tokens", "revoke", &id.to_string()]).ok();
+    assert_eq!(
+        t.cli(&["tokens", "revoke", &id.to_string()]).ok().trim(),
+        format!("revoked API token {id}")
+    );
+    let again = t.cli(&["tokens", "revoke", &id.to_string()]);
+    assert!(again.ok().contains("already revoked"), "{}", again.stdout);
+    assert!(
+        t.cli(&["tokens", "list"]).ok().contains("revoked 20"),
+        "the status column names the revocation"
+    );
     let (mut child, base) = t.spawn_serve(&[]);
     let url = format!("{base}/v1/functions/sleepy/invoke");
     let r = http

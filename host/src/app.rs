@@ -12,8 +12,8 @@ use crate::runtime::{InvokeError, LoadSource, Runtime, RuntimeConfig, UploadErro
 use crate::secrets::{MasterKey, SealError, Sealer};
 use crate::services::validate_name;
 use crate::storage::{
-    FunctionRow, FunctionSummary, InvocationRow, NewFunction, OutboundCall, Recorder, Storage,
-    StorageError, now_ms,
+    FunctionDeletion, FunctionRow, FunctionSummary, InvocationRow, NewFunction, OutboundCall,
+    Recorder, Storage, StorageError, now_ms,
 };
 
 const KEY_CHECK: &str = "key_check";
@@ -247,34 +247,28 @@ impl Keyhole {
     /// schedules run is kept (they would fail every time) unless `with_schedules`, which
     /// deletes those schedules too. Returns the number of versions deleted.
     pub fn delete_function(&self, name: &str, with_schedules: bool) -> Result<usize, HostError> {
-        let schedules: Vec<String> = self
-            .storage
-            .list_schedules()?
-            .into_iter()
-            .filter(|s| s.function == name)
-            .map(|s| s.name)
-            .collect();
-        if !schedules.is_empty() && !with_schedules {
-            return Err(HostError::InUse(format!(
+        match self.storage.delete_function(name, with_schedules)? {
+            FunctionDeletion::Deleted {
+                versions,
+                schedules,
+            } => {
+                for schedule in &schedules {
+                    tracing::info!(
+                        schedule,
+                        function = name,
+                        "schedule deleted with its function"
+                    );
+                }
+                Ok(versions)
+            }
+            FunctionDeletion::InUse(schedules) => Err(HostError::InUse(format!(
                 "function {name:?} is run by schedule{} {}; delete {} first (`keyhole schedules delete NAME`) or delete them with it (--with-schedules); nothing was deleted",
                 if schedules.len() == 1 { "" } else { "s" },
                 schedules.join(", "),
                 if schedules.len() == 1 { "it" } else { "them" },
-            )));
+            ))),
+            FunctionDeletion::Unknown => Err(HostError::UnknownFunction(name.to_string())),
         }
-        let n = self.storage.delete_function(name)?;
-        if n == 0 {
-            return Err(HostError::UnknownFunction(name.to_string()));
-        }
-        for schedule in &schedules {
-            self.storage.delete_schedule(schedule)?;
-            tracing::info!(
-                schedule,
-                function = name,
-                "schedule deleted with its function"
-            );
-        }
-        Ok(n)
     }
 
     /// Recent invocations.

@@ -74,19 +74,20 @@ pub struct UploadArgs {
     /// Drop the grants earlier versions had (default: a new version keeps them).
     #[arg(long)]
     pub reset_grants: bool,
-    /// Wall-clock limit per invocation, e.g. 500ms, 10s, 2m (default 10s).
+    /// Wall-clock limit per invocation, e.g. 500ms, 10s, 2m (default: the previous
+    /// version's, else 10s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
-    /// Memory limit in MiB (default 64).
+    /// Memory limit in MiB (default: the previous version's, else 64).
     #[arg(long, value_name = "MIB")]
     pub memory_mib: Option<u64>,
-    /// Largest accepted input in bytes (default 1 MiB).
+    /// Largest accepted input in bytes (default: the previous version's, else 1 MiB).
     #[arg(long, value_name = "BYTES")]
     pub max_input: Option<u64>,
-    /// Largest allowed output in bytes (default 1 MiB).
+    /// Largest allowed output in bytes (default: the previous version's, else 1 MiB).
     #[arg(long, value_name = "BYTES")]
     pub max_output: Option<u64>,
-    /// Most outbound requests per invocation (default 50).
+    /// Most outbound requests per invocation (default: the previous version's, else 50).
     #[arg(long, value_name = "N")]
     pub max_requests: Option<u32>,
     /// Print the stored version as JSON.
@@ -115,9 +116,9 @@ pub struct RunArgs {
 pub struct LogsArgs {
     /// Only this function.
     pub name: Option<String>,
-    /// How many invocations to show.
-    #[arg(long, default_value_t = 20)]
-    pub limit: usize,
+    /// How many invocations to show (newest first).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
     /// Also print each invocation's log lines, stderr and outbound calls.
     #[arg(long, short = 'd')]
     pub details: bool,
@@ -364,8 +365,20 @@ pub async fn run(host: &Keyhole, args: RunArgs) -> anyhow::Result<i32> {
     }
 }
 
+/// Characters of an invocation's error shown in the `logs` table.
+const ERROR_COLUMN: usize = 100;
+
 pub fn logs(host: &Keyhole, args: LogsArgs) -> anyhow::Result<i32> {
-    let rows = host.logs(args.name.as_deref(), args.limit)?;
+    let rows = host.logs(args.name.as_deref(), args.limit as usize)?;
+    // Records outlive their function, so only "no records and no function" is an error.
+    if rows.is_empty()
+        && let Some(name) = &args.name
+        && host.storage().latest_function(name)?.is_none()
+    {
+        anyhow::bail!(
+            "no function named {name:?} and no invocation records for it; `keyhole functions list` shows what is uploaded"
+        );
+    }
     if args.json {
         output::json(&rows)?;
         return Ok(0);
@@ -384,7 +397,8 @@ pub fn logs(host: &Keyhole, args: LogsArgs) -> anyhow::Result<i32> {
                 r.outcome.clone(),
                 format!("{:.1} ms", r.duration_us as f64 / 1000.0),
                 r.outbound.len().to_string(),
-                r.error.clone().unwrap_or_default(),
+                // One line per record: `--details` and `--json` give the whole message.
+                output::one_line(r.error.as_deref().unwrap_or_default(), ERROR_COLUMN),
             ]
         })
         .collect();
@@ -397,6 +411,9 @@ pub fn logs(host: &Keyhole, args: LogsArgs) -> anyhow::Result<i32> {
     if args.details {
         for r in &rows {
             println!("\n#{} {}@{} {}", r.id, r.function, r.version, r.outcome);
+            if let Some(e) = &r.error {
+                println!("  error  {e}");
+            }
             for l in &r.logs {
                 println!("  log    {l}");
             }

@@ -73,3 +73,15 @@ pub fn bytes(n: i64) -> String {
 pub fn time(ms: Option<i64>) -> String {
     ms.map(crate::util::format_ms).unwrap_or_else(|| "-".into())
 }
+
+/// `text` on one line (line breaks as spaces), cut to `max` characters with `…`.
+pub fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match flat.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &flat[..cut]),
+        None => flat,
+    }
+}

@@ -110,7 +110,7 @@ pub fn tokens(host: &Keyhole, cmd: TokensCmd) -> anyhow::Result<i32> {
                         crate::util::format_ms(t.created_at),
                         output::time(t.last_used_at),
                         t.revoked_at
-                            .map(crate::util::format_ms)
+                            .map(|at| format!("revoked {}", crate::util::format_ms(at)))
                             .unwrap_or_else(|| "active".into()),
                     ]
                 },
@@ -118,8 +118,13 @@ pub fn tokens(host: &Keyhole, cmd: TokensCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         TokensCmd::Revoke { id } => {
-            revoke_token(storage, id)?;
-            println!("revoked API token {id}");
+            match revoke_token(storage, id)? {
+                (_, true) => println!("revoked API token {id}"),
+                (at, false) => println!(
+                    "API token {id} was already revoked (at {}); nothing changed",
+                    crate::util::format_ms(at)
+                ),
+            }
             Ok(0)
         }
     }

@@ -79,6 +79,11 @@ pub enum TokenError {
     /// The function restriction is not a valid function name.
     #[error("invalid function name for the token: {0}")]
     InvalidFunction(String),
+    /// `--function` names no uploaded function.
+    #[error(
+        "no function named {0:?} to bind the token to; upload it first (`keyhole functions upload`), or see `keyhole functions list`"
+    )]
+    UnknownFunction(String),
     /// No token with that id.
     #[error("no API token with id {0}; `keyhole tokens list` shows them")]
     UnknownToken(i64),
@@ -131,6 +136,9 @@ pub fn create_token(
             return Err(TokenError::AdminWithFunction);
         }
         validate_name("function", f).map_err(|e| TokenError::InvalidFunction(e.to_string()))?;
+        if storage.latest_function(f)?.is_none() {
+            return Err(TokenError::UnknownFunction(f.to_string()));
+        }
     }
     let mut bytes = [0u8; TOKEN_BYTES];
     rand::rng().fill_bytes(&mut bytes);
@@ -156,12 +164,16 @@ pub fn list_tokens(storage: &Storage) -> Result<Vec<ApiTokenRow>, TokenError> {
 }
 
 /// Revoke token `id`; it stops authenticating at once (every request looks it up).
-pub fn revoke_token(storage: &Storage, id: i64) -> Result<(), TokenError> {
-    if !storage.revoke_api_token(id)? {
-        return Err(TokenError::UnknownToken(id));
+/// Returns when it was revoked, and whether that was by this call (revoking twice keeps
+/// the first time).
+pub fn revoke_token(storage: &Storage, id: i64) -> Result<(i64, bool), TokenError> {
+    let (at, now) = storage
+        .revoke_api_token(id)?
+        .ok_or(TokenError::UnknownToken(id))?;
+    if now {
+        tracing::info!(token_id = id, "API token revoked");
     }
-    tracing::info!(token_id = id, "API token revoked");
-    Ok(())
+    Ok((at, now))
 }
 
 /// The bearer token of a request, if it carries one.
@@ -237,6 +249,18 @@ mod tests {
     fn create_authenticate_revoke() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(&dir.path().join("t.db")).unwrap();
+        // A token is bound to a function that exists.
+        assert!(matches!(
+            create_token(&s, Scope::Invoke, Some("echo"), None),
+            Err(TokenError::UnknownFunction(f)) if f == "echo"
+        ));
+        s.insert_function(&crate::storage::NewFunction {
+            name: "echo",
+            content_hash: "00",
+            wasm: b"not run here",
+            limits: Default::default(),
+        })
+        .unwrap();
         let t = create_token(&s, Scope::Invoke, Some("echo"), Some("ci")).unwrap();
         let text = t.token.expose().to_string();
         assert!(
@@ -251,8 +275,11 @@ mod tests {
             assert_eq!(e.status.as_u16(), 401, "{bad}");
         }
         assert!(authenticate(&s, &HeaderMap::new()).is_err());
-        revoke_token(&s, t.row.id).unwrap();
+        let (at, now) = revoke_token(&s, t.row.id).unwrap();
+        assert!(now);
         assert!(authenticate(&s, &headers(&format!("Bearer {text}"))).is_err());
+        // Revoking again changes nothing and says so.
+        assert_eq!(revoke_token(&s, t.row.id).unwrap(), (at, false));
         assert!(matches!(
             revoke_token(&s, 999),
             Err(TokenError::UnknownToken(999))

@@ -68,6 +68,22 @@ fn row_to_function(r: &Row<'_>) -> rusqlite::Result<FunctionRow> {
     })
 }
 
+/// What [`Storage::delete_function`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FunctionDeletion {
+    /// Deleted: this many versions, and these schedules with them.
+    Deleted {
+        /// Versions removed.
+        versions: usize,
+        /// Schedules removed with the function.
+        schedules: Vec<String>,
+    },
+    /// Nothing deleted: these schedules run the function.
+    InUse(Vec<String>),
+    /// No function by that name.
+    Unknown,
+}
+
 impl Storage {
     /// Store a new version of a function (version = previous + 1) and return it.
     pub fn insert_function(&self, f: &NewFunction<'_>) -> Result<FunctionRow, StorageError> {
@@ -77,7 +93,8 @@ impl Storage {
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         let version: i64 = tx
             .query_row_cached(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM functions WHERE name = ?1",
+                "SELECT MAX(COALESCE((SELECT MAX(version) FROM functions WHERE name = ?1), 0), \
+                        COALESCE((SELECT last_version FROM retired_versions WHERE name = ?1), 0)) + 1",
                 params![f.name],
                 |r| r.get(0),
             )
@@ -164,13 +181,45 @@ impl Storage {
             .map_err(|e| self.err(e))
     }
 
-    /// Delete every version of `name` and its grants. Returns how many versions were removed.
-    /// Invocation records stay: they are history.
-    pub fn delete_function(&self, name: &str) -> Result<usize, StorageError> {
+    /// Delete every version of `name`, its grants and its state, in one transaction.
+    /// When schedules run it, they are deleted too if `schedules_too`, or else nothing
+    /// is. Invocation records stay: they are history (and the numbering of versions
+    /// goes on if the name is uploaded again).
+    pub fn delete_function(
+        &self,
+        name: &str,
+        schedules_too: bool,
+    ) -> Result<FunctionDeletion, StorageError> {
         let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let schedules: Vec<String> = {
+            let mut stmt = tx
+                .prepare_cached("SELECT name FROM schedules WHERE function = ?1 ORDER BY name")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map(params![name], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
+        };
+        if !schedules.is_empty() && !schedules_too {
+            return Ok(FunctionDeletion::InUse(schedules));
+        }
+        tx.execute_cached(
+            "INSERT INTO retired_versions (name, last_version) \
+             SELECT name, MAX(version) FROM functions WHERE name = ?1 GROUP BY name \
+             ON CONFLICT (name) DO UPDATE SET last_version = MAX(last_version, excluded.last_version)",
+            params![name],
+        )
+        .map_err(|e| self.err(e))?;
         let n = tx
             .execute_cached("DELETE FROM functions WHERE name = ?1", params![name])
+            .map_err(|e| self.err(e))?;
+        if n == 0 {
+            return Ok(FunctionDeletion::Unknown);
+        }
+        tx.execute_cached("DELETE FROM schedules WHERE function = ?1", params![name])
             .map_err(|e| self.err(e))?;
         tx.execute_cached("DELETE FROM grants WHERE function = ?1", params![name])
             .map_err(|e| self.err(e))?;
@@ -182,7 +231,10 @@ impl Storage {
         )
         .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
-        Ok(n)
+        Ok(FunctionDeletion::Deleted {
+            versions: n,
+            schedules,
+        })
     }
 
     /// The precompiled artifact for a content hash and engine compatibility hash.

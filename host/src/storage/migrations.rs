@@ -144,6 +144,11 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE functions;
     ALTER TABLE functions_v6 RENAME TO functions;
     "#,
+    // 7: the last version of each deleted function, so that a name uploaded again
+    // continues its numbering and its invocation records never share a version number.
+    r#"
+    CREATE TABLE retired_versions (name TEXT PRIMARY KEY, last_version INTEGER NOT NULL);
+    "#,
 ];
 
 /// Bring the schema up to date.

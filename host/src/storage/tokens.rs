@@ -117,17 +117,29 @@ impl Storage {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Revoke token `id`. Returns `false` when no such token exists; revoking twice
-    /// keeps the first revocation time.
-    pub fn revoke_api_token(&self, id: i64) -> Result<bool, StorageError> {
+    /// Revoke token `id`: its revocation time, and whether this call revoked it
+    /// (revoking twice keeps the first time); `None` when no such token exists.
+    pub fn revoke_api_token(&self, id: i64) -> Result<Option<(i64, bool)>, StorageError> {
+        let now = now_ms();
         let conn = self.lock();
         let n = conn
             .execute_cached(
-                "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
-                params![id, now_ms()],
+                "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, now],
             )
             .map_err(|e| self.err(e))?;
-        Ok(n > 0)
+        if n > 0 {
+            return Ok(Some((now, true)));
+        }
+        let at: Option<Option<i64>> = conn
+            .query_row_cached(
+                "SELECT revoked_at FROM api_tokens WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(at.flatten().map(|at| (at, false)))
     }
 
     /// Record that token `id` was used at `at` (Unix ms).
@@ -171,8 +183,10 @@ mod tests {
             Err(StorageError::Conflict(_))
         ));
         s.touch_api_token(row.id, 42).unwrap();
-        assert!(s.revoke_api_token(row.id).unwrap());
-        assert!(!s.revoke_api_token(row.id + 100).unwrap());
+        let (at, now) = s.revoke_api_token(row.id).unwrap().unwrap();
+        assert!(now);
+        assert_eq!(s.revoke_api_token(row.id).unwrap(), Some((at, false)));
+        assert_eq!(s.revoke_api_token(row.id + 100).unwrap(), None);
         let listed = s.list_api_tokens().unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].last_used_at, Some(42));
