@@ -395,7 +395,13 @@ async fn admin_endpoints_and_no_secret_in_any_response() {
             vec![],
         )
         .await;
-    assert_eq!(revoked.json()["status"], "revoked", "{}", revoked.body);
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    assert_eq!(
+        revoked.json()["connection"]["status"],
+        "revoked",
+        "{}",
+        revoked.body
+    );
     let r = api
         .invoke("hello", r#"{"connection":"acme-admin","target":"/user"}"#)
         .await;

@@ -601,7 +601,51 @@ async fn revoke_calls_the_provider_and_reconnect_works_in_place() {
     assert_eq!(answer["connection"]["status"], "revoked");
     assert_eq!(answer["provider"][0]["outcome"], "failed", "{answer}");
     assert!(s.server.is_refresh_token_active(&live));
-    capture::assert_no_secrets(&[CLIENT_SECRET, &access, &refresh, &live]);
+
+    // The same over HTTP: the answer carries the provider's outcomes, and an unconfirmed
+    // revocation is a 502 an API client cannot mistake for success.
+    authorize(&s).await;
+    let admin =
+        s.t.cli(&["tokens", "create", "--scope", "admin"])
+            .ok()
+            .trim()
+            .to_string();
+    let (mut child, base) = s.t.spawn_serve(&[]);
+    let http = reqwest::Client::new();
+    let revoke = || {
+        http.post(format!("{base}/v1/connections/prov/revoke"))
+            .bearer_auth(&admin)
+            .send()
+    };
+    let live_over_http = s.server.issued_refresh_tokens().last().unwrap().clone();
+    s.server.fail_next_revocations(2);
+    let r = revoke().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::BAD_GATEWAY);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        answer["error"]["kind"], "revocation-unconfirmed",
+        "{answer}"
+    );
+    assert_eq!(answer["connection"]["status"], "revoked", "{answer}");
+    assert_eq!(answer["provider"][0]["outcome"], "failed", "{answer}");
+    assert!(s.server.is_refresh_token_active(&live_over_http));
+    authorize(&s).await;
+    let revoked = s.server.issued_refresh_tokens().last().unwrap().clone();
+    let r = revoke().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["provider"][0]["outcome"], "revoked", "{answer}");
+    assert!(!s.server.is_refresh_token_active(&revoked));
+    keyhole_tests::env::signal(&child, "-INT");
+    assert!(child.wait().unwrap().success());
+    capture::assert_no_secrets(&[
+        CLIENT_SECRET,
+        &access,
+        &refresh,
+        &live,
+        &live_over_http,
+        &revoked,
+    ]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

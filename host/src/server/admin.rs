@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -15,6 +16,7 @@ use super::auth::Admin;
 use super::error::ApiError;
 use crate::UploadOptions;
 use crate::connections::CatalogEntry;
+use crate::oauth::RevocationOutcome;
 
 /// Most invocation records one request returns.
 pub const MAX_INVOCATIONS_PAGE: usize = 1000;
@@ -237,14 +239,30 @@ pub async fn test_connection(
     to_json(s.host.connections().test(&name).await?)
 }
 
-/// `POST /v1/connections/{name}/revoke`: wipe the credentials (the connection stays).
+/// `POST /v1/connections/{name}/revoke`: revoke OAuth tokens at the provider (RFC
+/// 7009), then wipe the credentials (the connection stays). Answers
+/// `{"connection": …, "provider": [one outcome per token]}` as the CLI's `--json` does:
+/// 200, or 502 with an `error` beside them when the provider did not confirm every
+/// revocation (the credentials are wiped here all the same, but the grant may still be
+/// live there).
 pub async fn revoke_connection(
     _: Admin,
     State(s): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult {
-    let (view, _provider) = s.host.connections().revoke(&name).await?;
-    to_json(view)
+) -> Result<Response, ApiError> {
+    let (view, provider) = s.host.connections().revoke(&name).await?;
+    let unconfirmed = provider
+        .iter()
+        .any(|p| p.outcome == RevocationOutcome::Failed);
+    let Json(mut body) = to_json(json!({ "connection": view, "provider": provider }))?;
+    if !unconfirmed {
+        return Ok(Json(body).into_response());
+    }
+    body["error"] = json!({
+        "kind": "revocation-unconfirmed",
+        "message": "the credentials were wiped here, but the provider did not confirm every revocation, so the grant may still be live there; remove keyhole's access in the provider's account settings",
+    });
+    Ok((StatusCode::BAD_GATEWAY, Json(body)).into_response())
 }
 
 fn entry_json(e: &CatalogEntry) -> Value {
