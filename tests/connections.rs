@@ -793,7 +793,14 @@ async fn admin_rules_names_duplicates_service_deletion_and_grants_on_new_version
         2,
         "nothing more went to the old base URL"
     );
-    c.delete("acme").unwrap();
+    // Deleting a connection functions rely on needs saying so.
+    let refused = c.delete("acme", false).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("granted to function hello") && refused.contains("--with-grants"),
+        "{refused}"
+    );
+    assert_eq!(c.show("acme").unwrap().granted_functions, vec!["hello"]);
+    assert!(c.delete("acme", true).await.unwrap().is_empty());
     assert!(t.host.show_function("hello").unwrap().grants.is_empty());
     t.cli(&["services", "delete", "acme"]).ok();
 }

@@ -638,7 +638,32 @@ async fn revoke_calls_the_provider_and_reconnect_works_in_place() {
     assert!(!s.server.is_refresh_token_active(&revoked));
     keyhole_tests::env::signal(&child, "-INT");
     assert!(child.wait().unwrap().success());
+
+    // Deleting the connection revokes at the provider too: keyhole never forgets tokens
+    // that are still live there. While a function holds a grant, it asks first.
+    authorize(&s).await;
+    let deleted = s.server.issued_refresh_tokens().last().unwrap().clone();
+    let refused = s.t.cli(&["connections", "delete", "prov"]);
+    assert!(
+        refused.err().contains("--with-grants"),
+        "{}",
+        refused.stderr
+    );
+    assert!(s.server.is_refresh_token_active(&deleted));
+    let out = s.t.cli(&["connections", "delete", "prov", "--with-grants"]);
+    assert!(
+        out.ok().contains("revoked at the provider"),
+        "{}",
+        out.stdout
+    );
+    assert!(!s.server.is_refresh_token_active(&deleted));
+    assert!(
+        s.t.cli(&["connections", "show", "prov"])
+            .err()
+            .contains("no connection named")
+    );
     capture::assert_no_secrets(&[
+        &deleted,
         CLIENT_SECRET,
         &access,
         &refresh,

@@ -94,10 +94,14 @@ pub enum ConnectionsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a connection and its grants.
+    /// Delete a connection. OAuth tokens are revoked at the provider first (exit 1 if it
+    /// does not confirm); refused while functions hold grants on it, unless --with-grants.
     Delete {
         /// Connection name.
         name: String,
+        /// Also take back the grants functions hold on it (they lose access).
+        #[arg(long)]
+        with_grants: bool,
     },
 }
 
@@ -263,20 +267,31 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
                 }
             }
             if failed {
-                eprintln!(
-                    "error: the provider did not confirm every revocation, so the grant may still be live there; remove keyhole's access in the provider's account settings"
-                );
+                eprintln!("{UNCONFIRMED}");
                 return Ok(1);
             }
             Ok(0)
         }
-        ConnectionsCmd::Delete { name } => {
-            c.delete(&name)?;
+        ConnectionsCmd::Delete { name, with_grants } => {
+            let provider = c.delete(&name, with_grants).await?;
             println!("deleted connection {name}");
+            for p in &provider {
+                println!("  provider: {}", p.detail);
+            }
+            if provider
+                .iter()
+                .any(|p| p.outcome == RevocationOutcome::Failed)
+            {
+                eprintln!("{UNCONFIRMED}");
+                return Ok(1);
+            }
             Ok(0)
         }
     }
 }
+
+/// A revocation the provider did not confirm.
+const UNCONFIRMED: &str = "error: the provider did not confirm every revocation, so the grant may still be live there; remove keyhole's access in the provider's account settings";
 
 fn status_name(v: &ConnectionView) -> String {
     serde_json::to_value(v.status)

@@ -705,13 +705,37 @@ impl Connections {
         }
     }
 
-    /// Delete a connection and its grants.
-    pub fn delete(&self, name: &str) -> Result<(), ConnectionError> {
+    /// Delete a connection. While functions hold grants on it, nothing is deleted
+    /// unless `with_grants` (the grants go with it). OAuth tokens it holds are revoked at
+    /// the provider first, as [`Self::revoke`] does, so deleting never leaves a grant live
+    /// there that keyhole no longer knows about; the provider's outcomes are returned.
+    pub async fn delete(
+        &self,
+        name: &str,
+        with_grants: bool,
+    ) -> Result<Vec<ProviderRevocation>, ConnectionError> {
+        let row = self.row(name)?;
+        let grants = self.gateway.storage.grants_of_connection(name)?;
+        if !grants.is_empty() && !with_grants {
+            return Err(ConnectionError::InUse(format!(
+                "connection {name:?} is granted to function{} {}, which would lose access; take the grant{} back first (`keyhole functions revoke-grant FUNCTION {name}`) or delete {} with it (--with-grants); nothing was deleted",
+                if grants.len() == 1 { "" } else { "s" },
+                grants.join(", "),
+                if grants.len() == 1 { "" } else { "s" },
+                if grants.len() == 1 { "it" } else { "them" },
+            )));
+        }
+        let oauth = self.catalog().require(&row.service)?.def.oauth2.is_some();
+        let provider = if oauth && row.sealed.is_some() {
+            self.revoke(name).await?.1
+        } else {
+            Vec::new()
+        };
         if !self.gateway.storage.delete_connection(name)? {
             return Err(ConnectionError::UnknownConnection(name.to_string()));
         }
         tracing::info!(connection = name, "connection deleted");
-        Ok(())
+        Ok(provider)
     }
 
     /// Grant `connection` to `function` (the function must exist).

@@ -149,6 +149,9 @@ pub enum ConnectionError {
     /// Bad input from the admin.
     #[error("{0}")]
     Invalid(String),
+    /// Refused because something depends on it (functions hold grants on it).
+    #[error("{0}")]
+    InUse(String),
     /// A service definition problem.
     #[error(transparent)]
     Service(#[from] ServiceError),

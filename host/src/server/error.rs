@@ -222,6 +222,7 @@ impl From<ConnectionError> for ApiError {
             ConnectionError::Invalid(_) | ConnectionError::Service(_) => {
                 (StatusCode::BAD_REQUEST, "invalid-request")
             }
+            ConnectionError::InUse(_) => (StatusCode::CONFLICT, "in-use"),
             ConnectionError::OAuth(_) => (StatusCode::BAD_GATEWAY, "oauth-error"),
             ConnectionError::Storage(s) => storage_status(s),
             ConnectionError::Seal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "host-error"),
