@@ -504,6 +504,28 @@ async fn destinations_outside_the_connection_are_refused_and_nothing_is_sent() {
         let out = call(&t, "hello", json!({"connection": "acme", "target": target})).await;
         assert_eq!(out["error"], "forbidden-destination", "{target}: {out}");
     }
+    // The records say where each refused call wanted to go (without userinfo).
+    let refused: Vec<(String, String)> = t
+        .host
+        .logs(Some("hello"), cases.len())
+        .unwrap()
+        .iter()
+        .flat_map(|r| &r.outbound)
+        .inspect(|c| assert_eq!(c.error.as_deref(), Some("forbidden-destination")))
+        .map(|c| (c.origin.clone(), c.path.clone()))
+        .collect();
+    assert!(
+        refused.contains(&("https://evil.example:443".into(), "/user".into())),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|(o, p)| o.contains(&other.addr().to_string()) && p == "/user"),
+        "{refused:?}"
+    );
+    assert!(refused.iter().any(|(_, p)| p == "/../user"), "{refused:?}");
+    assert!(!format!("{refused:?}").contains("pw"), "{refused:?}");
     for (headers, why) in [
         (json!([["Authorization", "Bearer guest"]]), "authorization"),
         (json!([["Proxy-Authorization", "x"]]), "proxy-authorization"),

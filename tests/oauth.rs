@@ -691,3 +691,26 @@ async fn client_credentials_end_to_end() {
     assert_eq!(s.server.token_requests_for("client_credentials"), 2);
     assert!(!String::from_utf8_lossy(&s.t.raw_database()).contains(CLIENT_SECRET));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_client_id_or_secret_is_refused_and_the_saved_client_stays() {
+    let s = setup("authorization_code").await;
+    let c = s.t.host.connections();
+    for (id, secret) in [
+        ("", CLIENT_SECRET),
+        ("  ", CLIENT_SECRET),
+        (CLIENT_ID, ""),
+        (CLIENT_ID, " \t"),
+    ] {
+        let config = ClientConfig {
+            client_id: id.into(),
+            client_secret: Some(Secret::new(secret)),
+            redirect_url: None,
+        };
+        let e = c.set_oauth_client("prov", &config).unwrap_err().to_string();
+        assert!(e.contains("is empty"), "{id:?}/{secret:?}: {e}");
+    }
+    // The client saved before is untouched: authorizing still works.
+    authorize(&s).await;
+    assert_eq!(c.show("prov").unwrap().status, Status::Connected);
+}

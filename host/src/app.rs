@@ -262,7 +262,7 @@ impl Keyhole {
                 Ok(versions)
             }
             FunctionDeletion::InUse(schedules) => Err(HostError::InUse(format!(
-                "function {name:?} is run by schedule{} {}; delete {} first (`keyhole schedules delete NAME`) or delete them with it (--with-schedules); nothing was deleted",
+                "function {name:?} is run by schedule{} {}; delete {} first (`keyhole schedules delete NAME`) or delete them with it (`--with-schedules`; over HTTP `?with_schedules=true`); nothing was deleted",
                 if schedules.len() == 1 { "" } else { "s" },
                 schedules.join(", "),
                 if schedules.len() == 1 { "it" } else { "them" },

@@ -469,7 +469,15 @@ fn prepare(
             "method {method} is not allowed"
         )));
     }
-    let url = egress::resolve_target(&loaded.endpoint, &req.target, &req.query)?;
+    let url = match egress::resolve_target(&loaded.endpoint, &req.target, &req.query) {
+        Ok(url) => url,
+        Err(e) => {
+            if let Some(record) = record {
+                record_refused_target(record, loaded, &req.target);
+            }
+            return Err(e);
+        }
+    };
     if let Some(record) = record {
         record.origin = crate::services::Origin::of(&url).to_string();
         record.path = scrub_path(&loaded.service, loaded.redactor(), url.path());
@@ -553,6 +561,29 @@ pub(crate) fn resolve_endpoint(
         }
     }
     Ok(service.resolve(&url_params, row.base_url.as_deref())?)
+}
+
+/// Longest refused target kept in a record (the guest chose it; it may be anything).
+const MAX_REFUSED_TARGET: usize = 200;
+
+/// Where a refused request wanted to go, for the admin reading the records: the origin
+/// of an absolute target (else the connection's own), and the target's path without its
+/// query, cut short, scrubbed like any recorded path.
+fn record_refused_target(record: &mut OutboundCall, loaded: &Loaded, target: &str) {
+    let without_query = target.split(['?', '#']).next().unwrap_or_default();
+    let (origin, path) = match url::Url::parse(without_query) {
+        Ok(url) if url.has_host() => (
+            crate::services::Origin::of(&url).to_string(),
+            url.path().to_string(),
+        ),
+        _ => (
+            crate::services::Origin::of(&loaded.endpoint.base_url).to_string(),
+            without_query.to_string(),
+        ),
+    };
+    let path: String = path.chars().take(MAX_REFUSED_TARGET).collect();
+    record.origin = origin;
+    record.path = scrub_path(&loaded.service, loaded.redactor(), &path);
 }
 
 fn scrub_path(service: &ServiceDef, redactor: &Redactor, path: &str) -> String {

@@ -609,6 +609,22 @@ impl Connections {
                 "service {service:?} does not use OAuth 2.0"
             )));
         }
+        if config.client_id.trim().is_empty() {
+            return Err(ConnectionError::Invalid(
+                "the client id is empty; copy it from the OAuth app's settings at the provider"
+                    .into(),
+            ));
+        }
+        if config
+            .client_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().trim().is_empty())
+        {
+            return Err(ConnectionError::Invalid(
+                "the client secret is empty; copy it from the OAuth app's settings at the provider (or use --public for a public client, which has none)"
+                    .into(),
+            ));
+        }
         if let Some(url) = &config.redirect_url {
             url::Url::parse(url).map_err(|e| {
                 ConnectionError::Invalid(format!("redirect URL {url:?} is invalid: {e}"))
