@@ -193,6 +193,26 @@ async fn readme_flow_through_the_cli() {
         "{}",
         logs.stdout
     );
+    // Grants through the CLI say when nothing changed, and name a missing function.
+    let again = t.cli(&["functions", "grant", "hello", "acme"]);
+    assert!(
+        again.ok().contains("already holds a grant"),
+        "{}",
+        again.stdout
+    );
+    let nosuch = t.cli(&["functions", "revoke-grant", "nosuch", "acme"]);
+    assert!(
+        nosuch.err().contains("no function named \"nosuch\""),
+        "{}",
+        nosuch.stderr
+    );
+    t.cli(&["functions", "revoke-grant", "hello", "acme"]).ok();
+    let granted = t.cli(&["functions", "grant", "hello", "acme"]);
+    assert!(
+        granted.ok().contains("granted connection acme"),
+        "{}",
+        granted.stdout
+    );
 
     assert!(!String::from_utf8_lossy(&t.raw_database()).contains(KEY));
     capture::assert_no_secrets(&[KEY, "wrong-key-123"]);
@@ -389,11 +409,13 @@ async fn unknown_and_ungranted_connections_are_both_access_denied() {
 async fn revoke_then_reconnect_in_place_keeps_name_and_grants() {
     let (t, api) = acme().await;
     let c = t.host.connections();
-    let (view, provider) = c.revoke("acme").await.unwrap();
+    let revocation = c.revoke("acme").await.unwrap();
+    assert!(revocation.wiped);
     assert!(
-        provider.is_empty(),
+        revocation.provider.is_empty(),
         "an API-key connection has nothing to revoke at a provider"
     );
+    let view = revocation.connection;
     assert_eq!(view.status, keyhole::connections::Status::Revoked);
     assert!(view.params[0].value.is_none(), "credentials not wiped");
     assert_eq!(
@@ -406,9 +428,24 @@ async fn revoke_then_reconnect_in_place_keeps_name_and_grants() {
         "not-connected"
     );
     assert!(api.requests().is_empty());
+    // Revoking again, or revoking a connection that never held credentials, changes
+    // nothing and says so.
+    let again = c.revoke("acme").await.unwrap();
+    assert!(!again.wiped);
+    assert_eq!(again.connection.status_reason, view.status_reason);
     // Pending (never connected) is not-connected too.
     c.add("fresh", "acme", vec![], None).unwrap();
     c.grant("hello", "fresh").unwrap();
+    let out = t.cli(&["connections", "revoke", "fresh"]);
+    assert!(
+        out.ok().contains("holds no credentials (status pending)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        c.show("fresh").unwrap().status,
+        keyhole::connections::Status::Pending
+    );
     assert_eq!(
         call(
             &t,

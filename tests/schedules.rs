@@ -134,12 +134,34 @@ fn schedules_are_administered_from_the_cli() {
             .ok()
             .contains("cron 0 0 3 * * *")
     );
-    t.cli(&["schedules", "pause", "tick"]).ok();
+    // Resuming a running schedule changes nothing, its next run included.
+    let next = t.cli(&["schedules", "show", "tick", "--json"]).json()["next_run_at"].clone();
+    let out = t.cli(&["schedules", "resume", "tick"]);
+    assert!(
+        out.ok().contains("is not paused; nothing changed"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        t.cli(&["schedules", "show", "tick", "--json"]).json()["next_run_at"],
+        next
+    );
+    assert!(
+        t.cli(&["schedules", "pause", "tick"])
+            .ok()
+            .contains("paused schedule tick")
+    );
     assert_eq!(
         t.cli(&["schedules", "show", "tick", "--json"]).json()["paused"],
         true
     );
-    t.cli(&["schedules", "resume", "tick"]).ok();
+    let out = t.cli(&["schedules", "pause", "tick"]);
+    assert!(out.ok().contains("already paused"), "{}", out.stdout);
+    assert!(
+        t.cli(&["schedules", "resume", "tick"])
+            .ok()
+            .contains("resumed schedule tick")
+    );
     assert_eq!(
         t.cli(&["schedules", "show", "tick", "--json"]).json()["paused"],
         false

@@ -252,17 +252,23 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
             Ok(if outcome.ok { 0 } else { 1 })
         }
         ConnectionsCmd::Revoke { name, json } => {
-            let (view, provider) = c.revoke(&name).await?;
-            let failed = provider
+            let revocation = c.revoke(&name).await?;
+            let failed = revocation
+                .provider
                 .iter()
                 .any(|p| p.outcome == RevocationOutcome::Failed);
             if json {
-                output::json(&serde_json::json!({ "connection": view, "provider": provider }))?;
+                output::json(&revocation)?;
+            } else if !revocation.wiped {
+                println!(
+                    "connection {name} holds no credentials (status {}); nothing to revoke",
+                    status_name(&revocation.connection)
+                );
             } else {
                 println!(
                     "revoked connection {name}: credentials wiped; reconnect with `keyhole connections connect {name}`"
                 );
-                for p in &provider {
+                for p in &revocation.provider {
                     println!("  provider: {}", p.detail);
                 }
             }

@@ -219,8 +219,13 @@ pub async fn functions(host: &Keyhole, cmd: FunctionsCmd) -> anyhow::Result<i32>
             function,
             connection,
         } => {
-            host.connections().grant(&function, &connection)?;
-            println!("granted connection {connection} to function {function}");
+            if host.connections().grant(&function, &connection)? {
+                println!("granted connection {connection} to function {function}");
+            } else {
+                println!(
+                    "function {function} already holds a grant for connection {connection}; nothing changed"
+                );
+            }
             Ok(0)
         }
         FunctionsCmd::RevokeGrant {

@@ -172,15 +172,22 @@ pub fn schedules(host: &Keyhole, cmd: SchedulesCmd) -> anyhow::Result<i32> {
             }
         }
         SchedulesCmd::Pause { name } => {
-            s.pause(&name)?;
-            println!("paused schedule {name}");
+            if s.show(&name)?.paused {
+                println!("schedule {name} is already paused; nothing changed");
+            } else {
+                s.pause(&name)?;
+                println!("paused schedule {name}");
+            }
         }
         SchedulesCmd::Resume { name } => {
+            let was_paused = s.show(&name)?.paused;
             let row = s.resume(&name)?;
-            println!(
-                "resumed schedule {name}; next run at {}",
-                output::time(Some(row.next_run_at))
-            );
+            let next = output::time(Some(row.next_run_at));
+            if was_paused {
+                println!("resumed schedule {name}; next run at {next}");
+            } else {
+                println!("schedule {name} is not paused; nothing changed (next run at {next})");
+            }
         }
         SchedulesCmd::Delete { name } => {
             s.delete(&name)?;

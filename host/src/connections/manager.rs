@@ -529,12 +529,17 @@ impl Connections {
     /// Wipe a connection's credentials; it stays, with status `revoked`, and can be
     /// connected again under the same name with the same grants. The credentials are
     /// wiped whatever the provider says; its answer to each token comes back (and goes
-    /// into the status reason), so a caller can tell a grant that may still be live.
-    pub async fn revoke(
-        &self,
-        name: &str,
-    ) -> Result<(ConnectionView, Vec<ProviderRevocation>), ConnectionError> {
+    /// into the status reason), so a caller can tell a grant that may still be live. A
+    /// connection that holds no credentials is left as it is (`wiped` false).
+    pub async fn revoke(&self, name: &str) -> Result<Revocation, ConnectionError> {
         let row = self.row(name)?;
+        if row.sealed.is_none() {
+            return Ok(Revocation {
+                connection: self.show(name)?,
+                provider: Vec::new(),
+                wiped: false,
+            });
+        }
         let service = self.catalog().require(&row.service)?.def;
         let mut provider = Vec::new();
         if service.oauth2.is_some()
@@ -570,7 +575,11 @@ impl Connections {
             false,
         )?;
         tracing::info!(connection = name, "connection revoked; credentials wiped");
-        Ok((self.show(name)?, provider))
+        Ok(Revocation {
+            connection: self.show(name)?,
+            provider,
+            wiped: true,
+        })
     }
 
     /// Replace a custom service's definition. If that would send a connected
@@ -743,7 +752,7 @@ impl Connections {
         }
         let oauth = self.catalog().require(&row.service)?.def.oauth2.is_some();
         let provider = if oauth && row.sealed.is_some() {
-            self.revoke(name).await?.1
+            self.revoke(name).await?.provider
         } else {
             Vec::new()
         };
@@ -754,19 +763,25 @@ impl Connections {
         Ok(provider)
     }
 
-    /// Grant `connection` to `function` (the function must exist).
-    pub fn grant(&self, function: &str, connection: &str) -> Result<(), ConnectionError> {
+    /// Grant `connection` to `function` (the function must exist). Returns whether the
+    /// grant is new (`false`: the function already held it).
+    pub fn grant(&self, function: &str, connection: &str) -> Result<bool, ConnectionError> {
         if self.gateway.storage.latest_function(function)?.is_none() {
             return Err(ConnectionError::UnknownFunction(function.to_string()));
         }
         self.row(connection)?;
-        self.gateway.storage.grant(function, connection)?;
-        tracing::info!(function, connection, "grant added");
-        Ok(())
+        let new = self.gateway.storage.grant(function, connection)?;
+        if new {
+            tracing::info!(function, connection, "grant added");
+        }
+        Ok(new)
     }
 
     /// Take a grant back.
     pub fn revoke_grant(&self, function: &str, connection: &str) -> Result<(), ConnectionError> {
+        if self.gateway.storage.latest_function(function)?.is_none() {
+            return Err(ConnectionError::UnknownFunction(function.to_string()));
+        }
         if !self.gateway.storage.revoke_grant(function, connection)? {
             return Err(ConnectionError::Invalid(format!(
                 "function {function:?} holds no grant for connection {connection:?}"
@@ -774,6 +789,17 @@ impl Connections {
         }
         Ok(())
     }
+}
+
+/// What [`Connections::revoke`] did.
+#[derive(Debug, Serialize)]
+pub struct Revocation {
+    /// The connection afterwards.
+    pub connection: ConnectionView,
+    /// The provider's answer per token (OAuth only).
+    pub provider: Vec<ProviderRevocation>,
+    /// Whether there were credentials to wipe (false: nothing changed).
+    pub wiped: bool,
 }
 
 /// Where `row`'s credentials go under `service`, as far as its non-secret settings tell

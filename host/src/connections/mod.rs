@@ -17,7 +17,9 @@ pub mod redact;
 pub use catalog::{Catalog, CatalogEntry, ServiceSource};
 pub use credentials::{Credentials, Tokens};
 pub use gateway::{Gateway, build_client};
-pub use manager::{ConnectOutcome, ConnectionView, Connections, ParamView, VerifyOutcome};
+pub use manager::{
+    ConnectOutcome, ConnectionView, Connections, ParamView, Revocation, VerifyOutcome,
+};
 
 use serde::{Deserialize, Serialize};
 

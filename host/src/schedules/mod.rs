@@ -169,6 +169,7 @@ impl Schedules {
     }
 
     /// Stop running a schedule until resumed.
+    /// Pausing a paused schedule changes nothing.
     pub fn pause(&self, name: &str) -> Result<ScheduleRow, ScheduleError> {
         if !self.storage.set_schedule_paused(name, true, None)? {
             return Err(ScheduleError::Unknown(name.to_string()));
@@ -176,9 +177,13 @@ impl Schedules {
         self.show(name)
     }
 
-    /// Resume a paused schedule; the next run is the next slot from now.
+    /// Resume a paused schedule; the next run is the next slot from now. Resuming one
+    /// that is not paused changes nothing (its next run stays).
     pub fn resume(&self, name: &str) -> Result<ScheduleRow, ScheduleError> {
         let row = self.show(name)?;
+        if !row.paused {
+            return Ok(row);
+        }
         let now = now_ms();
         let next = Cadence::of(&row)?.next_after(row.next_run_at, now);
         self.storage.set_schedule_paused(name, false, Some(next))?;

@@ -241,7 +241,8 @@ pub async fn test_connection(
 
 /// `POST /v1/connections/{name}/revoke`: revoke OAuth tokens at the provider (RFC
 /// 7009), then wipe the credentials (the connection stays). Answers
-/// `{"connection": …, "provider": [one outcome per token]}` as the CLI's `--json` does:
+/// `{"connection": …, "provider": [one outcome per token], "wiped": bool}` as the CLI's
+/// `--json` does:
 /// 200, or 502 with an `error` beside them when the provider did not confirm every
 /// revocation (the credentials are wiped here all the same, but the grant may still be
 /// live there).
@@ -250,11 +251,12 @@ pub async fn revoke_connection(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (view, provider) = s.host.connections().revoke(&name).await?;
-    let unconfirmed = provider
+    let revocation = s.host.connections().revoke(&name).await?;
+    let unconfirmed = revocation
+        .provider
         .iter()
         .any(|p| p.outcome == RevocationOutcome::Failed);
-    let Json(mut body) = to_json(json!({ "connection": view, "provider": provider }))?;
+    let Json(mut body) = to_json(&revocation)?;
     if !unconfirmed {
         return Ok(Json(body).into_response());
     }

@@ -415,14 +415,14 @@ impl Storage {
 
     // ---- grants ----
 
-    /// Grant `connection` to `function` (idempotent).
-    pub fn grant(&self, function: &str, connection: &str) -> Result<(), StorageError> {
+    /// Grant `connection` to `function` (idempotent); whether the grant is new.
+    pub fn grant(&self, function: &str, connection: &str) -> Result<bool, StorageError> {
         self.lock()
             .execute_cached(
                 "INSERT OR IGNORE INTO grants (function, connection, created_at) VALUES (?1, ?2, ?3)",
                 params![function, connection, now_ms()],
             )
-            .map(drop)
+            .map(|n| n > 0)
             .map_err(|e| self.err(e))
     }
 
