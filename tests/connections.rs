@@ -114,6 +114,43 @@ async fn readme_flow_through_the_cli() {
         show.stdout
     );
 
+    // Flags that would mean nothing are refused, naming the flag.
+    for (args, says) in [
+        (
+            vec!["--auth", "bearer", "--key-header", "X-Foo"],
+            "--key-header applies only to --auth api-key",
+        ),
+        (
+            vec![
+                "--auth",
+                "api-key",
+                "--key-header",
+                "X-Foo",
+                "--origin",
+                "uploads.example",
+            ],
+            "--origin \"uploads.example\" is not a valid URL",
+        ),
+    ] {
+        let mut all = vec!["services", "add", "--name", "other", "--base-url", &base];
+        all.extend(args);
+        let out = t.cli(&all);
+        assert!(out.err().contains(says), "{all:?}: {}", out.stderr);
+    }
+    let out = t.cli(&[
+        "connections",
+        "add",
+        "acme",
+        "--service",
+        "acme",
+        "--scope",
+        "repo",
+    ]);
+    assert!(
+        out.err().contains("does not use OAuth 2.0"),
+        "{}",
+        out.stderr
+    );
     t.cli(&["connections", "add", "acme", "--service", "acme"])
         .ok();
     // A key typed without its name is refused without being echoed.

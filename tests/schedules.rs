@@ -78,6 +78,22 @@ fn schedules_are_administered_from_the_cli() {
                 "--function",
                 "counter",
                 "--every",
+                "100000d",
+            ],
+            "at most 366 days",
+        ),
+        (
+            vec!["schedules", "add", "x", "--function", "counter"],
+            "--every DURATION (e.g. 5m) or --cron EXPR",
+        ),
+        (
+            vec![
+                "schedules",
+                "add",
+                "x",
+                "--function",
+                "counter",
+                "--every",
                 "1m",
                 "--input",
                 "{",

@@ -22,10 +22,10 @@ pub enum SchedulesCmd {
         /// Function to run.
         #[arg(long)]
         function: String,
-        /// Interval, e.g. 30s, 5m, 1h (at least 1s).
-        #[arg(long, value_parser = humantime::parse_duration, required_unless_present = "cron", conflicts_with = "cron")]
+        /// Interval, e.g. 30s, 5m, 1h (at least 1s, at most 366 days); or give --cron.
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "cron")]
         every: Option<Duration>,
-        /// Cron expression (UTC, seconds field first), e.g. "0 */5 * * * *".
+        /// Cron expression (UTC, seconds field first), e.g. "0 */5 * * * *"; or give --every.
         #[arg(long)]
         cron: Option<String>,
         /// Input JSON passed on every run.
@@ -116,7 +116,9 @@ pub fn schedules(host: &Keyhole, cmd: SchedulesCmd) -> anyhow::Result<i32> {
             let cadence = match (every, cron) {
                 (Some(d), _) => Cadence::Every(d),
                 (None, Some(expr)) => Cadence::cron(&expr)?,
-                (None, None) => anyhow::bail!("give --every DURATION or --cron EXPR"),
+                (None, None) => anyhow::bail!(
+                    "say when it runs: --every DURATION (e.g. 5m) or --cron EXPR (e.g. \"0 */5 * * * *\")"
+                ),
             };
             let row = s.add(&name, &function, &cadence, &input)?;
             if json {

@@ -70,7 +70,7 @@ pub enum ServicesCmd {
 }
 
 /// Auth types `services add` can build from flags (use --file for OAuth and custom).
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FlagAuth {
     /// One API key in a header, a query parameter or as the Basic user.
     ApiKey,
@@ -353,6 +353,38 @@ fn toml_str(s: &str) -> String {
 fn from_flags(a: &AddArgs) -> anyhow::Result<ServiceDef> {
     let name = a.name.clone().unwrap_or_default();
     let auth = a.auth.unwrap_or(FlagAuth::None);
+    // A flag that does not apply to the auth type would be silently dropped.
+    let api_key_only = [
+        ("--key-header", a.key_header.is_some()),
+        ("--key-query", a.key_query.is_some()),
+        ("--key-as-basic-user", a.key_as_basic_user),
+    ];
+    if auth != FlagAuth::ApiKey
+        && let Some((flag, _)) = api_key_only.iter().find(|(_, given)| *given)
+    {
+        anyhow::bail!("{flag} applies only to --auth api-key services");
+    }
+    if a.key_format.is_some() && !matches!(auth, FlagAuth::ApiKey | FlagAuth::Bearer) {
+        anyhow::bail!("--key-format applies only to --auth api-key and --auth bearer services");
+    }
+    if a.param_display_name.is_some() && auth == FlagAuth::None {
+        anyhow::bail!(
+            "--param-display-name names a credential, and an --auth none service has none"
+        );
+    }
+    let base = a.base_url.as_deref().unwrap_or_default();
+    url::Url::parse(base)
+        .map_err(|e| anyhow::anyhow!("--base-url {base:?} is not a valid URL: {e}"))?;
+    for origin in &a.origins {
+        let url = url::Url::parse(origin).map_err(|e| {
+            anyhow::anyhow!("--origin {origin:?} is not a valid URL ({e}); give scheme and host, e.g. https://uploads.example.com")
+        })?;
+        if !url.has_host() {
+            anyhow::bail!(
+                "--origin {origin:?} has no host; give scheme and host, e.g. https://uploads.example.com"
+            );
+        }
+    }
     let mut t = String::new();
     t.push_str(&format!("name = {}\n", toml_str(&name)));
     t.push_str(&format!(

@@ -139,6 +139,7 @@ impl Connections {
     ) -> Result<ConnectionView, ConnectionError> {
         validate_name("connection", name)?;
         let entry = self.catalog().require(service)?;
+        no_scopes_without_oauth(&entry.def, &scopes)?;
         let scopes = if scopes.is_empty() {
             entry
                 .def
@@ -281,6 +282,7 @@ impl Connections {
         let service = self.catalog().require(&row.service)?.def;
         let before = origins(&service, &row);
         if let Some(s) = scopes {
+            no_scopes_without_oauth(&service, &s)?;
             row.scopes = s;
         }
         if let Some(b) = base_url {
@@ -789,6 +791,18 @@ impl Connections {
         }
         Ok(())
     }
+}
+
+/// Scopes are OAuth's: on any other service they would be stored and shown, and mean
+/// nothing.
+fn no_scopes_without_oauth(service: &ServiceDef, scopes: &[String]) -> Result<(), ConnectionError> {
+    if !scopes.is_empty() && service.oauth2.is_none() {
+        return Err(ConnectionError::Invalid(format!(
+            "service {:?} does not use OAuth 2.0, so --scope means nothing for it",
+            service.name
+        )));
+    }
+    Ok(())
 }
 
 /// What [`Connections::revoke`] did.

@@ -15,6 +15,8 @@ use crate::storage::{ScheduleRow, Storage, StorageError, now_ms};
 
 /// Shortest interval a schedule may use.
 pub const MIN_EVERY: Duration = Duration::from_secs(1);
+/// Longest interval (a year and a day); rarer runs are what cron is for.
+pub const MAX_EVERY: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// Errors from administering schedules.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +130,12 @@ impl Schedules {
                 return Err(ScheduleError::Invalid(format!(
                     "the interval must be at least {}s",
                     MIN_EVERY.as_secs()
+                )));
+            }
+            Cadence::Every(d) if *d > MAX_EVERY => {
+                return Err(ScheduleError::Invalid(format!(
+                    "the interval must be at most {} days; for rarer runs use a cron expression",
+                    MAX_EVERY.as_secs() / 86_400
                 )));
             }
             Cadence::Every(d) => (Some(d.as_millis() as i64), None),
