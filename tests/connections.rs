@@ -1034,3 +1034,58 @@ async fn a_wrong_or_missing_master_key_is_a_clear_error_and_loses_nothing() {
     assert_eq!(out.json()["status"], 200);
     capture::assert_no_secrets(&[KEY, hex_key.trim()]);
 }
+
+#[test]
+fn a_secret_in_a_capability_urls_host_name_stays_out_of_views_and_records() {
+    // Some webhook URLs carry their secret in the host name. `.invalid` never resolves,
+    // so the call fails before anything leaves the machine.
+    let secret_id = "eo7q3xk9secretwebhookid";
+    let t = TestHost::new();
+    t.cli(&["connections", "add", "hook", "--service", "webhook"])
+        .ok();
+    t.cli_with(
+        &["connections", "connect", "hook", "--params-stdin"],
+        Some(&format!(
+            "url=https://{secret_id}.m.invalid/hooks/abcdefghijklmnopq\n"
+        )),
+        &[],
+    )
+    .ok();
+    let view = t.cli(&["connections", "show", "hook", "--json"]).json();
+    assert_eq!(
+        view["allowed_origins"],
+        json!(["https://[redacted].m.invalid:443"])
+    );
+    let hello = plugin_path("hello-http");
+    let hello = hello.to_str().unwrap();
+    t.cli(&[
+        "functions",
+        "upload",
+        hello,
+        "--name",
+        "hello",
+        "--grant",
+        "hook",
+    ])
+    .ok();
+    let out = t.cli(&[
+        "run",
+        "hello",
+        "--input",
+        r#"{"connection":"hook","target":"/"}"#,
+    ]);
+    assert!(out.ok().contains("upstream-unreachable"), "{}", out.stdout);
+    let logs = t.cli(&["logs", "hello", "--json"]).json();
+    assert_eq!(
+        logs[0]["outbound"][0]["origin"],
+        "https://[redacted].m.invalid:443"
+    );
+    let everything = format!(
+        "{}{}",
+        t.cli(&["logs", "hello", "--details"]).ok(),
+        t.cli(&["connections", "show", "hook"]).ok()
+    );
+    assert!(!everything.contains(secret_id), "{everything}");
+    assert!(!String::from_utf8_lossy(&t.raw_database()).contains(secret_id));
+    capture::assert_no_secrets(&[secret_id]);
+}

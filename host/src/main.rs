@@ -4,6 +4,9 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// Log targets that see outbound URLs (see `main`).
+const HTTP_CLIENT_TARGETS: [&str; 4] = ["reqwest", "hyper_util", "hyper", "h2"];
+
 fn main() {
     let cli = keyhole::cli::Cli::parse();
     // A one-shot command piped into `head` should stop quietly when the pipe closes, as
@@ -17,7 +20,15 @@ fn main() {
         }
     }
     let default = if cli.verbose { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Whatever RUST_LOG says, the HTTP client crates stay at info: their debug and trace
+    // events name the hosts they connect to, and a capability URL (a webhook) may carry
+    // its secret in the host name.
+    for capped in HTTP_CLIENT_TARGETS {
+        if let Ok(directive) = format!("{capped}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -479,7 +479,7 @@ fn prepare(
         }
     };
     if let Some(record) = record {
-        record.origin = crate::services::Origin::of(&url).to_string();
+        record.origin = recorded_origin(loaded, &url);
         record.path = scrub_path(&loaded.service, loaded.redactor(), url.path());
     }
     let (reserved_headers, reserved_query) = inject::reserved_names(&loaded.service);
@@ -572,18 +572,23 @@ const MAX_REFUSED_TARGET: usize = 200;
 fn record_refused_target(record: &mut OutboundCall, loaded: &Loaded, target: &str) {
     let without_query = target.split(['?', '#']).next().unwrap_or_default();
     let (origin, path) = match url::Url::parse(without_query) {
-        Ok(url) if url.has_host() => (
-            crate::services::Origin::of(&url).to_string(),
-            url.path().to_string(),
-        ),
+        Ok(url) if url.has_host() => (recorded_origin(loaded, &url), url.path().to_string()),
         _ => (
-            crate::services::Origin::of(&loaded.endpoint.base_url).to_string(),
+            recorded_origin(loaded, &loaded.endpoint.base_url),
             without_query.to_string(),
         ),
     };
     let path: String = path.chars().take(MAX_REFUSED_TARGET).collect();
     record.origin = origin;
     record.path = scrub_path(&loaded.service, loaded.redactor(), &path);
+}
+
+/// The origin of `url` for a record, scrubbed: a capability URL may carry its secret in
+/// the host name (`https://<secret id>.m.pipedream.net`).
+fn recorded_origin(loaded: &Loaded, url: &url::Url) -> String {
+    loaded
+        .redactor()
+        .scrub(&crate::services::Origin::of(url).to_string())
 }
 
 fn scrub_path(service: &ServiceDef, redactor: &Redactor, path: &str) -> String {

@@ -243,8 +243,15 @@ impl Connections {
                 }
             }),
             base_url_overridden: row.base_url.is_some(),
+            // Scrubbed: a capability URL may carry its secret in the host name.
             allowed_origins: endpoint
-                .map(|e| e.allowed_origins.iter().map(|o| o.to_string()).collect())
+                .map(|e| {
+                    let redactor = super::inject::redactor_for(&service, &creds, &row.params);
+                    e.allowed_origins
+                        .iter()
+                        .map(|o| redactor.scrub(&o.to_string()))
+                        .collect()
+                })
                 .unwrap_or_default(),
             params,
             created_at: row.created_at,
