@@ -91,6 +91,7 @@ fn callback(location: &str) -> CallbackParams {
         state: query_param(location, "state"),
         error: query_param(location, "error"),
         error_description: query_param(location, "error_description"),
+        iss: query_param(location, "iss"),
     }
 }
 
@@ -713,4 +714,68 @@ async fn an_empty_client_id_or_secret_is_refused_and_the_saved_client_stays() {
     // The client saved before is untouched: authorizing still works.
     authorize(&s).await;
     assert_eq!(c.show("prov").unwrap().status, Status::Connected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_its_issuer_declared_a_response_from_another_issuer_is_refused_unused() {
+    let s = setup("authorization_code").await;
+    let declared = format!(
+        "{}issuer = \"{}\"\n",
+        service_toml(&s.server, "authorization_code", "basic"),
+        s.server.issuer()
+    );
+    let file = s.t.home().join("prov.toml");
+    std::fs::write(&file, &declared).unwrap();
+    s.t.cli(&["services", "edit", "prov", "--file", file.to_str().unwrap()])
+        .ok();
+    // The provider names itself as declared: connected.
+    authorize(&s).await;
+
+    let c = s.t.host.connections();
+    let exchanges = s.server.token_requests_for("authorization_code");
+    for (sent, says) in [
+        (
+            Some("https://attacker.example"),
+            "came from issuer \"https://attacker.example\"",
+        ),
+        (None, "names no issuer"),
+    ] {
+        s.server.set_issuer_in_responses(sent);
+        let pending = c.begin_authorization("prov").unwrap();
+        let location = s.server.approve(&pending.authorize_url).await.unwrap();
+        let err = c
+            .complete_authorization(&callback(&location), Some("prov"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says) && err.contains("RFC 9207"), "{err}");
+        // Refused before the code went anywhere; the working tokens stay.
+        assert_eq!(s.server.token_requests_for("authorization_code"), exchanges);
+        let view = c.show("prov").unwrap();
+        assert_eq!(view.status, Status::Connected);
+        assert!(view.status_reason.unwrap().contains("RFC 9207"));
+    }
+
+    // An issuer must be a plain https URL, and only where there is an authorization step.
+    for (bad, says) in [
+        ("issuer = \"https://{tenant}.example\"", "placeholders"),
+        ("issuer = \"http://idp.example\"", "uses http"),
+        ("issuer = \"https://idp.example/?x=1\"", "has a query"),
+    ] {
+        let def = format!(
+            "{}{bad}\n",
+            service_toml(&s.server, "authorization_code", "basic")
+        );
+        let e = ServiceDef::from_toml(&def).unwrap_err().to_string();
+        assert!(
+            e.contains("oauth2.issuer") && e.contains(says),
+            "{bad}: {e}"
+        );
+    }
+    let def = format!(
+        "{}issuer = \"https://idp.example\"\n",
+        service_toml(&s.server, "client_credentials", "body")
+    );
+    let e = ServiceDef::from_toml(&def).unwrap_err().to_string();
+    assert!(e.contains("client_credentials grant has none"), "{e}");
 }

@@ -51,6 +51,8 @@ impl OAuthServer {
             log: Arc::new(RequestLog::default()),
         });
         let server = TestServer::spawn(endpoints::router(shared.clone()));
+        // Like current providers, it names itself in authorization responses (RFC 9207).
+        shared.store.lock().unwrap().knobs.issuer = Some(server.base_url());
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -192,6 +194,17 @@ impl OAuthServer {
             bail!("consent decision answered {status}: {body}");
         }
         location(&response)
+    }
+
+    /// The issuer identifier it sends as `iss` (RFC 9207): its base URL.
+    pub fn issuer(&self) -> String {
+        self.base_url()
+    }
+
+    /// Send `issuer` as `iss` in authorization responses from now on (`None`: send none,
+    /// as providers without RFC 9207 support do). For mix-up tests.
+    pub fn set_issuer_in_responses(&self, issuer: Option<&str>) {
+        self.store().knobs.issuer = issuer.map(str::to_owned);
     }
 
     /// Lifetime of access tokens issued from now on (`expires_in`).

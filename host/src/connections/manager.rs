@@ -695,6 +695,13 @@ impl Connections {
             }
         };
         let name = taken.connection.clone();
+        let row = self.row(&name)?;
+        let service = self.catalog().require(&row.service)?.def;
+        // Before anything else in the response is believed (RFC 9207 §2.4).
+        if let Err(e) = check_issuer(&service, params.iss.as_deref()) {
+            self.note_failure(&name, &e.to_string());
+            return Err(e.into());
+        }
         if let Some(error) = &params.error {
             let mut why = error.clone();
             if let Some(d) = &params.error_description {
@@ -709,8 +716,6 @@ impl Connections {
             .code
             .as_deref()
             .ok_or_else(|| OAuthError::BadState("the callback carries no code".into()))?;
-        let row = self.row(&name)?;
-        let service = self.catalog().require(&row.service)?.def;
         if let Err(e) = self
             .gateway
             .oauth
@@ -797,6 +802,28 @@ impl Connections {
             )));
         }
         Ok(())
+    }
+}
+
+/// RFC 9207: when the service names its issuer, the authorization response must carry
+/// it as `iss`. (Without a configured issuer there is nothing to compare `iss` with.)
+fn check_issuer(service: &ServiceDef, iss: Option<&str>) -> Result<(), OAuthError> {
+    let Some(expected) = service.oauth2.as_ref().and_then(|o| o.issuer.as_deref()) else {
+        return Ok(());
+    };
+    match iss {
+        Some(got) if got == expected => Ok(()),
+        Some(got) => {
+            let got: String = got.chars().take(200).collect();
+            Err(OAuthError::WrongIssuer(format!(
+                "the authorization response came from issuer {got:?}, not from {expected:?}, the issuer of service {:?}",
+                service.name
+            )))
+        }
+        None => Err(OAuthError::WrongIssuer(format!(
+            "the authorization response names no issuer (`iss`), but service {:?} says its provider {expected:?} always does",
+            service.name
+        ))),
     }
 }
 

@@ -24,6 +24,8 @@ pub struct CallbackParams {
     pub error: Option<String>,
     /// Human-readable error text.
     pub error_description: Option<String>,
+    /// The issuer that sent the response (RFC 9207), if the provider says.
+    pub iss: Option<String>,
 }
 
 impl std::fmt::Display for CallbackParams {

@@ -52,6 +52,11 @@ pub enum OAuthError {
     /// The provider redirected with `error=`.
     #[error("the provider refused the authorization: {0}")]
     Denied(String),
+    /// RFC 9207: the response did not come from the service's issuer.
+    #[error(
+        "{0} (RFC 9207); it was refused and its code was not used. Start again with `keyhole connections connect`; if the provider's issuer really changed, fix oauth2.issuer in the service definition"
+    )]
+    WrongIssuer(String),
     /// The token endpoint refused or failed.
     #[error("the token request failed: {0}")]
     Token(String),

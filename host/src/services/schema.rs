@@ -158,6 +158,12 @@ pub struct OAuth2Def {
     /// RFC 7009 revocation endpoint, if the provider has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation_url: Option<String>,
+    /// The authorization server's issuer identifier (RFC 8414), for providers that send
+    /// it back as `iss` in every authorization response (RFC 9207). When set, a response
+    /// without it, or from another issuer (a mix-up attack), is refused and its code is
+    /// never sent anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
     /// Scopes an admin may choose from (a representative subset for large providers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,

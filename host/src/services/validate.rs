@@ -314,6 +314,28 @@ impl ServiceDef {
             }
             _ => {}
         }
+        if let Some(issuer) = &o.issuer {
+            if issuer.contains('{') {
+                return Err(self.invalid(
+                    "oauth2.issuer",
+                    "may not use placeholders; write the issuer identifier exactly as the provider's metadata gives it",
+                ));
+            }
+            let url =
+                template::checked_url(issuer).map_err(|e| self.invalid("oauth2.issuer", e))?;
+            if url.query().is_some() {
+                return Err(self.invalid(
+                    "oauth2.issuer",
+                    "has a query; an issuer identifier has none (RFC 8414 §2)",
+                ));
+            }
+            if o.grant != GrantType::AuthorizationCode {
+                return Err(self.invalid(
+                    "oauth2.issuer",
+                    "is checked on authorization responses, and the client_credentials grant has none; remove it",
+                ));
+            }
+        }
         let sep = o.scope_separator.as_str();
         if sep.is_empty() {
             return Err(self.invalid(

@@ -116,10 +116,20 @@ fn redirect_with(redirect_uri: &str, extra: &[(&str, &str)]) -> String {
     url.into()
 }
 
-fn redirect_error(redirect_uri: &str, state: Option<&str>, error: &str, desc: &str) -> Response {
+fn redirect_error(
+    redirect_uri: &str,
+    state: Option<&str>,
+    iss: Option<&str>,
+    error: &str,
+    desc: &str,
+) -> Response {
     let mut extra = vec![("error", error), ("error_description", desc)];
     if let Some(state) = state {
         extra.push(("state", state));
+    }
+    // RFC 9207 §2: error responses carry the issuer too.
+    if let Some(iss) = iss {
+        extra.push(("iss", iss));
     }
     found(redirect_with(redirect_uri, &extra))
 }
@@ -146,7 +156,9 @@ async fn authorize(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderM
         None => return error_page("redirect_uri is required"),
     };
     let state = params.get("state");
-    let fail = |error: &str, desc: &str| redirect_error(&redirect_uri, state, error, desc);
+    let iss = store.knobs.issuer.clone();
+    let fail =
+        |error: &str, desc: &str| redirect_error(&redirect_uri, state, iss.as_deref(), error, desc);
     if let Some(name) = repeated {
         return fail("invalid_request", &format!("parameter {name} is repeated"));
     }
@@ -227,7 +239,8 @@ async fn decision(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     if !approve {
         let state = consent.state.as_deref();
         let desc = "the resource owner denied the request";
-        return redirect_error(&consent.redirect_uri, state, "access_denied", desc);
+        let iss = store.knobs.issuer.as_deref();
+        return redirect_error(&consent.redirect_uri, state, iss, "access_denied", desc);
     }
     let redirect_uri = consent.redirect_uri.clone();
     let state = consent.state.clone();
@@ -236,6 +249,9 @@ async fn decision(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let mut extra = vec![("code", code.as_str())];
     if let Some(state) = state.as_deref() {
         extra.push(("state", state));
+    }
+    if let Some(iss) = store.knobs.issuer.as_deref() {
+        extra.push(("iss", iss));
     }
     found(redirect_with(&redirect_uri, &extra))
 }

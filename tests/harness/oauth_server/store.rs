@@ -139,6 +139,8 @@ pub(crate) struct Knobs {
     pub quote_in_errors: bool,
     pub refresh_on_code: bool,
     pub fail_next_revocations: u32,
+    /// `iss` sent with every authorization response (RFC 9207), if any.
+    pub issuer: Option<String>,
 }
 
 impl Default for Knobs {
@@ -156,6 +158,7 @@ impl Default for Knobs {
             quote_in_errors: false,
             refresh_on_code: true,
             fail_next_revocations: 0,
+            issuer: None,
         }
     }
 }
