@@ -1089,3 +1089,64 @@ fn a_secret_in_a_capability_urls_host_name_stays_out_of_views_and_records() {
     assert!(!String::from_utf8_lossy(&t.raw_database()).contains(secret_id));
     capture::assert_no_secrets(&[secret_id]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_in_the_url_do_not_move_unconfirmed_either() {
+    // The token is part of the URL itself, so where it goes is known only once it is
+    // opened: the move check must open it.
+    let t = TestHost::new();
+    let api = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
+    let other = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
+    let service = |base: &str| {
+        format!(
+            "name = \"tokurl\"\ndisplay_name = \"Token in URL\"\nauth = \"none\"\n\
+             base_url = \"{base}/t/{{tok}}\"\n\n[[params]]\nname = \"tok\"\n\
+             display_name = \"Token\"\nsecret = true\nlocation = \"url\"\n"
+        )
+    };
+    let file = t.home().join("tokurl.toml");
+    std::fs::write(&file, service(&api.base_url())).unwrap();
+    let file = file.to_str().unwrap();
+    t.cli(&["services", "add", "--file", file]).ok();
+    t.cli(&["connections", "add", "tu", "--service", "tokurl"])
+        .ok();
+    t.cli_with(
+        &["connections", "connect", "tu", "--params-stdin"],
+        Some("tok=secret-path-token-123\n"),
+        &[],
+    )
+    .ok();
+
+    let moved = format!("{}/t/{{tok}}", other.base_url());
+    let refused = t.cli(&["connections", "edit", "tu", "--base-url", &moved]);
+    assert!(
+        refused.err().contains("--move-credentials"),
+        "{}",
+        refused.stderr
+    );
+    std::fs::write(file, service(&other.base_url())).unwrap();
+    let refused = t.cli(&["services", "edit", "tokurl", "--file", file]);
+    assert!(
+        refused.err().contains("--move-credentials"),
+        "{}",
+        refused.stderr
+    );
+    let shown = t.cli(&["connections", "show", "tu", "--json"]).json();
+    assert!(
+        shown["allowed_origins"][0]
+            .as_str()
+            .unwrap()
+            .contains(&api.addr().to_string()),
+        "{shown}"
+    );
+    t.cli(&[
+        "connections",
+        "edit",
+        "tu",
+        "--base-url",
+        &moved,
+        "--move-credentials",
+    ])
+    .ok();
+    capture::assert_no_secrets(&["secret-path-token-123"]);
+}

@@ -287,7 +287,7 @@ impl Connections {
     ) -> Result<ConnectionView, ConnectionError> {
         let mut row = self.row(name)?;
         let service = self.catalog().require(&row.service)?.def;
-        let before = origins(&service, &row);
+        let before = self.origins(&service, &row)?;
         if let Some(s) = scopes {
             no_scopes_without_oauth(&service, &s)?;
             row.scopes = s;
@@ -311,12 +311,12 @@ impl Connections {
             check_choice(p, &v)?;
             row.params.insert(k, v);
         }
-        if let (Some(before), Some(after)) = (before, origins(&service, &row))
+        if let Some(after) = self.origins(&service, &row)?
             && row.sealed.is_some()
-            && before != after
+            && before.as_ref() != Some(&after)
             && !move_credentials
         {
-            return Err(credentials_would_move(name, &before, &after));
+            return Err(credentials_would_move(name, before.as_deref(), &after));
         }
         resolve_endpoint(&service, &row, &Credentials::default()).or_else(|e| {
             // Secret url params are not known here; only fail for non-secret problems.
@@ -605,14 +605,32 @@ impl Connections {
                 if row.service != def.name || row.sealed.is_none() {
                     continue;
                 }
-                if let (Some(before), Some(after)) = (origins(&old, &row), origins(def, &row))
-                    && before != after
+                let before = self.origins(&old, &row)?;
+                if let Some(after) = self.origins(def, &row)?
+                    && before.as_ref() != Some(&after)
                 {
-                    return Err(credentials_would_move(&row.name, &before, &after));
+                    return Err(credentials_would_move(&row.name, before.as_deref(), &after));
                 }
             }
         }
         self.catalog().edit(def)
+    }
+
+    /// Where `row`'s credentials go under `service` (`None`: nowhere, the endpoint does
+    /// not resolve). Secret URL params count, so the credentials are opened for them: a
+    /// URL built from a secret token must not move unnoticed either.
+    fn origins(
+        &self,
+        service: &ServiceDef,
+        row: &ConnectionRow,
+    ) -> Result<Option<Vec<Origin>>, ConnectionError> {
+        let creds = match &row.sealed {
+            Some(blob) => Credentials::open(&self.gateway.sealer, &row.name, blob)?,
+            None => Credentials::default(),
+        };
+        Ok(resolve_endpoint(service, row, &creds)
+            .ok()
+            .map(|e| e.allowed_origins))
     }
 
     /// Store a service's OAuth client registration (sealed).
@@ -850,18 +868,10 @@ pub struct Revocation {
     pub wiped: bool,
 }
 
-/// Where `row`'s credentials go under `service`, as far as its non-secret settings tell
-/// (`None` when a secret URL param is needed to know).
-fn origins(service: &ServiceDef, row: &ConnectionRow) -> Option<Vec<Origin>> {
-    resolve_endpoint(service, row, &Credentials::default())
-        .ok()
-        .map(|e| e.allowed_origins)
-}
-
 /// The refusal of a change that would send `connection`'s stored credentials elsewhere.
 fn credentials_would_move(
     connection: &str,
-    before: &[Origin],
+    before: Option<&[Origin]>,
     after: &[Origin],
 ) -> ConnectionError {
     let list = |o: &[Origin]| {
@@ -872,7 +882,7 @@ fn credentials_would_move(
     };
     ConnectionError::Invalid(format!(
         "connection {connection:?} holds credentials for {}; this change would send them to {}. Check the URL, then repeat with --move-credentials, or revoke the connection first (nothing was changed)",
-        list(before),
+        before.map_or_else(|| "no reachable origin".to_string(), list),
         list(after)
     ))
 }
