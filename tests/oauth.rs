@@ -779,3 +779,26 @@ async fn with_its_issuer_declared_a_response_from_another_issuer_is_refused_unus
     let e = ServiceDef::from_toml(&def).unwrap_err().to_string();
     assert!(e.contains("client_credentials grant has none"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_without_a_revocation_endpoint_says_the_grant_stays_live_there() {
+    let s = setup("authorization_code").await;
+    authorize(&s).await;
+    let without = service_toml(&s.server, "authorization_code", "basic")
+        .lines()
+        .filter(|l| !l.starts_with("revocation_url"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let file = s.t.home().join("prov.toml");
+    std::fs::write(&file, without).unwrap();
+    s.t.cli(&["services", "edit", "prov", "--file", file.to_str().unwrap()])
+        .ok();
+    let out = s.t.cli(&["connections", "revoke", "prov"]);
+    assert!(
+        out.ok().contains("stays live at the provider")
+            && out.stdout.contains("remove keyhole's access"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(s.server.revocations(), 0);
+}

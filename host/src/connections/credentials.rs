@@ -1,5 +1,6 @@
 //! The credential material of one connection: sealed as one blob per connection,
-//! opened only by the gateway (to inject) and the OAuth module (to refresh).
+//! opened only by the gateway (to inject; it keeps no refresh token) and the OAuth module
+//! (to refresh).
 
 use std::collections::BTreeMap;
 
@@ -8,13 +9,27 @@ use zeroize::Zeroizing;
 
 use crate::secrets::{SealError, Sealer, Secret};
 
-/// Decrypted credentials, held only for the duration of a request or an admin action.
+/// Decrypted credentials. The gateway keeps those of each connection in use in memory,
+/// without the refresh token ([`Credentials::without_refresh_token`]); the full set lives
+/// only for a refresh or an admin action.
 #[derive(Debug, Default, Clone)]
 pub struct Credentials {
     /// Secret param values by param name.
     pub params: BTreeMap<String, Secret>,
     /// OAuth tokens, for OAuth services.
     pub tokens: Option<Tokens>,
+}
+
+impl Credentials {
+    /// These credentials less the refresh token: what injecting needs, and all a
+    /// long-lived copy should hold (a refresh token outlives any access token).
+    pub fn without_refresh_token(&self) -> Self {
+        let mut c = self.clone();
+        if let Some(t) = &mut c.tokens {
+            t.refresh = None;
+        }
+        c
+    }
 }
 
 /// OAuth 2.0 tokens of a connection.
@@ -118,6 +133,12 @@ mod tests {
         let blob = c.seal(&sealer, "a");
         let back = Credentials::open(&sealer, "a", &blob).unwrap();
         assert_eq!(back.params["api_key"].expose(), "sk-live-123456");
+        // The long-lived copy keeps everything but the refresh token.
+        let kept = back.without_refresh_token();
+        assert_eq!(kept.params["api_key"].expose(), "sk-live-123456");
+        let kept = kept.tokens.unwrap();
+        assert_eq!((kept.access.expose(), kept.expires_at), ("at-1", Some(5)));
+        assert!(kept.refresh.is_none());
         let t = back.tokens.unwrap();
         assert_eq!(
             (t.access.expose(), t.refresh.unwrap().expose(), t.expires_at),

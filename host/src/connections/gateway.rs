@@ -232,12 +232,8 @@ impl Gateway {
             return Err(SendError::NotConnected);
         }
         let remaining = ctx.deadline.saturating_duration_since(Instant::now());
-        let wanted = req
-            .timeout_ms
-            .map(|ms| Duration::from_millis(ms.into()))
-            .unwrap_or(Duration::from_millis(ctx.limits.request_timeout_ms));
         let limits = RequestLimits {
-            timeout: wanted.min(remaining),
+            timeout: request_timeout(req.timeout_ms, ctx.limits.request_timeout_ms, remaining),
             max_response_bytes: ctx.limits.max_response_bytes,
             max_request_bytes: ctx.limits.max_request_bytes,
         };
@@ -306,7 +302,9 @@ impl Gateway {
             let endpoint = resolve_endpoint(service, row, &creds)?;
             return Ok((Arc::new(creds), redactor, Arc::new(endpoint)));
         };
-        let creds = Credentials::open(&self.sealer, &row.name, blob)?;
+        // Kept for as long as the connection is used: without its refresh token, which the
+        // OAuth module reads from storage when it refreshes.
+        let creds = Credentials::open(&self.sealer, &row.name, blob)?.without_refresh_token();
         let redactor = Arc::new(inject::redactor_for(service, &creds, &row.params));
         let endpoint = Arc::new(resolve_endpoint(service, row, &creds)?);
         let creds = Arc::new(creds);
@@ -563,6 +561,17 @@ pub(crate) fn resolve_endpoint(
     Ok(service.resolve(&url_params, row.base_url.as_deref())?)
 }
 
+/// How long one outbound request may take: what the guest asked for (default: the
+/// per-request limit), never more than that limit nor the invocation's remaining time.
+fn request_timeout(wanted_ms: Option<u32>, limit_ms: u64, remaining: Duration) -> Duration {
+    let limit = Duration::from_millis(limit_ms);
+    wanted_ms
+        .map(|ms| Duration::from_millis(ms.into()))
+        .unwrap_or(limit)
+        .min(limit)
+        .min(remaining)
+}
+
 /// Longest refused target kept in a record (the guest chose it; it may be anything).
 const MAX_REFUSED_TARGET: usize = 200;
 
@@ -622,4 +631,22 @@ fn map_reqwest(e: reqwest::Error, redactor: &Redactor) -> SendError {
 fn host_fault(e: &dyn std::fmt::Display) -> SendError {
     tracing::error!(error = %e, "host fault while handling an outbound request");
     SendError::UpstreamUnreachable("keyhole host error; see the host's logs".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_timeout_is_capped_by_the_limit_and_the_time_left() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // Default: the per-request limit, unless less time is left.
+        assert_eq!(request_timeout(None, 30_000, s(60)), s(30));
+        assert_eq!(request_timeout(None, 30_000, s(5)), s(5));
+        // A guest may ask for less, never for more.
+        assert_eq!(request_timeout(Some(200), 30_000, s(60)), ms(200));
+        assert_eq!(request_timeout(Some(3_600_000), 30_000, s(60)), s(30));
+        assert_eq!(request_timeout(Some(3_600_000), 30_000, s(2)), s(2));
+    }
 }

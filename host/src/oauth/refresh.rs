@@ -75,9 +75,11 @@ impl OAuth {
         // cannot be used, the generation compare-and-swap still keeps stale writes out.
         let _turn = self.storage.turn(&format!("refresh-{name}")).await;
         // Someone may have refreshed while we waited: re-read before asking the provider.
+        // (The re-read also brings the refresh token, which the gateway keeps no copy of.)
         let current = self.reload(loaded)?;
-        if current.row.generation != loaded.row.generation {
-            *loaded = current;
+        let refreshed_meanwhile = current.row.generation != loaded.row.generation;
+        *loaded = current;
+        if refreshed_meanwhile {
             if Status::parse(&loaded.row.status) != Status::Connected {
                 return Err(SendError::NotConnected);
             }

@@ -61,8 +61,13 @@ impl OAuth {
             return vec![ProviderRevocation::new(
                 NotSupported,
                 format!(
-                    "service {:?} has no revocation endpoint; tokens wiped locally only",
-                    service.name
+                    "service {:?} has no RFC 7009 revocation endpoint, so the tokens were wiped here only and the grant stays live at the provider until it expires or you remove keyhole's access in the provider's account settings{}",
+                    service.name,
+                    service
+                        .docs_url
+                        .as_deref()
+                        .map(|d| format!(" (see {d})"))
+                        .unwrap_or_default()
                 ),
             )];
         };
