@@ -45,7 +45,9 @@ pub enum Error {
     TooLarge,
     /// This invocation already made its maximum number of outbound requests.
     TooManyRequests,
-    /// The upstream could not be reached (DNS, connect, TLS, reset, ...).
+    /// The upstream could not be reached (DNS, connect, TLS, reset, ...), sent an answer
+    /// the host cannot pass on (an encoded body it cannot check for secrets), or the host
+    /// failed on the way; the message says which.
     UpstreamUnreachable(String),
     /// The upstream answered with a non-2xx status; see
     /// [`Response::error_for_status`](crate::Response::error_for_status).
