@@ -311,6 +311,15 @@ async fn admin_endpoints_and_no_secret_in_any_response() {
         )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Taking back a grant that is not there (or of a connection that is not) is 404 too.
+    for path in [
+        "/v1/functions/echo/grants/acme-admin",
+        "/v1/functions/echo/grants/nope",
+    ] {
+        let r = api.send("DELETE", path, Some(&admin), vec![]).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.body);
+        assert_eq!(r.kind(), "not-found");
+    }
 
     let list = api.get("/v1/connections").await.json();
     assert_eq!(list[0]["name"], "acme-admin");

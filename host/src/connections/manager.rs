@@ -814,9 +814,10 @@ impl Connections {
         if self.gateway.storage.latest_function(function)?.is_none() {
             return Err(ConnectionError::UnknownFunction(function.to_string()));
         }
+        self.row(connection)?;
         if !self.gateway.storage.revoke_grant(function, connection)? {
-            return Err(ConnectionError::Invalid(format!(
-                "function {function:?} holds no grant for connection {connection:?}"
+            return Err(ConnectionError::NotGranted(format!(
+                "function {function:?} holds no grant for connection {connection:?}; `keyhole functions show {function}` lists its grants"
             )));
         }
         Ok(())

@@ -151,6 +151,9 @@ pub enum ConnectionError {
     /// Bad input from the admin.
     #[error("{0}")]
     Invalid(String),
+    /// The function holds no grant for that connection.
+    #[error("{0}")]
+    NotGranted(String),
     /// Refused because something depends on it (functions hold grants on it).
     #[error("{0}")]
     InUse(String),

@@ -218,7 +218,8 @@ impl From<ConnectionError> for ApiError {
         let (status, kind) = match &e {
             ConnectionError::UnknownConnection(_)
             | ConnectionError::UnknownService(_)
-            | ConnectionError::UnknownFunction(_) => (StatusCode::NOT_FOUND, "not-found"),
+            | ConnectionError::UnknownFunction(_)
+            | ConnectionError::NotGranted(_) => (StatusCode::NOT_FOUND, "not-found"),
             ConnectionError::Invalid(_) | ConnectionError::Service(_) => {
                 (StatusCode::BAD_REQUEST, "invalid-request")
             }
