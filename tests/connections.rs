@@ -1117,6 +1117,12 @@ async fn credentials_in_the_url_do_not_move_unconfirmed_either() {
     )
     .ok();
 
+    // Edits that change nothing say so.
+    let same = t.cli(&["connections", "edit", "tu", "--clear-base-url"]);
+    assert!(same.ok().contains("nothing changed"), "{}", same.stdout);
+    let same = t.cli(&["services", "edit", "tokurl", "--file", file]);
+    assert!(same.ok().contains("nothing changed"), "{}", same.stdout);
+
     let moved = format!("{}/t/{{tok}}", other.base_url());
     let refused = t.cli(&["connections", "edit", "tu", "--base-url", &moved]);
     assert!(

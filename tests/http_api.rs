@@ -395,6 +395,16 @@ async fn admin_endpoints_and_no_secret_in_any_response() {
         api.get("/v1/schedules/tick").await.status,
         StatusCode::NOT_FOUND
     );
+    // What GET answered can be put back: `every_ms` as well as `every`.
+    let again =
+        json!({"function": "echo", "every_ms": listed[0]["every_ms"], "input": listed[0]["input"]});
+    let r = put(again).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.json()["every_ms"], 3_600_000);
+    let r = api
+        .send("DELETE", "/v1/schedules/tick", Some(&admin), vec![])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
 
     let revoked = api
         .send(

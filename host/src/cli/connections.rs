@@ -237,8 +237,13 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
                 base_url.map(Some)
             };
             let params = params.into_iter().collect();
+            let before = serde_json::to_value(c.show(&name)?)?;
             let v = c.edit(&name, scopes, base, params, move_credentials)?;
-            println!("updated connection {name}");
+            if serde_json::to_value(&v)? == before {
+                println!("connection {name} already had those settings; nothing changed");
+            } else {
+                println!("updated connection {name}");
+            }
             show(&v);
             Ok(0)
         }

@@ -73,6 +73,7 @@ pub enum ServicesCmd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FlagAuth {
     /// One API key in a header, a query parameter or as the Basic user.
+    #[value(alias = "api_key")]
     ApiKey,
     /// HTTP Basic user + password.
     Basic,
@@ -202,6 +203,10 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd) -> anyhow::Result<i32> {
                 "the file defines service {:?}, not {name:?}",
                 def.name
             );
+            if catalog.require(&name)?.def == def {
+                println!("service {name} is already defined so; nothing changed");
+                return Ok(0);
+            }
             host.connections().edit_service(&def, move_credentials)?;
             println!("updated service {name}");
             Ok(0)

@@ -45,8 +45,11 @@ impl Cadence {
     /// Parse a cron expression with a clear error.
     pub fn cron(expr: &str) -> Result<Self, ScheduleError> {
         let parsed = cron::Schedule::from_str(expr).map_err(|e| {
+            // The parser's message may draw a caret under the expression over several
+            // lines; one line reads better inside this sentence.
+            let why = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
             ScheduleError::Invalid(format!(
-                "cron expression {expr:?} is invalid ({e}); use six or seven fields with seconds first, e.g. \"0 */5 * * * *\""
+                "cron expression {expr:?} is invalid ({why}); use six or seven fields with seconds first, e.g. \"0 */5 * * * *\""
             ))
         })?;
         Ok(Self::Cron(Box::new(parsed), expr.to_string()))

@@ -1,8 +1,10 @@
 //! Schedule admin endpoints (admin token), mirroring `keyhole schedules …`:
 //! list, show, create, pause, resume, delete.
 //!
-//! `PUT /v1/schedules/{name}` takes `{"function": "f", "every": "5m" | "cron": "0 */5 * * * *",
+//! `PUT /v1/schedules/{name}` takes `{"function": "f", "every": "5m" | "every_ms": 300000 | "cron": "0 */5 * * * *",
 //! "input": <any JSON, default {}>}`.
+
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -42,6 +44,8 @@ pub struct NewSchedule {
     pub function: String,
     /// Fixed interval, e.g. `30s`, `5m`.
     pub every: Option<String>,
+    /// The same in milliseconds, as `GET` answers it.
+    pub every_ms: Option<u64>,
     /// Cron expression, seconds first (UTC).
     pub cron: Option<String>,
     /// Input JSON (default `{}`).
@@ -69,16 +73,19 @@ pub async fn create(
     let body = body.map_err(ApiError::from_body)?;
     let new: NewSchedule = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the body is not a schedule: {e}")))?;
-    let cadence = match (&new.every, &new.cron) {
-        (Some(every), None) => Cadence::Every(humantime::parse_duration(every).map_err(|e| {
-            ApiError::bad_request(format!(
-                "\"every\": {every:?} is not a duration ({e}); e.g. \"30s\", \"5m\""
-            ))
-        })?),
-        (None, Some(expr)) => Cadence::cron(expr)?,
+    let cadence = match (&new.every, new.every_ms, &new.cron) {
+        (Some(every), None, None) => {
+            Cadence::Every(humantime::parse_duration(every).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "\"every\": {every:?} is not a duration ({e}); e.g. \"30s\", \"5m\""
+                ))
+            })?)
+        }
+        (None, Some(ms), None) => Cadence::Every(Duration::from_millis(ms)),
+        (None, None, Some(expr)) => Cadence::cron(expr)?,
         _ => {
             return Err(ApiError::bad_request(
-                "give exactly one of \"every\" and \"cron\"",
+                "give exactly one of \"every\" (e.g. \"5m\"), \"every_ms\" and \"cron\"",
             ));
         }
     };
