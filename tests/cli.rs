@@ -57,6 +57,7 @@ fn upload_run_list_show_logs_delete() {
 
     let out = t.cli(&["run", "echo", "--json", "--input", "[1]"]).json();
     assert_eq!(out["output"], serde_json::json!([1]));
+    assert_eq!(out["outcome"], "ok", "named as `logs --json` names it");
 
     t.cli(&["functions", "delete", "echo"]).ok();
     assert!(

@@ -339,12 +339,15 @@ pub async fn run(host: &Keyhole, args: RunArgs) -> anyhow::Result<i32> {
     let inv = host.invoke(&args.name, &input).await?;
     if args.json {
         let mut v = serde_json::to_value(&inv)?;
+        // `outcome` as `logs --json` names it; `error` with its kind and message apart.
         match &inv.result {
             Ok(out) => {
+                v["outcome"] = "ok".into();
                 v["output"] =
                     serde_json::from_str(out).unwrap_or(serde_json::Value::String(out.clone()))
             }
             Err(e) => {
+                v["outcome"] = e.kind().into();
                 v["error"] = serde_json::json!({ "kind": e.kind(), "message": e.to_string() });
             }
         }
