@@ -552,16 +552,22 @@ async fn raw_answer(stream: &mut tokio::net::TcpStream, within: Duration) -> Str
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stalled_request_body_gets_408_and_never_holds_a_slot() {
+/// A server with one invocation slot, no queue and `body_timeout`, serving `echo`.
+async fn one_slot_echo(body_timeout: Duration) -> Api {
     let api = start(ServeConfig {
         max_in_flight: 1,
         queue: 0,
-        body_timeout: Duration::from_millis(800),
+        body_timeout,
         ..test_config()
     })
     .await;
     api.upload("echo", "echo", "").await;
+    api
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_request_body_gets_408_and_never_holds_a_slot() {
+    let api = one_slot_echo(Duration::from_millis(800)).await;
     // Headers promise 100 bytes; 4 arrive, then nothing.
     let mut stalled = half_sent_invocation(&api, 100, "{\"a\"").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -582,14 +588,7 @@ async fn a_stalled_request_body_gets_408_and_never_holds_a_slot() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trickling_body_gets_408_at_its_deadline_and_never_holds_a_slot() {
     use tokio::io::AsyncWriteExt;
-    let api = start(ServeConfig {
-        max_in_flight: 1,
-        queue: 0,
-        body_timeout: Duration::from_millis(1500),
-        ..test_config()
-    })
-    .await;
-    api.upload("echo", "echo", "").await;
+    let api = one_slot_echo(Duration::from_millis(1500)).await;
     let started = Instant::now();
     let (mut read, mut write) = half_sent_invocation(&api, 100, "{").await.into_split();
     let answer = tokio::spawn(async move {
