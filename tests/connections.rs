@@ -1086,6 +1086,20 @@ fn a_secret_in_a_capability_urls_host_name_stays_out_of_views_and_records() {
         t.cli(&["connections", "show", "hook"]).ok()
     );
     assert!(!everything.contains(secret_id), "{everything}");
+    // Nor does the refusal to move the credentials elsewhere name it.
+    let refused = t.cli(&[
+        "connections",
+        "edit",
+        "hook",
+        "--base-url",
+        "https://elsewhere.invalid/x",
+    ]);
+    assert!(
+        refused.err().contains("--move-credentials")
+            && refused.stderr.contains("[redacted].m.invalid"),
+        "{}",
+        refused.stderr
+    );
     assert!(!String::from_utf8_lossy(&t.raw_database()).contains(secret_id));
     capture::assert_no_secrets(&[secret_id]);
 }

@@ -802,3 +802,35 @@ async fn revoking_without_a_revocation_endpoint_says_the_grant_stays_live_there(
     );
     assert_eq!(s.server.revocations(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn moving_the_token_endpoint_needs_confirming() {
+    // The refresh token and the client secret go to the token endpoint: a service edit
+    // that points it elsewhere moves them, as a new API base URL would move an API key.
+    let s = setup("authorization_code").await;
+    authorize(&s).await;
+    let elsewhere = OAuthServer::start().await;
+    let moved = service_toml(&s.server, "authorization_code", "basic")
+        .replace(&s.server.token_url(), &elsewhere.token_url());
+    let file = s.t.home().join("prov.toml");
+    std::fs::write(&file, moved).unwrap();
+    let file = file.to_str().unwrap();
+    let refused = s.t.cli(&["services", "edit", "prov", "--file", file]);
+    assert!(
+        refused.err().contains("--move-credentials")
+            && refused
+                .stderr
+                .contains(&elsewhere.base_url().replace("http://", "")),
+        "{}",
+        refused.stderr
+    );
+    s.t.cli(&[
+        "services",
+        "edit",
+        "prov",
+        "--file",
+        file,
+        "--move-credentials",
+    ])
+    .ok();
+}

@@ -316,7 +316,7 @@ impl Connections {
             && before.as_ref() != Some(&after)
             && !move_credentials
         {
-            return Err(credentials_would_move(name, before.as_deref(), &after));
+            return Err(self.credentials_would_move(&service, &row, before.as_deref(), &after));
         }
         resolve_endpoint(&service, &row, &Credentials::default()).or_else(|e| {
             // Secret url params are not known here; only fail for non-secret problems.
@@ -609,28 +609,77 @@ impl Connections {
                 if let Some(after) = self.origins(def, &row)?
                     && before.as_ref() != Some(&after)
                 {
-                    return Err(credentials_would_move(&row.name, before.as_deref(), &after));
+                    return Err(self.credentials_would_move(&old, &row, before.as_deref(), &after));
                 }
             }
         }
         self.catalog().edit(def)
     }
 
-    /// Where `row`'s credentials go under `service` (`None`: nowhere, the endpoint does
-    /// not resolve). Secret URL params count, so the credentials are opened for them: a
-    /// URL built from a secret token must not move unnoticed either.
+    /// Where `row`'s credentials go under `service`: the API's allowed origins, and for
+    /// OAuth the token and revocation endpoints (the refresh token and client secret go
+    /// there). `None`: nowhere, the API endpoint does not resolve. Secret URL params
+    /// count, so the credentials are opened for them: a URL built from a secret token
+    /// must not move unnoticed either.
     fn origins(
         &self,
         service: &ServiceDef,
         row: &ConnectionRow,
     ) -> Result<Option<Vec<Origin>>, ConnectionError> {
-        let creds = match &row.sealed {
+        let creds = self.opened(row)?;
+        let Ok(endpoint) = resolve_endpoint(service, row, &creds) else {
+            return Ok(None);
+        };
+        let mut origins = endpoint.allowed_origins;
+        if let Some(o) = &service.oauth2 {
+            let params = crate::oauth::url_params(service, row);
+            for template in std::iter::once(&o.token_url).chain(&o.revocation_url) {
+                if let Ok(url) = service.resolve_url(template, &params) {
+                    origins.push(Origin::of(&url));
+                }
+            }
+        }
+        origins.sort_by_key(ToString::to_string);
+        origins.dedup();
+        Ok(Some(origins))
+    }
+
+    /// `row`'s credentials, opened (none when it holds none).
+    fn opened(&self, row: &ConnectionRow) -> Result<Credentials, ConnectionError> {
+        Ok(match &row.sealed {
             Some(blob) => Credentials::open(&self.gateway.sealer, &row.name, blob)?,
             None => Credentials::default(),
+        })
+    }
+
+    /// The refusal of a change that would send `row`'s stored credentials from `before`
+    /// to `after`, its origins scrubbed: a capability URL may hold its secret in a host
+    /// label.
+    fn credentials_would_move(
+        &self,
+        service: &ServiceDef,
+        row: &ConnectionRow,
+        before: Option<&[Origin]>,
+        after: &[Origin],
+    ) -> ConnectionError {
+        let redactor = self
+            .opened(row)
+            .map(|creds| super::inject::redactor_for(service, &creds, &row.params))
+            .unwrap_or_default();
+        let list = |o: &[Origin]| {
+            let text = o
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            redactor.scrub(&text)
         };
-        Ok(resolve_endpoint(service, row, &creds)
-            .ok()
-            .map(|e| e.allowed_origins))
+        ConnectionError::Invalid(format!(
+            "connection {:?} holds credentials for {}; this change would send them to {}. Check the URL, then repeat with --move-credentials, or revoke the connection first (nothing was changed)",
+            row.name,
+            before.map_or_else(|| "no reachable origin".to_string(), list),
+            list(after)
+        ))
     }
 
     /// Store a service's OAuth client registration (sealed).
@@ -867,25 +916,6 @@ pub struct Revocation {
     pub provider: Vec<ProviderRevocation>,
     /// Whether there were credentials to wipe (false: nothing changed).
     pub wiped: bool,
-}
-
-/// The refusal of a change that would send `connection`'s stored credentials elsewhere.
-fn credentials_would_move(
-    connection: &str,
-    before: Option<&[Origin]>,
-    after: &[Origin],
-) -> ConnectionError {
-    let list = |o: &[Origin]| {
-        o.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    ConnectionError::Invalid(format!(
-        "connection {connection:?} holds credentials for {}; this change would send them to {}. Check the URL, then repeat with --move-credentials, or revoke the connection first (nothing was changed)",
-        before.map_or_else(|| "no reachable origin".to_string(), list),
-        list(after)
-    ))
 }
 
 fn check_override(service: &ServiceDef, url: &str) -> Result<(), ConnectionError> {

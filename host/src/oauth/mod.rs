@@ -16,6 +16,7 @@ pub use client::{
     ClientConfig, DEFAULT_REDIRECT_URL, REDIRECT_URL_ENV,
     default_redirect_url as client_default_redirect,
 };
+pub(crate) use flow::url_params;
 pub use flow::{PendingAuthorization, TakenState};
 pub use revoke::{ProviderRevocation, RevocationOutcome};
 

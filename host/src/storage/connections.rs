@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::{CachedExt, Storage, StorageError, now_ms};
+use super::{CachedExt, Storage, StorageError, now_ms, write_tx};
 
 /// A custom service definition as stored (TOML text, same schema as presets).
 #[derive(Debug, Clone)]
@@ -205,7 +205,7 @@ impl Storage {
     /// Delete a service row, refusing while a connection uses it. Returns false if absent.
     pub fn delete_service(&self, name: &str) -> Result<bool, StorageError> {
         let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         let users: Vec<String> = {
             let mut stmt = tx
                 .prepare_cached("SELECT name FROM connections WHERE service = ?1 ORDER BY name")

@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::{CachedExt, Storage, StorageError, now_ms};
+use super::{CachedExt, Storage, StorageError, now_ms, write_tx};
 use crate::config::Limits;
 
 /// A function version to insert.
@@ -90,7 +90,7 @@ impl Storage {
         let limits =
             serde_json::to_string(&f.limits).map_err(|e| StorageError::Malformed(e.to_string()))?;
         let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         let version: i64 = tx
             .query_row_cached(
                 "SELECT MAX(COALESCE((SELECT MAX(version) FROM functions WHERE name = ?1), 0), \
@@ -191,9 +191,7 @@ impl Storage {
         schedules_too: bool,
     ) -> Result<FunctionDeletion, StorageError> {
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         let schedules: Vec<String> = {
             let mut stmt = tx
                 .prepare_cached("SELECT name FROM schedules WHERE function = ?1 ORDER BY name")

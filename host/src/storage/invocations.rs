@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
-use super::{CachedExt, Storage, StorageError};
+use super::{CachedExt, Storage, StorageError, write_tx};
 
 /// One outbound HTTP call made during an invocation. Never holds credentials: the
 /// path is recorded without its query string, which may carry an API key.
@@ -147,7 +147,7 @@ impl Storage {
             insert_one(&conn, inv, logs, outbound).map_err(|e| self.err(e))?;
             return Ok(vec![conn.last_insert_rowid()]);
         }
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         let mut ids = Vec::with_capacity(invs.len());
         for (inv, (logs, outbound)) in invs.iter().zip(&encoded) {
             insert_one(&tx, inv, logs, outbound).map_err(|e| self.err(e))?;

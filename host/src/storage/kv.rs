@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{CachedExt, Storage, StorageError, now_ms};
+use super::{CachedExt, Storage, StorageError, now_ms, write_tx};
 
 impl Storage {
     /// The value of `key` in `function`'s namespace.
@@ -67,7 +67,7 @@ impl Storage {
             return Ok(());
         }
         let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         let now = now_ms();
         for (key, value) in writes {
             match value {

@@ -78,7 +78,7 @@ pub enum StorageError {
     Background(String),
     /// Another process held the database's lock for longer than the busy timeout.
     #[error(
-        "the database {path} stayed locked by another process for {}s; retry, and if it persists find the process holding it (`fuser {path}`)", busy::BUSY_TIMEOUT.as_secs()
+        "the database {path} stayed locked by another process (another keyhole, a backup, an sqlite3 shell) for {}s; retry, and if it persists find the process holding it (`fuser {path}`)", busy::BUSY_TIMEOUT.as_secs()
     )]
     Busy {
         /// Path of the database file.
@@ -89,9 +89,10 @@ pub enum StorageError {
 impl StorageError {
     /// Classify an SQLite error on the database at `path`.
     fn from_sqlite(path: &Path, source: rusqlite::Error) -> Self {
-        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+        // Plain SQLITE_BUSY: the busy handler waited its full time. (Write transactions
+        // are IMMEDIATE, so the no-wait BUSY_SNAPSHOT does not arise.)
         match source.sqlite_error_code() {
-            Some(DatabaseBusy | DatabaseLocked) => Self::Busy {
+            Some(rusqlite::ErrorCode::DatabaseBusy) => Self::Busy {
                 path: path.to_path_buf(),
             },
             _ => Self::Sqlite {
@@ -110,6 +111,13 @@ impl StorageError {
 /// Statements kept prepared per connection: enough for every distinct statement in
 /// this module, so a hot-path query is parsed once per process, not once per call.
 const STATEMENT_CACHE: usize = 128;
+
+/// A write transaction: it takes the write lock at `BEGIN`, so waiting for another
+/// process goes through the busy handler. (A deferred one that reads first could fail at
+/// its first write with `SQLITE_BUSY_SNAPSHOT`, which no waiting helps.)
+fn write_tx(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+}
 
 /// `query_row` and `execute` through the connection's prepared-statement cache.
 trait CachedExt {

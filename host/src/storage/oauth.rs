@@ -2,7 +2,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{CachedExt, Storage, StorageError, now_ms};
+use super::{CachedExt, Storage, StorageError, now_ms, write_tx};
 
 /// A pending authorization, taken (and deleted) by its state hash.
 #[derive(Debug, Clone)]
@@ -26,7 +26,7 @@ impl Storage {
         p: &PendingState,
     ) -> Result<(), StorageError> {
         let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         tx.execute_cached(
             "DELETE FROM oauth_states WHERE connection = ?1 OR expires_at < ?2",
             params![p.connection, now_ms()],
@@ -44,7 +44,7 @@ impl Storage {
     /// so a state can be presented once.
     pub fn take_oauth_state(&self, state_hash: &str) -> Result<Option<PendingState>, StorageError> {
         let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         let row = tx
             .query_row_cached(
                 "SELECT connection, sealed_verifier, redirect_url, expires_at FROM oauth_states WHERE state_hash = ?1",
