@@ -1068,13 +1068,27 @@ fn a_secret_in_a_capability_urls_host_name_stays_out_of_views_and_records() {
         "hook",
     ])
     .ok();
-    let out = t.cli(&[
-        "run",
-        "hello",
-        "--input",
-        r#"{"connection":"hook","target":"/"}"#,
-    ]);
+    // Even a RUST_LOG aimed straight at the HTTP client's connection logs gets nothing
+    // that names the host.
+    let out = t.cli_with(
+        &[
+            "run",
+            "hello",
+            "--input",
+            r#"{"connection":"hook","target":"/"}"#,
+        ],
+        None,
+        &[(
+            "RUST_LOG",
+            "trace,hyper_util::client=trace,reqwest::connect=trace",
+        )],
+    );
     assert!(out.ok().contains("upstream-unreachable"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("TRACE"),
+        "the run logged at trace: {}",
+        out.stderr
+    );
     let logs = t.cli(&["logs", "hello", "--json"]).json();
     assert_eq!(
         logs[0]["outbound"][0]["origin"],

@@ -2,10 +2,22 @@
 //! over to the library's CLI module.
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Log targets that see outbound URLs (see `main`).
 const HTTP_CLIENT_TARGETS: [&str; 4] = ["reqwest", "hyper_util", "hyper", "h2"];
+
+/// Whether `target` is one of [`HTTP_CLIENT_TARGETS`] or inside one.
+fn http_client(target: &str) -> bool {
+    HTTP_CLIENT_TARGETS.iter().any(|crate_name| {
+        target
+            .strip_prefix(crate_name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
+}
 
 fn main() {
     let cli = keyhole::cli::Cli::parse();
@@ -20,18 +32,19 @@ fn main() {
         }
     }
     let default = if cli.verbose { "info" } else { "warn" };
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // Whatever RUST_LOG says, the HTTP client crates stay at info: their debug and trace
-    // events name the hosts they connect to, and a capability URL (a webhook) may carry
-    // its secret in the host name.
-    for capped in HTTP_CLIENT_TARGETS {
-        if let Ok(directive) = format!("{capped}=info").parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Whatever RUST_LOG says (however specific its targets), the HTTP client crates stay
+    // at info: their debug and trace events name the hosts they connect to, and a
+    // capability URL (a webhook) may carry its secret in the host name.
+    let cap =
+        filter_fn(|meta| *meta.level() <= tracing::Level::INFO || !http_client(meta.target()));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter)
+                .with_filter(cap),
+        )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
