@@ -635,7 +635,9 @@ async fn a_declared_oversize_body_gets_413_before_it_is_sent() {
     api.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
+// Two workers, as on a 2-CPU machine: two waits would hold them both without the fix,
+// whatever the machine running the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_process_holding_the_database_lock_stalls_no_one_and_writes_get_503() {
     let api = Arc::new(start(test_config()).await);
     api.upload("echo", "echo", "").await;

@@ -9,7 +9,9 @@
 //! The input is read whole before the invocation takes a capacity place, and it must
 //! arrive within `--body-timeout`: a client trickling its body holds a connection, never
 //! an invocation slot. A request that could not get a place anyway is refused before its
-//! body is read, and a declared `Content-Length` over the cap is refused up front.
+//! body is read, and a declared `Content-Length` over the cap is refused up front. Inputs
+//! being read are bounded by the connection cap times the body cap (and only token
+//! holders get this far: authentication comes first).
 
 use std::time::Duration;
 
