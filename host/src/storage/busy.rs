@@ -8,8 +8,13 @@
 //! even `/healthz`, is answered. So both waits step off the runtime
 //! (`block_in_place`: the worker's other tasks move to another thread): SQLite's busy
 //! wait through [`wait_while_busy`], and waiting for the mutex while its holder is in
-//! such a wait through [`lock_contended`]. Neither costs anything when nobody else holds
-//! the lock.
+//! such a wait (or past an ordinary hold) through [`lock_contended`]. Neither costs
+//! anything when nobody else holds the lock.
+//!
+//! Not handled: each off-runtime wait takes a thread of tokio's blocking pool, so a lock
+//! held elsewhere for long under heavy traffic can use up that pool (512 threads), and
+//! then the runtime stalls after all. Failing fast with 503 while a long wait is under way
+//! would need a fallible storage lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
@@ -64,22 +69,34 @@ pub(super) fn wait_while_busy(attempt: i32) -> bool {
     true
 }
 
-/// Lock `mutex`: at once when it is free; when it is taken by a holder waiting out
-/// another process's lock, off the runtime.
+/// Lock `mutex`: at once when it is free. When it is taken, keep trying on this thread
+/// (yielding) while the hold looks like an ordinary short one; as soon as the holder is
+/// waiting out another process's lock, or the wait passes [`SPIN`], wait off the runtime.
 pub(super) fn lock_contended<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave SQLite inconsistent (each call is one
-    // statement or one transaction), so recover from poisoning.
-    match mutex.try_lock() {
-        Ok(guard) => return guard,
-        Err(TryLockError::Poisoned(p)) => return p.into_inner(),
-        Err(TryLockError::WouldBlock) => {}
+    let started = Instant::now();
+    loop {
+        // A panic while holding the lock cannot leave SQLite inconsistent (each call is
+        // one statement or one transaction), so recover from poisoning.
+        match mutex.try_lock() {
+            Ok(guard) => return guard,
+            Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+            Err(TryLockError::WouldBlock) => {}
+        }
+        if busy_recently() || started.elapsed() > SPIN {
+            return off_the_runtime(|| mutex.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        std::thread::yield_now();
     }
+}
+
+/// Longest wait for the storage mutex on a worker thread: far beyond an ordinary hold
+/// (a statement, a batch of records), and short against a busy wait's first pause.
+const SPIN: Duration = Duration::from_millis(1);
+
+/// Whether some connection paused for another process's lock within [`RECENT`].
+fn busy_recently() -> bool {
     let last = LAST_BUSY_MS.load(Ordering::Relaxed);
-    if last != 0 && now_ms().saturating_sub(last) < RECENT.as_millis() as u64 {
-        off_the_runtime(|| mutex.lock().unwrap_or_else(|p| p.into_inner()))
-    } else {
-        mutex.lock().unwrap_or_else(|p| p.into_inner())
-    }
+    last != 0 && now_ms().saturating_sub(last) < RECENT.as_millis() as u64
 }
 
 /// Run blocking `f` so that the tokio worker it is called on (if any) hands its other
