@@ -832,14 +832,15 @@ async fn binary_sigterm_lets_a_slow_invocation_finish_and_exits_0() {
     let t = TestHost::new();
     connect_acme(&t, &upstream, "acme").await;
     // A token is bound only to a function that exists.
-    let refused = t.cli(&[
+    let create = [
         "tokens",
         "create",
         "--scope",
         "invoke",
         "--function",
         "sleepy",
-    ]);
+    ];
+    let refused = t.cli(&create);
     assert!(
         refused.err().contains("no function named \"sleepy\""),
         "{}",
@@ -847,15 +848,7 @@ async fn binary_sigterm_lets_a_slow_invocation_finish_and_exits_0() {
     );
     upload_sleepy(&t);
     // Tokens through the CLI: printed once, listed without the value.
-    let token = t.cli(&[
-        "tokens",
-        "create",
-        "--scope",
-        "invoke",
-        "--function",
-        "sleepy",
-    ]);
-    let token = token.ok().trim().to_string();
+    let token = t.cli(&create).ok().trim().to_string();
     assert!(token.starts_with("kh_"), "{token}");
     let list = t.cli(&["tokens", "list"]);
     assert!(
