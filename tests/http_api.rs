@@ -687,6 +687,23 @@ async fn another_process_holding_the_database_lock_stalls_no_one_and_writes_get_
         held.elapsed()
     );
     assert!(!write.is_finished());
+    // Once the wait has gone on a while, later requests that need the database do not
+    // queue behind it (each would hold a thread): they get 503 `busy` at once.
+    tokio::time::sleep_until((held + Duration::from_millis(1500)).into()).await;
+    let asked = Instant::now();
+    let fast = api.get("/v1/functions").await;
+    assert_eq!(
+        fast.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        fast.body
+    );
+    assert_eq!(fast.kind(), "busy");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3) && !write.is_finished(),
+        "answered after {:?}, not at once",
+        asked.elapsed()
+    );
 
     // The write gives up after the busy timeout with a 503 that says why and when to
     // retry; the read then runs.

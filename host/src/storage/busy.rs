@@ -11,10 +11,10 @@
 //! such a wait (or past an ordinary hold) through [`lock_contended`]. Neither costs
 //! anything when nobody else holds the lock.
 //!
-//! Not handled: each off-runtime wait takes a thread of tokio's blocking pool, so a lock
-//! held elsewhere for long under heavy traffic can use up that pool (512 threads), and
-//! then the runtime stalls after all. Failing fast with 503 while a long wait is under way
-//! would need a fallible storage lock.
+//! Each off-runtime wait takes a thread of tokio's blocking pool. So that a long lock
+//! under heavy traffic cannot use up that pool (and stall the runtime after all), once a
+//! wait has lasted [`LONG_WAIT`] later callers that find the storage mutex taken fail at
+//! once with `Busy` (503, `Retry-After`) instead of queueing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
@@ -31,6 +31,16 @@ const DELAYS_MS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
 /// the storage mutex taken wait off the runtime if this is recent: the holder may be
 /// waiting out a lock for seconds.
 static LAST_BUSY_MS: AtomicU64 = AtomicU64::new(0);
+
+/// When a busy wait that had already lasted [`LONG_WAIT`] last paused (ms since
+/// [`epoch`]; 0 for never). While that is recent, callers that find the storage mutex
+/// taken do not queue behind the wait: they fail at once with `Busy` (503).
+static LONG_WAIT_MS: AtomicU64 = AtomicU64::new(0);
+
+/// How long a busy wait goes on before later callers stop queueing behind it. Each
+/// queued caller holds a blocking-pool thread; failing fast keeps that pool, and with it
+/// the runtime, from running out under traffic while another process holds the lock.
+const LONG_WAIT: Duration = Duration::from_millis(500);
 
 /// A pause longer than the longest retry delay: a holder still in its wait has paused
 /// more recently than this.
@@ -63,27 +73,40 @@ pub(super) fn wait_while_busy(attempt: i32) -> bool {
         .copied()
         .unwrap_or(100)
         .min(budget - waited);
-    LAST_BUSY_MS.store(now_ms(), Ordering::Relaxed);
+    let note = |now| {
+        LAST_BUSY_MS.store(now, Ordering::Relaxed);
+        if waited >= LONG_WAIT.as_millis() as u64 {
+            LONG_WAIT_MS.store(now, Ordering::Relaxed);
+        }
+    };
+    note(now_ms());
     off_the_runtime(|| std::thread::sleep(Duration::from_millis(pause)));
-    LAST_BUSY_MS.store(now_ms(), Ordering::Relaxed);
+    note(now_ms());
     true
 }
 
 /// Lock `mutex`: at once when it is free. When it is taken, keep trying on this thread
 /// (yielding) while the hold looks like an ordinary short one; as soon as the holder is
 /// waiting out another process's lock, or the wait passes [`SPIN`], wait off the runtime.
-pub(super) fn lock_contended<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// `None` (the caller answers `Busy`) when the holder has been waiting out another
+/// process's lock for longer than [`LONG_WAIT`]: queueing behind it would only pile up.
+pub(super) fn lock_contended<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
     let started = Instant::now();
     loop {
         // A panic while holding the lock cannot leave SQLite inconsistent (each call is
         // one statement or one transaction), so recover from poisoning.
         match mutex.try_lock() {
-            Ok(guard) => return guard,
-            Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+            Ok(guard) => return Some(guard),
+            Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
             Err(TryLockError::WouldBlock) => {}
         }
-        if busy_recently() || started.elapsed() > SPIN {
-            return off_the_runtime(|| mutex.lock().unwrap_or_else(|p| p.into_inner()));
+        if recent(&LONG_WAIT_MS) {
+            return None;
+        }
+        if recent(&LAST_BUSY_MS) || started.elapsed() > SPIN {
+            return Some(off_the_runtime(|| {
+                mutex.lock().unwrap_or_else(|p| p.into_inner())
+            }));
         }
         std::thread::yield_now();
     }
@@ -93,9 +116,9 @@ pub(super) fn lock_contended<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// (a statement, a batch of records), and short against a busy wait's first pause.
 const SPIN: Duration = Duration::from_millis(1);
 
-/// Whether some connection paused for another process's lock within [`RECENT`].
-fn busy_recently() -> bool {
-    let last = LAST_BUSY_MS.load(Ordering::Relaxed);
+/// Whether `when` (ms since [`epoch`], 0 for never) was within [`RECENT`].
+fn recent(when: &AtomicU64) -> bool {
+    let last = when.load(Ordering::Relaxed);
     last != 0 && now_ms().saturating_sub(last) < RECENT.as_millis() as u64
 }
 

@@ -118,7 +118,7 @@ impl Storage {
     /// Insert a custom service; refuses a duplicate name.
     pub fn insert_service(&self, name: &str, definition: &str) -> Result<(), StorageError> {
         let now = now_ms();
-        self.lock()
+        self.lock()?
             .execute_cached(
                 "INSERT INTO services (name, definition, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
                 params![name, definition, now],
@@ -135,7 +135,7 @@ impl Storage {
 
     /// Replace a custom service's definition. Returns false if it does not exist.
     pub fn update_service(&self, name: &str, definition: &str) -> Result<bool, StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached(
                 "UPDATE services SET definition = ?2, updated_at = ?3 WHERE name = ?1",
                 params![name, definition, now_ms()],
@@ -152,7 +152,7 @@ impl Storage {
         sealed: Option<&[u8]>,
     ) -> Result<(), StorageError> {
         let now = now_ms();
-        self.lock()
+        self.lock()?
             .execute_cached(
                 "INSERT INTO services (name, definition, sealed_client, created_at, updated_at) VALUES (?1, '', ?2, ?3, ?3) \
                  ON CONFLICT(name) DO UPDATE SET sealed_client = excluded.sealed_client, updated_at = excluded.updated_at",
@@ -164,7 +164,7 @@ impl Storage {
 
     /// A stored service row.
     pub fn get_service(&self, name: &str) -> Result<Option<ServiceRow>, StorageError> {
-        self.lock()
+        self.lock()?
             .query_row_cached(
                 "SELECT name, definition, sealed_client, created_at, updated_at FROM services WHERE name = ?1",
                 params![name],
@@ -184,7 +184,7 @@ impl Storage {
 
     /// Every stored service row, by name.
     pub fn list_services(&self) -> Result<Vec<ServiceRow>, StorageError> {
-        let conn = self.lock();
+        let conn = self.lock()?;
         let mut stmt = conn
             .prepare_cached("SELECT name, definition, sealed_client, created_at, updated_at FROM services ORDER BY name")
             .map_err(|e| self.err(e))?;
@@ -204,7 +204,7 @@ impl Storage {
 
     /// Delete a service row, refusing while a connection uses it. Returns false if absent.
     pub fn delete_service(&self, name: &str) -> Result<bool, StorageError> {
-        let mut conn = self.lock();
+        let mut conn = self.lock()?;
         let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         let users: Vec<String> = {
             let mut stmt = tx
@@ -232,7 +232,7 @@ impl Storage {
 
     /// Insert a new connection; refuses a duplicate name.
     pub fn insert_connection(&self, c: &ConnectionRow) -> Result<(), StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached(
                 concat!("INSERT INTO connections (", connection_columns!(), ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
                 params![
@@ -271,7 +271,7 @@ impl Storage {
         function: &str,
         name: &str,
     ) -> Result<Option<CallConnection>, StorageError> {
-        self.lock()
+        self.lock()?
             .query_row_cached(
                 concat!(
                     "SELECT ",
@@ -296,7 +296,7 @@ impl Storage {
 
     /// A connection by name.
     pub fn get_connection(&self, name: &str) -> Result<Option<ConnectionRow>, StorageError> {
-        self.lock()
+        self.lock()?
             .query_row_cached(
                 concat!(
                     "SELECT ",
@@ -312,7 +312,7 @@ impl Storage {
 
     /// Every connection, by name.
     pub fn list_connections(&self) -> Result<Vec<ConnectionRow>, StorageError> {
-        let conn = self.lock();
+        let conn = self.lock()?;
         let mut stmt = conn
             .prepare_cached(concat!(
                 "SELECT ",
@@ -328,7 +328,7 @@ impl Storage {
 
     /// Update a connection's non-credential settings (scopes, base URL, params).
     pub fn update_connection_settings(&self, c: &ConnectionRow) -> Result<bool, StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached(
                 "UPDATE connections SET scopes = ?2, base_url = ?3, params = ?4 WHERE name = ?1",
                 params![c.name, json(&c.scopes)?, c.base_url, json(&c.params)?],
@@ -353,7 +353,7 @@ impl Storage {
     ) -> Result<Option<i64>, StorageError> {
         let now = now_ms();
         let n = self
-            .lock()
+            .lock()?
             .execute_cached(
                 "UPDATE connections SET sealed = ?3, status = ?4, status_reason = ?5, token_info = ?6, generation = generation + 1, \
                  connected_at = CASE WHEN ?7 THEN ?8 ELSE connected_at END WHERE name = ?1 AND generation = ?2",
@@ -370,7 +370,7 @@ impl Storage {
         status: &str,
         reason: Option<&str>,
     ) -> Result<(), StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached(
                 "UPDATE connections SET status = ?2, status_reason = ?3 WHERE name = ?1",
                 params![name, status, reason],
@@ -385,7 +385,7 @@ impl Storage {
         name: &str,
         token_info: &serde_json::Value,
     ) -> Result<(), StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached(
                 "UPDATE connections SET token_info = ?2 WHERE name = ?1",
                 params![name, json(token_info)?],
@@ -396,7 +396,7 @@ impl Storage {
 
     /// Record that a connection was just used.
     pub fn touch_connection(&self, name: &str) -> Result<(), StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached(
                 "UPDATE connections SET last_used_at = ?2 WHERE name = ?1",
                 params![name, now_ms()],
@@ -407,7 +407,7 @@ impl Storage {
 
     /// Delete a connection and its grants. Returns false if absent.
     pub fn delete_connection(&self, name: &str) -> Result<bool, StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached("DELETE FROM connections WHERE name = ?1", params![name])
             .map(|n| n > 0)
             .map_err(|e| self.err(e))
@@ -417,7 +417,7 @@ impl Storage {
 
     /// Grant `connection` to `function` (idempotent); whether the grant is new.
     pub fn grant(&self, function: &str, connection: &str) -> Result<bool, StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached(
                 "INSERT OR IGNORE INTO grants (function, connection, created_at) VALUES (?1, ?2, ?3)",
                 params![function, connection, now_ms()],
@@ -428,7 +428,7 @@ impl Storage {
 
     /// Remove a grant. Returns false if there was none.
     pub fn revoke_grant(&self, function: &str, connection: &str) -> Result<bool, StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached(
                 "DELETE FROM grants WHERE function = ?1 AND connection = ?2",
                 params![function, connection],
@@ -439,7 +439,7 @@ impl Storage {
 
     /// Remove every grant of a function.
     pub fn clear_grants(&self, function: &str) -> Result<(), StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached("DELETE FROM grants WHERE function = ?1", params![function])
             .map(drop)
             .map_err(|e| self.err(e))
@@ -462,7 +462,7 @@ impl Storage {
     }
 
     fn query_strings(&self, sql: &str, arg: &str) -> Result<Vec<String>, StorageError> {
-        let conn = self.lock();
+        let conn = self.lock()?;
         let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![arg], |r| r.get(0))

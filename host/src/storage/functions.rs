@@ -89,7 +89,7 @@ impl Storage {
     pub fn insert_function(&self, f: &NewFunction<'_>) -> Result<FunctionRow, StorageError> {
         let limits =
             serde_json::to_string(&f.limits).map_err(|e| StorageError::Malformed(e.to_string()))?;
-        let mut conn = self.lock();
+        let mut conn = self.lock()?;
         let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         let version: i64 = tx
             .query_row_cached(
@@ -121,7 +121,7 @@ impl Storage {
 
     /// The latest version of `name`, if any.
     pub fn latest_function(&self, name: &str) -> Result<Option<FunctionRow>, StorageError> {
-        self.lock()
+        self.lock()?
             .query_row_cached(
                 concat!(
                     "SELECT ",
@@ -137,7 +137,7 @@ impl Storage {
 
     /// Every version of `name`, newest first.
     pub fn function_versions(&self, name: &str) -> Result<Vec<FunctionRow>, StorageError> {
-        let conn = self.lock();
+        let conn = self.lock()?;
         let mut stmt = conn
             .prepare_cached(concat!(
                 "SELECT ",
@@ -153,7 +153,7 @@ impl Storage {
 
     /// Every function with its latest version, by name.
     pub fn list_functions(&self) -> Result<Vec<FunctionSummary>, StorageError> {
-        let conn = self.lock();
+        let conn = self.lock()?;
         let mut stmt = conn
             .prepare_cached(concat!("SELECT ", function_columns!(), ", (SELECT COUNT(*) FROM functions g WHERE g.name = f.name) FROM functions f \
                  WHERE version = (SELECT MAX(version) FROM functions h WHERE h.name = f.name) ORDER BY name"))
@@ -171,7 +171,7 @@ impl Storage {
 
     /// The wasm bytes with this content hash.
     pub fn function_wasm(&self, content_hash: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        self.lock()
+        self.lock()?
             .query_row_cached(
                 "SELECT wasm FROM functions WHERE content_hash = ?1 LIMIT 1",
                 params![content_hash],
@@ -190,7 +190,7 @@ impl Storage {
         name: &str,
         schedules_too: bool,
     ) -> Result<FunctionDeletion, StorageError> {
-        let mut conn = self.lock();
+        let mut conn = self.lock()?;
         let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         let schedules: Vec<String> = {
             let mut stmt = tx
@@ -241,7 +241,7 @@ impl Storage {
         content_hash: &str,
         engine_hash: &str,
     ) -> Result<Option<Vec<u8>>, StorageError> {
-        self.lock()
+        self.lock()?
             .query_row_cached(
                 "SELECT artifact FROM artifacts WHERE content_hash = ?1 AND engine_hash = ?2",
                 params![content_hash, engine_hash],
@@ -258,7 +258,7 @@ impl Storage {
         engine_hash: &str,
         artifact: &[u8],
     ) -> Result<(), StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached(
                 "INSERT OR REPLACE INTO artifacts (content_hash, engine_hash, artifact, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![content_hash, engine_hash, artifact, now_ms()],

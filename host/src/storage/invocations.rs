@@ -140,7 +140,7 @@ impl Storage {
             })
             .collect::<Result<Vec<_>, serde_json::Error>>()
             .map_err(|e| StorageError::Malformed(e.to_string()))?;
-        let mut conn = self.lock();
+        let mut conn = self.lock()?;
         // One record is one statement, atomic on its own: no BEGIN/COMMIT round.
         if let [inv] = invs {
             let (logs, outbound) = &encoded[0];
@@ -165,7 +165,7 @@ impl Storage {
         let batch = batch.max(1) as i64;
         // The functions with records, one index seek each (a skip scan).
         let functions: Vec<String> = {
-            let conn = self.lock();
+            let conn = self.lock()?;
             let mut stmt = conn
                 .prepare_cached(
                     "WITH RECURSIVE f(name) AS ( \
@@ -183,7 +183,7 @@ impl Storage {
         for function in functions {
             // The newest record to go: the (keep + 1)-th newest.
             let cutoff: Option<i64> = self
-                .lock()
+                .lock()?
                 .query_row_cached(
                     "SELECT id FROM invocations WHERE function = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
                     params![function, keep],
@@ -194,7 +194,7 @@ impl Storage {
             let Some(cutoff) = cutoff else { continue };
             loop {
                 let n = self
-                    .lock()
+                    .lock()?
                     .execute_cached(
                         "DELETE FROM invocations WHERE id IN \
                          (SELECT id FROM invocations WHERE function = ?1 AND id <= ?2 ORDER BY id LIMIT ?3)",
@@ -216,7 +216,7 @@ impl Storage {
         function: Option<&str>,
         limit: usize,
     ) -> Result<Vec<InvocationRow>, StorageError> {
-        let conn = self.lock();
+        let conn = self.lock()?;
         let sql = "SELECT id, function, version, started_at, duration_us, outcome, error, output_bytes, logs, stdout, stderr, outbound \
                    FROM invocations WHERE (?1 IS NULL OR function = ?1) ORDER BY id DESC LIMIT ?2";
         let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;

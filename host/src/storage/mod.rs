@@ -307,8 +307,12 @@ impl Storage {
         &self.path
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        busy::lock_contended(&self.conn)
+    /// The connection, or `Busy` when queueing for it would mean waiting behind a long
+    /// wait for another process's lock (see [`busy`]).
+    fn lock(&self) -> Result<MutexGuard<'_, Connection>, StorageError> {
+        busy::lock_contended(&self.conn).ok_or_else(|| StorageError::Busy {
+            path: self.path.clone(),
+        })
     }
 
     fn err(&self, source: rusqlite::Error) -> StorageError {
@@ -344,7 +348,7 @@ impl Storage {
             .map_err(|e| {
                 StorageError::Background(format!("cannot start the checkpoint thread: {e}"))
             })?;
-        self.lock()
+        self.lock()?
             .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| self.err(e))?;
         Ok(Checkpointer {
@@ -355,7 +359,7 @@ impl Storage {
 
     /// Read a value from the `meta` table.
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        self.lock()
+        self.lock()?
             .query_row_cached("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
                 r.get(0)
             })
@@ -365,7 +369,7 @@ impl Storage {
 
     /// Write a value into the `meta` table.
     pub fn meta_set(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 params![key, value],
@@ -431,6 +435,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Arc::new(Storage::open(&dir.path().join("t.db")).unwrap());
         s.lock()
+            .unwrap()
             .pragma_update(None, "wal_autocheckpoint", 0)
             .unwrap();
         (dir, s)

@@ -25,7 +25,7 @@ impl Storage {
         state_hash: &str,
         p: &PendingState,
     ) -> Result<(), StorageError> {
-        let mut conn = self.lock();
+        let mut conn = self.lock()?;
         let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         tx.execute_cached(
             "DELETE FROM oauth_states WHERE connection = ?1 OR expires_at < ?2",
@@ -43,7 +43,7 @@ impl Storage {
     /// Take a pending authorization by state hash: it is deleted whatever happens next,
     /// so a state can be presented once.
     pub fn take_oauth_state(&self, state_hash: &str) -> Result<Option<PendingState>, StorageError> {
-        let mut conn = self.lock();
+        let mut conn = self.lock()?;
         let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         let row = tx
             .query_row_cached(

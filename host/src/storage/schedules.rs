@@ -68,7 +68,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ScheduleRow> {
 impl Storage {
     /// Insert a schedule; refuses a duplicate name.
     pub fn insert_schedule(&self, s: &ScheduleRow) -> Result<(), StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached(
                 concat!(
                     "INSERT INTO schedules (",
@@ -99,7 +99,7 @@ impl Storage {
 
     /// A schedule by name.
     pub fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRow>, StorageError> {
-        self.lock()
+        self.lock()?
             .query_row_cached(
                 concat!(
                     "SELECT ",
@@ -115,7 +115,7 @@ impl Storage {
 
     /// Every schedule, by name.
     pub fn list_schedules(&self) -> Result<Vec<ScheduleRow>, StorageError> {
-        let conn = self.lock();
+        let conn = self.lock()?;
         let mut stmt = conn
             .prepare_cached(concat!(
                 "SELECT ",
@@ -129,7 +129,7 @@ impl Storage {
 
     /// Unpaused schedules due at `now`.
     pub fn due_schedules(&self, now: i64) -> Result<Vec<ScheduleRow>, StorageError> {
-        let conn = self.lock();
+        let conn = self.lock()?;
         let mut stmt = conn
             .prepare_cached(concat!(
                 "SELECT ",
@@ -148,7 +148,7 @@ impl Storage {
         paused: bool,
         next_run_at: Option<i64>,
     ) -> Result<bool, StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached(
                 "UPDATE schedules SET paused = ?2, next_run_at = COALESCE(?3, next_run_at) WHERE name = ?1",
                 params![name, paused as i64, next_run_at],
@@ -164,7 +164,7 @@ impl Storage {
         started_at: i64,
         next_run_at: i64,
     ) -> Result<(), StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached(
                 "UPDATE schedules SET last_run_at = ?2, next_run_at = ?3 WHERE name = ?1",
                 params![name, started_at, next_run_at],
@@ -180,7 +180,7 @@ impl Storage {
         outcome: &str,
         invocation: Option<i64>,
     ) -> Result<(), StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached(
                 "UPDATE schedules SET last_outcome = ?2, last_invocation = ?3 WHERE name = ?1",
                 params![name, outcome, invocation],
@@ -191,7 +191,7 @@ impl Storage {
 
     /// Delete a schedule. Returns false if absent.
     pub fn delete_schedule(&self, name: &str) -> Result<bool, StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached("DELETE FROM schedules WHERE name = ?1", params![name])
             .map(|n| n > 0)
             .map_err(|e| self.err(e))

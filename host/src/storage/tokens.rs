@@ -61,7 +61,7 @@ fn row_to_token(r: &Row<'_>) -> rusqlite::Result<ApiTokenRow> {
 impl Storage {
     /// Store a new token's hash; returns the stored row.
     pub fn insert_api_token(&self, t: &NewApiToken<'_>) -> Result<ApiTokenRow, StorageError> {
-        let conn = self.lock();
+        let conn = self.lock()?;
         conn.execute_cached(
             "INSERT INTO api_tokens (token_hash, scope, function, label, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![t.token_hash, t.scope, t.function, t.label, now_ms()],
@@ -90,7 +90,7 @@ impl Storage {
     /// The token whose hash is `token_hash`, revoked or not.
     /// Runs on every authenticated request, so the statement is cached.
     pub fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiTokenRow>, StorageError> {
-        let conn = self.lock();
+        let conn = self.lock()?;
         let mut stmt = conn
             .prepare_cached(concat!(
                 "SELECT ",
@@ -105,7 +105,7 @@ impl Storage {
 
     /// Every token, oldest first.
     pub fn list_api_tokens(&self) -> Result<Vec<ApiTokenRow>, StorageError> {
-        let conn = self.lock();
+        let conn = self.lock()?;
         let mut stmt = conn
             .prepare_cached(concat!(
                 "SELECT ",
@@ -121,7 +121,7 @@ impl Storage {
     /// (revoking twice keeps the first time); `None` when no such token exists.
     pub fn revoke_api_token(&self, id: i64) -> Result<Option<(i64, bool)>, StorageError> {
         let now = now_ms();
-        let conn = self.lock();
+        let conn = self.lock()?;
         let n = conn
             .execute_cached(
                 "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
@@ -144,7 +144,7 @@ impl Storage {
 
     /// Record that token `id` was used at `at` (Unix ms).
     pub fn touch_api_token(&self, id: i64, at: i64) -> Result<(), StorageError> {
-        self.lock()
+        self.lock()?
             .execute_cached(
                 "UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1",
                 params![id, at],
