@@ -287,7 +287,9 @@ impl Connections {
     ) -> Result<ConnectionView, ConnectionError> {
         let mut row = self.row(name)?;
         let service = self.catalog().require(&row.service)?.def;
-        let before = self.origins(&service, &row)?;
+        // Opened once: the edit changes where they go, not what they are.
+        let creds = self.opened(&row)?;
+        let before = origins(&service, &row, &creds);
         if let Some(s) = scopes {
             no_scopes_without_oauth(&service, &s)?;
             row.scopes = s;
@@ -311,12 +313,18 @@ impl Connections {
             check_choice(p, &v)?;
             row.params.insert(k, v);
         }
-        if let Some(after) = self.origins(&service, &row)?
+        if let Some(after) = origins(&service, &row, &creds)
             && row.sealed.is_some()
             && before.as_ref() != Some(&after)
             && !move_credentials
         {
-            return Err(self.credentials_would_move(&service, &row, before.as_deref(), &after));
+            return Err(credentials_would_move(
+                &service,
+                &row,
+                &creds,
+                before.as_deref(),
+                &after,
+            ));
         }
         resolve_endpoint(&service, &row, &Credentials::default()).or_else(|e| {
             // Secret url params are not known here; only fail for non-secret problems.
@@ -605,43 +613,22 @@ impl Connections {
                 if row.service != def.name || row.sealed.is_none() {
                     continue;
                 }
-                let before = self.origins(&old, &row)?;
-                if let Some(after) = self.origins(def, &row)?
+                let creds = self.opened(&row)?;
+                let before = origins(&old, &row, &creds);
+                if let Some(after) = origins(def, &row, &creds)
                     && before.as_ref() != Some(&after)
                 {
-                    return Err(self.credentials_would_move(&old, &row, before.as_deref(), &after));
+                    return Err(credentials_would_move(
+                        &old,
+                        &row,
+                        &creds,
+                        before.as_deref(),
+                        &after,
+                    ));
                 }
             }
         }
         self.catalog().edit(def)
-    }
-
-    /// Where `row`'s credentials go under `service`: the API's allowed origins, and for
-    /// OAuth the token and revocation endpoints (the refresh token and client secret go
-    /// there). `None`: nowhere, the API endpoint does not resolve. Secret URL params
-    /// count, so the credentials are opened for them: a URL built from a secret token
-    /// must not move unnoticed either.
-    fn origins(
-        &self,
-        service: &ServiceDef,
-        row: &ConnectionRow,
-    ) -> Result<Option<Vec<Origin>>, ConnectionError> {
-        let creds = self.opened(row)?;
-        let Ok(endpoint) = resolve_endpoint(service, row, &creds) else {
-            return Ok(None);
-        };
-        let mut origins = endpoint.allowed_origins;
-        if let Some(o) = &service.oauth2 {
-            let params = crate::oauth::url_params(service, row);
-            for template in std::iter::once(&o.token_url).chain(&o.revocation_url) {
-                if let Ok(url) = service.resolve_url(template, &params) {
-                    origins.push(Origin::of(&url));
-                }
-            }
-        }
-        origins.sort_by_key(ToString::to_string);
-        origins.dedup();
-        Ok(Some(origins))
     }
 
     /// `row`'s credentials, opened (none when it holds none).
@@ -650,36 +637,6 @@ impl Connections {
             Some(blob) => Credentials::open(&self.gateway.sealer, &row.name, blob)?,
             None => Credentials::default(),
         })
-    }
-
-    /// The refusal of a change that would send `row`'s stored credentials from `before`
-    /// to `after`, its origins scrubbed: a capability URL may hold its secret in a host
-    /// label.
-    fn credentials_would_move(
-        &self,
-        service: &ServiceDef,
-        row: &ConnectionRow,
-        before: Option<&[Origin]>,
-        after: &[Origin],
-    ) -> ConnectionError {
-        let redactor = self
-            .opened(row)
-            .map(|creds| super::inject::redactor_for(service, &creds, &row.params))
-            .unwrap_or_default();
-        let list = |o: &[Origin]| {
-            let text = o
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            redactor.scrub(&text)
-        };
-        ConnectionError::Invalid(format!(
-            "connection {:?} holds credentials for {}; this change would send them to {}. Check the URL, then repeat with --move-credentials, or revoke the connection first (nothing was changed)",
-            row.name,
-            before.map_or_else(|| "no reachable origin".to_string(), list),
-            list(after)
-        ))
     }
 
     /// Store a service's OAuth client registration (sealed).
@@ -916,6 +873,54 @@ pub struct Revocation {
     pub provider: Vec<ProviderRevocation>,
     /// Whether there were credentials to wipe (false: nothing changed).
     pub wiped: bool,
+}
+
+/// Where `row`'s credentials go under `service`: the API's allowed origins, and for
+/// OAuth the token and revocation endpoints (the refresh token and client secret go
+/// there). `None`: nowhere, the API endpoint does not resolve. Secret URL params
+/// count, so it takes the opened credentials: a URL built from a secret token
+/// must not move unnoticed either.
+fn origins(service: &ServiceDef, row: &ConnectionRow, creds: &Credentials) -> Option<Vec<Origin>> {
+    let endpoint = resolve_endpoint(service, row, creds).ok()?;
+    let mut origins = endpoint.allowed_origins;
+    if let Some(o) = &service.oauth2 {
+        let params = crate::oauth::url_params(service, row);
+        for template in std::iter::once(&o.token_url).chain(&o.revocation_url) {
+            if let Ok(url) = service.resolve_url(template, &params) {
+                origins.push(Origin::of(&url));
+            }
+        }
+    }
+    origins.sort_by_key(ToString::to_string);
+    origins.dedup();
+    Some(origins)
+}
+
+/// The refusal of a change that would send `row`'s stored credentials from `before`
+/// to `after`, its origins scrubbed: a capability URL may hold its secret in a host
+/// label.
+fn credentials_would_move(
+    service: &ServiceDef,
+    row: &ConnectionRow,
+    creds: &Credentials,
+    before: Option<&[Origin]>,
+    after: &[Origin],
+) -> ConnectionError {
+    let redactor = super::inject::redactor_for(service, creds, &row.params);
+    let list = |o: &[Origin]| {
+        let text = o
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        redactor.scrub(&text)
+    };
+    ConnectionError::Invalid(format!(
+        "connection {:?} holds credentials for {}; this change would send them to {}. Check the URL, then repeat with --move-credentials, or revoke the connection first (nothing was changed)",
+        row.name,
+        before.map_or_else(|| "no reachable origin".to_string(), list),
+        list(after)
+    ))
 }
 
 fn check_override(service: &ServiceDef, url: &str) -> Result<(), ConnectionError> {

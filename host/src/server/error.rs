@@ -74,14 +74,12 @@ impl ApiError {
 
     /// 503 with `Retry-After`: every slot and queue place is taken.
     pub fn at_capacity() -> Self {
-        Self {
-            retry_after: Some(RETRY_AFTER_BUSY_SECS),
-            ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "at-capacity",
-                "the host is at capacity (every invocation slot and queue place is taken); retry shortly",
-            )
-        }
+        // `new` gives every 503 its `Retry-After`.
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "at-capacity",
+            "the host is at capacity (every invocation slot and queue place is taken); retry shortly",
+        )
     }
 
     /// 429 with `Retry-After`.
