@@ -19,6 +19,27 @@ fn http_client(target: &str) -> bool {
     })
 }
 
+/// The log subscriber: `filter` (from `RUST_LOG` or `--verbose`) decides, except that
+/// the HTTP client crates stay at info whatever it says: their debug and trace events
+/// name the hosts they connect to, and a capability URL (a webhook) may carry its secret
+/// in the host name.
+fn logging(filter: EnvFilter) -> impl tracing::Subscriber + Send + Sync {
+    // The cap passes on `filter`'s level hint. Without one, the global maximum level would
+    // be TRACE, and every disabled `log` record (wasmtime, reqwest) would be filtered
+    // one by one on the hot path instead of skipped at the call.
+    let mut cap =
+        filter_fn(|meta| *meta.level() <= tracing::Level::INFO || !http_client(meta.target()));
+    if let Some(hint) = filter.max_level_hint() {
+        cap = cap.with_max_level_hint(hint);
+    }
+    tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .with_filter(cap),
+    )
+}
+
 fn main() {
     let cli = keyhole::cli::Cli::parse();
     // A one-shot command piped into `head` should stop quietly when the pipe closes, as
@@ -33,19 +54,7 @@ fn main() {
     }
     let default = if cli.verbose { "info" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // Whatever RUST_LOG says (however specific its targets), the HTTP client crates stay
-    // at info: their debug and trace events name the hosts they connect to, and a
-    // capability URL (a webhook) may carry its secret in the host name.
-    let cap =
-        filter_fn(|meta| *meta.level() <= tracing::Level::INFO || !http_client(meta.target()));
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter)
-                .with_filter(cap),
-        )
-        .init();
+    logging(filter).init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,4 +67,32 @@ fn main() {
     };
     let code = runtime.block_on(keyhole::cli::run(cli));
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Subscriber;
+    use tracing::level_filters::LevelFilter;
+
+    #[test]
+    fn the_log_cap_keeps_the_filters_level_hint() {
+        for (directives, hint) in [
+            ("warn", LevelFilter::WARN),
+            ("info", LevelFilter::INFO),
+            ("keyhole=debug,warn", LevelFilter::DEBUG),
+        ] {
+            let subscriber = logging(EnvFilter::new(directives));
+            assert_eq!(subscriber.max_level_hint(), Some(hint), "{directives}");
+        }
+    }
+
+    #[test]
+    fn http_client_targets_match_whole_crate_names() {
+        assert!(http_client("hyper"));
+        assert!(http_client("hyper_util::client::legacy"));
+        assert!(http_client("reqwest::connect"));
+        assert!(!http_client("hyperx"));
+        assert!(!http_client("keyhole::gateway"));
+    }
 }
