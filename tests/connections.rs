@@ -1184,3 +1184,92 @@ async fn credentials_in_the_url_do_not_move_unconfirmed_either() {
     .ok();
     capture::assert_no_secrets(&["secret-path-token-123"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connecting_with_another_accounts_credentials_is_said_and_recorded() {
+    const ALICE: &str = "kh-test-token-alice-4d2a";
+    const BOB: &str = "kh-test-token-bob-8c1e";
+    let api = FakeApi::start_with(vec![Credential::bearer(ALICE), Credential::bearer(BOB)]).await;
+    api.set_account(ALICE, "alice");
+    api.set_account(BOB, "bob");
+    let t = TestHost::new();
+    t.cli(&[
+        "services",
+        "add",
+        "--name",
+        "hub",
+        "--auth",
+        "bearer",
+        "--base-url",
+        &api.base_url(),
+        "--verify",
+        "GET /user",
+        "--account",
+        "/login",
+    ])
+    .ok();
+    let show = t.cli(&["services", "show", "hub"]);
+    assert!(show.ok().contains("/login"), "{}", show.stdout);
+    t.cli(&["connections", "add", "hub", "--service", "hub"])
+        .ok();
+    let connect = |token: &str| {
+        t.cli_with(
+            &["connections", "connect", "hub", "--params-stdin"],
+            Some(&format!("Authorization={token}\n")),
+            &[],
+        )
+    };
+
+    let first = connect(ALICE);
+    assert!(
+        first
+            .ok()
+            .contains(r#"connection hub is connected as "alice""#),
+        "{}",
+        first.stdout
+    );
+    assert!(!first.stderr.contains("warning"), "{}", first.stderr);
+    let view = t.host.connections().show("hub").unwrap();
+    assert_eq!(view.account.as_deref(), Some("alice"));
+    assert_eq!(view.status_reason, None);
+
+    // Bob's token: stored (it works), and the admin is told whose it is.
+    let second = connect(BOB);
+    assert!(
+        second.ok().contains(r#"connected as "bob""#),
+        "{}",
+        second.stdout
+    );
+    assert!(
+        second
+            .stderr
+            .contains(r#"warning: now connected as "bob", not "alice" as before"#),
+        "{}",
+        second.stderr
+    );
+    let view = t.cli(&["connections", "show", "hub", "--json"]).json();
+    assert_eq!(view["account"], "bob");
+    assert!(view["status_reason"].as_str().unwrap().contains("alice"));
+
+    // A token that fails verification changes neither the credentials nor the account.
+    let bad = connect("kh-test-token-nobody");
+    assert_eq!(bad.code, 1, "{}", bad.stdout);
+    assert_eq!(
+        t.host.connections().show("hub").unwrap().account.as_deref(),
+        Some("bob")
+    );
+    // Bob again: nothing to warn about, and the note is gone.
+    let again = connect(BOB);
+    assert!(!again.stderr.contains("warning"), "{}", again.stderr);
+    assert_eq!(
+        t.host.connections().show("hub").unwrap().status_reason,
+        None
+    );
+    let test = t.cli(&["connections", "test", "hub"]);
+    assert!(
+        test.ok().contains(r#"the credentials belong to "bob""#),
+        "{}",
+        test.stdout
+    );
+    capture::assert_no_secrets(&[ALICE, BOB]);
+}

@@ -54,6 +54,11 @@ token_auth_method = "{auth_method}"
 }
 
 async fn setup(grant: &str) -> Setup {
+    setup_with(grant, |toml| toml).await
+}
+
+/// [`setup`] with the service definition passed through `edit` first.
+async fn setup_with(grant: &str, edit: impl FnOnce(String) -> String) -> Setup {
     let server = OAuthServer::start().await;
     let redirect = format!("http://127.0.0.1:{}/oauth/callback", free_port());
     let (auth, method) = if grant == "client_credentials" {
@@ -63,7 +68,7 @@ async fn setup(grant: &str) -> Setup {
     };
     server.register_client(CLIENT_ID, CLIENT_SECRET, [redirect.clone()], auth);
     let t = TestHost::new();
-    let def = ServiceDef::from_toml(&service_toml(&server, grant, method)).unwrap();
+    let def = ServiceDef::from_toml(&edit(service_toml(&server, grant, method))).unwrap();
     t.host.connections().catalog().add(&def).unwrap();
     let config = ClientConfig {
         client_id: CLIENT_ID.into(),
@@ -108,6 +113,20 @@ async fn authorize(s: &Setup) {
             .await
             .unwrap();
     assert_eq!(view.status, Status::Connected);
+}
+
+/// Authorize as `user` (signed in at the provider) through the library.
+async fn authorize_as(s: &Setup, user: &str) -> keyhole::connections::ConnectionView {
+    let c = s.t.host.connections();
+    let pending = c.begin_authorization("prov").unwrap();
+    let location = s
+        .server
+        .approve_as(&pending.authorize_url, user)
+        .await
+        .unwrap();
+    c.complete_authorization(&callback(&location), Some("prov"))
+        .await
+        .unwrap()
 }
 
 async fn call(t: &TestHost, input: Value) -> Value {
@@ -833,4 +852,56 @@ async fn moving_the_token_endpoint_needs_confirming() {
         "--move-credentials",
     ])
     .ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn re_authorizing_as_another_account_is_recorded_and_said() {
+    let s = setup_with("authorization_code", |toml| {
+        toml.replace(
+            "path = \"/user\"\n",
+            "path = \"/user\"\naccount = [\"/login\"]\n",
+        )
+    })
+    .await;
+    let view = authorize_as(&s, "alice").await;
+    assert_eq!(view.status, Status::Connected);
+    assert_eq!(view.account.as_deref(), Some("alice"));
+    assert_eq!(view.status_reason, None);
+
+    // The same account again: nothing to say.
+    let view = authorize_as(&s, "alice").await;
+    assert_eq!(view.account.as_deref(), Some("alice"));
+    assert_eq!(view.status_reason, None);
+
+    // Another account: the authorization stands, and the connection says whose it is now.
+    let view = authorize_as(&s, "bob").await;
+    assert_eq!(view.status, Status::Connected);
+    assert_eq!(view.account.as_deref(), Some("bob"));
+    let note = view.status_reason.expect("a note on the change");
+    assert!(
+        note.contains(r#"now connected as "bob", not "alice""#),
+        "{note}"
+    );
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    let answer = call(&s.t, user()).await;
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert!(
+        answer["body"]
+            .as_str()
+            .unwrap()
+            .contains(r#""login":"bob""#),
+        "{answer}"
+    );
+
+    // `connections show` has it too; the note goes once the account is the same again.
+    let out = s.t.cli(&["connections", "show", "prov"]);
+    assert!(out.ok().contains("account"), "{}", out.stdout);
+    assert!(out.ok().contains("bob"), "{}", out.stdout);
+    assert!(
+        out.ok().contains(r#"not "alice" as before"#),
+        "{}",
+        out.stdout
+    );
+    let view = authorize_as(&s, "bob").await;
+    assert_eq!(view.status_reason, None);
 }

@@ -108,8 +108,13 @@ pub fn basic_blob(user: &str, pass: &str) -> String {
 
 struct ApiState {
     required: Mutex<Vec<Credential>>,
+    /// Whose each secret is (the login `/user` answers with); others are [`DEFAULT_LOGIN`].
+    accounts: Mutex<HashMap<String, String>>,
     log: Arc<RequestLog>,
 }
+
+/// The login `/user` answers for a credential with no account of its own.
+pub const DEFAULT_LOGIN: &str = "keyhole-test";
 
 /// A fake third-party API on `127.0.0.1`; it stops when dropped.
 ///
@@ -139,6 +144,7 @@ impl FakeApi {
         let log = Arc::new(RequestLog::default());
         let state = Arc::new(ApiState {
             required: Mutex::new(credentials),
+            accounts: Mutex::new(HashMap::new()),
             log: log.clone(),
         });
         let router = Router::new()
@@ -191,6 +197,16 @@ impl FakeApi {
         let mut required = self.state.required.lock().unwrap();
         required.retain(|c| !matches!(c, Credential::Bearer(_)));
         required.extend(tokens.into_iter().map(|t| Credential::Bearer(t.into())));
+    }
+
+    /// Says that `secret` (a key, password or token) belongs to account `login`: `/user`
+    /// answers with it, as a real API names the owner of the credentials.
+    pub fn set_account(&self, secret: impl Into<String>, login: impl Into<String>) {
+        self.state
+            .accounts
+            .lock()
+            .unwrap()
+            .insert(secret.into(), login.into());
     }
 
     /// Accepts one more bearer token.
@@ -331,14 +347,21 @@ pub(crate) fn strip_scheme<'a>(header: &'a str, scheme: &str) -> Option<&'a str>
 /// worked.
 async fn auth_test(State(state): State<Arc<ApiState>>, headers: HeaderMap, uri: Uri) -> Response {
     match authenticate(&state, &headers, &uri) {
-        Auth::Ok(_) => Json(json!({ "ok": true, "user": "keyhole-test" })).into_response(),
+        Auth::Ok(_) => Json(json!({ "ok": true, "user": DEFAULT_LOGIN })).into_response(),
         Auth::Denied(_) => Json(json!({ "ok": false, "error": "invalid_auth" })).into_response(),
     }
 }
 
 async fn user(State(state): State<Arc<ApiState>>, headers: HeaderMap, uri: Uri) -> Response {
     match authenticate(&state, &headers, &uri) {
-        Auth::Ok(_) => Json(json!({ "login": "keyhole-test" })).into_response(),
+        Auth::Ok(presented) => {
+            let accounts = state.accounts.lock().unwrap();
+            let login = presented
+                .iter()
+                .find_map(|secret| accounts.get(secret))
+                .map_or(DEFAULT_LOGIN, String::as_str);
+            Json(json!({ "login": login })).into_response()
+        }
         Auth::Denied(resp) => resp,
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Endpoints: `GET /authorize`, `POST /authorize/decision`, `POST /token`, `POST /revoke`,
 //! `GET /api/user`, `ANY /api/echo[/*rest]`. There is no login page: a test approves or
-//! denies with [`OAuthServer::approve`] / [`OAuthServer::deny`].
+//! denies with [`OAuthServer::approve`] / [`OAuthServer::deny`], as the signed-in user
+//! `keyhole-test` or, with [`OAuthServer::approve_as`], another resource owner.
 
 mod endpoints;
 mod store;
@@ -138,7 +139,13 @@ impl OAuthServer {
     /// approves it with the requested scope. Returns the `Location` the browser would
     /// follow: `redirect_uri?code=…&state=…`, or the error redirect `/authorize` chose.
     pub async fn approve(&self, authorize_url: &str) -> anyhow::Result<String> {
-        self.decide(authorize_url, true, None).await
+        self.decide(authorize_url, true, None, None).await
+    }
+
+    /// Like [`approve`](Self::approve), signed in at the provider as `user`: the tokens
+    /// reach `user`'s resources, and `/api/user` answers with that login.
+    pub async fn approve_as(&self, authorize_url: &str, user: &str) -> anyhow::Result<String> {
+        self.decide(authorize_url, true, None, Some(user)).await
     }
 
     /// Like [`approve`](Self::approve) but grants `scope` instead of the requested one.
@@ -147,12 +154,12 @@ impl OAuthServer {
         authorize_url: &str,
         scope: &str,
     ) -> anyhow::Result<String> {
-        self.decide(authorize_url, true, Some(scope)).await
+        self.decide(authorize_url, true, Some(scope), None).await
     }
 
     /// Denies the request: `redirect_uri?error=access_denied&state=…`.
     pub async fn deny(&self, authorize_url: &str) -> anyhow::Result<String> {
-        self.decide(authorize_url, false, None).await
+        self.decide(authorize_url, false, None, None).await
     }
 
     async fn decide(
@@ -160,6 +167,7 @@ impl OAuthServer {
         authorize_url: &str,
         approve: bool,
         scope: Option<&str>,
+        user: Option<&str>,
     ) -> anyhow::Result<String> {
         let response = self
             .http
@@ -180,6 +188,9 @@ impl OAuthServer {
         let mut form = vec![("consent", page.consent), ("approve", approve.to_string())];
         if let Some(scope) = scope {
             form.push(("scope", scope.to_owned()));
+        }
+        if let Some(user) = user {
+            form.push(("user", user.to_owned()));
         }
         let response = self
             .http

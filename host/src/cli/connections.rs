@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::output;
 use crate::Keyhole;
-use crate::connections::{ConnectionView, VerifyOutcome};
+use crate::connections::{ConnectionView, Status, VerifyOutcome};
 use crate::oauth::RevocationOutcome;
 use crate::secrets::Secret;
 use crate::services::ParamDef;
@@ -330,6 +330,9 @@ fn show(v: &ConnectionView) {
     if let Some(r) = &v.status_reason {
         pairs.push(("status reason", r.clone()));
     }
+    if let Some(a) = &v.account {
+        pairs.push(("account", a.clone()));
+    }
     pairs.extend([
         (
             "scopes",
@@ -388,15 +391,38 @@ fn show(v: &ConnectionView) {
 fn print_verify(v: &VerifyOutcome) {
     if v.ok {
         println!(
-            "verification {} succeeded ({})",
+            "verification {} succeeded ({}){}",
             v.request,
-            v.status.map(|s| s.to_string()).unwrap_or_default()
+            v.status.map(|s| s.to_string()).unwrap_or_default(),
+            v.account
+                .as_ref()
+                .map(|a| format!("; the credentials belong to {a:?}"))
+                .unwrap_or_default()
         );
     } else {
         println!(
             "verification failed: {}",
             v.reason.clone().unwrap_or_default()
         );
+    }
+}
+
+/// `connection NAME is STATUS`, and whose the credentials are when known.
+fn state_line(v: &ConnectionView) -> String {
+    let mut line = format!("connection {} is {}", v.name, status_name(v));
+    if let (Status::Connected, Some(a)) = (v.status, &v.account) {
+        line.push_str(&format!(" as {a:?}"));
+    }
+    line
+}
+
+/// A connection just connected keeps a status reason only to say that its credentials
+/// now belong to another account than before.
+fn warn_if_account_changed(v: &ConnectionView) {
+    if v.status == Status::Connected
+        && let Some(note) = &v.status_reason
+    {
+        eprintln!("warning: {note}");
     }
 }
 
@@ -478,7 +504,8 @@ async fn connect(host: &Keyhole, args: ConnectArgs) -> anyhow::Result<i32> {
         }
         let status = status_name(&outcome.connection);
         if outcome.stored {
-            println!("connection {} is {status}", args.name);
+            println!("{}", state_line(&outcome.connection));
+            warn_if_account_changed(&outcome.connection);
         } else {
             println!(
                 "the new credentials were not stored; connection {} keeps its previous credentials ({status})",
@@ -540,10 +567,11 @@ async fn connect_oauth(host: &Keyhole, args: &ConnectArgs) -> anyhow::Result<i32
             if args.json {
                 output::json(&view)?;
             } else {
-                println!("connection {} is {}", view.name, status_name(&view));
+                println!("{}", state_line(&view));
                 if let Some(exp) = view.token.get("expires_at").and_then(|v| v.as_i64()) {
                     println!("access token expires {}", crate::util::format_ms(exp));
                 }
+                warn_if_account_changed(&view);
             }
             Ok(0)
         }

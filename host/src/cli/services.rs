@@ -123,6 +123,10 @@ pub struct AddArgs {
     /// Verification request, e.g. "GET /user".
     #[arg(long)]
     pub verify: Option<String>,
+    /// Where the verification's JSON answer names the account the credentials belong
+    /// to, as a JSON pointer, e.g. "/login" (repeatable: the first that is there wins).
+    #[arg(long = "account", value_name = "POINTER", requires = "verify")]
+    pub account: Vec<String>,
     /// Description.
     #[arg(long)]
     pub description: Option<String>,
@@ -297,6 +301,9 @@ fn show(e: &CatalogEntry) {
     }
     if let Some(v) = &d.verify {
         pairs.push(("verification", format!("{} {}", v.method, v.path)));
+        if !v.account.is_empty() {
+            pairs.push(("account from", v.account.join(", ")));
+        }
     }
     if let Some(o) = &d.oauth2 {
         pairs.push((
@@ -478,6 +485,10 @@ fn from_flags(a: &AddArgs) -> anyhow::Result<ServiceDef> {
             toml_str(&method),
             toml_str(&path)
         ));
+        if !a.account.is_empty() {
+            let list: Vec<String> = a.account.iter().map(|p| toml_str(p)).collect();
+            t.push_str(&format!("account = [{}]\n", list.join(", ")));
+        }
     }
     t.push_str(&params);
     Ok(ServiceDef::from_toml(&t)?)

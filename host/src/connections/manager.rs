@@ -80,6 +80,9 @@ pub struct ConnectionView {
     pub granted_functions: Vec<String>,
     /// OAuth token metadata (expiry, granted scopes, last refresh), never token values.
     pub token: serde_json::Value,
+    /// The account the credentials belong to, as the service's verification request
+    /// last named it (`None` when it names none, or no verification has succeeded).
+    pub account: Option<String>,
 }
 
 /// Result of a verification request.
@@ -93,6 +96,9 @@ pub struct VerifyOutcome {
     pub status: Option<u16>,
     /// Upstream's reason on failure (scrubbed excerpt), or the transport error.
     pub reason: Option<String>,
+    /// The account the credentials belong to, when the service says where the
+    /// response names it ([`crate::services::VerifyDef::account`]).
+    pub account: Option<String>,
 }
 
 /// Result of `connect`.
@@ -169,6 +175,7 @@ impl Connections {
             created_at: now_ms(),
             connected_at: None,
             last_used_at: None,
+            account: None,
         };
         self.gateway.storage.insert_connection(&row)?;
         tracing::info!(connection = name, service, "connection created");
@@ -258,6 +265,7 @@ impl Connections {
             connected_at: row.connected_at,
             last_used_at: row.last_used_at,
             token: row.token_info,
+            account: row.account,
         })
     }
 
@@ -422,11 +430,19 @@ impl Connections {
         let ok = verification.as_ref().is_none_or(|v| v.ok);
         let was_connected = Status::parse(&row.status) == Status::Connected;
         let stored = ok || !was_connected;
+        // Learned only from a verification that succeeded; otherwise the last one stays.
+        let account = verification
+            .as_ref()
+            .filter(|v| v.ok)
+            .and_then(|v| v.account.clone());
         if stored {
             let sealed =
                 (!loaded.creds.is_empty()).then(|| loaded.creds.seal(&self.gateway.sealer, name));
             let (status, reason) = if ok {
-                (Status::Connected, None)
+                (
+                    Status::Connected,
+                    account_change(row.account.as_deref(), account.as_deref()),
+                )
             } else {
                 (
                     Status::Pending,
@@ -453,6 +469,9 @@ impl Connections {
                     "connection {name:?} changed while connecting; run the command again"
                 )));
             }
+            if account.is_some() {
+                self.gateway.storage.set_account(name, account.as_deref())?;
+            }
             tracing::info!(
                 connection = name,
                 status = status.as_str(),
@@ -478,6 +497,7 @@ impl Connections {
                 request: String::new(),
                 status: None,
                 reason: None,
+                account: None,
             };
         };
         let request = format!("{} {}", v.method, v.path);
@@ -498,6 +518,7 @@ impl Connections {
                     request,
                     status: Some(r.status),
                     reason: None,
+                    account: v.account(&r.body),
                 },
                 Some(why) => {
                     let body = String::from_utf8_lossy(&r.body);
@@ -507,6 +528,7 @@ impl Connections {
                         reason: Some(format!("{request} {why}: {excerpt}")),
                         request,
                         status: Some(r.status),
+                        account: None,
                     }
                 }
             },
@@ -515,6 +537,7 @@ impl Connections {
                 reason: Some(format!("{request} failed: {e}")),
                 request,
                 status: None,
+                account: None,
             },
         }
     }
@@ -540,6 +563,11 @@ impl Connections {
             )));
         }
         let outcome = self.verify(&mut loaded).await;
+        if outcome.ok && outcome.account.is_some() && outcome.account != loaded.row.account {
+            self.gateway
+                .storage
+                .set_account(name, outcome.account.as_deref())?;
+        }
         Ok(outcome)
     }
 
@@ -749,7 +777,45 @@ impl Connections {
             self.note_failure(&name, &e.to_string());
             return Err(e.into());
         }
+        self.learn_account(&name, row.account.as_deref()).await;
         self.show(&name)
+    }
+
+    /// After an authorization: ask the service's verification request whose the new
+    /// tokens are, record it, and when it is not the account the connection had before,
+    /// say so in the status reason (functions granted the connection now act as another
+    /// account). The authorization stands whatever the verification answers.
+    async fn learn_account(&self, name: &str, previous: Option<&str>) {
+        let Ok(Some(mut loaded)) = self.gateway.load(name) else {
+            return;
+        };
+        if loaded
+            .service
+            .verify
+            .as_ref()
+            .is_none_or(|v| v.account.is_empty())
+        {
+            return;
+        }
+        let outcome = self.verify(&mut loaded).await;
+        let Some(account) = outcome.account.filter(|_| outcome.ok) else {
+            tracing::info!(
+                connection = name,
+                "authorized; the verification request did not name the account"
+            );
+            return;
+        };
+        let storage = &self.gateway.storage;
+        if let Err(e) = storage.set_account(name, Some(&account)) {
+            tracing::warn!(connection = name, error = %e, "cannot record the account");
+        }
+        if let Some(note) = account_change(previous, Some(&account)) {
+            tracing::warn!(
+                connection = name,
+                "authorized as another account than before (see `keyhole connections show`)"
+            );
+            let _ = storage.set_connection_status(name, Status::Connected.as_str(), Some(&note));
+        }
     }
 
     fn note_failure(&self, name: &str, reason: &str) {
@@ -832,6 +898,18 @@ impl Connections {
 
 /// RFC 9207: when the service names its issuer, the authorization response must carry
 /// it as `iss`. (Without a configured issuer there is nothing to compare `iss` with.)
+/// The note to keep when credentials that worked for `previous` now belong to `now`.
+fn account_change(previous: Option<&str>, now: Option<&str>) -> Option<String> {
+    match (previous, now) {
+        (Some(previous), Some(now)) if previous != now => Some(format!(
+            "now connected as {now:?}, not {previous:?} as before: functions granted this \
+             connection act as {now:?} from now on; if that is wrong, connect it again with \
+             the right account"
+        )),
+        _ => None,
+    }
+}
+
 fn check_issuer(service: &ServiceDef, iss: Option<&str>) -> Result<(), OAuthError> {
     let Some(expected) = service.oauth2.as_ref().and_then(|o| o.issuer.as_deref()) else {
         return Ok(());

@@ -412,6 +412,7 @@ mod tests {
             created_at: 0,
             connected_at: None,
             last_used_at: None,
+            account: None,
         };
         storage.insert_connection(&row).unwrap();
         (

@@ -176,13 +176,17 @@ async fn oauth_callback(
         .complete_authorization(&params, None)
         .await
     {
-        Ok(view) => (
-            StatusCode::OK,
-            page(
-                "connected",
-                &format!("Connection {} is connected.", view.name),
-            ),
-        ),
+        Ok(view) => {
+            let mut text = match &view.account {
+                Some(a) => format!("Connection {} is connected as {a:?}.", view.name),
+                None => format!("Connection {} is connected.", view.name),
+            };
+            // Kept only to say the tokens belong to another account than before.
+            if let Some(note) = &view.status_reason {
+                text.push_str(&format!(" Note: {note}."));
+            }
+            (StatusCode::OK, page("connected", &text))
+        }
         Err(e) => (
             StatusCode::BAD_REQUEST,
             page("authorization failed", &e.to_string()),

@@ -141,6 +141,27 @@ mod tests {
         }
     }
 
+    /// Presets whose verification request answers with who the credentials belong to
+    /// name that account; the others' (a model list, a balance, a region list) do not.
+    #[test]
+    fn identity_verifications_name_the_account() {
+        const NO_ACCOUNT: [&str; 3] = ["openai", "stripe", "youtube-api-key"];
+        for def in presets() {
+            let Some(verify) = &def.verify else { continue };
+            let expected = !NO_ACCOUNT.contains(&def.name.as_str());
+            assert_eq!(!verify.account.is_empty(), expected, "{}", def.name);
+        }
+        let github = crate::services::find_preset("github")
+            .unwrap()
+            .verify
+            .clone()
+            .unwrap();
+        assert_eq!(
+            github.account(br#"{"login":"octocat","id":1}"#).as_deref(),
+            Some("octocat")
+        );
+    }
+
     /// Every preset resolves with example values for its required `url` params, and its
     /// OAuth URLs resolve too.
     #[test]

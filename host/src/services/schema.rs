@@ -275,7 +275,16 @@ pub struct VerifyDef {
     /// that answer 200 to bad credentials (Slack: `ok = true`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub expect_json: BTreeMap<String, serde_json::Value>,
+    /// Where a successful response names the account the credentials belong to: JSON
+    /// pointers (RFC 6901) into its body, tried in order; the first that leads to a
+    /// string or a number wins (GitHub: `["/login"]`). keyhole shows it as "connected
+    /// as", and warns when a re-authorization lands on another account.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub account: Vec<String>,
 }
+
+/// Longest account name kept; the upstream chose it.
+pub const MAX_ACCOUNT_CHARS: usize = 200;
 
 impl VerifyDef {
     /// Whether `status` counts as a successful verification.
@@ -285,6 +294,30 @@ impl VerifyDef {
         } else {
             self.expect_status.contains(&status)
         }
+    }
+
+    /// The account a successful response with `body` names (see [`Self::account`]):
+    /// on one line, at most [`MAX_ACCOUNT_CHARS`] characters; `None` when no pointer
+    /// leads to a non-empty string or number.
+    pub fn account(&self, body: &[u8]) -> Option<String> {
+        if self.account.is_empty() {
+            return None;
+        }
+        let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+        self.account.iter().find_map(|pointer| {
+            let raw = match doc.pointer(pointer)? {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            let flat: String = raw
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(MAX_ACCOUNT_CHARS)
+                .collect();
+            let flat = flat.trim();
+            (!flat.is_empty()).then(|| flat.to_string())
+        })
     }
 
     /// Why a response with `status` and `body` is not a successful verification, or
@@ -470,6 +503,7 @@ token_url = "https://acme.test/token"
             path: "/me".into(),
             expect_status: vec![],
             expect_json: BTreeMap::new(),
+            account: vec![],
         };
         assert!(any.is_success(200) && any.is_success(204) && !any.is_success(401));
         let only = VerifyDef {
@@ -502,5 +536,45 @@ token_url = "https://acme.test/token"
             slack.failure(500, br#"{"ok":true}"#).unwrap(),
             "answered 500"
         );
+    }
+
+    #[test]
+    fn the_account_is_the_first_pointer_that_names_one() {
+        let v = VerifyDef {
+            method: "GET".into(),
+            path: "/me".into(),
+            expect_status: vec![],
+            expect_json: BTreeMap::new(),
+            account: vec!["/email".into(), "/user/id".into()],
+        };
+        let account = |body: &str| v.account(body.as_bytes());
+        assert_eq!(
+            account(r#"{"email":"a@example.com","user":{"id":7}}"#).as_deref(),
+            Some("a@example.com")
+        );
+        // Missing, null, empty or not a scalar: the next pointer.
+        assert_eq!(account(r#"{"user":{"id":7}}"#).as_deref(), Some("7"));
+        assert_eq!(
+            account(r#"{"email":null,"user":{"id":"u7"}}"#).as_deref(),
+            Some("u7")
+        );
+        assert_eq!(
+            account(r#"{"email":"  ","user":{"id":"u7"}}"#).as_deref(),
+            Some("u7")
+        );
+        assert_eq!(account(r#"{"email":["x"]}"#), None);
+        assert_eq!(account("<html>"), None);
+        // One line, bounded.
+        assert_eq!(
+            account(r#"{"email":"a\nb\u0007c"}"#).as_deref(),
+            Some("a b c")
+        );
+        let long = format!(r#"{{"email":"{}"}}"#, "x".repeat(500));
+        assert_eq!(account(&long).unwrap().chars().count(), MAX_ACCOUNT_CHARS);
+        let none = VerifyDef {
+            account: vec![],
+            ..v.clone()
+        };
+        assert_eq!(none.account(br#"{"email":"a@example.com"}"#), None);
     }
 }

@@ -567,6 +567,25 @@ impl ServiceDef {
                 format!("contains {status}, which is not an HTTP status; use 100-599"),
             ));
         }
+        if v.account.len() > 8 {
+            return Err(self.invalid(
+                "verify.account",
+                "has more than 8 pointers; keep the few that name an account",
+            ));
+        }
+        if let Some(bad) = v
+            .account
+            .iter()
+            .find(|p| !p.starts_with('/') || p.len() > 200 || p.chars().any(|c| c.is_control()))
+        {
+            return Err(self.invalid(
+                "verify.account",
+                format!(
+                    "{bad:?} is not a JSON pointer into the response; write e.g. \"/login\" \
+                     or \"/user/email\""
+                ),
+            ));
+        }
         Ok(())
     }
 }

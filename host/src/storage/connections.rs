@@ -51,6 +51,8 @@ pub struct ConnectionRow {
     pub connected_at: Option<i64>,
     /// Unix ms of the last outbound request.
     pub last_used_at: Option<i64>,
+    /// The account the credentials belong to, as the verification request named it.
+    pub account: Option<String>,
 }
 
 /// A connection as an outbound call needs it (`Storage::connection_for_call`).
@@ -79,9 +81,12 @@ pub struct GrantRow {
 /// A macro, so statements are `concat!`-ed at compile time.
 macro_rules! connection_columns {
     () => {
-        "name, service, status, status_reason, scopes, base_url, params, sealed, generation, token_info, created_at, connected_at, last_used_at"
+        "name, service, status, status_reason, scopes, base_url, params, sealed, generation, token_info, created_at, connected_at, last_used_at, account"
     };
 }
+
+/// How many columns [`connection_columns!`] names; a query's own columns come after.
+const CONNECTION_COLUMNS: usize = 14;
 
 fn row_to_connection(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
     let scopes: String = r.get(4)?;
@@ -101,6 +106,7 @@ fn row_to_connection(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
         created_at: r.get(10)?,
         connected_at: r.get(11)?,
         last_used_at: r.get(12)?,
+        account: r.get(CONNECTION_COLUMNS - 1)?,
     })
 }
 
@@ -234,7 +240,7 @@ impl Storage {
     pub fn insert_connection(&self, c: &ConnectionRow) -> Result<(), StorageError> {
         self.lock()?
             .execute_cached(
-                concat!("INSERT INTO connections (", connection_columns!(), ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+                concat!("INSERT INTO connections (", connection_columns!(), ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
                 params![
                     c.name,
                     c.service,
@@ -248,7 +254,8 @@ impl Storage {
                     json(&c.token_info)?,
                     c.created_at,
                     c.connected_at,
-                    c.last_used_at
+                    c.last_used_at,
+                    c.account
                 ],
             )
             .map(drop)
@@ -285,8 +292,8 @@ impl Storage {
                 |r| {
                     Ok(CallConnection {
                         row: row_to_connection(r)?,
-                        service_definition: r.get(13)?,
-                        granted: r.get(14)?,
+                        service_definition: r.get(CONNECTION_COLUMNS)?,
+                        granted: r.get(CONNECTION_COLUMNS + 1)?,
                     })
                 },
             )
@@ -374,6 +381,17 @@ impl Storage {
             .execute_cached(
                 "UPDATE connections SET status = ?2, status_reason = ?3 WHERE name = ?1",
                 params![name, status, reason],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Record the account a connection's credentials belong to (`None`: not known).
+    pub fn set_account(&self, name: &str, account: Option<&str>) -> Result<(), StorageError> {
+        self.lock()?
+            .execute_cached(
+                "UPDATE connections SET account = ?2 WHERE name = ?1",
+                params![name, account],
             )
             .map(drop)
             .map_err(|e| self.err(e))
@@ -490,7 +508,16 @@ mod tests {
             created_at: now_ms(),
             connected_at: None,
             last_used_at: None,
+            account: None,
         }
+    }
+
+    #[test]
+    fn the_column_count_matches_the_column_list() {
+        assert_eq!(
+            connection_columns!().split(", ").count(),
+            CONNECTION_COLUMNS
+        );
     }
 
     #[test]
@@ -516,6 +543,7 @@ mod tests {
         s.insert_service("acme", "name = \"acme\"").unwrap();
         let mut custom = connection("acme-main");
         custom.service = "acme".into();
+        custom.account = Some("octocat".into());
         s.insert_connection(&custom).unwrap();
         let call = s
             .connection_for_call("f", "acme-main")
@@ -526,6 +554,10 @@ mod tests {
             Some("name = \"acme\""),
             "a custom service"
         );
+        assert_eq!(call.row.account.as_deref(), Some("octocat"));
+        s.set_account("acme-main", Some("hubot")).unwrap();
+        let row = s.get_connection("acme-main").unwrap().unwrap();
+        assert_eq!(row.account.as_deref(), Some("hubot"));
         s.delete_connection("gh").unwrap();
         assert_eq!(granted("f", "gh"), None, "deleted");
         assert_eq!(granted("f", "nope"), None, "unknown");

@@ -149,6 +149,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE retired_versions (name TEXT PRIMARY KEY, last_version INTEGER NOT NULL);
     "#,
+    // 8: the account a connection's credentials belong to, as its service's verification
+    // request names it (shown as "connected as"; a re-authorization compares with it).
+    r#"
+    ALTER TABLE connections ADD COLUMN account TEXT;
+    "#,
 ];
 
 /// Bring the schema up to date.

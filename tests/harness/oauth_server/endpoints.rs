@@ -22,6 +22,9 @@ use crate::server::{Echo, RequestLog, decode_pairs, record};
 
 const REALM: &str = "keyhole-oauth";
 
+/// The resource owner who approves when the test names none.
+pub const DEFAULT_USER: &str = "keyhole-test";
+
 pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub log: Arc<RequestLog>,
@@ -229,6 +232,8 @@ async fn decision(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         _ => return error_page("approve must be true or false"),
     };
     let granted = params.get("scope").map(str::to_owned);
+    // Who is signed in at the provider and approves: the resource owner.
+    let user = params.get("user").unwrap_or(DEFAULT_USER).to_owned();
     if granted.as_deref().is_some_and(|s| !is_valid_scope(s)) {
         return error_page("malformed scope override");
     }
@@ -245,7 +250,7 @@ async fn decision(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let redirect_uri = consent.redirect_uri.clone();
     let state = consent.state.clone();
     let scope = granted.unwrap_or_else(|| consent.scope.clone());
-    let code = store.issue_code(consent, scope);
+    let code = store.issue_code(consent, scope, user);
     let mut extra = vec![("code", code.as_str())];
     if let Some(state) = state.as_deref() {
         extra.push(("state", state));
@@ -509,7 +514,10 @@ impl IntoResponse for Unauthorized {
 
 /// RFC 6750 §3: no error code when no credentials came, `invalid_token` for anything else.
 /// Answers the owner and scope of a valid token.
-fn check_bearer(shared: &Shared, headers: &HeaderMap) -> Result<(String, String), Unauthorized> {
+fn check_bearer(
+    shared: &Shared,
+    headers: &HeaderMap,
+) -> Result<(String, String, String), Unauthorized> {
     let values: Vec<&str> = headers
         .get_all(header::AUTHORIZATION)
         .iter()
@@ -538,8 +546,8 @@ fn check_bearer(shared: &Shared, headers: &HeaderMap) -> Result<(String, String)
 
 async fn api_user(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     match check_bearer(&shared, &headers) {
-        Ok((client_id, scope)) => Json(json!({
-            "login": "keyhole-test",
+        Ok((client_id, scope, owner)) => Json(json!({
+            "login": owner,
             "client_id": client_id,
             "scope": scope,
         }))

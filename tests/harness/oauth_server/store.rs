@@ -88,6 +88,8 @@ pub(crate) struct PendingConsent {
 struct Code {
     consent: PendingConsent,
     scope: String,
+    /// The resource owner who approved it.
+    user: String,
     expires_at: Instant,
     used: bool,
     /// The family of tokens issued from this code, once exchanged.
@@ -173,6 +175,9 @@ pub(crate) struct Store {
     refresh: HashMap<String, Refresh>,
     /// Indexed by family id: whether the whole grant was revoked.
     family_revoked: Vec<bool>,
+    /// Indexed by family id: whose resources the grant reaches (the resource owner who
+    /// approved it; the client itself for client credentials).
+    family_owner: Vec<String>,
     pub issued_access: Vec<String>,
     pub issued_refresh: Vec<String>,
     pub token_requests: usize,
@@ -227,8 +232,8 @@ impl Store {
         self.consents.remove(token)
     }
 
-    /// Issues a single-use code for an approved consent, with the granted `scope`.
-    pub fn issue_code(&mut self, consent: PendingConsent, scope: String) -> String {
+    /// Issues a single-use code for a consent `user` approved, with the granted `scope`.
+    pub fn issue_code(&mut self, consent: PendingConsent, scope: String, user: String) -> String {
         let code = random_token("code");
         let expires_at = Instant::now() + self.knobs.code_ttl;
         self.codes.insert(
@@ -236,6 +241,7 @@ impl Store {
             Code {
                 consent,
                 scope,
+                user,
                 expires_at,
                 used: false,
                 family: None,
@@ -244,7 +250,8 @@ impl Store {
         code
     }
 
-    fn new_family(&mut self) -> usize {
+    fn new_family(&mut self, owner: String) -> usize {
+        self.family_owner.push(owner);
         self.family_revoked.push(false);
         self.family_revoked.len() - 1
     }
@@ -345,7 +352,8 @@ impl Store {
             ));
         }
         let scope = entry.scope.clone();
-        let family = self.new_family();
+        let user = entry.user.clone();
+        let family = self.new_family(user);
         if let Some(entry) = self.codes.get_mut(code) {
             entry.family = Some(family);
         }
@@ -447,7 +455,7 @@ impl Store {
             return Err(OAuthError::invalid_scope("malformed scope"));
         }
         let scope = scope.unwrap_or_default().to_owned();
-        let family = self.new_family();
+        let family = self.new_family(client_id.to_owned());
         let (access_token, expires_in) = self.mint_access(client_id, &scope, family);
         Ok(Issued {
             access_token,
@@ -502,11 +510,15 @@ impl Store {
         Ok(())
     }
 
-    /// The owner and scope of an access token that is known, unexpired and unrevoked.
-    pub fn active_access(&self, token: &str) -> Option<(String, String)> {
+    /// The client, scope and resource owner of an access token that is known, unexpired
+    /// and unrevoked.
+    pub fn active_access(&self, token: &str) -> Option<(String, String, String)> {
         let a = self.access.get(token)?;
         let active = !a.revoked && !self.family_revoked[a.family] && Instant::now() < a.expires_at;
-        active.then(|| (a.client_id.clone(), a.scope.clone()))
+        active.then(|| {
+            let owner = self.family_owner[a.family].clone();
+            (a.client_id.clone(), a.scope.clone(), owner)
+        })
     }
 
     pub fn is_refresh_active(&self, token: &str) -> bool {

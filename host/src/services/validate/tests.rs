@@ -448,4 +448,11 @@ fn verify_rules() {
         "verify.method \"get\" is not an HTTP method",
     );
     fails(&v("path = \"/me\"\nexpect_status = [700]"), "contains 700");
+    ok(&v(
+        "path = \"/me\"\naccount = [\"/login\", \"/user/email\"]",
+    ));
+    fails(
+        &v("path = \"/me\"\naccount = [\"login\"]"),
+        "verify.account \"login\" is not a JSON pointer",
+    );
 }
