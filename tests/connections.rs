@@ -1273,3 +1273,41 @@ async fn connecting_with_another_accounts_credentials_is_said_and_recorded() {
     );
     capture::assert_no_secrets(&[ALICE, BOB]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_cookie_the_upstream_sets_never_reaches_the_guest() {
+    let (t, api) = acme().await;
+    let out = call(
+        &t,
+        "hello",
+        json!({"connection": "acme", "target": "/session"}),
+    )
+    .await;
+    assert_eq!(out["status"], 200, "{out}");
+    assert_eq!(out["body"], r#"{"session":"open"}"#, "{out}");
+    let sessions = api.sessions();
+    assert_eq!(sessions.len(), 1, "the upstream opened one session");
+    let session = &sessions[0];
+
+    // The cookie is a credential: it alone gets past the API's authentication.
+    let direct = reqwest::Client::new()
+        .get(api.url("/user"))
+        .header(
+            "cookie",
+            format!("{}={session}", keyhole_tests::SESSION_COOKIE),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 200, "the session cookie authenticates");
+
+    // So the guest gets the answer without it, and without any other Set-Cookie.
+    let headers = out["headers"].to_string().to_ascii_lowercase();
+    assert!(!headers.contains("set-cookie"), "{headers}");
+    assert!(!out.to_string().contains(session.as_str()), "{out}");
+    for record in t.host.logs(Some("hello"), 10).unwrap() {
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(!text.contains(session.as_str()), "{text}");
+    }
+    capture::assert_no_secrets(&[KEY, session]);
+}

@@ -110,8 +110,14 @@ struct ApiState {
     required: Mutex<Vec<Credential>>,
     /// Whose each secret is (the login `/user` answers with); others are [`DEFAULT_LOGIN`].
     accounts: Mutex<HashMap<String, String>>,
+    /// Session ids `/session` handed out as cookies; each authenticates like the
+    /// credentials it was issued for.
+    sessions: Mutex<Vec<String>>,
     log: Arc<RequestLog>,
 }
+
+/// The session cookie's name, as Java servers (Jira, Confluence) call it.
+pub const SESSION_COOKIE: &str = "JSESSIONID";
 
 /// The login `/user` answers for a credential with no account of its own.
 pub const DEFAULT_LOGIN: &str = "keyhole-test";
@@ -120,6 +126,7 @@ pub const DEFAULT_LOGIN: &str = "keyhole-test";
 ///
 /// Routes: `GET /user`, `GET /v1/user`, `ANY /echo`, `ANY /v1/echo[/*rest]` (gzip when
 /// the request accepts it), `ANY /gzip-echo` (gzip always), `GET /leak` (authenticated); `ANY /open/echo[/*rest]`, `GET /redirect?to=URL[&status=30x]`,
+/// `GET /session` (authenticated; sets a session cookie that then authenticates alone),
 /// `GET /slow?ms=N`, `GET /big?bytes=N[&chunked=true]`, `ANY /status/{code}` (open).
 pub struct FakeApi {
     server: TestServer,
@@ -145,6 +152,7 @@ impl FakeApi {
         let state = Arc::new(ApiState {
             required: Mutex::new(credentials),
             accounts: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Vec::new()),
             log: log.clone(),
         });
         let router = Router::new()
@@ -158,6 +166,7 @@ impl FakeApi {
             .route("/open/echo/{*rest}", any(open_echo))
             .route("/gzip-echo", any(gzip_echo))
             .route("/leak", get(leak))
+            .route("/session", get(session))
             .route("/redirect", get(redirect))
             .route("/slow", get(slow))
             .route("/big", get(big))
@@ -209,6 +218,11 @@ impl FakeApi {
             .insert(secret.into(), login.into());
     }
 
+    /// The session ids `/session` has handed out as [`SESSION_COOKIE`] cookies.
+    pub fn sessions(&self) -> Vec<String> {
+        self.state.sessions.lock().unwrap().clone()
+    }
+
     /// Accepts one more bearer token.
     pub fn add_bearer_token(&self, token: impl Into<String>) {
         let mut required = self.state.required.lock().unwrap();
@@ -256,6 +270,19 @@ enum Auth {
 }
 
 fn authenticate(state: &ApiState, headers: &HeaderMap, uri: &Uri) -> Auth {
+    // A session cookie stands in for the credentials it was issued for, as on servers
+    // that open a session on the first authenticated request.
+    let sessions = state.sessions.lock().unwrap().clone();
+    let session = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, id)| *name == SESSION_COOKIE && sessions.iter().any(|s| s == id));
+    if let Some((_, id)) = session {
+        return Auth::Ok(vec![id.to_owned()]);
+    }
     let required = state.required.lock().unwrap().clone();
     let pairs = decode_pairs(uri.query().unwrap_or("").as_bytes());
     let authorizations: Vec<&str> = headers
@@ -443,6 +470,29 @@ async fn leak(State(state): State<Arc<ApiState>>, headers: HeaderMap, uri: Uri) 
                     (header::HeaderName::from_static("x-leak"), first),
                 ],
                 secrets.join("\n"),
+            )
+                .into_response()
+        }
+        Auth::Denied(resp) => resp,
+    }
+}
+
+/// Opens a session, as Jira and other Java servers do on an authenticated request: the
+/// answer sets a cookie that authenticates later requests on its own.
+async fn session(State(state): State<Arc<ApiState>>, headers: HeaderMap, uri: Uri) -> Response {
+    match authenticate(&state, &headers, &uri) {
+        Auth::Ok(_) => {
+            let id = format!("kh-session-{:032x}", rand::random::<u128>());
+            state.sessions.lock().unwrap().push(id.clone());
+            (
+                [
+                    (
+                        header::SET_COOKIE,
+                        format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly"),
+                    ),
+                    (header::SET_COOKIE, "theme=dark; Path=/".to_owned()),
+                ],
+                Json(json!({ "session": "open" })),
             )
                 .into_response()
         }

@@ -15,7 +15,7 @@ mod server;
 pub mod webhook_receiver;
 pub mod youtube_api;
 
-pub use fake_api::{Credential, FakeApi, basic_blob};
+pub use fake_api::{Credential, FakeApi, SESSION_COOKIE, basic_blob};
 pub use oauth_server::{ClientAuth, OAuthServer, pkce_challenge, pkce_pair, query_param};
 pub use server::{Echo, RecordedRequest};
 

@@ -26,6 +26,12 @@ const REFUSED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cook
 /// carry an echoed secret past it. keyhole asks for the whole, uncompressed answer.
 const UNSCRUBBABLE_HEADERS: &[&str] = &["accept-encoding", "te", "range", "if-range"];
 
+/// Response headers a guest never gets. A cookie an upstream sets on an authenticated
+/// request opens a session: it authenticates on its own, so it is a credential derived
+/// from the connection's, and would outlive a revocation. keyhole keeps no cookie jar and
+/// a guest may not send `Cookie`, so the guest has no use for it either.
+const WITHHELD_RESPONSE_HEADERS: &[&str] = &["set-cookie", "set-cookie2"];
+
 /// A connection's `last_used_at` is written at most this often (milliseconds), so a busy
 /// connection does not add a database write to every request.
 const LAST_USED_RESOLUTION_MS: i64 = 60_000;
@@ -403,6 +409,7 @@ impl Gateway {
             let headers = response
                 .headers()
                 .iter()
+                .filter(|(k, _)| !WITHHELD_RESPONSE_HEADERS.contains(&k.as_str()))
                 .map(|(k, v)| {
                     (
                         k.as_str().to_string(),
