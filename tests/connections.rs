@@ -693,6 +693,16 @@ async fn redirects_are_not_followed_and_secrets_are_scrubbed() {
     assert!(!text.contains(KEY), "secret reached the guest: {text}");
     assert!(text.contains("[redacted]"));
     assert!(api.requests_to("/leak").len() == 1);
+    // Its length is the scrubbed body's, not the upstream's, which would tell how long
+    // the secret was.
+    let length = leak["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0] == "content-length")
+        .map(|h| h[1].as_str().unwrap().to_owned());
+    let body = leak["body"].as_str().unwrap();
+    assert_eq!(length, Some(body.len().to_string()), "{leak}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

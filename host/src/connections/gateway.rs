@@ -406,7 +406,7 @@ impl Gateway {
                     redactor.scrub(&encoding)
                 )));
             }
-            let headers = response
+            let mut headers: Vec<(String, String)> = response
                 .headers()
                 .iter()
                 .filter(|(k, _)| !WITHHELD_RESPONSE_HEADERS.contains(&k.as_str()))
@@ -435,10 +435,18 @@ impl Gateway {
                 }
                 body.extend_from_slice(&chunk);
             }
+            let body = redactor.scrub_bytes(&body);
+            // The length of the body the guest gets: the upstream's would tell it how
+            // long the secrets scrubbed out of the body were.
+            for (name, value) in &mut headers {
+                if name == "content-length" {
+                    *value = body.len().to_string();
+                }
+            }
             Ok(OutboundResponse {
                 status,
                 headers,
-                body: redactor.scrub_bytes(&body),
+                body,
             })
         };
         if limits.timeout.is_zero() {
