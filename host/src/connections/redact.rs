@@ -2,7 +2,8 @@
 //!
 //! An upstream may echo a credential back (an echo endpoint, an error page quoting the
 //! request). Every form in which we sent a secret — raw, inside a formatted header,
-//! Basic-encoded, percent-encoded in a query — is replaced by `[redacted]`.
+//! Basic-encoded, percent-encoded in a query — is replaced by `[redacted]`, and so are
+//! the forms a JSON answer quotes it in (escaped, and with `\/` as PHP writes `/`).
 
 /// What replaces a secret.
 pub const REDACTED: &str = "[redacted]";
@@ -36,6 +37,15 @@ impl Redactor {
         let pct = percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
             .to_string();
         self.push(pct.into_bytes());
+        // Inside a JSON string: `"`, `\` and control characters escaped, and `/` as `\/`
+        // too by encoders that do that by default (PHP's json_encode).
+        let quoted = serde_json::to_string(secret).unwrap_or_default();
+        let escaped = quoted
+            .strip_prefix('"')
+            .and_then(|q| q.strip_suffix('"'))
+            .unwrap_or_default();
+        self.push(escaped.as_bytes().to_vec());
+        self.push(escaped.replace('/', "\\/").into_bytes());
     }
 
     /// Add an exact byte string (e.g. a Basic `user:pass` base64 value).
@@ -88,6 +98,16 @@ mod tests {
         assert!(!out.contains("dXNlcjpwYXNz"));
         assert_eq!(out.matches(REDACTED).count(), 4);
         assert!(!format!("{r:?}").contains("s3cr"));
+    }
+
+    #[test]
+    fn scrubs_the_forms_a_json_answer_quotes_a_secret_in() {
+        let mut r = Redactor::default();
+        r.add("ab/c\"d\\e");
+        for quoted in [r#"{"echo":"ab/c\"d\\e"}"#, r#"{"echo":"ab\/c\"d\\e"}"#] {
+            let out = r.scrub(quoted);
+            assert_eq!(out, r#"{"echo":"[redacted]"}"#, "{quoted}");
+        }
     }
 
     #[test]
