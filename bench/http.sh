@@ -8,8 +8,11 @@
 #      upstream API that checks the key (host/examples/bench-upstream.rs: 401 without it),
 #      against the same GET made directly, with the added latency: over HTTP across
 #      processes (fetch − the same function refused the call − the direct GET made from
-#      keyhole's CPU), and (GATEWAY=1, the default) in one process with
-#      `cargo bench --bench gateway`, which leaves out the cost of cross-process wake-ups.
+#      keyhole's CPU), against a hand-written service making the same GET
+#      (host/examples/bench-service.rs: axum + reqwest, no wasm, no keyhole; its /fetch −
+#      /refused is what one outbound call costs a server here), and (GATEWAY=1, the
+#      default) in one process with `cargo bench --bench gateway`, which leaves out the
+#      cost of cross-process wake-ups.
 #
 # Installs what is missing from crates.io: oha (load generator) and wasmtime-cli 48
 # (compiles for a long time, once). Results: a markdown report on stdout and in
@@ -30,7 +33,7 @@
 #                         halt (guest halt polling off), each wake-up of an idle CPU goes
 #                         through the hypervisor; this shows the figures without that, as
 #                         on bare metal or with halt polling. Same for both servers.
-#   KEYHOLE_PORT=18976 WASMTIME_PORT=18977 UPSTREAM_PORT=18978
+#   KEYHOLE_PORT=18976 WASMTIME_PORT=18977 UPSTREAM_PORT=18978 SERVICE_PORT=18979
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -44,6 +47,7 @@ PIN=${PIN:-1}
 KEYHOLE_PORT=${KEYHOLE_PORT:-18976}
 WASMTIME_PORT=${WASMTIME_PORT:-18977}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18978}
+SERVICE_PORT=${SERVICE_PORT:-18979}
 UPSTREAM_KEY=bench-upstream-key
 WASMTIME_VERSION=${WASMTIME_VERSION:-48}
 REPORT="$ROOT/target/bench-http.md"
@@ -72,7 +76,7 @@ fi
 # --- builds ------------------------------------------------------------------------
 step "building keyhole (release), the upstream API, the plugins and the wasi:http echo component"
 cargo build --release --quiet -p keyhole-host --bin keyhole
-cargo build --release --quiet -p keyhole-host --example bench-upstream
+cargo build --release --quiet -p keyhole-host --example bench-upstream --example bench-service
 if [ "$GATEWAY" = 1 ]; then cargo bench --quiet -p keyhole-host --bench gateway --no-run; fi
 (cd plugins && cargo build --quiet --target wasm32-wasip2 --release)
 (cd bench/hello-wasi-http && cargo build --quiet --target wasm32-wasip2 --release)
@@ -155,6 +159,14 @@ PIDS+=($!)
 UPSTREAM="http://127.0.0.1:$UPSTREAM_PORT"
 wait_http "$UPSTREAM/"
 
+step "starting the hand-written service (the same GET without keyhole) on 127.0.0.1:$SERVICE_PORT"
+"${SERVE[@]}" "$ROOT/target/release/examples/bench-service" "127.0.0.1:$SERVICE_PORT" "$UPSTREAM/" \
+    "$UPSTREAM_KEY" >"$WORK/service.log" 2>&1 &
+SERVICE_PID=$!
+PIDS+=($!)
+SERVICE="http://127.0.0.1:$SERVICE_PORT"
+wait_http "$SERVICE/fetch"
+
 step "setting up keyhole: echo, an API-key connection to the upstream, a token"
 "$KEYHOLE" functions upload "$WASM/echo.wasm" --name echo >/dev/null 2>&1
 "$KEYHOLE" services add --name upstream --auth api-key --base-url "$UPSTREAM" \
@@ -206,12 +218,14 @@ HELLO_ARGS=(-m POST -T application/json -d "$BODY" "$WASMTIME_URL/")
 FETCH_ARGS=(-m POST -T application/json -d '{"connection":"upstream","target":"/"}' "${AUTH[@]}" "$KEYHOLE_URL/v1/functions/fetch/invoke")
 DIRECT_ARGS=(-H "X-API-Key: $UPSTREAM_KEY" "$UPSTREAM/")
 REFUSED_ARGS=(-m POST -T application/json -d '{"connection":"not-granted","target":"/"}' "${AUTH[@]}" "$KEYHOLE_URL/v1/functions/fetch/invoke")
+SVC_FETCH_ARGS=(-m POST -T application/json -d '{"connection":"upstream","target":"/"}' "$SERVICE/fetch")
+SVC_REFUSED_ARGS=(-m POST -T application/json -d '{"connection":"not-granted","target":"/"}' "$SERVICE/refused")
 
 # Each case must do what it claims: the upstream refuses a GET without the key, answers
 # one with it, and fetch gets its 200 only because keyhole injected the key.
-python3 - "$UPSTREAM/" "$UPSTREAM_KEY" "$KEYHOLE_URL/v1/functions/fetch/invoke" "$TOKEN" <<'EOF'
+python3 - "$UPSTREAM/" "$UPSTREAM_KEY" "$KEYHOLE_URL/v1/functions/fetch/invoke" "$TOKEN" "$SERVICE" <<'EOF'
 import json, sys, urllib.request, urllib.error
-upstream, key, fetch, token = sys.argv[1:]
+upstream, key, fetch, token, service = sys.argv[1:]
 def status(req):
     try:
         return urllib.request.urlopen(req, timeout=5).status
@@ -227,10 +241,16 @@ req = urllib.request.Request(fetch, data=b'{"connection":"not-granted","target":
     "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
 out = json.load(urllib.request.urlopen(req, timeout=5))
 assert out.get("error") == "access-denied", f"fetch on an ungranted connection must be refused, got {out}"
+for path, want in (("/fetch", 200), ("/refused", None)):
+    req = urllib.request.Request(service + path, data=b'{"connection":"upstream","target":"/"}',
+                                 headers={"Content-Type": "application/json"})
+    out = json.load(urllib.request.urlopen(req, timeout=5))
+    assert out.get("status") == want, f"the hand-written service's {path} must answer status {want}, got {out}"
 EOF
 
 step "warming up"
 warm "${ECHO_ARGS[@]}"; warm "${HELLO_ARGS[@]}"; warm "${FETCH_ARGS[@]}"; warm "${REFUSED_ARGS[@]}"; warm "${DIRECT_ARGS[@]}"
+warm "${SVC_FETCH_ARGS[@]}"; warm "${SVC_REFUSED_ARGS[@]}"
 
 # median V... -> the median, rounded
 median() { python3 -c 'import statistics, sys; print(round(statistics.median(float(v) for v in sys.argv[1:]), 2 if "." in "".join(sys.argv[1:]) else None))' "$@"; }
@@ -271,7 +291,8 @@ step "authenticated GET through keyhole vs the same GET made directly (concurren
 # from the servers' CPU, where keyhole makes its own GET: the like-for-like baseline.
 D_P50=() L_P50=() R_P50=() F_P50=() D_RPS=() L_RPS=() R_RPS=() F_RPS=()
 D_P99=() L_P99=() R_P99=() F_P99=() D_CPU=() L_CPU=() R_CPU=() F_CPU=()
-ADDED=() WHOLE=() CPU_ADDED=() fetch_note=""
+SR_P50=() SF_P50=() SR_RPS=() SF_RPS=() SR_P99=() SF_P99=() SR_CPU=() SF_CPU=()
+ADDED=() WHOLE=() CPU_ADDED=() SVC_ADDED=() SVC_CALL=() fetch_note=""
 for round in $(seq "$ROUNDS"); do
     read -r d_rps d_p50 _ d_p99 d_ok d_cpu < <(run direct 1 "$UPSTREAM_PID" "${DIRECT_ARGS[@]}")
     CLIENT=("${SERVE[@]}")
@@ -279,15 +300,20 @@ for round in $(seq "$ROUNDS"); do
     CLIENT=("${LOAD[@]}")
     read -r r_rps r_p50 _ r_p99 r_ok r_cpu < <(run refused 1 "$KEYHOLE_PID" "${REFUSED_ARGS[@]}")
     read -r f_rps f_p50 _ f_p99 f_ok f_cpu < <(run fetch 1 "$KEYHOLE_PID" "${FETCH_ARGS[@]}")
+    read -r sr_rps sr_p50 _ sr_p99 sr_ok sr_cpu < <(run svc-refused 1 "$SERVICE_PID" "${SVC_REFUSED_ARGS[@]}")
+    read -r sf_rps sf_p50 _ sf_p99 sf_ok sf_cpu < <(run svc-fetch 1 "$SERVICE_PID" "${SVC_FETCH_ARGS[@]}")
+    SR_P50+=("$sr_p50") SF_P50+=("$sf_p50") SR_RPS+=("$sr_rps") SF_RPS+=("$sf_rps")
+    SR_P99+=("$sr_p99") SF_P99+=("$sf_p99") SR_CPU+=("$sr_cpu") SF_CPU+=("$sf_cpu")
+    SVC_CALL+=("$((sf_p50 - sr_p50))") SVC_ADDED+=("$(((f_p50 - r_p50) - (sf_p50 - sr_p50)))")
     D_P50+=("$d_p50") L_P50+=("$l_p50") R_P50+=("$r_p50") F_P50+=("$f_p50")
     D_RPS+=("$d_rps") L_RPS+=("$l_rps") R_RPS+=("$r_rps") F_RPS+=("$f_rps")
     D_P99+=("$d_p99") L_P99+=("$l_p99") R_P99+=("$r_p99") F_P99+=("$f_p99")
     D_CPU+=("$d_cpu") L_CPU+=("$l_cpu") R_CPU+=("$r_cpu") F_CPU+=("$f_cpu")
     ADDED+=("$((f_p50 - r_p50 - l_p50))") WHOLE+=("$((f_p50 - d_p50))") CPU_ADDED+=("$((f_cpu - r_cpu))")
-    for pair in "fetch invocations:$f_ok" "refused invocations:$r_ok" "direct GETs:$d_ok" "direct GETs from the servers' CPU:$l_ok"; do
+    for pair in "fetch invocations:$f_ok" "refused invocations:$r_ok" "direct GETs:$d_ok" "direct GETs from the servers' CPU:$l_ok" "the service's fetches:$sf_ok" "the service's refusals:$sr_ok"; do
         if [ "${pair##*:}" != "100.00" ]; then fetch_note+=" round $round: only ${pair##*:}% of ${pair%:*} answered 2xx."; fi
     done
-    echo "  round $round: direct $d_p50 µs, direct from the servers' CPU $l_p50 µs, refused $r_p50 µs, fetch $f_p50 µs (p50)" >&2
+    echo "  round $round: direct $d_p50 µs, direct from the servers' CPU $l_p50 µs, refused $r_p50 µs, fetch $f_p50 µs, service refused $sr_p50 µs, service fetch $sf_p50 µs (p50)" >&2
 done
 {
     echo
@@ -297,10 +323,14 @@ done
     echo "| the same, from the servers' CPU (where keyhole's own GET runs) | $(median "${L_RPS[@]}") | $(median "${L_P50[@]}") | $(median "${L_P99[@]}") | $(median "${L_CPU[@]}") (upstream) |"
     echo "| invoke \`fetch\` on a connection it was not granted (the invocation without the call) | $(median "${R_RPS[@]}") | $(median "${R_P50[@]}") | $(median "${R_P99[@]}") | $(median "${R_CPU[@]}") (keyhole) |"
     echo "| invoke \`fetch\` = hello-http making the same GET through connection \`upstream\` | $(median "${F_RPS[@]}") | $(median "${F_P50[@]}") | $(median "${F_P99[@]}") | $(median "${F_CPU[@]}") (keyhole) |"
+    echo "| hand-written service (axum + reqwest), \`/refused\`: the input read, no call | $(median "${SR_RPS[@]}") | $(median "${SR_P50[@]}") | $(median "${SR_P99[@]}") | $(median "${SR_CPU[@]}") (service) |"
+    echo "| hand-written service, \`/fetch\`: the same GET with the key, made by the service | $(median "${SF_RPS[@]}") | $(median "${SF_P50[@]}") | $(median "${SF_P99[@]}") | $(median "${SF_CPU[@]}") (service) |"
     echo
     echo "- whole path added over the direct GET (fetch − direct), p50: $(median "${WHOLE[@]}") µs (per round: ${WHOLE[*]})"
     echo "- added by the authenticated call, like for like (fetch − refused − direct from the servers' CPU), p50: **$(median "${ADDED[@]}") µs** (per round: ${ADDED[*]})"
     echo "- keyhole CPU time the authenticated call adds (fetch − refused, keyhole's process only): $(median "${CPU_ADDED[@]}") µs per request (per round: ${CPU_ADDED[*]})"
+    echo "- what the same GET costs a hand-written service (its /fetch − /refused), p50: $(median "${SVC_CALL[@]}") µs (per round: ${SVC_CALL[*]})"
+    echo "- added by keyhole over making the call in a hand-written service ((fetch − refused) − (service /fetch − /refused)), p50: **$(median "${SVC_ADDED[@]}") µs** (per round: ${SVC_ADDED[*]})"
     if [ -n "$fetch_note" ]; then
         echo "- WARNING:$fetch_note"
     fi

@@ -17,7 +17,8 @@
 //!
 //! With `GATEWAY_UPSTREAM=ADDR` and `GATEWAY_UPSTREAM_KEY=KEY` the three cases call an
 //! upstream in another process instead (`examples/bench-upstream.rs` serving that key):
-//! each call then switches processes, as it does in `keyhole serve`.
+//! each call then switches processes, as it does in `keyhole serve`. With
+//! `GATEWAY_LOOP=CASE` it makes only that case's calls, for a profiler (see `run_loop`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -230,9 +231,36 @@ fn print_added(f: &Fixture) {
     }
 }
 
+/// `GATEWAY_LOOP=direct|refused|fetch` (with `GATEWAY_CALLS`, default 100000): make only
+/// those calls, back to back, and print their mean; no criterion. For a profiler
+/// (`perf record`) to see one case alone.
+fn run_loop(f: &Fixture, case: &str) {
+    let calls: u32 = std::env::var("GATEWAY_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let started = Instant::now();
+    f.rt.block_on(async {
+        for _ in 0..calls {
+            match case {
+                "direct" => drop(black_box(f.direct().await)),
+                "refused" => drop(black_box(f.invoke(REFUSED).await)),
+                "fetch" => drop(black_box(f.invoke(FETCH).await)),
+                other => panic!("GATEWAY_LOOP={other:?}: use direct, refused or fetch"),
+            }
+        }
+    });
+    let mean = started.elapsed().as_secs_f64() * 1e6 / f64::from(calls.max(1));
+    println!("{case}: {calls} calls, mean {mean:.1}µs");
+}
+
 fn main() {
-    let mut c = Criterion::default().configure_from_args();
     let fixture = Fixture::new();
+    if let Ok(case) = std::env::var("GATEWAY_LOOP") {
+        run_loop(&fixture, &case);
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
     bench(&mut c, &fixture);
     c.final_summary();
     let quick = std::env::args().any(|a| a == "--test" || a == "--list");
