@@ -239,19 +239,29 @@ fn run_loop(f: &Fixture, case: &str) {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000);
+    let mut took = Vec::with_capacity(calls as usize);
     let started = Instant::now();
     f.rt.block_on(async {
         for _ in 0..calls {
+            let call = Instant::now();
             match case {
                 "direct" => drop(black_box(f.direct().await)),
                 "refused" => drop(black_box(f.invoke(REFUSED).await)),
                 "fetch" => drop(black_box(f.invoke(FETCH).await)),
                 other => panic!("GATEWAY_LOOP={other:?}: use direct, refused or fetch"),
             }
+            took.push(call.elapsed());
         }
     });
     let mean = started.elapsed().as_secs_f64() * 1e6 / f64::from(calls.max(1));
-    println!("{case}: {calls} calls, mean {mean:.1}µs");
+    took.sort();
+    let pct = |p: f64| took[((took.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+    println!(
+        "{case}: {calls} calls, mean {mean:.1}µs, p50 {:.1}µs, p90 {:.1}µs, p99 {:.1}µs",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99)
+    );
 }
 
 fn main() {
