@@ -1259,6 +1259,12 @@ async fn connecting_with_another_accounts_credentials_is_said_and_recorded() {
     );
     let view = t.cli(&["connections", "show", "hub", "--json"]).json();
     assert_eq!(view["account"], "bob");
+    let list = t.cli(&["connections", "list"]);
+    assert!(
+        list.ok().contains("ACCOUNT") && list.stdout.contains("bob"),
+        "{}",
+        list.stdout
+    );
     assert!(view["status_reason"].as_str().unwrap().contains("alice"));
 
     // A token that fails verification changes neither the credentials nor the account.
