@@ -15,9 +15,15 @@
 //! under heavy traffic cannot use up that pool (and stall the runtime after all), once a
 //! wait has lasted [`LONG_WAIT`] later callers that find the storage mutex taken fail at
 //! once with `Busy` (503, `Retry-After`) instead of queueing.
+//!
+//! What the waits have seen is kept per database ([`BusyState`], one per `Storage`): a
+//! lock on one database says nothing about another's. SQLite's busy handler is a plain
+//! function, so it learns whose wait it is from the thread: [`Held`], the storage
+//! mutex's guard, names its `BusyState` for as long as it is held.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 /// How long a statement waits for another process's lock before it fails with
@@ -27,15 +33,57 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pauses between retries, as SQLite's own busy timeout spaces them (ms); then 100 ms.
 const DELAYS_MS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
 
-/// When a busy wait last paused, as ms since [`epoch`]; 0 for never. Callers that find
-/// the storage mutex taken wait off the runtime if this is recent: the holder may be
-/// waiting out a lock for seconds.
-static LAST_BUSY_MS: AtomicU64 = AtomicU64::new(0);
+/// One database's busy waits, shared by the callers of its storage mutex.
+#[derive(Debug, Default)]
+pub(super) struct BusyState {
+    /// When a busy wait last paused, as ms since [`epoch`]; 0 for never. Callers that
+    /// find the storage mutex taken wait off the runtime if this is recent: the holder
+    /// may be waiting out a lock for seconds.
+    last_busy_ms: AtomicU64,
+    /// When a busy wait that had already lasted [`LONG_WAIT`] last paused (ms since
+    /// [`epoch`]; 0 for never). While that is recent, callers that find the storage
+    /// mutex taken do not queue behind the wait: they fail at once with `Busy` (503).
+    long_wait_ms: AtomicU64,
+}
 
-/// When a busy wait that had already lasted [`LONG_WAIT`] last paused (ms since
-/// [`epoch`]; 0 for never). While that is recent, callers that find the storage mutex
-/// taken do not queue behind the wait: they fail at once with `Busy` (503).
-static LONG_WAIT_MS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// The `BusyState` of the storage whose mutex this thread holds, if any.
+    static HOLDING: RefCell<Option<Arc<BusyState>>> = const { RefCell::new(None) };
+}
+
+/// The storage mutex's guard: the connection, and for as long as it is held, this
+/// thread's note of whose busy waits it would be.
+pub(super) struct Held<'a, T> {
+    guard: MutexGuard<'a, T>,
+    outer: Option<Arc<BusyState>>,
+}
+
+impl<'a, T> Held<'a, T> {
+    fn new(guard: MutexGuard<'a, T>, state: &Arc<BusyState>) -> Self {
+        let outer = HOLDING.with(|h| h.replace(Some(state.clone())));
+        Self { guard, outer }
+    }
+}
+
+impl<T> Drop for Held<'_, T> {
+    fn drop(&mut self) {
+        let outer = self.outer.take();
+        HOLDING.with(|h| *h.borrow_mut() = outer);
+    }
+}
+
+impl<T> std::ops::Deref for Held<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> std::ops::DerefMut for Held<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
 
 /// How long a busy wait goes on before later callers stop queueing behind it. Each
 /// queued caller holds a blocking-pool thread; failing fast keeps that pool, and with it
@@ -73,10 +121,15 @@ pub(super) fn wait_while_busy(attempt: i32) -> bool {
         .copied()
         .unwrap_or(100)
         .min(budget - waited);
+    // A connection outside the storage mutex (the WAL keeper's) has no one queueing
+    // behind it to tell.
+    let state = HOLDING.with(|h| h.borrow().clone());
     let note = |now| {
-        LAST_BUSY_MS.store(now, Ordering::Relaxed);
-        if waited >= LONG_WAIT.as_millis() as u64 {
-            LONG_WAIT_MS.store(now, Ordering::Relaxed);
+        if let Some(state) = &state {
+            state.last_busy_ms.store(now, Ordering::Relaxed);
+            if waited >= LONG_WAIT.as_millis() as u64 {
+                state.long_wait_ms.store(now, Ordering::Relaxed);
+            }
         }
     };
     note(now_ms());
@@ -90,26 +143,28 @@ pub(super) fn wait_while_busy(attempt: i32) -> bool {
 /// waiting out another process's lock, or the wait passes [`SPIN`], wait off the runtime.
 /// `None` (the caller answers `Busy`) when the holder has been waiting out another
 /// process's lock for longer than [`LONG_WAIT`]: queueing behind it would only pile up.
-pub(super) fn lock_contended<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+pub(super) fn lock_contended<'a, T>(
+    mutex: &'a Mutex<T>,
+    state: &Arc<BusyState>,
+) -> Option<Held<'a, T>> {
     let started = Instant::now();
-    loop {
+    let guard = loop {
         // A panic while holding the lock cannot leave SQLite inconsistent (each call is
         // one statement or one transaction), so recover from poisoning.
         match mutex.try_lock() {
-            Ok(guard) => return Some(guard),
-            Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Ok(guard) => break guard,
+            Err(TryLockError::Poisoned(p)) => break p.into_inner(),
             Err(TryLockError::WouldBlock) => {}
         }
-        if recent(&LONG_WAIT_MS) {
+        if recent(&state.long_wait_ms) {
             return None;
         }
-        if recent(&LAST_BUSY_MS) || started.elapsed() > SPIN {
-            return Some(off_the_runtime(|| {
-                mutex.lock().unwrap_or_else(|p| p.into_inner())
-            }));
+        if recent(&state.last_busy_ms) || started.elapsed() > SPIN {
+            break off_the_runtime(|| mutex.lock().unwrap_or_else(|p| p.into_inner()));
         }
         std::thread::yield_now();
-    }
+    };
+    Some(Held::new(guard, state))
 }
 
 /// Longest wait for the storage mutex on a worker thread: far beyond an ordinary hold
@@ -153,5 +208,38 @@ mod tests {
         }
         assert_eq!(waited, budget);
         assert!(!wait_while_busy(attempt as i32), "gives up at the budget");
+    }
+
+    #[test]
+    fn a_long_wait_on_one_database_fails_fast_only_its_own_callers() {
+        let (a, b) = (
+            Arc::new(BusyState::default()),
+            Arc::new(BusyState::default()),
+        );
+        let (db_a, db_b) = (Mutex::new("a"), Mutex::new("b"));
+        {
+            // A statement on database A, 528 ms into waiting out another process's lock
+            // (its 15th pause): a long wait, noted for A, whose mutex this thread holds.
+            let held = lock_contended(&db_a, &a).unwrap();
+            assert_eq!(*held, "a");
+            assert!(wait_while_busy(14));
+        }
+        assert!(recent(&a.long_wait_ms));
+        assert_eq!(b.long_wait_ms.load(Ordering::Relaxed), 0, "B saw no wait");
+        assert!(
+            HOLDING.with(|h| h.borrow().is_none()),
+            "released with the guard"
+        );
+
+        // While A's mutex is taken, its callers fail fast; B's callers queue as usual.
+        std::thread::scope(|scope| {
+            let a_taken = db_a.lock().unwrap();
+            let b_taken = db_b.lock().unwrap();
+            let b_caller = scope.spawn(|| lock_contended(&db_b, &b).map(|held| *held));
+            assert!(lock_contended(&db_a, &a).is_none(), "A: fails fast");
+            drop(b_taken);
+            assert_eq!(b_caller.join().unwrap(), Some("b"), "B: waits its turn");
+            drop(a_taken);
+        });
     }
 }

@@ -25,7 +25,7 @@ pub use schedules::ScheduleRow;
 pub use tokens::{ApiTokenRow, NewApiToken};
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -145,6 +145,8 @@ impl CachedExt for Connection {
 /// Handle to the database. Calls are short, so one connection behind a mutex is enough.
 pub struct Storage {
     conn: Mutex<Connection>,
+    /// What waits for another process's lock on this database have seen (see [`busy`]).
+    busy: Arc<busy::BusyState>,
     path: PathBuf,
     /// In-process side of [`Storage::turn`].
     locks: locks::LocalLocks,
@@ -297,6 +299,7 @@ impl Storage {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Self {
             conn: Mutex::new(conn),
+            busy: Arc::default(),
             path: path.to_path_buf(),
             locks: locks::LocalLocks::default(),
         })
@@ -309,8 +312,8 @@ impl Storage {
 
     /// The connection, or `Busy` when queueing for it would mean waiting behind a long
     /// wait for another process's lock (see [`busy`]).
-    fn lock(&self) -> Result<MutexGuard<'_, Connection>, StorageError> {
-        busy::lock_contended(&self.conn).ok_or_else(|| StorageError::Busy {
+    fn lock(&self) -> Result<busy::Held<'_, Connection>, StorageError> {
+        busy::lock_contended(&self.conn, &self.busy).ok_or_else(|| StorageError::Busy {
             path: self.path.clone(),
         })
     }
