@@ -1316,6 +1316,11 @@ async fn a_session_cookie_the_upstream_sets_never_reaches_the_guest() {
         .await
         .unwrap();
     assert_eq!(direct.status(), 200, "the session cookie authenticates");
+    assert_eq!(
+        direct.json::<Value>().await.unwrap()["login"],
+        keyhole_tests::fake_api::DEFAULT_LOGIN,
+        "as the key's account"
+    );
 
     // So the guest gets the answer without it, and without any other Set-Cookie.
     let headers = out["headers"].to_string().to_ascii_lowercase();

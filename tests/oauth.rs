@@ -713,6 +713,24 @@ async fn client_credentials_end_to_end() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn client_credentials_connections_record_whose_they_are() {
+    let s = setup_with("client_credentials", |toml| {
+        toml.replace(
+            "path = \"/user\"\n",
+            "path = \"/user\"\naccount = [\"/login\"]\n",
+        )
+    })
+    .await;
+    let out = s.t.cli(&["connections", "connect", "prov"]);
+    // With client credentials the client itself is the resource owner.
+    let want = format!("connection prov is connected as {CLIENT_ID:?}");
+    assert!(out.ok().contains(&want), "{}", out.stdout);
+    let view = s.t.host.connections().show("prov").unwrap();
+    assert_eq!(view.account.as_deref(), Some(CLIENT_ID));
+    assert_eq!(view.status_reason, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_empty_client_id_or_secret_is_refused_and_the_saved_client_stays() {
     let s = setup("authorization_code").await;
     let c = s.t.host.connections();
@@ -893,12 +911,31 @@ async fn re_authorizing_as_another_account_is_recorded_and_said() {
         "{answer}"
     );
 
+    // A refresh keeps the grant, and with it the note.
+    let refreshes = s.server.token_requests_for("refresh_token");
+    s.server.expire_all_access_tokens();
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+    assert_eq!(s.server.token_requests_for("refresh_token"), refreshes + 1);
+    let view = s.t.host.connections().show("prov").unwrap();
+    assert!(
+        view.status_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("bob")),
+        "{:?}",
+        view.status_reason
+    );
+
     // `connections show` has it too; the note goes once the account is the same again.
     let out = s.t.cli(&["connections", "show", "prov"]);
-    assert!(out.ok().contains("account"), "{}", out.stdout);
-    assert!(out.ok().contains("bob"), "{}", out.stdout);
+    let account_line = out.ok().lines().find(|l| l.starts_with("account"));
+    assert_eq!(
+        account_line.map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["account", "bob"]),
+        "{}",
+        out.stdout
+    );
     assert!(
-        out.ok().contains(r#"not "alice" as before"#),
+        out.stdout.contains(r#"not "alice" as before"#),
         "{}",
         out.stdout
     );

@@ -232,13 +232,14 @@ fn print_added(f: &Fixture) {
 }
 
 /// `GATEWAY_LOOP=direct|refused|fetch` (with `GATEWAY_CALLS`, default 100000): make only
-/// those calls, back to back, and print their mean; no criterion. For a profiler
-/// (`perf record`) to see one case alone.
+/// those calls, back to back, and print their mean, p50, p90 and p99; no criterion. For
+/// a profiler (`perf record`) to see one case alone.
 fn run_loop(f: &Fixture, case: &str) {
     let calls: u32 = std::env::var("GATEWAY_CALLS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(100_000)
+        .max(1);
     let mut took = Vec::with_capacity(calls as usize);
     let started = Instant::now();
     f.rt.block_on(async {

@@ -20,7 +20,10 @@ struct Upstream {
 }
 
 /// Parses the input as keyhole does, then makes the call.
-async fn fetch(State(up): State<Upstream>, Json(_input): Json<Value>) -> Json<Value> {
+async fn fetch(
+    State(up): State<Upstream>,
+    Json(_input): Json<Value>,
+) -> (axum::http::StatusCode, Json<Value>) {
     let sent = up
         .client
         .get(&up.url)
@@ -37,7 +40,13 @@ async fn fetch(State(up): State<Upstream>, Json(_input): Json<Value>) -> Json<Va
         }
         Err(e) => json!({ "error": "upstream-unreachable", "detail": e.to_string() }),
     };
-    Json(answer)
+    // A failed call is not a 2xx, so the script's success check sees it.
+    let status = if answer.get("error").is_some() {
+        axum::http::StatusCode::BAD_GATEWAY
+    } else {
+        axum::http::StatusCode::OK
+    };
+    (status, Json(answer))
 }
 
 async fn refused(Json(input): Json<Value>) -> Json<Value> {

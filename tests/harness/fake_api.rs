@@ -110,9 +110,9 @@ struct ApiState {
     required: Mutex<Vec<Credential>>,
     /// Whose each secret is (the login `/user` answers with); others are [`DEFAULT_LOGIN`].
     accounts: Mutex<HashMap<String, String>>,
-    /// Session ids `/session` handed out as cookies; each authenticates like the
-    /// credentials it was issued for.
-    sessions: Mutex<Vec<String>>,
+    /// Session ids `/session` handed out as cookies, with the secrets of the credentials
+    /// each was issued for: a session authenticates as those credentials.
+    sessions: Mutex<Vec<(String, Vec<String>)>>,
     log: Arc<RequestLog>,
 }
 
@@ -220,7 +220,8 @@ impl FakeApi {
 
     /// The session ids `/session` has handed out as [`SESSION_COOKIE`] cookies.
     pub fn sessions(&self) -> Vec<String> {
-        self.state.sessions.lock().unwrap().clone()
+        let sessions = self.state.sessions.lock().unwrap();
+        sessions.iter().map(|(id, _)| id.clone()).collect()
     }
 
     /// Accepts one more bearer token.
@@ -279,9 +280,10 @@ fn authenticate(state: &ApiState, headers: &HeaderMap, uri: &Uri) -> Auth {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, id)| *name == SESSION_COOKIE && sessions.iter().any(|s| s == id));
-    if let Some((_, id)) = session {
-        return Auth::Ok(vec![id.to_owned()]);
+        .filter(|(name, _)| *name == SESSION_COOKIE)
+        .find_map(|(_, id)| sessions.iter().find(|(s, _)| s == id));
+    if let Some((_, presented)) = session {
+        return Auth::Ok(presented.clone());
     }
     let required = state.required.lock().unwrap().clone();
     let pairs = decode_pairs(uri.query().unwrap_or("").as_bytes());
@@ -481,9 +483,9 @@ async fn leak(State(state): State<Arc<ApiState>>, headers: HeaderMap, uri: Uri) 
 /// answer sets a cookie that authenticates later requests on its own.
 async fn session(State(state): State<Arc<ApiState>>, headers: HeaderMap, uri: Uri) -> Response {
     match authenticate(&state, &headers, &uri) {
-        Auth::Ok(_) => {
+        Auth::Ok(presented) => {
             let id = format!("kh-session-{:032x}", rand::random::<u128>());
-            state.sessions.lock().unwrap().push(id.clone());
+            state.sessions.lock().unwrap().push((id.clone(), presented));
             (
                 [
                     (

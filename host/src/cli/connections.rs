@@ -202,7 +202,13 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
                         v.name.clone(),
                         v.service.clone(),
                         status_name(v),
-                        output::one_line(v.account.as_deref().unwrap_or("-"), 40),
+                        output::one_line(
+                            v.account
+                                .as_deref()
+                                .filter(|_| holds_credentials(v))
+                                .unwrap_or("-"),
+                            40,
+                        ),
                         v.base_url.clone().unwrap_or_else(|| "-".into()),
                         output::time(v.last_used_at),
                         v.granted_functions.join(","),
@@ -250,11 +256,17 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
             Ok(0)
         }
         ConnectionsCmd::Test { name, json } => {
+            let before = c.show(&name)?.status_reason;
             let outcome = c.test(&name).await?;
             if json {
                 output::json(&outcome)?;
             } else {
                 print_verify(&outcome);
+                // The credentials turned out to be another account's than last time.
+                let after = c.show(&name)?;
+                if after.status_reason != before {
+                    warn_if_account_changed(&after);
+                }
             }
             Ok(if outcome.ok { 0 } else { 1 })
         }
@@ -333,7 +345,13 @@ fn show(v: &ConnectionView) {
         pairs.push(("status reason", r.clone()));
     }
     if let Some(a) = &v.account {
-        pairs.push(("account", a.clone()));
+        // Kept after a revocation, to compare with whoever connects it next.
+        let label = if holds_credentials(v) {
+            "account"
+        } else {
+            "last account"
+        };
+        pairs.push((label, a.clone()));
     }
     pairs.extend([
         (
@@ -407,6 +425,11 @@ fn print_verify(v: &VerifyOutcome) {
             v.reason.clone().unwrap_or_default()
         );
     }
+}
+
+/// Whether a connection's account is the account of credentials it holds now.
+fn holds_credentials(v: &ConnectionView) -> bool {
+    matches!(v.status, Status::Connected | Status::NeedsReauth)
 }
 
 /// `connection NAME is STATUS`, and whose the credentials are when known.

@@ -29,8 +29,20 @@ const UNSCRUBBABLE_HEADERS: &[&str] = &["accept-encoding", "te", "range", "if-ra
 /// Response headers a guest never gets. A cookie an upstream sets on an authenticated
 /// request opens a session: it authenticates on its own, so it is a credential derived
 /// from the connection's, and would outlive a revocation. keyhole keeps no cookie jar and
-/// a guest may not send `Cookie`, so the guest has no use for it either.
+/// a guest may not send `Cookie`, so the guest has no use for it either. (Headers named
+/// like one the connection's credentials go in are withheld too: a rotated credential
+/// would come back under that name, not as the value the scrubber knows.)
 const WITHHELD_RESPONSE_HEADERS: &[&str] = &["set-cookie", "set-cookie2"];
+
+/// Headers computed over the body as the upstream sent it. Once the scrubber has changed
+/// the body, they would let a guest test guesses at what was scrubbed out.
+const BODY_DIGEST_HEADERS: &[&str] = &[
+    "etag",
+    "content-md5",
+    "digest",
+    "content-digest",
+    "repr-digest",
+];
 
 /// A connection's `last_used_at` is written at most this often (milliseconds), so a busy
 /// connection does not add a database write to every request.
@@ -406,17 +418,7 @@ impl Gateway {
                     redactor.scrub(&encoding)
                 )));
             }
-            let mut headers: Vec<(String, String)> = response
-                .headers()
-                .iter()
-                .filter(|(k, _)| !WITHHELD_RESPONSE_HEADERS.contains(&k.as_str()))
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        redactor.scrub(&String::from_utf8_lossy(v.as_bytes())),
-                    )
-                })
-                .collect();
+            let upstream_headers = response.headers().clone();
             if response
                 .content_length()
                 .is_some_and(|n| n > limits.max_response_bytes)
@@ -435,14 +437,15 @@ impl Gateway {
                 }
                 body.extend_from_slice(&chunk);
             }
-            let body = redactor.scrub_bytes(&body);
-            // The length of the body the guest gets: the upstream's would tell it how
-            // long the secrets scrubbed out of the body were.
-            for (name, value) in &mut headers {
-                if name == "content-length" {
-                    *value = body.len().to_string();
-                }
-            }
+            let scrubbed = redactor.scrub_bytes(&body);
+            let headers = guest_headers(
+                &upstream_headers,
+                redactor,
+                &prepared.credential_headers,
+                prepared.method == reqwest::Method::HEAD || status == 304,
+                (scrubbed != body).then_some(scrubbed.len()),
+            );
+            let body = scrubbed;
             Ok(OutboundResponse {
                 status,
                 headers,
@@ -458,12 +461,61 @@ impl Gateway {
     }
 }
 
+/// The response headers a guest gets: scrubbed, without the ones that carry or betray a
+/// credential ([`WITHHELD_RESPONSE_HEADERS`], the connection's `credential_headers`, a
+/// Java session id in `Location`), and with a `Content-Length` that is the body's the
+/// guest gets. `no_body`: an answer to HEAD, or a 304, whose `Content-Length` describes
+/// a body the guest never sees (dropped). `rescrubbed`: the body's length when the
+/// scrubber changed it (then headers computed over the original body go too).
+fn guest_headers(
+    upstream: &reqwest::header::HeaderMap,
+    redactor: &super::redact::Redactor,
+    credential_headers: &[String],
+    no_body: bool,
+    rescrubbed: Option<usize>,
+) -> Vec<(String, String)> {
+    let mut headers = Vec::with_capacity(upstream.len());
+    for (name, value) in upstream {
+        let name = name.as_str();
+        if WITHHELD_RESPONSE_HEADERS.contains(&name)
+            || credential_headers.iter().any(|c| c == name)
+            || (rescrubbed.is_some() && BODY_DIGEST_HEADERS.contains(&name))
+            || (no_body && name == "content-length")
+        {
+            continue;
+        }
+        let value = match (name, rescrubbed) {
+            ("content-length", Some(len)) => len.to_string(),
+            ("location", _) => {
+                without_session_id(&redactor.scrub(&String::from_utf8_lossy(value.as_bytes())))
+            }
+            _ => redactor.scrub(&String::from_utf8_lossy(value.as_bytes())),
+        };
+        headers.push((name.to_string(), value));
+    }
+    headers
+}
+
+/// `url` without a `;jsessionid=…` path parameter: Java servers put the session in the
+/// URL when the client sent no cookie back, and that id authenticates on its own.
+fn without_session_id(url: &str) -> String {
+    const PARAM: &str = ";jsessionid=";
+    let Some(start) = url.to_ascii_lowercase().find(PARAM) else {
+        return url.to_string();
+    };
+    let rest = &url[start + PARAM.len()..];
+    let end = rest.find(['?', '#', '/', ';']).unwrap_or(rest.len());
+    format!("{}{}", &url[..start], &rest[end..])
+}
+
 /// A checked request, ready for credentials.
 struct Prepared {
     method: reqwest::Method,
     url: url::Url,
     headers: reqwest::header::HeaderMap,
     body: Vec<u8>,
+    /// The (lowercase) headers the connection's credentials go in.
+    credential_headers: Vec<String>,
 }
 
 /// Every guest-controlled check, before anything is sent: method, destination, reserved
@@ -551,6 +603,7 @@ fn prepare(
         url,
         headers,
         body,
+        credential_headers: reserved_headers,
     })
 }
 
@@ -651,6 +704,74 @@ fn host_fault(e: &dyn std::fmt::Display) -> SendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn upstream(pairs: &[(&str, &str)]) -> reqwest::header::HeaderMap {
+        let mut map = reqwest::header::HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn guest_headers_leave_out_what_carries_or_betrays_a_credential() {
+        let mut redactor = super::super::redact::Redactor::default();
+        redactor.add("k-123");
+        let raw = upstream(&[
+            ("content-type", "application/json"),
+            ("content-length", "40"),
+            ("etag", "\"abc\""),
+            ("digest", "sha-256=xyz"),
+            ("set-cookie", "JSESSIONID=s1; Path=/"),
+            ("x-api-key", "rotated-key-456"),
+            ("x-echo", "key k-123"),
+            ("location", "https://api.example/a;jsessionid=S3SS10N?x=1"),
+        ]);
+        let names = |h: &[(String, String)]| h.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        let credential = ["authorization".to_string(), "x-api-key".to_string()];
+
+        // Body unchanged by the scrubber: its digests stay, its length is the upstream's.
+        let h = guest_headers(&raw, &redactor, &credential, false, None);
+        assert_eq!(
+            names(&h),
+            [
+                "content-type",
+                "content-length",
+                "etag",
+                "digest",
+                "x-echo",
+                "location"
+            ]
+        );
+        assert!(h.contains(&("content-length".into(), "40".into())));
+        assert!(h.contains(&("x-echo".into(), "key [redacted]".into())));
+        assert!(h.contains(&("location".into(), "https://api.example/a?x=1".into())));
+
+        // Body scrubbed: the length is the new body's, the digests go.
+        let h = guest_headers(&raw, &redactor, &credential, false, Some(25));
+        assert!(h.contains(&("content-length".into(), "25".into())));
+        assert!(!names(&h).iter().any(|n| n == "etag" || n == "digest"));
+
+        // HEAD or 304: no body, so no length that would describe the unscrubbed one.
+        let h = guest_headers(&raw, &redactor, &credential, true, None);
+        assert!(!names(&h).contains(&"content-length".to_string()));
+    }
+
+    #[test]
+    fn a_java_session_id_leaves_a_url() {
+        for (url, want) in [
+            ("/a;jsessionid=X1?q=1", "/a?q=1"),
+            ("/a;JSESSIONID=X1/b", "/a/b"),
+            ("/a;jsessionid=X1;v=2#f", "/a;v=2#f"),
+            ("/a;jsessionid=X1", "/a"),
+            ("/a?q=1", "/a?q=1"),
+        ] {
+            assert_eq!(without_session_id(url), want, "{url}");
+        }
+    }
 
     #[test]
     fn a_request_timeout_is_capped_by_the_limit_and_the_time_left() {

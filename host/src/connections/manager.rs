@@ -99,6 +99,19 @@ pub struct VerifyOutcome {
     /// The account the credentials belong to, when the service says where the
     /// response names it ([`crate::services::VerifyDef::account`]).
     pub account: Option<String>,
+    /// The pointer `account` was read from.
+    #[serde(skip)]
+    pub account_source: Option<String>,
+}
+
+impl VerifyOutcome {
+    /// The account a successful verification named, with its pointer.
+    fn learned(&self) -> Option<(&str, &str)> {
+        if !self.ok {
+            return None;
+        }
+        Some((self.account_source.as_deref()?, self.account.as_deref()?))
+    }
 }
 
 /// Result of `connect`.
@@ -176,6 +189,7 @@ impl Connections {
             connected_at: None,
             last_used_at: None,
             account: None,
+            account_source: None,
         };
         self.gateway.storage.insert_connection(&row)?;
         tracing::info!(connection = name, service, "connection created");
@@ -383,6 +397,13 @@ impl Connections {
                 Some(_) => Some(self.verify(&mut loaded).await),
                 None => None,
             };
+            let learned = verification.as_ref().and_then(VerifyOutcome::learned);
+            self.gateway.storage.record_account(
+                name,
+                loaded.row.generation,
+                learned,
+                account_change(previous_account(&row), learned).as_deref(),
+            )?;
             return Ok(ConnectOutcome {
                 connection: self.show(name)?,
                 verification,
@@ -430,18 +451,14 @@ impl Connections {
         let ok = verification.as_ref().is_none_or(|v| v.ok);
         let was_connected = Status::parse(&row.status) == Status::Connected;
         let stored = ok || !was_connected;
-        // Learned only from a verification that succeeded; otherwise the last one stays.
-        let account = verification
-            .as_ref()
-            .filter(|v| v.ok)
-            .and_then(|v| v.account.clone());
+        let learned = verification.as_ref().and_then(VerifyOutcome::learned);
         if stored {
             let sealed =
                 (!loaded.creds.is_empty()).then(|| loaded.creds.seal(&self.gateway.sealer, name));
             let (status, reason) = if ok {
                 (
                     Status::Connected,
-                    account_change(row.account.as_deref(), account.as_deref()),
+                    account_change(previous_account(&row), learned),
                 )
             } else {
                 (
@@ -464,14 +481,15 @@ impl Connections {
                 &serde_json::json!({}),
                 ok,
             )?;
-            if swapped.is_none() {
+            let Some(generation) = swapped else {
                 return Err(ConnectionError::Invalid(format!(
                     "connection {name:?} changed while connecting; run the command again"
                 )));
-            }
-            if account.is_some() {
-                self.gateway.storage.set_account(name, account.as_deref())?;
-            }
+            };
+            // New credentials: whose they are is what this verification said, or unknown.
+            self.gateway
+                .storage
+                .record_account(name, generation, learned, None)?;
             tracing::info!(
                 connection = name,
                 status = status.as_str(),
@@ -498,6 +516,7 @@ impl Connections {
                 status: None,
                 reason: None,
                 account: None,
+                account_source: None,
             };
         };
         let request = format!("{} {}", v.method, v.path);
@@ -513,13 +532,17 @@ impl Connections {
         };
         match self.gateway.execute(loaded, req, &limits, None).await {
             Ok(r) => match v.failure(r.status, &r.body) {
-                None => VerifyOutcome {
-                    ok: true,
-                    request,
-                    status: Some(r.status),
-                    reason: None,
-                    account: v.account(&r.body),
-                },
+                None => {
+                    let learned = v.account(&r.body);
+                    VerifyOutcome {
+                        ok: true,
+                        request,
+                        status: Some(r.status),
+                        reason: None,
+                        account_source: learned.as_ref().map(|(p, _)| p.to_string()),
+                        account: learned.map(|(_, a)| a),
+                    }
+                }
                 Some(why) => {
                     let body = String::from_utf8_lossy(&r.body);
                     let excerpt: String = body.trim().chars().take(REASON_EXCERPT).collect();
@@ -529,6 +552,7 @@ impl Connections {
                         request,
                         status: Some(r.status),
                         account: None,
+                        account_source: None,
                     }
                 }
             },
@@ -538,6 +562,7 @@ impl Connections {
                 request,
                 status: None,
                 account: None,
+                account_source: None,
             },
         }
     }
@@ -563,10 +588,14 @@ impl Connections {
             )));
         }
         let outcome = self.verify(&mut loaded).await;
-        if outcome.ok && outcome.account.is_some() && outcome.account != loaded.row.account {
-            self.gateway
-                .storage
-                .set_account(name, outcome.account.as_deref())?;
+        if outcome.ok {
+            let learned = outcome.learned();
+            self.gateway.storage.record_account(
+                name,
+                loaded.row.generation,
+                learned,
+                account_change(previous_account(&loaded.row), learned).as_deref(),
+            )?;
         }
         Ok(outcome)
     }
@@ -777,44 +806,51 @@ impl Connections {
             self.note_failure(&name, &e.to_string());
             return Err(e.into());
         }
-        self.learn_account(&name, row.account.as_deref()).await;
+        self.learn_account(&name, previous_account(&row)).await;
         self.show(&name)
     }
 
     /// After an authorization: ask the service's verification request whose the new
     /// tokens are, record it, and when it is not the account the connection had before,
     /// say so in the status reason (functions granted the connection now act as another
-    /// account). The authorization stands whatever the verification answers.
-    async fn learn_account(&self, name: &str, previous: Option<&str>) {
+    /// account). The authorization stands whatever the verification answers; the records
+    /// are written only while the credentials are still the ones just stored.
+    async fn learn_account(&self, name: &str, previous: Option<(&str, &str)>) {
         let Ok(Some(mut loaded)) = self.gateway.load(name) else {
             return;
         };
-        if loaded
+        let generation = loaded.row.generation;
+        let declared = loaded
             .service
             .verify
             .as_ref()
-            .is_none_or(|v| v.account.is_empty())
-        {
-            return;
-        }
-        let outcome = self.verify(&mut loaded).await;
-        let Some(account) = outcome.account.filter(|_| outcome.ok) else {
-            tracing::info!(
-                connection = name,
-                "authorized; the verification request did not name the account"
-            );
-            return;
+            .is_some_and(|v| !v.account.is_empty());
+        let outcome = if declared {
+            Some(self.verify(&mut loaded).await)
+        } else {
+            None
         };
-        let storage = &self.gateway.storage;
-        if let Err(e) = storage.set_account(name, Some(&account)) {
-            tracing::warn!(connection = name, error = %e, "cannot record the account");
+        let learned = outcome.as_ref().and_then(VerifyOutcome::learned);
+        if let Some(o) = outcome.as_ref().filter(|o| !o.ok) {
+            tracing::warn!(
+                connection = name,
+                reason = o.reason.as_deref().unwrap_or_default(),
+                "authorized, but the verification request failed, so whose the tokens are is not known"
+            );
         }
-        if let Some(note) = account_change(previous, Some(&account)) {
+        let note = account_change(previous, learned);
+        if note.is_some() {
             tracing::warn!(
                 connection = name,
                 "authorized as another account than before (see `keyhole connections show`)"
             );
-            let _ = storage.set_connection_status(name, Status::Connected.as_str(), Some(&note));
+        }
+        if let Err(e) =
+            self.gateway
+                .storage
+                .record_account(name, generation, learned, note.as_deref())
+        {
+            tracing::warn!(connection = name, error = %e, "cannot record the account");
         }
     }
 
@@ -896,20 +932,29 @@ impl Connections {
     }
 }
 
-/// RFC 9207: when the service names its issuer, the authorization response must carry
-/// it as `iss`. (Without a configured issuer there is nothing to compare `iss` with.)
-/// The note to keep when credentials that worked for `previous` now belong to `now`.
-fn account_change(previous: Option<&str>, now: Option<&str>) -> Option<String> {
+/// The note to keep when credentials that worked for `previous` now belong to `now`
+/// (each (pointer, account)). Only accounts read from the same pointer compare: a
+/// fallback pointer (an id where the email was) names the same account differently.
+fn account_change(previous: Option<(&str, &str)>, now: Option<(&str, &str)>) -> Option<String> {
     match (previous, now) {
-        (Some(previous), Some(now)) if previous != now => Some(format!(
-            "now connected as {now:?}, not {previous:?} as before: functions granted this \
-             connection act as {now:?} from now on; if that is wrong, connect it again with \
-             the right account"
-        )),
+        (Some((was_from, was)), Some((from, now))) if was_from == from && was != now => {
+            Some(format!(
+                "now connected as {now:?}, not {was:?} as before: functions granted this \
+                 connection act as {now:?} from now on; if that is wrong, sign in to the \
+                 provider as the right account (or switch accounts there) and connect it again"
+            ))
+        }
         _ => None,
     }
 }
 
+/// The account a connection's stored credentials were last verified as, with its pointer.
+fn previous_account(row: &ConnectionRow) -> Option<(&str, &str)> {
+    Some((row.account_source.as_deref()?, row.account.as_deref()?))
+}
+
+/// RFC 9207: when the service names its issuer, the authorization response must carry
+/// it as `iss`. (Without a configured issuer there is nothing to compare `iss` with.)
 fn check_issuer(service: &ServiceDef, iss: Option<&str>) -> Result<(), OAuthError> {
     let Some(expected) = service.oauth2.as_ref().and_then(|o| o.issuer.as_deref()) else {
         return Ok(());

@@ -3,7 +3,9 @@
 //! An upstream may echo a credential back (an echo endpoint, an error page quoting the
 //! request). Every form in which we sent a secret — raw, inside a formatted header,
 //! Basic-encoded, percent-encoded in a query — is replaced by `[redacted]`, and so are
-//! the forms a JSON answer quotes it in (escaped, and with `\/` as PHP writes `/`).
+//! the forms a JSON answer commonly quotes it in: `"`, `\` and control characters
+//! escaped, and `/` as `\/` (PHP's default). Other escapes (`\uXXXX` for non-ASCII, or
+//! for `<` and `&` as Go writes them) are not covered.
 
 /// What replaces a secret.
 pub const REDACTED: &str = "[redacted]";
@@ -31,28 +33,33 @@ impl Redactor {
         if secret.is_empty() {
             return;
         }
-        self.push(secret.as_bytes().to_vec());
+        self.push_quoted(secret);
         let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
         self.push(encoded.into_bytes());
         let pct = percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
             .to_string();
         self.push(pct.into_bytes());
-        // Inside a JSON string: `"`, `\` and control characters escaped, and `/` as `\/`
-        // too by encoders that do that by default (PHP's json_encode).
-        let quoted = serde_json::to_string(secret).unwrap_or_default();
+    }
+
+    /// Add an exact byte string (e.g. a Basic `user:pass` base64 value), as it is and
+    /// as a JSON answer quotes it.
+    pub fn add_exact(&mut self, value: &str) {
+        if !value.is_empty() {
+            self.push_quoted(value);
+        }
+    }
+
+    /// `value` as it is, and inside a JSON string: `"`, `\` and control characters
+    /// escaped, and `/` as `\/` as well, as encoders that do that by default (PHP) write.
+    fn push_quoted(&mut self, value: &str) {
+        self.push(value.as_bytes().to_vec());
+        let quoted = serde_json::to_string(value).unwrap_or_default();
         let escaped = quoted
             .strip_prefix('"')
             .and_then(|q| q.strip_suffix('"'))
             .unwrap_or_default();
         self.push(escaped.as_bytes().to_vec());
         self.push(escaped.replace('/', "\\/").into_bytes());
-    }
-
-    /// Add an exact byte string (e.g. a Basic `user:pass` base64 value).
-    pub fn add_exact(&mut self, value: &str) {
-        if !value.is_empty() {
-            self.push(value.as_bytes().to_vec());
-        }
     }
 
     fn push(&mut self, needle: Vec<u8>) {
@@ -108,6 +115,12 @@ mod tests {
             let out = r.scrub(quoted);
             assert_eq!(out, r#"{"echo":"[redacted]"}"#, "{quoted}");
         }
+        // An exact value (a Basic blob, which may hold `/`) too.
+        r.add_exact("dXNl/cjo=");
+        assert_eq!(
+            r.scrub(r#"["Basic dXNl\/cjo="]"#),
+            r#"["Basic [redacted]"]"#
+        );
     }
 
     #[test]

@@ -413,6 +413,7 @@ mod tests {
             connected_at: None,
             last_used_at: None,
             account: None,
+            account_source: None,
         };
         storage.insert_connection(&row).unwrap();
         (

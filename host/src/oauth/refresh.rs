@@ -193,6 +193,11 @@ impl OAuth {
                 // Persist (sealed) before anyone uses the new token: a rotated refresh
                 // token that only lived in memory would be lost with the process.
                 let sealed = Zeroizing::new(creds.seal(&self.sealer, &name));
+                // The same grant, refreshed: what the status reason says about it (another
+                // account than before, a failed re-authorization) still holds.
+                let reason = (Status::parse(&loaded.row.status) == Status::Connected)
+                    .then_some(loaded.row.status_reason.as_deref())
+                    .flatten();
                 let swapped = self
                     .storage
                     .swap_credentials(
@@ -200,7 +205,7 @@ impl OAuth {
                         loaded.row.generation,
                         Some(&sealed),
                         Status::Connected.as_str(),
-                        None,
+                        reason,
                         &new_info.to_json(),
                         false,
                     )

@@ -157,8 +157,8 @@ mod tests {
             .clone()
             .unwrap();
         assert_eq!(
-            github.account(br#"{"login":"octocat","id":1}"#).as_deref(),
-            Some("octocat")
+            github.account(br#"{"login":"octocat","id":1}"#),
+            Some(("/login", "octocat".to_string()))
         );
     }
 

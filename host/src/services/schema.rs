@@ -286,6 +286,22 @@ pub struct VerifyDef {
 /// Longest account name kept; the upstream chose it.
 pub const MAX_ACCOUNT_CHARS: usize = 200;
 
+/// Unicode format characters that change how text around them is shown without showing
+/// themselves: bidirectional overrides and isolates, zero-width characters, line and
+/// paragraph separators, the byte-order mark.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
 impl VerifyDef {
     /// Whether `status` counts as a successful verification.
     pub fn is_success(&self, status: u16) -> bool {
@@ -296,10 +312,11 @@ impl VerifyDef {
         }
     }
 
-    /// The account a successful response with `body` names (see [`Self::account`]):
-    /// on one line, at most [`MAX_ACCOUNT_CHARS`] characters; `None` when no pointer
-    /// leads to a non-empty string or number.
-    pub fn account(&self, body: &[u8]) -> Option<String> {
+    /// The account a successful response with `body` names (see [`Self::account`]), and
+    /// the pointer it was read from: on one line, without invisible or bidirectional
+    /// formatting characters, at most [`MAX_ACCOUNT_CHARS`] characters; `None` when no
+    /// pointer leads to a non-empty string or number.
+    pub fn account(&self, body: &[u8]) -> Option<(&str, String)> {
         if self.account.is_empty() {
             return None;
         }
@@ -310,13 +327,16 @@ impl VerifyDef {
                 serde_json::Value::Number(n) => n.to_string(),
                 _ => return None,
             };
+            // The upstream chose it, and a terminal shows it: nothing may reorder or hide
+            // what is printed around it.
             let flat: String = raw
                 .chars()
+                .filter(|c| !is_invisible_format(*c))
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .take(MAX_ACCOUNT_CHARS)
                 .collect();
             let flat = flat.trim();
-            (!flat.is_empty()).then(|| flat.to_string())
+            (!flat.is_empty()).then(|| (pointer.as_str(), flat.to_string()))
         })
     }
 
@@ -547,7 +567,7 @@ token_url = "https://acme.test/token"
             expect_json: BTreeMap::new(),
             account: vec!["/email".into(), "/user/id".into()],
         };
-        let account = |body: &str| v.account(body.as_bytes());
+        let account = |body: &str| v.account(body.as_bytes()).map(|(_, a)| a);
         assert_eq!(
             account(r#"{"email":"a@example.com","user":{"id":7}}"#).as_deref(),
             Some("a@example.com")
@@ -576,5 +596,14 @@ token_url = "https://acme.test/token"
             ..v.clone()
         };
         assert_eq!(none.account(br#"{"email":"a@example.com"}"#), None);
+        // Which pointer named it, and nothing that would reorder or hide text.
+        assert_eq!(
+            v.account(br#"{"user":{"id":7}}"#),
+            Some(("/user/id", "7".to_string()))
+        );
+        assert_eq!(
+            account(r#"{"email":"evil\u202egnp.exe\u200b@x"}"#).as_deref(),
+            Some("evilgnp.exe@x")
+        );
     }
 }

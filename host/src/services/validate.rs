@@ -573,18 +573,18 @@ impl ServiceDef {
                 "has more than 8 pointers; keep the few that name an account",
             ));
         }
-        if let Some(bad) = v
-            .account
-            .iter()
-            .find(|p| !p.starts_with('/') || p.len() > 200 || p.chars().any(|c| c.is_control()))
-        {
-            return Err(self.invalid(
-                "verify.account",
-                format!(
-                    "{bad:?} is not a JSON pointer into the response; write e.g. \"/login\" \
-                     or \"/user/email\""
-                ),
-            ));
+        for pointer in &v.account {
+            let problem = if !pointer.starts_with('/') {
+                "is not a JSON pointer into the response; write e.g. \"/login\" or \"/user/email\""
+            } else if pointer.len() > 200 {
+                "is longer than 200 bytes; point at the field that names the account"
+            } else if pointer.chars().any(|c| c.is_control()) {
+                "contains a control character; write the pointer on one line"
+            } else {
+                continue;
+            };
+            let shown: String = pointer.chars().take(60).collect();
+            return Err(self.invalid("verify.account", format!("{shown:?} {problem}")));
         }
         Ok(())
     }

@@ -53,6 +53,8 @@ pub struct ConnectionRow {
     pub last_used_at: Option<i64>,
     /// The account the credentials belong to, as the verification request named it.
     pub account: Option<String>,
+    /// The JSON pointer `account` was read from.
+    pub account_source: Option<String>,
 }
 
 /// A connection as an outbound call needs it (`Storage::connection_for_call`).
@@ -81,12 +83,12 @@ pub struct GrantRow {
 /// A macro, so statements are `concat!`-ed at compile time.
 macro_rules! connection_columns {
     () => {
-        "name, service, status, status_reason, scopes, base_url, params, sealed, generation, token_info, created_at, connected_at, last_used_at, account"
+        "name, service, status, status_reason, scopes, base_url, params, sealed, generation, token_info, created_at, connected_at, last_used_at, account, account_source"
     };
 }
 
 /// How many columns [`connection_columns!`] names; a query's own columns come after.
-const CONNECTION_COLUMNS: usize = 14;
+const CONNECTION_COLUMNS: usize = 15;
 
 fn row_to_connection(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
     let scopes: String = r.get(4)?;
@@ -106,7 +108,8 @@ fn row_to_connection(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
         created_at: r.get(10)?,
         connected_at: r.get(11)?,
         last_used_at: r.get(12)?,
-        account: r.get(CONNECTION_COLUMNS - 1)?,
+        account: r.get(13)?,
+        account_source: r.get(14)?,
     })
 }
 
@@ -240,7 +243,7 @@ impl Storage {
     pub fn insert_connection(&self, c: &ConnectionRow) -> Result<(), StorageError> {
         self.lock()?
             .execute_cached(
-                concat!("INSERT INTO connections (", connection_columns!(), ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+                concat!("INSERT INTO connections (", connection_columns!(), ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
                 params![
                     c.name,
                     c.service,
@@ -255,7 +258,8 @@ impl Storage {
                     c.created_at,
                     c.connected_at,
                     c.last_used_at,
-                    c.account
+                    c.account,
+                    c.account_source
                 ],
             )
             .map(drop)
@@ -386,15 +390,28 @@ impl Storage {
             .map_err(|e| self.err(e))
     }
 
-    /// Record the account a connection's credentials belong to (`None`: not known).
-    pub fn set_account(&self, name: &str, account: Option<&str>) -> Result<(), StorageError> {
-        self.lock()?
+    /// Record whose credentials generation `generation` of a connection holds: `account`
+    /// is (pointer, name), `None` for not known. With a `note`, a connected connection
+    /// gets it as its status reason. Nothing changes if the credentials changed meanwhile
+    /// (another generation); returns whether it was recorded.
+    pub fn record_account(
+        &self,
+        name: &str,
+        generation: i64,
+        account: Option<(&str, &str)>,
+        note: Option<&str>,
+    ) -> Result<bool, StorageError> {
+        let (source, account) = account.unzip();
+        let n = self
+            .lock()?
             .execute_cached(
-                "UPDATE connections SET account = ?2 WHERE name = ?1",
-                params![name, account],
+                "UPDATE connections SET account = ?3, account_source = ?4, \
+                 status_reason = CASE WHEN ?5 IS NOT NULL AND status = 'connected' THEN ?5 ELSE status_reason END \
+                 WHERE name = ?1 AND generation = ?2",
+                params![name, generation, account, source, note],
             )
-            .map(drop)
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
     }
 
     /// Replace the non-secret token facts without touching credentials or generation.
@@ -509,6 +526,7 @@ mod tests {
             connected_at: None,
             last_used_at: None,
             account: None,
+            account_source: None,
         }
     }
 
@@ -544,6 +562,7 @@ mod tests {
         let mut custom = connection("acme-main");
         custom.service = "acme".into();
         custom.account = Some("octocat".into());
+        custom.account_source = Some("/login".into());
         s.insert_connection(&custom).unwrap();
         let call = s
             .connection_for_call("f", "acme-main")
@@ -555,9 +574,25 @@ mod tests {
             "a custom service"
         );
         assert_eq!(call.row.account.as_deref(), Some("octocat"));
-        s.set_account("acme-main", Some("hubot")).unwrap();
+        assert_eq!(call.row.account_source.as_deref(), Some("/login"));
+        let generation = call.row.generation;
+        assert!(
+            !s.record_account("acme-main", generation + 1, Some(("/login", "x")), None)
+                .unwrap(),
+            "another generation of credentials: nothing recorded"
+        );
+        assert!(
+            s.record_account("acme-main", generation, Some(("/id", "7")), Some("note"))
+                .unwrap()
+        );
         let row = s.get_connection("acme-main").unwrap().unwrap();
-        assert_eq!(row.account.as_deref(), Some("hubot"));
+        assert_eq!(row.account.as_deref(), Some("7"));
+        assert_eq!(row.account_source.as_deref(), Some("/id"));
+        assert_eq!(
+            row.status_reason.as_deref(),
+            Some("note"),
+            "connected: the note is kept"
+        );
         s.delete_connection("gh").unwrap();
         assert_eq!(granted("f", "gh"), None, "deleted");
         assert_eq!(granted("f", "nope"), None, "unknown");

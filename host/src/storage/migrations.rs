@@ -150,9 +150,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE retired_versions (name TEXT PRIMARY KEY, last_version INTEGER NOT NULL);
     "#,
     // 8: the account a connection's credentials belong to, as its service's verification
-    // request names it (shown as "connected as"; a re-authorization compares with it).
+    // request names it (shown as "connected as"; a re-authorization compares with it),
+    // and the JSON pointer it was read from (only values from the same pointer compare).
     r#"
     ALTER TABLE connections ADD COLUMN account TEXT;
+    ALTER TABLE connections ADD COLUMN account_source TEXT;
     "#,
 ];
 

@@ -455,4 +455,15 @@ fn verify_rules() {
         &v("path = \"/me\"\naccount = [\"login\"]"),
         "verify.account \"login\" is not a JSON pointer",
     );
+    fails(
+        &v(&format!(
+            "path = \"/me\"\naccount = [\"/{}\"]",
+            "a".repeat(300)
+        )),
+        "is longer than 200 bytes",
+    );
+    fails(
+        &v("path = \"/me\"\naccount = [\"/a\\tb\"]"),
+        "contains a control character",
+    );
 }
