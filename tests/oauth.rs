@@ -115,6 +115,14 @@ async fn authorize(s: &Setup) {
     assert_eq!(view.status, Status::Connected);
 }
 
+/// The test provider's service, with its verification request naming the account.
+fn naming_the_account(toml: String) -> String {
+    toml.replace(
+        "path = \"/user\"\n",
+        "path = \"/user\"\naccount = [\"/login\"]\n",
+    )
+}
+
 /// Authorize as `user` (signed in at the provider) through the library.
 async fn authorize_as(s: &Setup, user: &str) -> keyhole::connections::ConnectionView {
     let c = s.t.host.connections();
@@ -714,13 +722,7 @@ async fn client_credentials_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_credentials_connections_record_whose_they_are() {
-    let s = setup_with("client_credentials", |toml| {
-        toml.replace(
-            "path = \"/user\"\n",
-            "path = \"/user\"\naccount = [\"/login\"]\n",
-        )
-    })
-    .await;
+    let s = setup_with("client_credentials", naming_the_account).await;
     let out = s.t.cli(&["connections", "connect", "prov"]);
     // With client credentials the client itself is the resource owner.
     let want = format!("connection prov is connected as {CLIENT_ID:?}");
@@ -874,13 +876,7 @@ async fn moving_the_token_endpoint_needs_confirming() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn re_authorizing_as_another_account_is_recorded_and_said() {
-    let s = setup_with("authorization_code", |toml| {
-        toml.replace(
-            "path = \"/user\"\n",
-            "path = \"/user\"\naccount = [\"/login\"]\n",
-        )
-    })
-    .await;
+    let s = setup_with("authorization_code", naming_the_account).await;
     let view = authorize_as(&s, "alice").await;
     assert_eq!(view.status, Status::Connected);
     assert_eq!(view.account.as_deref(), Some("alice"));
