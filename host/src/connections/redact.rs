@@ -4,8 +4,8 @@
 //! request). Every form in which we sent a secret — raw, inside a formatted header,
 //! Basic-encoded, percent-encoded in a query — is replaced by `[redacted]`, and so are
 //! the forms a JSON answer commonly quotes it in: `"`, `\` and control characters
-//! escaped, and `/` as `\/` (PHP's default). Other escapes (`\uXXXX` for non-ASCII, or
-//! for `<` and `&` as Go writes them) are not covered.
+//! escaped, and any mix of what encoders add by default: `/` as `\/` (PHP), non-ASCII
+//! as `\uXXXX` (Python, PHP), `<`, `>`, `&` as `\u003c`, `\u003e`, `\u0026` (Go).
 
 /// What replaces a secret.
 pub const REDACTED: &str = "[redacted]";
@@ -50,7 +50,8 @@ impl Redactor {
     }
 
     /// `value` as it is, and inside a JSON string: `"`, `\` and control characters
-    /// escaped, and `/` as `\/` as well, as encoders that do that by default (PHP) write.
+    /// escaped, with any mix of the escapes common encoders add by default (see the
+    /// module doc). For a plain alphanumeric value these all coincide.
     fn push_quoted(&mut self, value: &str) {
         self.push(value.as_bytes().to_vec());
         let quoted = serde_json::to_string(value).unwrap_or_default();
@@ -58,8 +59,29 @@ impl Redactor {
             .strip_prefix('"')
             .and_then(|q| q.strip_suffix('"'))
             .unwrap_or_default();
-        self.push(escaped.as_bytes().to_vec());
-        self.push(escaped.replace('/', "\\/").into_bytes());
+        for ascii in [false, true] {
+            for html in [false, true] {
+                for slash in [false, true] {
+                    let mut out = String::with_capacity(escaped.len());
+                    for c in escaped.chars() {
+                        match c {
+                            '/' if slash => out.push_str("\\/"),
+                            '<' | '>' | '&' if html => {
+                                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+                            }
+                            c if ascii && !c.is_ascii() => {
+                                let mut units = [0u16; 2];
+                                for unit in c.encode_utf16(&mut units) {
+                                    out.push_str(&format!("\\u{unit:04x}"));
+                                }
+                            }
+                            c => out.push(c),
+                        }
+                    }
+                    self.push(out.into_bytes());
+                }
+            }
+        }
     }
 
     fn push(&mut self, needle: Vec<u8>) {
@@ -114,6 +136,17 @@ mod tests {
         for quoted in [r#"{"echo":"ab/c\"d\\e"}"#, r#"{"echo":"ab\/c\"d\\e"}"#] {
             let out = r.scrub(quoted);
             assert_eq!(out, r#"{"echo":"[redacted]"}"#, "{quoted}");
+        }
+        // The escapes encoders add by default: Python's non-ASCII (a surrogate pair
+        // beyond U+FFFF), Go's `<`, `>`, `&`, PHP's `/` and non-ASCII together.
+        let mut r = Redactor::default();
+        r.add("pä<ss>&/😀");
+        for quoted in [
+            r#""p\u00e4<ss>&/\ud83d\ude00""#,
+            r#""pä\u003css\u003e\u0026/😀""#,
+            r#""p\u00e4<ss>&\/\ud83d\ude00""#,
+        ] {
+            assert_eq!(r.scrub(quoted), r#""[redacted]""#, "{quoted}");
         }
         // An exact value (a Basic blob, which may hold `/`) too.
         r.add_exact("dXNl/cjo=");
