@@ -437,15 +437,14 @@ impl Gateway {
                 }
                 body.extend_from_slice(&chunk);
             }
-            let scrubbed = redactor.scrub_bytes(&body);
+            let (body, scrubbed) = redactor.scrub_vec(body);
             let headers = guest_headers(
                 &upstream_headers,
                 redactor,
                 &prepared.credential_headers,
                 prepared.method == reqwest::Method::HEAD || status == 304,
-                (scrubbed != body).then_some(scrubbed.len()),
+                scrubbed.then_some(body.len()),
             );
-            let body = scrubbed;
             Ok(OutboundResponse {
                 status,
                 headers,

@@ -59,28 +59,14 @@ impl Redactor {
             .strip_prefix('"')
             .and_then(|q| q.strip_suffix('"'))
             .unwrap_or_default();
-        for ascii in [false, true] {
-            for html in [false, true] {
-                for slash in [false, true] {
-                    let mut out = String::with_capacity(escaped.len());
-                    for c in escaped.chars() {
-                        match c {
-                            '/' if slash => out.push_str("\\/"),
-                            '<' | '>' | '&' if html => {
-                                out.push_str(&format!("\\u{:04x}", u32::from(c)));
-                            }
-                            c if ascii && !c.is_ascii() => {
-                                let mut units = [0u16; 2];
-                                for unit in c.encode_utf16(&mut units) {
-                                    out.push_str(&format!("\\u{unit:04x}"));
-                                }
-                            }
-                            c => out.push(c),
-                        }
-                    }
-                    self.push(out.into_bytes());
-                }
-            }
+        // Each escape doubles the forms: with and without it, on top of the others.
+        let mut forms = vec![escaped.to_string()];
+        for escape in [escape_slash, escape_html, escape_non_ascii] {
+            let more: Vec<String> = forms.iter().map(|f| escape(f)).collect();
+            forms.extend(more);
+        }
+        for form in forms {
+            self.push(form.into_bytes());
         }
     }
 
@@ -91,25 +77,69 @@ impl Redactor {
         }
     }
 
-    /// Replace every occurrence of every secret in `data`.
-    pub fn scrub_bytes(&self, data: &[u8]) -> Vec<u8> {
+    /// The matcher over every needle; `None` when there are none.
+    fn matcher(&self) -> Option<&aho_corasick::AhoCorasick> {
         if self.needles.is_empty() {
-            return data.to_vec();
+            return None;
         }
-        let matcher = self.matcher.get_or_init(|| {
+        Some(self.matcher.get_or_init(|| {
             aho_corasick::AhoCorasick::builder()
                 .match_kind(aho_corasick::MatchKind::LeftmostLongest)
                 .build(&self.needles)
                 .expect("a handful of literal needles always builds")
-        });
+        }))
+    }
+
+    fn replace(&self, matcher: &aho_corasick::AhoCorasick, data: &[u8]) -> Vec<u8> {
         let replacements = vec![REDACTED.as_bytes(); self.needles.len()];
         matcher.replace_all_bytes(data, &replacements)
     }
 
+    /// `data` with every occurrence of every secret replaced, and whether there was any.
+    /// Without one, `data` comes back as it was, not copied.
+    pub fn scrub_vec(&self, data: Vec<u8>) -> (Vec<u8>, bool) {
+        match self.matcher() {
+            Some(m) if m.is_match(&data) => (self.replace(m, &data), true),
+            _ => (data, false),
+        }
+    }
+
     /// Replace every occurrence of every secret in `text`.
     pub fn scrub(&self, text: &str) -> String {
-        String::from_utf8_lossy(&self.scrub_bytes(text.as_bytes())).into_owned()
+        match self.matcher() {
+            Some(m) if m.is_match(text) => {
+                String::from_utf8_lossy(&self.replace(m, text.as_bytes())).into_owned()
+            }
+            _ => text.to_string(),
+        }
     }
+}
+
+/// `/` as `\/` (PHP's default).
+fn escape_slash(s: &str) -> String {
+    s.replace('/', "\\/")
+}
+
+/// `<`, `>`, `&` as `\u003c`, `\u003e`, `\u0026` (Go's default).
+fn escape_html(s: &str) -> String {
+    s.replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+}
+
+/// Non-ASCII as `\uXXXX`, beyond U+FFFF as a surrogate pair (Python's and PHP's default).
+fn escape_non_ascii(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut [0u16; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
