@@ -320,3 +320,184 @@ fn serve_keeps_the_newest_invocation_records_of_each_function() {
     let help = t.cli(&["serve", "--help"]);
     assert!(help.ok().contains("--keep-invocations"), "{}", help.stdout);
 }
+
+#[test]
+fn every_command_answers_in_json_and_errors_do_too() {
+    let t = TestHost::new();
+    let echo = plugin_path("echo");
+    let upload = [
+        "functions",
+        "upload",
+        path(&echo),
+        "--name",
+        "echo",
+        "--json",
+    ];
+    let first = t.cli(&upload).json();
+    assert_eq!(
+        (first["version"].as_i64(), first["new_version"].as_bool()),
+        (Some(1), Some(true))
+    );
+    // The same component again stores nothing, and says so.
+    let again = t.cli(&upload).json();
+    assert_eq!(
+        (again["version"].as_i64(), again["new_version"].as_bool()),
+        (Some(1), Some(false))
+    );
+    let human = t.cli(&upload[..5]);
+    assert!(
+        human.ok().contains("no new version stored"),
+        "{}",
+        human.stdout
+    );
+    assert_eq!(
+        t.cli(&["functions", "show", "echo", "--json"]).json()["versions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // The global flag goes anywhere on the line.
+    assert_eq!(
+        t.cli(&["--json", "functions", "list"]).json()[0]["name"],
+        "echo"
+    );
+
+    t.cli(&["connections", "add", "gh", "--service", "github"])
+        .ok();
+    let grant = t
+        .cli(&["functions", "grant", "echo", "gh", "--json"])
+        .json();
+    assert_eq!(
+        (grant["granted"].as_bool(), grant["changed"].as_bool()),
+        (Some(true), Some(true))
+    );
+    let grant = t
+        .cli(&["functions", "grant", "echo", "gh", "--json"])
+        .json();
+    assert_eq!(grant["changed"], false);
+    let revoked = t
+        .cli(&["functions", "revoke-grant", "echo", "gh", "--json"])
+        .json();
+    assert_eq!(revoked["granted"], false);
+    let deleted = t.cli(&["connections", "delete", "gh", "--json"]).json();
+    assert_eq!(deleted["deleted"], "gh");
+
+    let added = t
+        .cli(&[
+            "services",
+            "add",
+            "--name",
+            "acme",
+            "--auth",
+            "api-key",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--key-header",
+            "X-API-Key",
+            "--json",
+        ])
+        .json();
+    assert_eq!(
+        (added["name"].as_str(), added["source"].as_str()),
+        (Some("acme"), Some("custom"))
+    );
+    assert_eq!(
+        t.cli(&["services", "delete", "acme", "--json"]).json()["deleted"],
+        "acme"
+    );
+
+    t.cli(&[
+        "schedules",
+        "add",
+        "tick",
+        "--function",
+        "echo",
+        "--every",
+        "5m",
+    ])
+    .ok();
+    let paused = t.cli(&["schedules", "pause", "tick", "--json"]).json();
+    assert_eq!(
+        (paused["paused"].as_bool(), paused["changed"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(
+        t.cli(&["schedules", "pause", "tick", "--json"]).json()["changed"],
+        false
+    );
+    let resumed = t.cli(&["schedules", "resume", "tick", "--json"]).json();
+    assert_eq!(
+        (resumed["paused"].as_bool(), resumed["changed"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert_eq!(
+        t.cli(&["schedules", "delete", "tick", "--json"]).json()["deleted"],
+        "tick"
+    );
+
+    let token = t
+        .cli(&["tokens", "create", "--scope", "admin", "--json"])
+        .json();
+    let id = token["id"].as_i64().unwrap().to_string();
+    let revoked = t.cli(&["tokens", "revoke", &id, "--json"]).json();
+    assert_eq!(revoked["changed"], true);
+    assert_eq!(
+        t.cli(&["tokens", "revoke", &id, "--json"]).json()["changed"],
+        false
+    );
+
+    let deleted = t.cli(&["functions", "delete", "echo", "--json"]).json();
+    assert_eq!(
+        (deleted["deleted"].as_str(), deleted["versions"].as_i64()),
+        (Some("echo"), Some(1))
+    );
+
+    // Errors: stderr is one JSON object with the HTTP API's kind, stdout is empty.
+    let error = |args: &[&str]| {
+        let out = t.cli(args);
+        let err: serde_json::Value = serde_json::from_str(out.err().trim())
+            .unwrap_or_else(|e| panic!("{args:?}: stderr is not JSON ({e}): {}", out.stderr));
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+        (
+            err["error"]["kind"].as_str().unwrap().to_string(),
+            err["error"]["message"].as_str().unwrap().to_string(),
+        )
+    };
+    let (kind, message) = error(&["run", "echo", "--json"]);
+    assert_eq!(kind, "not-found");
+    assert!(message.contains("no function named \"echo\""), "{message}");
+    let junk = t.home().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm").unwrap();
+    assert_eq!(
+        error(&[
+            "functions",
+            "upload",
+            path(&junk),
+            "--name",
+            "junk",
+            "--json"
+        ])
+        .0,
+        "invalid-component"
+    );
+    assert_eq!(
+        error(&["connections", "show", "nosuch", "--json"]).0,
+        "not-found"
+    );
+    // Not one of keyhole's own errors: a file that is not there.
+    let (kind, message) = error(&[
+        "functions",
+        "upload",
+        "/nonexistent.wasm",
+        "--name",
+        "x",
+        "--json",
+    ]);
+    assert_eq!(kind, "error");
+    assert!(
+        message.contains("cannot read /nonexistent.wasm"),
+        "{message}"
+    );
+}

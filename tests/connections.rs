@@ -856,7 +856,8 @@ async fn admin_rules_names_duplicates_service_deletion_and_grants_on_new_version
     );
 
     // A new version keeps its grants unless told otherwise.
-    t.upload("hello-http", "hello", &[]).await;
+    t.upload("echo", "hello", &[]).await;
+    assert_eq!(t.host.show_function("hello").unwrap().versions.len(), 2);
     assert_eq!(
         t.host.show_function("hello").unwrap().grants,
         vec!["acme".to_string()]

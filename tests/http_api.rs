@@ -635,6 +635,42 @@ async fn a_declared_oversize_body_gets_413_before_it_is_sent() {
     api.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_being_received_share_one_memory_budget() {
+    use tokio::io::AsyncWriteExt;
+    // Room for two full 4 KiB inputs.
+    let api = start(ServeConfig {
+        max_body_bytes: 4096,
+        max_body_memory: 8192,
+        body_timeout: Duration::from_secs(20),
+        ..test_config()
+    })
+    .await;
+    api.upload("echo", "echo", "").await;
+    let body = format!("{{\"a\":\"{}\"}}", "x".repeat(4088));
+    assert_eq!(body.len(), 4096);
+    // Two clients declare full-size inputs and send one byte each: the budget is taken.
+    let mut first = half_sent_invocation(&api, 4096, "{").await;
+    let mut second = half_sent_invocation(&api, 4096, "{").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third is refused at once (503, Retry-After), whatever its size, before its body.
+    let r = api.invoke("echo", "{}").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(r.json()["error"]["kind"], "at-capacity", "{}", r.body);
+    assert!(r.body.contains("--max-body-memory"), "{}", r.body);
+    assert!(r.headers.contains_key("retry-after"));
+    // Once the first finishes, its memory is free again.
+    first.write_all(&body.as_bytes()[1..]).await.unwrap();
+    let answer = raw_answer(&mut first, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let r = api.invoke("echo", r#"{"after":"first"}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    second.write_all(&body.as_bytes()[1..]).await.unwrap();
+    let answer = raw_answer(&mut second, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    api.shutdown().await;
+}
+
 // Two workers, as on a 2-CPU machine: two waits would hold them both without the fix,
 // whatever the machine running the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,12 +39,12 @@ async fn echo_still_works(t: &TestHost) {
 #[tokio::test(flavor = "multi_thread")]
 async fn upload_and_run_echo() {
     let t = TestHost::new();
-    let row = t
+    let up = t
         .host
         .upload("echo", plugin("echo"), UploadOptions::default())
         .await
         .unwrap();
-    assert_eq!(row.version, 1);
+    assert!(up.new_version && up.row.version == 1, "{up:?}");
     let input = json!({"hello": "world", "list": [1, 2, 3]});
     let inv = t.host.invoke("echo", &input.to_string()).await.unwrap();
     assert_eq!(
@@ -63,14 +63,36 @@ async fn upload_and_run_echo() {
     assert_eq!(logs[0].id, inv.id);
     assert!(logs[0].logs.iter().any(|l| l.contains("echo")));
 
-    // A second upload is a new version.
-    let row = t
+    // The same component again is the same version: a retried deploy stores nothing.
+    let again = t
         .host
         .upload("echo", plugin("echo"), UploadOptions::default())
         .await
         .unwrap();
-    assert_eq!(row.version, 2);
-    assert_eq!(t.host.show_function("echo").unwrap().versions.len(), 2);
+    assert!(!again.new_version, "{again:?}");
+    assert_eq!(again.row.version, 1);
+    assert_eq!(t.host.show_function("echo").unwrap().versions.len(), 1);
+    // Other limits, or another component, make a new version.
+    let options = UploadOptions {
+        limits: Some(keyhole::config::Limits {
+            timeout_ms: 5_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let up = t
+        .host
+        .upload("echo", plugin("echo"), options)
+        .await
+        .unwrap();
+    assert!(up.new_version && up.row.version == 2, "{up:?}");
+    let up = t
+        .host
+        .upload("echo", plugin("counter"), UploadOptions::default())
+        .await
+        .unwrap();
+    assert!(up.new_version && up.row.version == 3, "{up:?}");
+    assert_eq!(t.host.show_function("echo").unwrap().versions.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -27,11 +27,20 @@ async fn state_persists_is_private_and_survives_restarts() {
     assert_eq!(run(&t, "b", json!({})).await.unwrap()["count"], 1);
     t.reopen();
     assert_eq!(run(&t, "a", json!({})).await.unwrap()["count"], 3);
-    // A new version keeps the function's state.
-    t.host
-        .upload("a", plugin("counter"), UploadOptions::default())
+    // A new version (other limits) keeps the function's state.
+    let options = UploadOptions {
+        limits: Some(keyhole::config::Limits {
+            timeout_ms: 5_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let up = t
+        .host
+        .upload("a", plugin("counter"), options)
         .await
         .unwrap();
+    assert!(up.new_version && up.row.version == 2, "{up:?}");
     assert_eq!(run(&t, "a", json!({})).await.unwrap()["count"], 4);
     // Deleting the function deletes its state.
     t.host.delete_function("a", false).unwrap();

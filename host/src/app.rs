@@ -94,6 +94,17 @@ pub struct UploadOptions {
     pub reset_grants: bool,
 }
 
+/// What an upload stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Uploaded {
+    /// The version the function now runs.
+    #[serde(flatten)]
+    pub row: FunctionRow,
+    /// False when the component and limits were the latest version's already: nothing
+    /// new was stored and the version stays (the upload's grant changes still apply).
+    pub new_version: bool,
+}
+
 /// The host.
 pub struct Keyhole {
     home: PathBuf,
@@ -176,13 +187,15 @@ impl Keyhole {
         &self.connections
     }
 
-    /// Validate, compile and store `wasm` as a new version of `name`.
+    /// Validate, compile and store `wasm` as a new version of `name`. The same component
+    /// with the same limits as the latest version is that version again: uploading twice
+    /// (a retried deploy) does not make versions that differ in nothing.
     pub async fn upload(
         &self,
         name: &str,
         wasm: Vec<u8>,
         options: UploadOptions,
-    ) -> Result<FunctionRow, HostError> {
+    ) -> Result<Uploaded, HostError> {
         validate_name("function", name).map_err(|e| HostError::Invalid(e.to_string()))?;
         for g in &options.grants {
             if self.storage.get_connection(g)?.is_none() {
@@ -197,6 +210,14 @@ impl Keyhole {
         limits.validate().map_err(HostError::Invalid)?;
 
         let hash = content_hash(&wasm);
+        if let Some(latest) = previous.filter(|p| p.content_hash == hash && p.limits == limits) {
+            self.apply_grants(name, &options)?;
+            tracing::info!(function = name, version = latest.version, content_hash = %hash, "function uploaded again, unchanged");
+            return Ok(Uploaded {
+                row: latest,
+                new_version: false,
+            });
+        }
         let runtime = self.runtime.clone();
         let (wasm, compiled) = tokio::task::spawn_blocking(move || {
             let r = runtime.compile(&wasm);
@@ -215,14 +236,23 @@ impl Keyhole {
             limits,
         })?;
         self.runtime.remember(&hash, prepared);
+        self.apply_grants(name, &options)?;
+        tracing::info!(function = name, version = row.version, content_hash = %hash, "function uploaded");
+        Ok(Uploaded {
+            row,
+            new_version: true,
+        })
+    }
+
+    /// An upload's grant changes: reset first if asked, then the grants given.
+    fn apply_grants(&self, name: &str, options: &UploadOptions) -> Result<(), HostError> {
         if options.reset_grants {
             self.storage.clear_grants(name)?;
         }
         for g in &options.grants {
             self.storage.grant(name, g)?;
         }
-        tracing::info!(function = name, version = row.version, content_hash = %hash, "function uploaded");
-        Ok(row)
+        Ok(())
     }
 
     /// Every function with its latest version.

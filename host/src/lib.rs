@@ -19,4 +19,4 @@ pub mod services;
 pub mod storage;
 pub mod util;
 
-pub use app::{FunctionDetail, HostError, Invocation, Keyhole, UploadOptions};
+pub use app::{FunctionDetail, HostError, Invocation, Keyhole, UploadOptions, Uploaded};

@@ -31,26 +31,16 @@ pub enum ConnectionsCmd {
         /// Override the service's base URL (enterprise hosts, local testing).
         #[arg(long)]
         base_url: Option<String>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Supply credentials: asks for each param by its display name (secrets hidden),
     /// then runs the service's verification request.
     Connect(ConnectArgs),
     /// List connections.
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Show a connection's summary (secrets masked).
     Show {
         /// Connection name.
         name: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Change scopes, base URL override or non-secret params.
     Edit {
@@ -77,9 +67,6 @@ pub enum ConnectionsCmd {
     Test {
         /// Connection name.
         name: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Wipe the credentials (status `revoked`); `connect` works again with the same name.
     ///
@@ -90,9 +77,6 @@ pub enum ConnectionsCmd {
     Revoke {
         /// Connection name.
         name: String,
-        /// Print JSON: the connection and the provider's answer per token.
-        #[arg(long)]
-        json: bool,
     },
     /// Delete a connection. OAuth tokens are revoked at the provider first (exit 1 if it
     /// does not confirm); refused while functions hold grants on it, unless --with-grants.
@@ -122,9 +106,6 @@ pub struct ConnectArgs {
     /// OAuth: don't try to open a browser.
     #[arg(long)]
     pub no_browser: bool,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// `NAME=VALUE` for `--param`. Unlike clap's own error, a malformed one is not echoed
@@ -160,7 +141,8 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| "expected NAME=VALUE".to_string())
 }
 
-pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<i32> {
+/// `keyhole connections …`; `json`: print JSON.
+pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd, json: bool) -> anyhow::Result<i32> {
     let c = host.connections();
     match cmd {
         ConnectionsCmd::Add {
@@ -168,7 +150,6 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
             service,
             scopes,
             base_url,
-            json,
         } => {
             let view = c.add(&name, &service, scopes, base_url)?;
             if json {
@@ -182,8 +163,8 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
             }
             Ok(0)
         }
-        ConnectionsCmd::Connect(args) => connect(host, args).await,
-        ConnectionsCmd::List { json } => {
+        ConnectionsCmd::Connect(args) => connect(host, args, json).await,
+        ConnectionsCmd::List => {
             output::listing(
                 json,
                 &c.list()?,
@@ -217,7 +198,7 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
             )?;
             Ok(0)
         }
-        ConnectionsCmd::Show { name, json } => {
+        ConnectionsCmd::Show { name } => {
             let v = c.show(&name)?;
             if json {
                 output::json(&v)?;
@@ -247,7 +228,14 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
             let params = params.into_iter().collect();
             let before = serde_json::to_value(c.show(&name)?)?;
             let v = c.edit(&name, scopes, base, params, move_credentials)?;
-            if serde_json::to_value(&v)? == before {
+            let changed = serde_json::to_value(&v)? != before;
+            if json {
+                let mut out = serde_json::to_value(&v)?;
+                out["changed"] = changed.into();
+                output::json(&out)?;
+                return Ok(0);
+            }
+            if !changed {
                 println!("connection {name} already had those settings; nothing changed");
             } else {
                 println!("updated connection {name}");
@@ -255,7 +243,7 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
             show(&v);
             Ok(0)
         }
-        ConnectionsCmd::Test { name, json } => {
+        ConnectionsCmd::Test { name } => {
             let before = c.show(&name)?.status_reason;
             let outcome = c.test(&name).await?;
             if json {
@@ -270,7 +258,7 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
             }
             Ok(if outcome.ok { 0 } else { 1 })
         }
-        ConnectionsCmd::Revoke { name, json } => {
+        ConnectionsCmd::Revoke { name } => {
             let revocation = c.revoke(&name).await?;
             let failed = revocation
                 .provider
@@ -292,22 +280,26 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
                 }
             }
             if failed {
-                eprintln!("{UNCONFIRMED}");
+                unconfirmed(json);
                 return Ok(1);
             }
             Ok(0)
         }
         ConnectionsCmd::Delete { name, with_grants } => {
             let provider = c.delete(&name, with_grants).await?;
-            println!("deleted connection {name}");
-            for p in &provider {
-                println!("  provider: {}", p.detail);
+            if json {
+                output::json(&serde_json::json!({ "deleted": name, "provider": provider }))?;
+            } else {
+                println!("deleted connection {name}");
+                for p in &provider {
+                    println!("  provider: {}", p.detail);
+                }
             }
             if provider
                 .iter()
                 .any(|p| p.outcome == RevocationOutcome::Failed)
             {
-                eprintln!("{UNCONFIRMED}");
+                unconfirmed(json);
                 return Ok(1);
             }
             Ok(0)
@@ -315,8 +307,17 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd) -> anyhow::Result<
     }
 }
 
-/// A revocation the provider did not confirm.
-const UNCONFIRMED: &str = "error: the provider did not confirm every revocation, so the grant may still be live there; remove keyhole's access in the provider's account settings";
+/// Say on stderr that the provider did not confirm every revocation (as a `--json` error
+/// with `json`).
+fn unconfirmed(json: bool) {
+    const MESSAGE: &str = "the provider did not confirm every revocation, so the grant may still be live there; remove keyhole's access in the provider's account settings";
+    if json {
+        let body = serde_json::json!({ "error": { "kind": "revocation-unconfirmed", "message": MESSAGE } });
+        eprintln!("{body}");
+    } else {
+        eprintln!("error: {MESSAGE}");
+    }
+}
 
 fn status_name(v: &ConnectionView) -> String {
     serde_json::to_value(v.status)
@@ -459,7 +460,7 @@ fn find_param<'a>(params: &'a [ParamDef], key: &str) -> Option<&'a ParamDef> {
     })
 }
 
-async fn connect(host: &Keyhole, args: ConnectArgs) -> anyhow::Result<i32> {
+async fn connect(host: &Keyhole, args: ConnectArgs, json: bool) -> anyhow::Result<i32> {
     let c = host.connections();
     let (service, params) = c.params_to_ask(&args.name)?;
     if service
@@ -467,7 +468,7 @@ async fn connect(host: &Keyhole, args: ConnectArgs) -> anyhow::Result<i32> {
         .as_ref()
         .is_some_and(|o| o.grant == crate::services::GrantType::AuthorizationCode)
     {
-        return connect_oauth(host, &args).await;
+        return connect_oauth(host, &args, json).await;
     }
     let mut given: Vec<(String, String)> = args.params;
     if args.params_stdin {
@@ -521,7 +522,7 @@ async fn connect(host: &Keyhole, args: ConnectArgs) -> anyhow::Result<i32> {
         }
     }
     let outcome = c.connect(&args.name, values).await?;
-    if args.json {
+    if json {
         output::json(&outcome)?;
     } else {
         if let Some(v) = &outcome.verification {
@@ -547,7 +548,7 @@ async fn connect(host: &Keyhole, args: ConnectArgs) -> anyhow::Result<i32> {
     )
 }
 
-async fn connect_oauth(host: &Keyhole, args: &ConnectArgs) -> anyhow::Result<i32> {
+async fn connect_oauth(host: &Keyhole, args: &ConnectArgs, json: bool) -> anyhow::Result<i32> {
     let c = host.connections();
     let pending = c.begin_authorization(&args.name)?;
     let listener = if args.no_listen {
@@ -589,7 +590,7 @@ async fn connect_oauth(host: &Keyhole, args: &ConnectArgs) -> anyhow::Result<i32
         .await?;
     match outcome {
         Ok(view) => {
-            if args.json {
+            if json {
                 output::json(&view)?;
             } else {
                 println!("{}", state_line(&view));

@@ -19,13 +19,11 @@ pub enum FunctionsCmd {
     /// world (what the keyhole SDK builds with `cargo build --target wasm32-wasip2`).
     Upload(UploadArgs),
     /// List functions with their latest version.
-    List(JsonFlag),
+    List,
     /// Show a function's versions, limits and grants.
     Show {
         /// Function name.
         name: String,
-        #[command(flatten)]
-        json: JsonFlag,
     },
     /// Delete every version of a function (and its grants). Invocation history stays.
     /// Refused while schedules run the function, unless `--with-schedules`.
@@ -50,14 +48,6 @@ pub enum FunctionsCmd {
         /// Connection name.
         connection: String,
     },
-}
-
-/// `--json` flag.
-#[derive(Debug, Args)]
-pub struct JsonFlag {
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Arguments of `functions upload`.
@@ -90,9 +80,6 @@ pub struct UploadArgs {
     /// Most outbound requests per invocation (default: the previous version's, else 50).
     #[arg(long, value_name = "N")]
     pub max_requests: Option<u32>,
-    /// Print the stored version as JSON.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Arguments of `run`.
@@ -106,9 +93,6 @@ pub struct RunArgs {
     /// Read the input JSON from a file (`-` for stdin).
     #[arg(long, value_name = "FILE")]
     pub input_file: Option<PathBuf>,
-    /// Print the whole invocation (output, logs, outbound calls) as JSON.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Arguments of `logs`.
@@ -122,17 +106,15 @@ pub struct LogsArgs {
     /// Also print each invocation's log lines, stderr and outbound calls.
     #[arg(long, short = 'd')]
     pub details: bool,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
 }
 
-pub async fn functions(host: &Keyhole, cmd: FunctionsCmd) -> anyhow::Result<i32> {
+/// `keyhole functions …`; `json`: print JSON.
+pub async fn functions(host: &Keyhole, cmd: FunctionsCmd, json: bool) -> anyhow::Result<i32> {
     match cmd {
-        FunctionsCmd::Upload(args) => upload(host, args).await,
-        FunctionsCmd::List(flag) => {
+        FunctionsCmd::Upload(args) => upload(host, args, json).await,
+        FunctionsCmd::List => {
             output::listing(
-                flag.json,
+                json,
                 &host.list_functions()?,
                 "no functions yet; upload one with `keyhole functions upload FILE.wasm --name NAME`",
                 &["NAME", "VERSION", "VERSIONS", "SIZE", "HASH", "UPLOADED"],
@@ -149,9 +131,9 @@ pub async fn functions(host: &Keyhole, cmd: FunctionsCmd) -> anyhow::Result<i32>
             )?;
             Ok(0)
         }
-        FunctionsCmd::Show { name, json } => {
+        FunctionsCmd::Show { name } => {
             let detail = host.show_function(&name)?;
-            if json.json {
+            if json {
                 output::json(&detail)?;
                 return Ok(0);
             }
@@ -209,6 +191,10 @@ pub async fn functions(host: &Keyhole, cmd: FunctionsCmd) -> anyhow::Result<i32>
             with_schedules,
         } => {
             let n = host.delete_function(&name, with_schedules)?;
+            if json {
+                output::json(&serde_json::json!({ "deleted": name, "versions": n }))?;
+                return Ok(0);
+            }
             println!(
                 "deleted function {name} ({n} version{})",
                 if n == 1 { "" } else { "s" }
@@ -219,7 +205,12 @@ pub async fn functions(host: &Keyhole, cmd: FunctionsCmd) -> anyhow::Result<i32>
             function,
             connection,
         } => {
-            if host.connections().grant(&function, &connection)? {
+            let added = host.connections().grant(&function, &connection)?;
+            if json {
+                output::json(&serde_json::json!({
+                    "function": function, "connection": connection, "granted": true, "changed": added,
+                }))?;
+            } else if added {
                 println!("granted connection {connection} to function {function}");
             } else {
                 println!(
@@ -233,13 +224,19 @@ pub async fn functions(host: &Keyhole, cmd: FunctionsCmd) -> anyhow::Result<i32>
             connection,
         } => {
             host.connections().revoke_grant(&function, &connection)?;
-            println!("revoked function {function}'s grant for connection {connection}");
+            if json {
+                output::json(&serde_json::json!({
+                    "function": function, "connection": connection, "granted": false,
+                }))?;
+            } else {
+                println!("revoked function {function}'s grant for connection {connection}");
+            }
             Ok(0)
         }
     }
 }
 
-async fn upload(host: &Keyhole, args: UploadArgs) -> anyhow::Result<i32> {
+async fn upload(host: &Keyhole, args: UploadArgs, json: bool) -> anyhow::Result<i32> {
     let wasm = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let previous = host.storage().latest_function(&args.name)?;
@@ -275,7 +272,8 @@ async fn upload(host: &Keyhole, args: UploadArgs) -> anyhow::Result<i32> {
     ));
     if std::io::stderr().is_terminal() {
         spinner.enable_steady_tick(Duration::from_millis(100));
-    } else {
+    } else if !json {
+        // Under `--json` a script reads stderr for the error alone.
         eprintln!(
             "compiling {} ({})…",
             args.file.display(),
@@ -290,18 +288,26 @@ async fn upload(host: &Keyhole, args: UploadArgs) -> anyhow::Result<i32> {
     };
     let result = host.upload(&args.name, wasm, options).await;
     spinner.finish_and_clear();
-    let row = result?;
-    if args.json {
-        output::json(&row)?;
+    let uploaded = result?;
+    if json {
+        output::json(&uploaded)?;
         return Ok(0);
     }
+    let row = &uploaded.row;
     let grants = host.storage().grants_of_function(&row.name)?;
-    println!(
-        "uploaded {} version {} (compiled in {} ms)",
-        row.name,
-        row.version,
-        started.elapsed().as_millis()
-    );
+    if uploaded.new_version {
+        println!(
+            "uploaded {} version {} (compiled in {} ms)",
+            row.name,
+            row.version,
+            started.elapsed().as_millis()
+        );
+    } else {
+        println!(
+            "{} version {} already is this component with these limits; no new version stored",
+            row.name, row.version
+        );
+    }
     output::fields(&[
         ("content hash", row.content_hash.clone()),
         ("size", output::bytes(row.size)),
@@ -326,7 +332,8 @@ async fn upload(host: &Keyhole, args: UploadArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub async fn run(host: &Keyhole, args: RunArgs) -> anyhow::Result<i32> {
+/// `keyhole run`; `json`: print the whole invocation (output, logs, outbound calls).
+pub async fn run(host: &Keyhole, args: RunArgs, json: bool) -> anyhow::Result<i32> {
     let input = match (&args.input, &args.input_file) {
         (Some(i), _) => i.clone(),
         (None, Some(path)) if path.as_os_str() == "-" => {
@@ -337,7 +344,7 @@ pub async fn run(host: &Keyhole, args: RunArgs) -> anyhow::Result<i32> {
         (None, None) => "{}".to_string(),
     };
     let inv = host.invoke(&args.name, &input).await?;
-    if args.json {
+    if json {
         let mut v = serde_json::to_value(&inv)?;
         // `outcome` as `logs --json` names it; `error` with its kind and message apart.
         match &inv.result {
@@ -376,7 +383,8 @@ pub async fn run(host: &Keyhole, args: RunArgs) -> anyhow::Result<i32> {
 /// Characters of an invocation's error shown in the `logs` table.
 const ERROR_COLUMN: usize = 100;
 
-pub fn logs(host: &Keyhole, args: LogsArgs) -> anyhow::Result<i32> {
+/// `keyhole logs`; `json`: print the records as JSON.
+pub fn logs(host: &Keyhole, args: LogsArgs, json: bool) -> anyhow::Result<i32> {
     let rows = host.logs(args.name.as_deref(), args.limit as usize)?;
     // Records outlive their function, so only "no records and no function" is an error.
     if rows.is_empty()
@@ -387,7 +395,7 @@ pub fn logs(host: &Keyhole, args: LogsArgs) -> anyhow::Result<i32> {
             "no function named {name:?} and no invocation records for it; `keyhole functions list` shows what is uploaded"
         );
     }
-    if args.json {
+    if json {
         output::json(&rows)?;
         return Ok(0);
     }

@@ -1,6 +1,7 @@
 //! The `keyhole` command line: argument parsing (clap) and dispatch into the library.
-//! Human output by default, `--json` on every listing for scripts; errors go to stderr
-//! with a non-zero exit code.
+//! Human output by default; `--json` (on every command) prints JSON for scripts. Errors
+//! go to stderr with a non-zero exit code, as `{"error": {"kind", "message"}}` under
+//! `--json`.
 
 mod connections;
 mod functions;
@@ -30,6 +31,11 @@ pub struct Cli {
     /// Log more (info level); RUST_LOG overrides.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+
+    /// Print JSON on stdout instead of text, for scripts. Errors then go to stderr as
+    /// {"error": {"kind": "...", "message": "..."}}, with the same kinds as the HTTP API.
+    #[arg(long, global = true)]
+    pub json: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -66,13 +72,27 @@ pub enum Command {
 /// Run the CLI; returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
     let home = cli.home.clone().unwrap_or_else(crate::config::default_home);
+    let json = cli.json;
     match dispatch(cli, home).await {
         Ok(code) => code,
+        Err(e) if json => {
+            let body = serde_json::json!({ "error": { "kind": kind(&e), "message": report(&e) } });
+            eprintln!("{body}");
+            1
+        }
         Err(e) => {
             eprintln!("error: {}", report(&e));
             1
         }
     }
+}
+
+/// The HTTP API's kind for the first of the library's errors in `e`'s chain
+/// (`not-found`, `invalid-request`, `conflict`, …), else `error`.
+fn kind(e: &anyhow::Error) -> &'static str {
+    e.chain()
+        .find_map(crate::server::error_kind)
+        .unwrap_or("error")
 }
 
 /// An error and its causes, each cause once: many of our messages already quote their
@@ -106,14 +126,15 @@ async fn dispatch(cli: Cli, home: PathBuf) -> anyhow::Result<i32> {
         _ => 16,
     };
     let host = open(&home, instances)?;
+    let json = cli.json;
     match cli.command {
-        Command::Functions(cmd) => functions::functions(&host, cmd).await,
-        Command::Run(args) => functions::run(&host, args).await,
-        Command::Logs(args) => functions::logs(&host, args),
-        Command::Services(cmd) => services::services(&host, cmd),
-        Command::Connections(cmd) => connections::connections(&host, cmd).await,
-        Command::Serve(args) => serve::serve(host, args).await,
-        Command::Tokens(cmd) => tokens::tokens(&host, cmd),
-        Command::Schedules(cmd) => schedules::schedules(&host, cmd),
+        Command::Functions(cmd) => functions::functions(&host, cmd, json).await,
+        Command::Run(args) => functions::run(&host, args, json).await,
+        Command::Logs(args) => functions::logs(&host, args, json),
+        Command::Services(cmd) => services::services(&host, cmd, json),
+        Command::Connections(cmd) => connections::connections(&host, cmd, json).await,
+        Command::Serve(args) => serve::serve(host, args, json).await,
+        Command::Tokens(cmd) => tokens::tokens(&host, cmd, json),
+        Command::Schedules(cmd) => schedules::schedules(&host, cmd, json),
     }
 }

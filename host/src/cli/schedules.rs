@@ -31,23 +31,13 @@ pub enum SchedulesCmd {
         /// Input JSON passed on every run.
         #[arg(long, default_value = "{}")]
         input: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// List schedules.
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Show a schedule.
     Show {
         /// Schedule name.
         name: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Stop running a schedule until resumed.
     Pause {
@@ -102,7 +92,8 @@ fn print(row: &ScheduleRow) {
     ]);
 }
 
-pub fn schedules(host: &Keyhole, cmd: SchedulesCmd) -> anyhow::Result<i32> {
+/// `keyhole schedules …`; `json`: print JSON.
+pub fn schedules(host: &Keyhole, cmd: SchedulesCmd, json: bool) -> anyhow::Result<i32> {
     let s = host.schedules();
     match cmd {
         SchedulesCmd::Add {
@@ -111,7 +102,6 @@ pub fn schedules(host: &Keyhole, cmd: SchedulesCmd) -> anyhow::Result<i32> {
             every,
             cron,
             input,
-            json,
         } => {
             let cadence = match (every, cron) {
                 (Some(d), _) => Cadence::Every(d),
@@ -135,7 +125,7 @@ pub fn schedules(host: &Keyhole, cmd: SchedulesCmd) -> anyhow::Result<i32> {
                 );
             }
         }
-        SchedulesCmd::List { json } => {
+        SchedulesCmd::List => {
             output::listing(
                 json,
                 &s.list()?,
@@ -165,7 +155,7 @@ pub fn schedules(host: &Keyhole, cmd: SchedulesCmd) -> anyhow::Result<i32> {
                 },
             )?;
         }
-        SchedulesCmd::Show { name, json } => {
+        SchedulesCmd::Show { name } => {
             let row = s.show(&name)?;
             if json {
                 output::json(&row)?;
@@ -174,18 +164,31 @@ pub fn schedules(host: &Keyhole, cmd: SchedulesCmd) -> anyhow::Result<i32> {
             }
         }
         SchedulesCmd::Pause { name } => {
-            if s.show(&name)?.paused {
-                println!("schedule {name} is already paused; nothing changed");
+            let changed = !s.show(&name)?.paused;
+            let row = if changed {
+                s.pause(&name)?
             } else {
-                s.pause(&name)?;
+                s.show(&name)?
+            };
+            if json {
+                let mut v = serde_json::to_value(&row)?;
+                v["changed"] = changed.into();
+                output::json(&v)?;
+            } else if changed {
                 println!("paused schedule {name}");
+            } else {
+                println!("schedule {name} is already paused; nothing changed");
             }
         }
         SchedulesCmd::Resume { name } => {
             let was_paused = s.show(&name)?.paused;
             let row = s.resume(&name)?;
             let next = output::time(Some(row.next_run_at));
-            if was_paused {
+            if json {
+                let mut v = serde_json::to_value(&row)?;
+                v["changed"] = was_paused.into();
+                output::json(&v)?;
+            } else if was_paused {
                 println!("resumed schedule {name}; next run at {next}");
             } else {
                 println!("schedule {name} is not paused; nothing changed (next run at {next})");
@@ -193,7 +196,11 @@ pub fn schedules(host: &Keyhole, cmd: SchedulesCmd) -> anyhow::Result<i32> {
         }
         SchedulesCmd::Delete { name } => {
             s.delete(&name)?;
-            println!("deleted schedule {name}");
+            if json {
+                output::json(&serde_json::json!({ "deleted": name }))?;
+            } else {
+                println!("deleted schedule {name}");
+            }
         }
     }
     Ok(0)

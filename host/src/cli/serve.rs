@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// Largest request body in bytes (413 beyond); uploads are capped separately at 64 MiB.
     #[arg(long, default_value_t = server::DEFAULT_MAX_BODY_BYTES, value_name = "BYTES")]
     pub max_body: usize,
+    /// Memory for invocation inputs being received or run, in bytes: each reserves its
+    /// Content-Length (--max-body if it sends none) before it is read; past this, 503.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_BODY_MEMORY, value_name = "BYTES")]
+    pub max_body_memory: usize,
     /// Sustained requests per second per token (429 with Retry-After beyond); 0 disables.
     #[arg(long, default_value_t = server::DEFAULT_RATE_LIMIT, value_name = "PER_SECOND")]
     pub rate_limit: u32,
@@ -69,6 +73,7 @@ impl ServeArgs {
             max_in_flight: self.max_in_flight.max(1),
             queue: self.queue,
             max_body_bytes: self.max_body,
+            max_body_memory: self.max_body_memory,
             body_timeout: self.body_timeout,
             rate_limit: self.rate_limit,
             rate_burst: self.rate_burst,
@@ -79,8 +84,9 @@ impl ServeArgs {
     }
 }
 
-/// Serve `host` (opened with [`ServeArgs::instances`] slots) until a signal.
-pub async fn serve(host: Keyhole, args: ServeArgs) -> anyhow::Result<i32> {
+/// Serve `host` (opened with [`ServeArgs::instances`] slots) until a signal. `json`: the
+/// address served and how it stopped, as one JSON line each on stdout.
+pub async fn serve(host: Keyhole, args: ServeArgs, json: bool) -> anyhow::Result<i32> {
     let host = Arc::new(host);
     let mut server = Server::bind(host.clone(), args.config()).await?;
     // A long-running process: checkpoint the WAL beside the requests, not inside one.
@@ -100,13 +106,25 @@ pub async fn serve(host: Keyhole, args: ServeArgs) -> anyhow::Result<i32> {
     });
     cancel_on_signals(server.shutdown_token());
     let addr = server.local_addr();
-    println!(
-        "keyhole serving on http://{addr} (API under /v1, OAuth callback at /oauth/callback); Ctrl-C stops"
-    );
+    if json {
+        let url = format!("http://{addr}");
+        println!("{}", serde_json::json!({ "serving": url }));
+    } else {
+        println!(
+            "keyhole serving on http://{addr} (API under /v1, OAuth callback at /oauth/callback); Ctrl-C stops"
+        );
+    }
     // Scripts and tests wait for this line; don't leave it in a buffer.
     std::io::stdout().flush()?;
     let report = server.run().await;
-    if report.forced {
+    if json {
+        let stopped = serde_json::json!({ "stopped": {
+            "drained_in_ms": report.drained_in.as_millis() as u64,
+            "forced": report.forced,
+            "abandoned_invocations": report.abandoned_invocations,
+        }});
+        println!("{stopped}");
+    } else if report.forced {
         eprintln!(
             "stopped after {:.1}s with {} invocation(s) still running (--shutdown-timeout)",
             report.drained_in.as_secs_f64(),

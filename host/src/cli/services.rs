@@ -14,18 +14,11 @@ use crate::services::ServiceDef;
 #[derive(Debug, Subcommand)]
 pub enum ServicesCmd {
     /// List preset and custom services.
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Show a service: auth type, URLs, allowed origins, params, scopes, verification.
     Show {
         /// Service name.
         name: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Define a custom service, from flags or from a TOML file in the preset schema.
     Add(Box<AddArgs>),
@@ -132,10 +125,11 @@ pub struct AddArgs {
     pub description: Option<String>,
 }
 
-pub fn services(host: &Keyhole, cmd: ServicesCmd) -> anyhow::Result<i32> {
+/// `keyhole services …`; `json`: print JSON.
+pub fn services(host: &Keyhole, cmd: ServicesCmd, json: bool) -> anyhow::Result<i32> {
     let catalog = host.connections().catalog();
     match cmd {
-        ServicesCmd::List { json } => {
+        ServicesCmd::List => {
             let list = catalog.list()?;
             if json {
                 let v: Vec<_> = list.iter().map(entry_json).collect();
@@ -160,7 +154,7 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        ServicesCmd::Show { name, json } => {
+        ServicesCmd::Show { name } => {
             let entry = catalog.require(&name)?;
             let oauth = if entry.def.oauth2.is_some() {
                 Some(host.connections().oauth_client_summary(&name)?)
@@ -192,6 +186,10 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd) -> anyhow::Result<i32> {
                 None => from_flags(&args)?,
             };
             catalog.add(&def)?;
+            if json {
+                output::json(&entry_json(&catalog.require(&def.name)?))?;
+                return Ok(0);
+            }
             println!("added custom service {}", def.name);
             println!("next: keyhole connections add NAME --service {}", def.name);
             Ok(0)
@@ -207,12 +205,19 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd) -> anyhow::Result<i32> {
                 "the file defines service {:?}, not {name:?}",
                 def.name
             );
-            if catalog.require(&name)?.def == def {
-                println!("service {name} is already defined so; nothing changed");
-                return Ok(0);
+            let changed = catalog.require(&name)?.def != def;
+            if changed {
+                host.connections().edit_service(&def, move_credentials)?;
             }
-            host.connections().edit_service(&def, move_credentials)?;
-            println!("updated service {name}");
+            if json {
+                let mut v = entry_json(&catalog.require(&name)?);
+                v["changed"] = changed.into();
+                output::json(&v)?;
+            } else if changed {
+                println!("updated service {name}");
+            } else {
+                println!("service {name} is already defined so; nothing changed");
+            }
             Ok(0)
         }
         ServicesCmd::SetClient {
@@ -245,6 +250,15 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd) -> anyhow::Result<i32> {
                 redirect_url,
             };
             host.connections().set_oauth_client(&name, &config)?;
+            if json {
+                output::json(&serde_json::json!({
+                    "service": name,
+                    "oauth_client_id": config.client_id,
+                    "public_client": config.client_secret.is_none(),
+                    "callback_url": config.effective_redirect_url(),
+                }))?;
+                return Ok(0);
+            }
             println!("OAuth client for {name} saved (secret sealed)");
             println!(
                 "callback URL to register at the provider: {}",
@@ -254,7 +268,11 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd) -> anyhow::Result<i32> {
         }
         ServicesCmd::Delete { name } => {
             catalog.delete(&name)?;
-            println!("deleted service {name}");
+            if json {
+                output::json(&serde_json::json!({ "deleted": name }))?;
+            } else {
+                println!("deleted service {name}");
+            }
             Ok(0)
         }
     }

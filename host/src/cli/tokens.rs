@@ -38,16 +38,9 @@ pub enum TokensCmd {
         /// A note to recognise the token by in `tokens list`.
         #[arg(long)]
         label: Option<String>,
-        /// Print JSON (the token in field `token`).
-        #[arg(long)]
-        json: bool,
     },
     /// List tokens (never their values).
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Revoke a token by id; requests carrying it get 401 from then on.
     Revoke {
         /// Token id (from `tokens list`).
@@ -55,14 +48,14 @@ pub enum TokensCmd {
     },
 }
 
-pub fn tokens(host: &Keyhole, cmd: TokensCmd) -> anyhow::Result<i32> {
+/// `keyhole tokens …`; `json`: print JSON (`create` puts the token in field `token`).
+pub fn tokens(host: &Keyhole, cmd: TokensCmd, json: bool) -> anyhow::Result<i32> {
     let storage = host.storage();
     match cmd {
         TokensCmd::Create {
             scope,
             function,
             label,
-            json,
         } => {
             let created =
                 create_token(storage, scope.into(), function.as_deref(), label.as_deref())?;
@@ -87,7 +80,7 @@ pub fn tokens(host: &Keyhole, cmd: TokensCmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        TokensCmd::List { json } => {
+        TokensCmd::List => {
             output::listing(
                 json,
                 &list_tokens(storage)?,
@@ -119,6 +112,9 @@ pub fn tokens(host: &Keyhole, cmd: TokensCmd) -> anyhow::Result<i32> {
         }
         TokensCmd::Revoke { id } => {
             match revoke_token(storage, id)? {
+                (at, changed) if json => output::json(&serde_json::json!({
+                    "id": id, "revoked_at": at, "changed": changed,
+                }))?,
                 (_, true) => println!("revoked API token {id}"),
                 (at, false) => println!(
                     "API token {id} was already revoked (at {}); nothing changed",

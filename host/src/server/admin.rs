@@ -141,11 +141,17 @@ pub async fn upload_function(
         }
     }
     options.limits = custom.then_some(limits);
-    let row = s.host.upload(&name, wasm.to_vec(), options).await?;
-    let grants = s.host.storage().grants_of_function(&row.name)?;
-    let mut v = to_json(&row)?.0;
+    let uploaded = s.host.upload(&name, wasm.to_vec(), options).await?;
+    let grants = s.host.storage().grants_of_function(&uploaded.row.name)?;
+    let mut v = to_json(&uploaded)?.0;
     v["grants"] = json!(grants);
-    Ok((StatusCode::CREATED, Json(v)))
+    // 201 for a new version; 200 when the latest version already was this upload.
+    let status = if uploaded.new_version {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(v)))
 }
 
 /// `GET /v1/functions/{name}/grants`

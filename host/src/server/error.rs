@@ -156,23 +156,10 @@ impl ApiError {
     /// Map a failed invocation: 404 unknown function, 400 invalid input, 413 input too
     /// large, 504 timeout, 503 at capacity, 500 for traps, guest errors and host faults.
     pub fn from_invoke(e: &InvokeError) -> Self {
-        let status = match e {
-            InvokeError::NotFound(_) => StatusCode::NOT_FOUND,
-            InvokeError::InvalidInput(_) => StatusCode::BAD_REQUEST,
-            InvokeError::InputTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            InvokeError::AtCapacity => return Self::at_capacity(),
-            InvokeError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            InvokeError::OutOfMemory { .. }
-            | InvokeError::StackOverflow
-            | InvokeError::Panic(_)
-            | InvokeError::Trap(_)
-            | InvokeError::Guest(_)
-            | InvokeError::OutputTooLarge { .. }
-            | InvokeError::InvalidOutput(_)
-            | InvokeError::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        Self::new(status, e.kind(), e.to_string())
+        if matches!(e, InvokeError::AtCapacity) {
+            return Self::at_capacity();
+        }
+        Self::new(invoke_status(e), e.kind(), e.to_string())
     }
 
     /// Attach the invocation record id.
@@ -203,6 +190,24 @@ impl IntoResponse for ApiError {
     }
 }
 
+fn invoke_status(e: &InvokeError) -> StatusCode {
+    match e {
+        InvokeError::NotFound(_) => StatusCode::NOT_FOUND,
+        InvokeError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+        InvokeError::InputTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        InvokeError::AtCapacity | InvokeError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+        InvokeError::OutOfMemory { .. }
+        | InvokeError::StackOverflow
+        | InvokeError::Panic(_)
+        | InvokeError::Trap(_)
+        | InvokeError::Guest(_)
+        | InvokeError::OutputTooLarge { .. }
+        | InvokeError::InvalidOutput(_)
+        | InvokeError::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 fn storage_status(e: &StorageError) -> (StatusCode, &'static str) {
     match e {
         StorageError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
@@ -211,41 +216,79 @@ fn storage_status(e: &StorageError) -> (StatusCode, &'static str) {
     }
 }
 
+fn connection_status(e: &ConnectionError) -> (StatusCode, &'static str) {
+    match e {
+        ConnectionError::UnknownConnection(_)
+        | ConnectionError::UnknownService(_)
+        | ConnectionError::UnknownFunction(_)
+        | ConnectionError::NotGranted(_) => (StatusCode::NOT_FOUND, "not-found"),
+        ConnectionError::Invalid(_) | ConnectionError::Service(_) => {
+            (StatusCode::BAD_REQUEST, "invalid-request")
+        }
+        ConnectionError::InUse(_) => (StatusCode::CONFLICT, "in-use"),
+        ConnectionError::OAuth(_) => (StatusCode::BAD_GATEWAY, "oauth-error"),
+        ConnectionError::Storage(s) => storage_status(s),
+        ConnectionError::Seal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "host-error"),
+    }
+}
+
+fn host_status(e: &HostError) -> (StatusCode, &'static str) {
+    match e {
+        HostError::Connection(c) => connection_status(c),
+        HostError::UnknownFunction(_) => (StatusCode::NOT_FOUND, "not-found"),
+        HostError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid-request"),
+        HostError::InUse(_) => (StatusCode::CONFLICT, "in-use"),
+        HostError::Upload(u) => upload_status(u),
+        HostError::Storage(s) => storage_status(s),
+        HostError::Seal(_) | HostError::Startup(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "host-error")
+        }
+    }
+}
+
+fn upload_status(e: &UploadError) -> (StatusCode, &'static str) {
+    match e {
+        UploadError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large"),
+        _ => (StatusCode::BAD_REQUEST, "invalid-component"),
+    }
+}
+
+fn token_status(e: &TokenError) -> (StatusCode, &'static str) {
+    match e {
+        TokenError::Storage(s) => storage_status(s),
+        TokenError::UnknownToken(_) => (StatusCode::NOT_FOUND, "not-found"),
+        _ => (StatusCode::BAD_REQUEST, "invalid-request"),
+    }
+}
+
+/// The API's kind for `e` when it is one of the library's errors: what the CLI's
+/// `--json` errors carry, so scripts see the same kinds over HTTP and on the command line.
+pub fn error_kind(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    if let Some(e) = e.downcast_ref::<HostError>() {
+        Some(host_status(e).1)
+    } else if let Some(e) = e.downcast_ref::<ConnectionError>() {
+        Some(connection_status(e).1)
+    } else if let Some(e) = e.downcast_ref::<InvokeError>() {
+        Some(e.kind())
+    } else if let Some(e) = e.downcast_ref::<StorageError>() {
+        Some(storage_status(e).1)
+    } else if let Some(e) = e.downcast_ref::<UploadError>() {
+        Some(upload_status(e).1)
+    } else {
+        e.downcast_ref::<TokenError>().map(|e| token_status(e).1)
+    }
+}
+
 impl From<ConnectionError> for ApiError {
     fn from(e: ConnectionError) -> Self {
-        let (status, kind) = match &e {
-            ConnectionError::UnknownConnection(_)
-            | ConnectionError::UnknownService(_)
-            | ConnectionError::UnknownFunction(_)
-            | ConnectionError::NotGranted(_) => (StatusCode::NOT_FOUND, "not-found"),
-            ConnectionError::Invalid(_) | ConnectionError::Service(_) => {
-                (StatusCode::BAD_REQUEST, "invalid-request")
-            }
-            ConnectionError::InUse(_) => (StatusCode::CONFLICT, "in-use"),
-            ConnectionError::OAuth(_) => (StatusCode::BAD_GATEWAY, "oauth-error"),
-            ConnectionError::Storage(s) => storage_status(s),
-            ConnectionError::Seal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "host-error"),
-        };
+        let (status, kind) = connection_status(&e);
         Self::new(status, kind, e.to_string())
     }
 }
 
 impl From<HostError> for ApiError {
     fn from(e: HostError) -> Self {
-        let (status, kind) = match e {
-            HostError::Connection(c) => return c.into(),
-            HostError::UnknownFunction(_) => (StatusCode::NOT_FOUND, "not-found"),
-            HostError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid-request"),
-            HostError::InUse(_) => (StatusCode::CONFLICT, "in-use"),
-            HostError::Upload(UploadError::TooLarge { .. }) => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large")
-            }
-            HostError::Upload(_) => (StatusCode::BAD_REQUEST, "invalid-component"),
-            HostError::Storage(ref s) => storage_status(s),
-            HostError::Seal(_) | HostError::Startup(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "host-error")
-            }
-        };
+        let (status, kind) = host_status(&e);
         Self::new(status, kind, e.to_string())
     }
 }
@@ -259,13 +302,8 @@ impl From<StorageError> for ApiError {
 
 impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> Self {
-        match e {
-            TokenError::Storage(s) => s.into(),
-            TokenError::UnknownToken(_) => {
-                Self::new(StatusCode::NOT_FOUND, "not-found", e.to_string())
-            }
-            _ => Self::bad_request(e.to_string()),
-        }
+        let (status, kind) = token_status(&e);
+        Self::new(status, kind, e.to_string())
     }
 }
 

@@ -10,7 +10,8 @@
 //! arrive within `--body-timeout`: a client trickling its body holds a connection, never
 //! an invocation slot. A request that could not get a place anyway is refused before its
 //! body is read, and a declared `Content-Length` over the cap is refused up front. Inputs
-//! being read are bounded by the connection cap times the body cap (and only token
+//! being read or run share `--max-body-memory`: each reserves its declared length (the
+//! cap if it declares none) before it is read, and past the budget gets 503 (only token
 //! holders get this far: authentication comes first).
 
 use std::time::Duration;
@@ -44,7 +45,14 @@ pub async fn invoke(
         return Err(state.capacity.refuse());
     }
     let config = &state.config;
-    let body = read_body(&headers, body, config.max_body_bytes, config.body_timeout).await?;
+    let declared = declared_length(&headers);
+    if declared.is_some_and(|n| n > config.max_body_bytes as u64) {
+        return Err(ApiError::body_too_large());
+    }
+    let size = declared.map_or(config.max_body_bytes, |n| n as usize);
+    // Held until the invocation ends: the input stays in memory that long.
+    let _memory = state.bodies.reserve(size)?;
+    let body = read_body(body, size, config.body_timeout).await?;
     let _ticket = state.capacity.enter()?;
     let input = if body.iter().all(u8::is_ascii_whitespace) {
         "{}"
@@ -85,20 +93,16 @@ pub async fn invoke(
     }
 }
 
+/// The `Content-Length` a request declares, if any.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
 /// The whole request body, at most `limit` bytes, arrived within `deadline` (408 after
 /// it; the per-pause timeout of the router's layer applies inside it too).
-async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-    deadline: Duration,
-) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::body_too_large());
-    }
+async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
     match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => Err(ApiError::from_body_error(&e)),

@@ -4,7 +4,10 @@
 //!
 //! An invocation checks for a free place before it reads its body (so a request
 //! refused under load never costs its body in memory) and takes the place once the body
-//! is in (so a slow client never holds one).
+//! is in (so a slow client never holds one). Bodies are also bounded as a whole: each
+//! reserves its declared length (the cap when it declares none) from a [`BodyBudget`]
+//! before it is read and holds it until the request ends, so the memory that request
+//! bodies take never exceeds `--max-body-memory`, however many clients send at once.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -69,6 +72,49 @@ impl Capacity {
     }
 }
 
+/// Memory for request bodies, shared by every request being read or run: a body's bytes
+/// are reserved before the first one is read.
+#[derive(Debug)]
+pub struct BodyBudget {
+    kib: Arc<Semaphore>,
+}
+
+/// Held while a request's body is in memory; dropping it gives the bytes back.
+#[derive(Debug)]
+pub struct Reserved {
+    _kib: OwnedSemaphorePermit,
+}
+
+impl BodyBudget {
+    /// A budget of `bytes` (counted in whole KiB; at least one body of `body_cap`, so a
+    /// budget below the body cap still admits one full-size body at a time).
+    pub fn new(bytes: usize, body_cap: usize) -> Self {
+        let kib = kib(bytes.max(body_cap)).min(Semaphore::MAX_PERMITS);
+        Self {
+            kib: Arc::new(Semaphore::new(kib)),
+        }
+    }
+
+    /// Reserve `bytes` for one body, or 503 at once when the budget is spent.
+    pub fn reserve(&self, bytes: usize) -> Result<Reserved, ApiError> {
+        let n = u32::try_from(kib(bytes)).unwrap_or(u32::MAX);
+        let permit = self.kib.clone().try_acquire_many_owned(n).map_err(|_| {
+            crate::metrics::http_rejection("body_memory");
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "at-capacity",
+                "the host is at capacity: request bodies being received fill the memory set aside for them (`keyhole serve --max-body-memory`); retry shortly",
+            )
+        })?;
+        Ok(Reserved { _kib: permit })
+    }
+}
+
+/// `bytes` in KiB, rounded up (an empty body still takes one).
+fn kib(bytes: usize) -> usize {
+    bytes.div_ceil(1024).max(1)
+}
+
 /// A per-token rate limit (GCRA via `governor`), or none.
 pub struct RateLimit {
     limiter: Option<DefaultKeyedRateLimiter<i64>>,
@@ -121,6 +167,27 @@ mod tests {
         let third = c.enter().unwrap();
         drop((second, third));
         assert_eq!(c.admitted(), 0);
+    }
+
+    #[test]
+    fn body_budget_reserves_declared_sizes_and_gives_them_back() {
+        let b = BodyBudget::new(10 * 1024, 4 * 1024);
+        let big = b.reserve(4 * 1024).unwrap();
+        let small: Vec<_> = (0..6).map(|_| b.reserve(1).unwrap()).collect();
+        let refused = b.reserve(1).unwrap_err();
+        assert_eq!(
+            (refused.status.as_u16(), refused.kind),
+            (503, "at-capacity")
+        );
+        assert!(refused.retry_after.is_some());
+        drop(big);
+        let again = b.reserve(4 * 1024).unwrap();
+        drop((again, small));
+        // A budget below the cap still admits one full-size body.
+        let tight = BodyBudget::new(1, 8 * 1024);
+        let one = tight.reserve(8 * 1024).unwrap();
+        assert!(tight.reserve(1).is_err());
+        drop(one);
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub mod schedules;
 mod shutdown;
 
 pub use auth::{Caller, CreatedToken, Scope, TokenError, create_token, list_tokens, revoke_token};
-pub use error::ApiError;
+pub use error::{ApiError, error_kind};
 pub use router::router;
 pub use shutdown::{ShutdownReport, cancel_on_signals};
 /// The shutdown signal type of [`Server::shutdown_token`] and [`Server::spawn_background`].
@@ -59,7 +59,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use self::limits::{Capacity, RateLimit};
+use self::limits::{BodyBudget, Capacity, RateLimit};
 use crate::Keyhole;
 use crate::runtime::DEFAULT_MAX_INSTANCES;
 use crate::storage::Storage;
@@ -73,6 +73,8 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = DEFAULT_MAX_INSTANCES as usize;
 pub const DEFAULT_QUEUE: usize = 256;
 /// Default cap on a request body (uploads have their own, `MAX_COMPONENT_BYTES`).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 2 << 20;
+/// Default for [`ServeConfig::max_body_memory`]: 128 full-size bodies at the default cap.
+pub const DEFAULT_MAX_BODY_MEMORY: usize = 256 << 20;
 /// Default sustained requests per second per token (0 disables the limit).
 pub const DEFAULT_RATE_LIMIT: u32 = 100;
 /// Default burst per token.
@@ -140,6 +142,9 @@ pub struct ServeConfig {
     pub queue: usize,
     /// Request body cap in bytes (413 beyond), except uploads.
     pub max_body_bytes: usize,
+    /// Memory for invocation inputs being received or run, in bytes: each reserves its
+    /// declared length (the body cap if it declares none) first; beyond it, 503.
+    pub max_body_memory: usize,
     /// Sustained requests per second per token; 0 disables.
     pub rate_limit: u32,
     /// Burst size per token.
@@ -164,6 +169,7 @@ impl Default for ServeConfig {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             queue: DEFAULT_QUEUE,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_body_memory: DEFAULT_MAX_BODY_MEMORY,
             rate_limit: DEFAULT_RATE_LIMIT,
             rate_burst: DEFAULT_RATE_BURST,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -195,6 +201,8 @@ pub struct AppState {
     pub host: Arc<Keyhole>,
     /// Invocation admission.
     pub capacity: Arc<Capacity>,
+    /// Memory for invocation inputs.
+    pub bodies: Arc<BodyBudget>,
     /// Per-token rate limit.
     pub rate: Arc<RateLimit>,
     /// Settings.
@@ -206,6 +214,10 @@ impl AppState {
     pub fn new(host: Arc<Keyhole>, config: ServeConfig) -> Self {
         Self {
             capacity: Arc::new(Capacity::new(config.max_in_flight, config.queue)),
+            bodies: Arc::new(BodyBudget::new(
+                config.max_body_memory,
+                config.max_body_bytes,
+            )),
             rate: Arc::new(RateLimit::new(config.rate_limit, config.rate_burst)),
             config: Arc::new(config),
             host,
