@@ -16,6 +16,9 @@
 //! wait has lasted [`LONG_WAIT`] later callers that find the storage mutex taken fail at
 //! once with `Busy` (503, `Retry-After`) instead of queueing.
 //!
+//! Reads do not queue behind such a wait at all: [`lock_unless_waiting`] hands them to
+//! the storage's second connection instead (WAL readers never wait for a writer).
+//!
 //! What the waits have seen is kept per database ([`BusyState`], one per `Storage`): a
 //! lock on one database says nothing about another's. SQLite's busy handler is a plain
 //! function, so it learns whose wait it is from the thread: [`Held`], the storage
@@ -160,6 +163,31 @@ pub(super) fn lock_contended<'a, T>(
             return None;
         }
         if recent(&state.last_busy_ms) || started.elapsed() > SPIN {
+            break off_the_runtime(|| mutex.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        std::thread::yield_now();
+    };
+    Some(Held::new(guard, state))
+}
+
+/// Lock `mutex` for a read: like [`lock_contended`], but `None` as soon as its holder is
+/// waiting out another process's lock, so that the caller reads on another connection
+/// instead of queueing behind the wait.
+pub(super) fn lock_unless_waiting<'a, T>(
+    mutex: &'a Mutex<T>,
+    state: &Arc<BusyState>,
+) -> Option<Held<'a, T>> {
+    let started = Instant::now();
+    let guard = loop {
+        match mutex.try_lock() {
+            Ok(guard) => break guard,
+            Err(TryLockError::Poisoned(p)) => break p.into_inner(),
+            Err(TryLockError::WouldBlock) => {}
+        }
+        if recent(&state.last_busy_ms) {
+            return None;
+        }
+        if started.elapsed() > SPIN {
             break off_the_runtime(|| mutex.lock().unwrap_or_else(|p| p.into_inner()));
         }
         std::thread::yield_now();

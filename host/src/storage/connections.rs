@@ -173,7 +173,7 @@ impl Storage {
 
     /// A stored service row.
     pub fn get_service(&self, name: &str) -> Result<Option<ServiceRow>, StorageError> {
-        self.lock()?
+        self.read()?
             .query_row_cached(
                 "SELECT name, definition, sealed_client, created_at, updated_at FROM services WHERE name = ?1",
                 params![name],
@@ -193,7 +193,7 @@ impl Storage {
 
     /// Every stored service row, by name.
     pub fn list_services(&self) -> Result<Vec<ServiceRow>, StorageError> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         let mut stmt = conn
             .prepare_cached("SELECT name, definition, sealed_client, created_at, updated_at FROM services ORDER BY name")
             .map_err(|e| self.err(e))?;
@@ -282,7 +282,7 @@ impl Storage {
         function: &str,
         name: &str,
     ) -> Result<Option<CallConnection>, StorageError> {
-        self.lock()?
+        self.read()?
             .query_row_cached(
                 concat!(
                     "SELECT ",
@@ -307,7 +307,7 @@ impl Storage {
 
     /// A connection by name.
     pub fn get_connection(&self, name: &str) -> Result<Option<ConnectionRow>, StorageError> {
-        self.lock()?
+        self.read()?
             .query_row_cached(
                 concat!(
                     "SELECT ",
@@ -323,7 +323,7 @@ impl Storage {
 
     /// Every connection, by name.
     pub fn list_connections(&self) -> Result<Vec<ConnectionRow>, StorageError> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         let mut stmt = conn
             .prepare_cached(concat!(
                 "SELECT ",
@@ -497,7 +497,7 @@ impl Storage {
     }
 
     fn query_strings(&self, sql: &str, arg: &str) -> Result<Vec<String>, StorageError> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![arg], |r| r.get(0))

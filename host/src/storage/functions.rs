@@ -121,7 +121,7 @@ impl Storage {
 
     /// The latest version of `name`, if any.
     pub fn latest_function(&self, name: &str) -> Result<Option<FunctionRow>, StorageError> {
-        self.lock()?
+        self.read()?
             .query_row_cached(
                 concat!(
                     "SELECT ",
@@ -137,7 +137,7 @@ impl Storage {
 
     /// Every version of `name`, newest first.
     pub fn function_versions(&self, name: &str) -> Result<Vec<FunctionRow>, StorageError> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         let mut stmt = conn
             .prepare_cached(concat!(
                 "SELECT ",
@@ -153,7 +153,7 @@ impl Storage {
 
     /// Every function with its latest version, by name.
     pub fn list_functions(&self) -> Result<Vec<FunctionSummary>, StorageError> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         let mut stmt = conn
             .prepare_cached(concat!("SELECT ", function_columns!(), ", (SELECT COUNT(*) FROM functions g WHERE g.name = f.name) FROM functions f \
                  WHERE version = (SELECT MAX(version) FROM functions h WHERE h.name = f.name) ORDER BY name"))
@@ -171,7 +171,7 @@ impl Storage {
 
     /// The wasm bytes with this content hash.
     pub fn function_wasm(&self, content_hash: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        self.lock()?
+        self.read()?
             .query_row_cached(
                 "SELECT wasm FROM functions WHERE content_hash = ?1 LIMIT 1",
                 params![content_hash],
@@ -241,7 +241,7 @@ impl Storage {
         content_hash: &str,
         engine_hash: &str,
     ) -> Result<Option<Vec<u8>>, StorageError> {
-        self.lock()?
+        self.read()?
             .query_row_cached(
                 "SELECT artifact FROM artifacts WHERE content_hash = ?1 AND engine_hash = ?2",
                 params![content_hash, engine_hash],

@@ -216,7 +216,7 @@ impl Storage {
         function: Option<&str>,
         limit: usize,
     ) -> Result<Vec<InvocationRow>, StorageError> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         let sql = "SELECT id, function, version, started_at, duration_us, outcome, error, output_bytes, logs, stdout, stderr, outbound \
                    FROM invocations WHERE (?1 IS NULL OR function = ?1) ORDER BY id DESC LIMIT ?2";
         let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;

@@ -9,7 +9,7 @@ use super::{CachedExt, Storage, StorageError, now_ms, write_tx};
 impl Storage {
     /// The value of `key` in `function`'s namespace.
     pub fn kv_get(&self, function: &str, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        self.lock()?
+        self.read()?
             .query_row_cached(
                 "SELECT value FROM kv WHERE function = ?1 AND key = ?2",
                 params![function, key],
@@ -21,7 +21,7 @@ impl Storage {
 
     /// Keys of `function` starting with `prefix`, ascending.
     pub fn kv_keys(&self, function: &str, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         // `substr` rather than LIKE: keys may contain % and _.
         let mut stmt = conn
             .prepare_cached("SELECT key FROM kv WHERE function = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key")
@@ -34,7 +34,7 @@ impl Storage {
 
     /// Bytes `function` stores (keys plus values).
     pub fn kv_total(&self, function: &str) -> Result<u64, StorageError> {
-        self.lock()?
+        self.read()?
             .query_row_cached(
                 "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM kv WHERE function = ?1",
                 params![function],
@@ -46,7 +46,7 @@ impl Storage {
 
     /// Bytes stored under one key of `function` (key plus value), 0 if absent.
     pub fn kv_entry_size(&self, function: &str, key: &str) -> Result<u64, StorageError> {
-        self.lock()?
+        self.read()?
             .query_row_cached(
                 "SELECT length(CAST(key AS BLOB)) + length(value) FROM kv WHERE function = ?1 AND key = ?2",
                 params![function, key],

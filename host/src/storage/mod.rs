@@ -142,11 +142,19 @@ impl CachedExt for Connection {
     }
 }
 
-/// Handle to the database. Calls are short, so one connection behind a mutex is enough.
+/// Handle to the database. Calls are short, so one connection behind a mutex does the
+/// work; a second one serves reads while that one is held by a write waiting out another
+/// process's lock (in WAL mode a read never waits for a writer).
 pub struct Storage {
     conn: Mutex<Connection>,
     /// What waits for another process's lock on this database have seen (see [`busy`]).
     busy: Arc<busy::BusyState>,
+    /// Reads only, and only while `conn` is in such a wait: it has its own page cache,
+    /// which every commit on `conn` would invalidate, so the hot path stays on `conn`.
+    reader: Mutex<Connection>,
+    /// The busy waits of `reader` (rare: a read waits only while another process
+    /// recovers the WAL or truncates it).
+    read_busy: Arc<busy::BusyState>,
     path: PathBuf,
     /// In-process side of [`Storage::turn`].
     locks: locks::LocalLocks,
@@ -297,9 +305,16 @@ impl Storage {
             .map_err(err)?;
         migrations::apply(&mut conn, path)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let reader = Connection::open(path).map_err(err)?;
+        reader
+            .busy_handler(Some(busy::wait_while_busy))
+            .map_err(err)?;
+        reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Self {
             conn: Mutex::new(conn),
             busy: Arc::default(),
+            reader: Mutex::new(reader),
+            read_busy: Arc::default(),
             path: path.to_path_buf(),
             locks: locks::LocalLocks::default(),
         })
@@ -314,6 +329,17 @@ impl Storage {
     /// wait for another process's lock (see [`busy`]).
     fn lock(&self) -> Result<busy::Held<'_, Connection>, StorageError> {
         busy::lock_contended(&self.conn, &self.busy).ok_or_else(|| StorageError::Busy {
+            path: self.path.clone(),
+        })
+    }
+
+    /// A connection for a read: the shared one, unless a write holds it while waiting out
+    /// another process's lock; then the reader, so reads go on meanwhile.
+    fn read(&self) -> Result<busy::Held<'_, Connection>, StorageError> {
+        if let Some(held) = busy::lock_unless_waiting(&self.conn, &self.busy) {
+            return Ok(held);
+        }
+        busy::lock_contended(&self.reader, &self.read_busy).ok_or_else(|| StorageError::Busy {
             path: self.path.clone(),
         })
     }
@@ -362,7 +388,7 @@ impl Storage {
 
     /// Read a value from the `meta` table.
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        self.lock()?
+        self.read()?
             .query_row_cached("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
                 r.get(0)
             })

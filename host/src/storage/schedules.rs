@@ -99,7 +99,7 @@ impl Storage {
 
     /// A schedule by name.
     pub fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRow>, StorageError> {
-        self.lock()?
+        self.read()?
             .query_row_cached(
                 concat!(
                     "SELECT ",
@@ -115,7 +115,7 @@ impl Storage {
 
     /// Every schedule, by name.
     pub fn list_schedules(&self) -> Result<Vec<ScheduleRow>, StorageError> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         let mut stmt = conn
             .prepare_cached(concat!(
                 "SELECT ",
@@ -129,7 +129,7 @@ impl Storage {
 
     /// Unpaused schedules due at `now`.
     pub fn due_schedules(&self, now: i64) -> Result<Vec<ScheduleRow>, StorageError> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         let mut stmt = conn
             .prepare_cached(concat!(
                 "SELECT ",

@@ -90,7 +90,7 @@ impl Storage {
     /// The token whose hash is `token_hash`, revoked or not.
     /// Runs on every authenticated request, so the statement is cached.
     pub fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiTokenRow>, StorageError> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         let mut stmt = conn
             .prepare_cached(concat!(
                 "SELECT ",
@@ -105,7 +105,7 @@ impl Storage {
 
     /// Every token, oldest first.
     pub fn list_api_tokens(&self) -> Result<Vec<ApiTokenRow>, StorageError> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         let mut stmt = conn
             .prepare_cached(concat!(
                 "SELECT ",
