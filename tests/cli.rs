@@ -457,8 +457,18 @@ fn every_command_answers_in_json_and_errors_do_too() {
     // Errors: stderr is one JSON object with the HTTP API's kind, stdout is empty.
     let error = |args: &[&str]| {
         let out = t.cli(args);
-        let err: serde_json::Value = serde_json::from_str(out.err().trim())
-            .unwrap_or_else(|e| panic!("{args:?}: stderr is not JSON ({e}): {}", out.stderr));
+        // Every line is JSON (log events), the last is the error.
+        let lines: Vec<serde_json::Value> = out
+            .err()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {l}"))
+            })
+            .collect();
+        let err = lines
+            .last()
+            .cloned()
+            .unwrap_or_else(|| panic!("{args:?}: nothing on stderr"));
         assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
         (
             err["error"]["kind"].as_str().unwrap().to_string(),
@@ -500,4 +510,28 @@ fn every_command_answers_in_json_and_errors_do_too() {
         message.contains("cannot read /nonexistent.wasm"),
         "{message}"
     );
+    assert_eq!(
+        error(&["schedules", "show", "nosuch", "--json"]).0,
+        "not-found"
+    );
+    assert_eq!(error(&["logs", "nosuch", "--json"]).0, "not-found");
+    assert_eq!(
+        error(&["connections", "edit", "nosuch", "--json"]).0,
+        "invalid-request"
+    );
+    // A failed run: the record on stdout, the error on stderr.
+    let mis = plugin_path("misbehave");
+    t.cli(&["functions", "upload", path(&mis), "--name", "mis"])
+        .ok();
+    let out = t.cli(&["run", "mis", "--input", r#"{"mode":"panic"}"#, "--json"]);
+    let last = out.err().lines().last().unwrap_or_default().to_string();
+    let last: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(last["error"]["kind"], "panic", "{last}");
+    let record: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(record["outcome"], "panic", "{record}");
+    // A malformed command line: exit 2, still JSON.
+    let out = t.cli(&["tokens", "revoke", "not-a-number", "--json"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let err: serde_json::Value = serde_json::from_str(out.stderr.trim()).unwrap();
+    assert_eq!(err["error"]["kind"], "invalid-request");
 }

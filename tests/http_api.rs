@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use keyhole::server::{Scope, ServeConfig, create_token};
 use keyhole_tests::env::TestHost;
-use keyhole_tests::plugins::plugin_path;
+use keyhole_tests::plugins::{plugin, plugin_path};
 use keyhole_tests::{Credential, FakeApi};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -115,6 +115,22 @@ async fn upload_then_invoke_and_every_status_mapping() {
     assert_eq!(
         (up["name"].as_str(), up["version"].as_i64()),
         (Some("echo"), Some(1))
+    );
+    assert_eq!(up["new_version"], true);
+    // The same component again: 200, the same version, nothing stored.
+    let again = api
+        .send(
+            "POST",
+            "/v1/functions/echo",
+            Some(&api.admin),
+            plugin("echo"),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    let again = again.json();
+    assert_eq!(
+        (again["version"].as_i64(), again["new_version"].as_bool()),
+        (Some(1), Some(false))
     );
     api.upload("echo", "tiny", "max_input=32").await;
     api.upload("misbehave", "slow", "timeout_ms=300").await;
@@ -677,6 +693,9 @@ async fn bodies_being_received_share_one_memory_budget() {
 async fn another_process_holding_the_database_lock_stalls_no_one_reads_go_on_and_writes_get_503() {
     let api = Arc::new(start(test_config()).await);
     api.upload("echo", "echo", "").await;
+    // A token never used yet: its first request records its use, a write.
+    let fresh = create_token(api.t.host.storage(), Scope::Admin, None, Some("fresh")).unwrap();
+    let fresh = fresh.token.expose().to_string();
     // Another process (a `keyhole` command, a backup, an `sqlite3` shell) takes the
     // write lock and keeps it.
     let other = rusqlite::Connection::open(api.t.home().join("keyhole.db")).unwrap();
@@ -705,6 +724,11 @@ async fn another_process_holding_the_database_lock_stalls_no_one_reads_go_on_and
     assert_eq!(read.status, StatusCode::OK, "{}", read.body);
     assert_eq!(read.json()[0]["name"], "echo");
     let read = api.get("/v1/functions/echo/grants").await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    // The fresh token's use is recorded beside the request, not on its path.
+    let read = api
+        .send("GET", "/v1/connections", Some(&fresh), vec![])
+        .await;
     assert_eq!(read.status, StatusCode::OK, "{}", read.body);
     assert!(
         asked.elapsed() < Duration::from_secs(3) && !write.is_finished(),

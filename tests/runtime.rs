@@ -71,6 +71,34 @@ async fn upload_and_run_echo() {
         .unwrap();
     assert!(!again.new_version, "{again:?}");
     assert_eq!(again.row.version, 1);
+    // Its grant flags still apply.
+    t.host
+        .connections()
+        .add("gh", "github", vec![], None)
+        .unwrap();
+    let options = UploadOptions {
+        grants: vec!["gh".into()],
+        ..Default::default()
+    };
+    let granted = t
+        .host
+        .upload("echo", plugin("echo"), options)
+        .await
+        .unwrap();
+    assert!(!granted.new_version, "{granted:?}");
+    assert_eq!(
+        t.host.show_function("echo").unwrap().grants,
+        vec!["gh".to_string()]
+    );
+    let options = UploadOptions {
+        reset_grants: true,
+        ..Default::default()
+    };
+    t.host
+        .upload("echo", plugin("echo"), options)
+        .await
+        .unwrap();
+    assert!(t.host.show_function("echo").unwrap().grants.is_empty());
     assert_eq!(t.host.show_function("echo").unwrap().versions.len(), 1);
     // Other limits, or another component, make a new version.
     let options = UploadOptions {

@@ -210,13 +210,14 @@ impl Keyhole {
         limits.validate().map_err(HostError::Invalid)?;
 
         let hash = content_hash(&wasm);
-        if let Some(latest) = previous.filter(|p| p.content_hash == hash && p.limits == limits) {
-            self.apply_grants(name, &options)?;
-            tracing::info!(function = name, version = latest.version, content_hash = %hash, "function uploaded again, unchanged");
-            return Ok(Uploaded {
-                row: latest,
-                new_version: false,
-            });
+        let engine = self.runtime.engine_hash();
+        // The latest version again, already compiled for this engine: nothing to do. (Not
+        // compiled for it, after an upgrade: compiled below, which also checks that this
+        // host can run it, and still no new version.)
+        if let Some(latest) = previous.filter(|p| p.content_hash == hash && p.limits == limits)
+            && self.storage.has_artifact(&hash, engine)?
+        {
+            return self.unchanged(name, latest, &options);
         }
         let runtime = self.runtime.clone();
         let (wasm, compiled) = tokio::task::spawn_blocking(move || {
@@ -227,20 +228,37 @@ impl Keyhole {
         .map_err(|e| HostError::Startup(format!("compiler task failed: {e}")))?;
         let (artifact, prepared) = compiled?;
 
-        self.storage
-            .put_artifact(&hash, self.runtime.engine_hash(), &artifact)?;
-        let row = self.storage.insert_function(&NewFunction {
+        self.storage.put_artifact(&hash, engine, &artifact)?;
+        let (row, new_version) = self.storage.insert_function(&NewFunction {
             name,
             content_hash: &hash,
             wasm: &wasm,
             limits,
         })?;
         self.runtime.remember(&hash, prepared);
+        if !new_version {
+            return self.unchanged(name, row, &options);
+        }
         self.apply_grants(name, &options)?;
         tracing::info!(function = name, version = row.version, content_hash = %hash, "function uploaded");
         Ok(Uploaded {
             row,
             new_version: true,
+        })
+    }
+
+    /// An upload that stored nothing new: `latest` stays, the grant changes apply.
+    fn unchanged(
+        &self,
+        name: &str,
+        latest: FunctionRow,
+        options: &UploadOptions,
+    ) -> Result<Uploaded, HostError> {
+        self.apply_grants(name, options)?;
+        tracing::info!(function = name, version = latest.version, content_hash = %latest.content_hash, "function uploaded again, unchanged");
+        Ok(Uploaded {
+            row: latest,
+            new_version: false,
         })
     }
 

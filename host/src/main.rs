@@ -22,8 +22,9 @@ fn http_client(target: &str) -> bool {
 /// The log subscriber: `filter` (from `RUST_LOG` or `--verbose`) decides, except that
 /// the HTTP client crates stay at info whatever it says: their debug and trace events
 /// name the hosts they connect to, and a capability URL (a webhook) may carry its secret
-/// in the host name.
-fn logging(filter: EnvFilter) -> impl tracing::Subscriber + Send + Sync {
+/// in the host name. With `json`, each event is a JSON object on its own line, so that
+/// under `--json` all of stderr is JSON lines.
+fn logging(filter: EnvFilter, json: bool) -> impl tracing::Subscriber + Send + Sync {
     // The cap passes on `filter`'s level hint. Without one, the global maximum level would
     // be TRACE, and every disabled `log` record (wasmtime, reqwest) would be filtered
     // one by one on the hot path instead of skipped at the call.
@@ -32,16 +33,38 @@ fn logging(filter: EnvFilter) -> impl tracing::Subscriber + Send + Sync {
     if let Some(hint) = filter.max_level_hint() {
         cap = cap.with_max_level_hint(hint);
     }
-    tracing_subscriber::registry().with(
-        tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_filter(filter)
-            .with_filter(cap),
-    )
+    let events: Box<dyn Layer<_> + Send + Sync> = if json {
+        Box::new(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr),
+        )
+    } else {
+        Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+    };
+    tracing_subscriber::registry().with(events.with_filter(filter).with_filter(cap))
+}
+
+/// Parse the command line. A malformed one under `--json` is a JSON error on stderr
+/// (exit 2, as clap's own); `--help` and `--version` print as usual.
+fn parse() -> keyhole::cli::Cli {
+    use clap::error::ErrorKind;
+    keyhole::cli::Cli::try_parse().unwrap_or_else(|e| {
+        let help = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+        if help || !std::env::args_os().any(|a| a == "--json") {
+            e.exit();
+        }
+        let message = e.render().to_string();
+        let message = message.trim().trim_start_matches("error: ");
+        let body =
+            serde_json::json!({ "error": { "kind": "invalid-request", "message": message } });
+        eprintln!("{body}");
+        std::process::exit(2);
+    })
 }
 
 fn main() {
-    let cli = keyhole::cli::Cli::parse();
+    let cli = parse();
     // A one-shot command piped into `head` should stop quietly when the pipe closes, as
     // Unix tools do, not panic on the failed print. `serve` keeps ignoring SIGPIPE: a
     // closed log pipe must not take the server down.
@@ -54,7 +77,7 @@ fn main() {
     }
     let default = if cli.verbose { "info" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    logging(filter).init();
+    logging(filter, cli.json).init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,7 +105,7 @@ mod tests {
             ("info", LevelFilter::INFO),
             ("keyhole=debug,warn", LevelFilter::DEBUG),
         ] {
-            let subscriber = logging(EnvFilter::new(directives));
+            let subscriber = logging(EnvFilter::new(directives), false);
             assert_eq!(subscriber.max_level_hint(), Some(hint), "{directives}");
         }
     }

@@ -15,7 +15,7 @@
 //! | `keyhole_invocations_in_flight` | gauge | `function` (`sum()` for the total) |
 //! | `keyhole_outbound_requests_total` | counter | `connection`, `status` (code or error kind) |
 //! | `keyhole_token_refreshes_total` | counter | `outcome` (`ok`, `invalid_grant`, `transient`) |
-//! | `keyhole_http_rejections_total` | counter | `reason` (`unauthorized`, `forbidden`, `rate_limited`, `at_capacity`) |
+//! | `keyhole_http_rejections_total` | counter | `reason` (`unauthorized`, `forbidden`, `rate_limited`, `at_capacity`, `body_memory`) |
 
 use std::sync::LazyLock;
 
@@ -38,7 +38,13 @@ const DURATION_BUCKETS: [f64; 18] = [
 ];
 
 /// Every `reason` of `keyhole_http_rejections_total`.
-const REJECTION_REASONS: [&str; 4] = ["unauthorized", "forbidden", "rate_limited", "at_capacity"];
+const REJECTION_REASONS: [&str; 5] = [
+    "unauthorized",
+    "forbidden",
+    "rate_limited",
+    "at_capacity",
+    "body_memory",
+];
 
 /// Label value for an outbound call to a connection the function may not use: the name
 /// is guest-chosen, so it must not become a series of its own.
@@ -240,7 +246,7 @@ pub fn token_refresh(outcome: RefreshOutcome) {
 }
 
 /// Count an HTTP API request refused by authentication or a limit. `reason` is one of
-/// `unauthorized`, `forbidden`, `rate_limited`, `at_capacity`.
+/// `unauthorized`, `forbidden`, `rate_limited`, `at_capacity`, `body_memory`.
 pub fn http_rejection(reason: &'static str) {
     global()
         .rejections

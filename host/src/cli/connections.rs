@@ -215,10 +215,11 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd, json: bool) -> any
             params,
             move_credentials,
         } => {
-            anyhow::ensure!(
-                !scopes.is_empty() || base_url.is_some() || clear_base_url || !params.is_empty(),
-                "nothing to change: give --scope, --base-url, --clear-base-url or --param"
-            );
+            if !(!scopes.is_empty() || base_url.is_some() || clear_base_url || !params.is_empty()) {
+                return Err(usage!(
+                    "nothing to change: give --scope, --base-url, --clear-base-url or --param"
+                ));
+            }
             let scopes = (!scopes.is_empty()).then_some(scopes);
             let base = if clear_base_url {
                 Some(None)
@@ -248,6 +249,9 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd, json: bool) -> any
             let outcome = c.test(&name).await?;
             if json {
                 output::json(&outcome)?;
+                if !outcome.ok {
+                    super::json_error("verification-failed", &failed_verification(&outcome));
+                }
             } else {
                 print_verify(&outcome);
                 // The credentials turned out to be another account's than last time.
@@ -312,8 +316,7 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd, json: bool) -> any
 fn unconfirmed(json: bool) {
     const MESSAGE: &str = "the provider did not confirm every revocation, so the grant may still be live there; remove keyhole's access in the provider's account settings";
     if json {
-        let body = serde_json::json!({ "error": { "kind": "revocation-unconfirmed", "message": MESSAGE } });
-        eprintln!("{body}");
+        super::json_error("revocation-unconfirmed", MESSAGE);
     } else {
         eprintln!("error: {MESSAGE}");
     }
@@ -522,8 +525,16 @@ async fn connect(host: &Keyhole, args: ConnectArgs, json: bool) -> anyhow::Resul
         }
     }
     let outcome = c.connect(&args.name, values).await?;
+    let connected = status_name(&outcome.connection) == "connected" && outcome.stored;
     if json {
         output::json(&outcome)?;
+        if !connected {
+            let why = match &outcome.verification {
+                Some(v) if !v.ok => failed_verification(v),
+                _ => format!("connection {} is not connected", args.name),
+            };
+            super::json_error("verification-failed", &why);
+        }
     } else {
         if let Some(v) = &outcome.verification {
             print_verify(v);
@@ -539,12 +550,23 @@ async fn connect(host: &Keyhole, args: ConnectArgs, json: bool) -> anyhow::Resul
             );
         }
     }
-    Ok(
-        if status_name(&outcome.connection) == "connected" && outcome.stored {
-            0
-        } else {
-            1
-        },
+    Ok(if connected { 0 } else { 1 })
+}
+
+/// What a failed verification says, in one line.
+fn failed_verification(v: &VerifyOutcome) -> String {
+    let status = v
+        .status
+        .map(|s| format!(" answered {s}"))
+        .unwrap_or_default();
+    let reason = v
+        .reason
+        .as_deref()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default();
+    format!(
+        "the verification request ({}){status}{reason}; the credentials did not work",
+        v.request
     )
 }
 
@@ -556,16 +578,27 @@ async fn connect_oauth(host: &Keyhole, args: &ConnectArgs, json: bool) -> anyhow
     } else {
         Some(crate::oauth::bind_callback(&pending.redirect_url).await?)
     };
-    println!("Open this URL in a browser to authorize keyhole (valid for 10 minutes):");
-    println!("{}", pending.authorize_url);
-    println!(
-        "waiting for the provider to redirect to {}",
-        pending.redirect_url
-    );
+    if json {
+        // One line a script can read before the wait; the result follows when it ends.
+        let line = serde_json::json!({
+            "authorize_url": pending.authorize_url,
+            "redirect_url": pending.redirect_url,
+            "valid_for_s": crate::oauth::STATE_TTL.as_secs(),
+        });
+        println!("{line}");
+        std::io::stdout().flush()?;
+    } else {
+        println!("Open this URL in a browser to authorize keyhole (valid for 10 minutes):");
+        println!("{}", pending.authorize_url);
+        println!(
+            "waiting for the provider to redirect to {}",
+            pending.redirect_url
+        );
+    }
     if !args.no_browser && !args.no_listen {
         open_browser(&pending.authorize_url);
     }
-    if args.no_listen {
+    if args.no_listen && !json {
         println!(
             "`keyhole serve` must be running where {} reaches it to complete the authorization",
             pending.redirect_url
@@ -600,6 +633,11 @@ async fn connect_oauth(host: &Keyhole, args: &ConnectArgs, json: bool) -> anyhow
                 warn_if_account_changed(&view);
             }
             Ok(0)
+        }
+        Err(e) if json => {
+            let message = format!("{e}; connection {} was not changed", args.name);
+            super::json_error("oauth-error", &message);
+            Ok(1)
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -16,7 +16,9 @@ pub enum FunctionsCmd {
     /// Validate, compile and store a component as a new version of a function.
     ///
     /// The file must be a WebAssembly component for the keyhole:function/custom-function
-    /// world (what the keyhole SDK builds with `cargo build --target wasm32-wasip2`).
+    /// world (what the keyhole SDK builds with `cargo build --target wasm32-wasip2`). The
+    /// component the latest version already runs, with the same limits, stores nothing
+    /// (the grant flags still apply).
     Upload(UploadArgs),
     /// List functions with their latest version.
     List,
@@ -359,7 +361,13 @@ pub async fn run(host: &Keyhole, args: RunArgs, json: bool) -> anyhow::Result<i3
             }
         }
         output::json(&v)?;
-        return Ok(if inv.result.is_ok() { 0 } else { 1 });
+        // A failed run still prints the whole record; stderr says it failed, as for
+        // every other error under `--json`.
+        if let Err(e) = &inv.result {
+            super::json_error(e.kind(), &e.to_string());
+            return Ok(1);
+        }
+        return Ok(0);
     }
     match &inv.result {
         Ok(out) => {
@@ -391,9 +399,7 @@ pub fn logs(host: &Keyhole, args: LogsArgs, json: bool) -> anyhow::Result<i32> {
         && let Some(name) = &args.name
         && host.storage().latest_function(name)?.is_none()
     {
-        anyhow::bail!(
-            "no function named {name:?} and no invocation records for it; `keyhole functions list` shows what is uploaded"
-        );
+        return Err(crate::HostError::UnknownFunction(name.clone()).into());
     }
     if json {
         output::json(&rows)?;

@@ -3,6 +3,13 @@
 //! go to stderr with a non-zero exit code, as `{"error": {"kind", "message"}}` under
 //! `--json`.
 
+/// A usage error: `anyhow::Error` of a [`Usage`] built like `format!`.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        anyhow::Error::new($crate::cli::Usage(format!($($arg)*)))
+    };
+}
+
 mod connections;
 mod functions;
 mod output;
@@ -76,8 +83,7 @@ pub async fn run(cli: Cli) -> i32 {
     match dispatch(cli, home).await {
         Ok(code) => code,
         Err(e) if json => {
-            let body = serde_json::json!({ "error": { "kind": kind(&e), "message": report(&e) } });
-            eprintln!("{body}");
+            json_error(kind(&e), &report(&e));
             1
         }
         Err(e) => {
@@ -87,11 +93,25 @@ pub async fn run(cli: Cli) -> i32 {
     }
 }
 
+/// Print an error as `--json` does: one `{"error": {"kind", "message"}}` line on stderr.
+pub(crate) fn json_error(kind: &str, message: &str) {
+    let body = serde_json::json!({ "error": { "kind": kind, "message": message } });
+    eprintln!("{body}");
+}
+
+/// A command line that cannot work as given (kind `invalid-request` under `--json`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
 /// The HTTP API's kind for the first of the library's errors in `e`'s chain
 /// (`not-found`, `invalid-request`, `conflict`, …), else `error`.
 fn kind(e: &anyhow::Error) -> &'static str {
     e.chain()
-        .find_map(crate::server::error_kind)
+        .find_map(|e| match e.is::<Usage>() {
+            true => Some("invalid-request"),
+            false => crate::server::error_kind(e),
+        })
         .unwrap_or("error")
 }
 

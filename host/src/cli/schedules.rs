@@ -106,9 +106,11 @@ pub fn schedules(host: &Keyhole, cmd: SchedulesCmd, json: bool) -> anyhow::Resul
             let cadence = match (every, cron) {
                 (Some(d), _) => Cadence::Every(d),
                 (None, Some(expr)) => Cadence::cron(&expr)?,
-                (None, None) => anyhow::bail!(
-                    "say when it runs: --every DURATION (e.g. 5m) or --cron EXPR (e.g. \"0 */5 * * * *\")"
-                ),
+                (None, None) => {
+                    return Err(usage!(
+                        "say when it runs: --every DURATION (e.g. 5m) or --cron EXPR (e.g. \"0 */5 * * * *\")"
+                    ));
+                }
             };
             let row = s.add(&name, &function, &cadence, &input)?;
             if json {

@@ -200,11 +200,12 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd, json: bool) -> anyhow::Result<
             move_credentials,
         } => {
             let def = parse_file(&file)?;
-            anyhow::ensure!(
-                def.name == name,
-                "the file defines service {:?}, not {name:?}",
-                def.name
-            );
+            if !(def.name == name) {
+                return Err(usage!(
+                    "the file defines service {:?}, not {name:?}",
+                    def.name
+                ));
+            }
             let changed = catalog.require(&name)?.def != def;
             if changed {
                 host.connections().edit_service(&def, move_credentials)?;
@@ -240,9 +241,9 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd, json: bool) -> anyhow::Result<
                     "Client secret: ",
                 )?))
             } else {
-                anyhow::bail!(
+                return Err(usage!(
                     "no client secret given: pass --client-secret-stdin (or --public for a public client)"
-                );
+                ));
             };
             let config = crate::oauth::ClientConfig {
                 client_id,
@@ -392,15 +393,17 @@ fn from_flags(a: &AddArgs) -> anyhow::Result<ServiceDef> {
     if auth != FlagAuth::ApiKey
         && let Some((flag, _)) = api_key_only.iter().find(|(_, given)| *given)
     {
-        anyhow::bail!("{flag} applies only to --auth api-key services");
+        return Err(usage!("{flag} applies only to --auth api-key services"));
     }
     if a.key_format.is_some() && !matches!(auth, FlagAuth::ApiKey | FlagAuth::Bearer) {
-        anyhow::bail!("--key-format applies only to --auth api-key and --auth bearer services");
+        return Err(usage!(
+            "--key-format applies only to --auth api-key and --auth bearer services"
+        ));
     }
     if a.param_display_name.is_some() && auth == FlagAuth::None {
-        anyhow::bail!(
+        return Err(usage!(
             "--param-display-name names a credential, and an --auth none service has none"
-        );
+        ));
     }
     let base = a.base_url.as_deref().unwrap_or_default();
     url::Url::parse(base)
@@ -410,9 +413,9 @@ fn from_flags(a: &AddArgs) -> anyhow::Result<ServiceDef> {
             anyhow::anyhow!("--origin {origin:?} is not a valid URL ({e}); give scheme and host, e.g. https://uploads.example.com")
         })?;
         if !url.has_host() {
-            anyhow::bail!(
+            return Err(usage!(
                 "--origin {origin:?} has no host; give scheme and host, e.g. https://uploads.example.com"
-            );
+            ));
         }
     }
     let mut t = String::new();
@@ -467,9 +470,9 @@ fn from_flags(a: &AddArgs) -> anyhow::Result<ServiceDef> {
             } else if a.key_as_basic_user {
                 params.push_str(&param("api_key", d, "basic_user", None));
             } else {
-                anyhow::bail!(
+                return Err(usage!(
                     "an api-key service needs --key-header NAME, --key-query NAME or --key-as-basic-user"
-                );
+                ));
             }
         }
         FlagAuth::Basic => {

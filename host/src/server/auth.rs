@@ -11,6 +11,8 @@
 //! resource, so it learns nothing about what exists; a valid token outside its scope is
 //! answered 403, also before any lookup.
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
@@ -191,7 +193,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Find the caller of a request from its `Authorization: Bearer` header. Any failure
 /// (no header, unknown token, revoked token) is the same 401.
-pub fn authenticate(storage: &Storage, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub fn authenticate(storage: &Arc<Storage>, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
     let row = storage
         .api_token_by_hash(&hash_token(token))
@@ -203,9 +205,19 @@ pub fn authenticate(storage: &Storage, headers: &HeaderMap) -> Result<Caller, Ap
     if row
         .last_used_at
         .is_none_or(|at| now - at >= TOUCH_INTERVAL_MS)
-        && let Err(e) = storage.touch_api_token(row.id, now)
     {
-        tracing::warn!(error = %e, "could not record an API token's last use");
+        let (storage, id) = (storage.clone(), row.id);
+        let touch = move || {
+            if let Err(e) = storage.touch_api_token(id, now) {
+                tracing::warn!(error = %e, "could not record an API token's last use");
+            }
+        };
+        // Off the request's path: the write may wait out another process's lock, and a
+        // request that only reads should not.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(touch)),
+            Err(_) => touch(),
+        }
     }
     Ok(Caller {
         token_id: row.id,
@@ -248,7 +260,7 @@ mod tests {
     #[test]
     fn create_authenticate_revoke() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(&dir.path().join("t.db")).unwrap();
+        let s = Arc::new(Storage::open(&dir.path().join("t.db")).unwrap());
         // A token is bound to a function that exists.
         assert!(matches!(
             create_token(&s, Scope::Invoke, Some("echo"), None),

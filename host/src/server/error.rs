@@ -12,7 +12,10 @@ use serde_json::json;
 
 use crate::HostError;
 use crate::connections::ConnectionError;
+use crate::oauth::OAuthError;
 use crate::runtime::{InvokeError, UploadError};
+use crate::schedules::ScheduleError;
+use crate::services::ServiceError;
 use crate::storage::StorageError;
 
 use super::auth::TokenError;
@@ -253,6 +256,14 @@ fn upload_status(e: &UploadError) -> (StatusCode, &'static str) {
     }
 }
 
+fn schedule_status(e: &ScheduleError) -> (StatusCode, &'static str) {
+    match e {
+        ScheduleError::Unknown(_) => (StatusCode::NOT_FOUND, "not-found"),
+        ScheduleError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid-request"),
+        ScheduleError::Storage(s) => storage_status(s),
+    }
+}
+
 fn token_status(e: &TokenError) -> (StatusCode, &'static str) {
     match e {
         TokenError::Storage(s) => storage_status(s),
@@ -274,8 +285,21 @@ pub fn error_kind(e: &(dyn std::error::Error + 'static)) -> Option<&'static str>
         Some(storage_status(e).1)
     } else if let Some(e) = e.downcast_ref::<UploadError>() {
         Some(upload_status(e).1)
+    } else if let Some(e) = e.downcast_ref::<ScheduleError>() {
+        Some(schedule_status(e).1)
+    } else if e.is::<ServiceError>() {
+        Some("invalid-request")
+    } else if e.is::<OAuthError>() {
+        Some("oauth-error")
     } else {
         e.downcast_ref::<TokenError>().map(|e| token_status(e).1)
+    }
+}
+
+impl From<ScheduleError> for ApiError {
+    fn from(e: ScheduleError) -> Self {
+        let (status, kind) = schedule_status(&e);
+        Self::new(status, kind, e.to_string())
     }
 }
 

@@ -51,8 +51,9 @@ pub async fn invoke(
     }
     let size = declared.map_or(config.max_body_bytes, |n| n as usize);
     // Held until the invocation ends: the input stays in memory that long.
-    let _memory = state.bodies.reserve(size)?;
+    let mut memory = state.bodies.reserve(size)?;
     let body = read_body(body, size, config.body_timeout).await?;
+    memory.shrink_to(body.len());
     let _ticket = state.capacity.enter()?;
     let input = if body.iter().all(u8::is_ascii_whitespace) {
         "{}"

@@ -4,10 +4,12 @@
 //!
 //! An invocation checks for a free place before it reads its body (so a request
 //! refused under load never costs its body in memory) and takes the place once the body
-//! is in (so a slow client never holds one). Bodies are also bounded as a whole: each
-//! reserves its declared length (the cap when it declares none) from a [`BodyBudget`]
-//! before it is read and holds it until the request ends, so the memory that request
-//! bodies take never exceeds `--max-body-memory`, however many clients send at once.
+//! is in (so a slow client never holds one). Invocation inputs are also bounded as a
+//! whole: each reserves its declared length (the cap when it declares none, given back
+//! down to its size once it is in) from a [`BodyBudget`] before it is read, and holds it
+//! until the invocation ends, so inputs never take more than `--max-body-memory`, however
+//! many clients send at once. (Uploads, admin-only, have their own cap and are not
+//! counted.)
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -82,7 +84,16 @@ pub struct BodyBudget {
 /// Held while a request's body is in memory; dropping it gives the bytes back.
 #[derive(Debug)]
 pub struct Reserved {
-    _kib: OwnedSemaphorePermit,
+    kib: OwnedSemaphorePermit,
+}
+
+impl Reserved {
+    /// Keep only `bytes` of the reservation (a body that declared no length reserved the
+    /// cap; once it is in, what it did not use goes back).
+    pub fn shrink_to(&mut self, bytes: usize) {
+        let unused = self.kib.num_permits().saturating_sub(kib(bytes));
+        drop(self.kib.split(unused));
+    }
 }
 
 impl BodyBudget {
@@ -106,7 +117,7 @@ impl BodyBudget {
                 "the host is at capacity: request bodies being received fill the memory set aside for them (`keyhole serve --max-body-memory`); retry shortly",
             )
         })?;
-        Ok(Reserved { _kib: permit })
+        Ok(Reserved { kib: permit })
     }
 }
 
@@ -181,8 +192,13 @@ mod tests {
         );
         assert!(refused.retry_after.is_some());
         drop(big);
-        let again = b.reserve(4 * 1024).unwrap();
-        drop((again, small));
+        let mut again = b.reserve(4 * 1024).unwrap();
+        assert!(b.reserve(1).is_err());
+        // Shrunk to what a body turned out to hold, the rest is free again.
+        again.shrink_to(1000);
+        let more: Vec<_> = (0..3).map(|_| b.reserve(1).unwrap()).collect();
+        assert!(b.reserve(1).is_err());
+        drop((again, small, more));
         // A budget below the cap still admits one full-size body.
         let tight = BodyBudget::new(1, 8 * 1024);
         let one = tight.reserve(8 * 1024).unwrap();

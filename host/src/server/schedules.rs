@@ -18,19 +18,7 @@ use super::AppState;
 use super::admin::{ApiResult, to_json};
 use super::auth::Admin;
 use super::error::ApiError;
-use crate::schedules::{Cadence, ScheduleError, Schedules};
-
-impl From<ScheduleError> for ApiError {
-    fn from(e: ScheduleError) -> Self {
-        match e {
-            ScheduleError::Unknown(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not-found", e.to_string())
-            }
-            ScheduleError::Invalid(_) => ApiError::bad_request(e.to_string()),
-            ScheduleError::Storage(s) => s.into(),
-        }
-    }
-}
+use crate::schedules::{Cadence, Schedules};
 
 fn schedules(s: &AppState) -> Schedules {
     Schedules::new(s.host.storage().clone())

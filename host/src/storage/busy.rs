@@ -188,7 +188,23 @@ pub(super) fn lock_unless_waiting<'a, T>(
             return None;
         }
         if started.elapsed() > SPIN {
-            break off_the_runtime(|| mutex.lock().unwrap_or_else(|p| p.into_inner()));
+            // A long ordinary hold: wait off the runtime, still watching for the mutex
+            // to pass to a write that starts a busy wait (then read beside it).
+            return off_the_runtime(|| {
+                loop {
+                    match mutex.try_lock() {
+                        Ok(guard) => return Some(Held::new(guard, state)),
+                        Err(TryLockError::Poisoned(p)) => {
+                            return Some(Held::new(p.into_inner(), state));
+                        }
+                        Err(TryLockError::WouldBlock) => {}
+                    }
+                    if recent(&state.last_busy_ms) {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            });
         }
         std::thread::yield_now();
     };

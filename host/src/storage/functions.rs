@@ -85,12 +85,35 @@ pub enum FunctionDeletion {
 }
 
 impl Storage {
-    /// Store a new version of a function (version = previous + 1) and return it.
-    pub fn insert_function(&self, f: &NewFunction<'_>) -> Result<FunctionRow, StorageError> {
+    /// Store a new version of a function (version = previous + 1) and return it, with
+    /// `true`; or, when the latest version already is this component with these limits
+    /// (a concurrent identical upload stored it first), that version with `false`.
+    pub fn insert_function(
+        &self,
+        f: &NewFunction<'_>,
+    ) -> Result<(FunctionRow, bool), StorageError> {
         let limits =
             serde_json::to_string(&f.limits).map_err(|e| StorageError::Malformed(e.to_string()))?;
         let mut conn = self.lock()?;
         let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
+        let latest = tx
+            .query_row_cached(
+                concat!(
+                    "SELECT ",
+                    function_columns!(),
+                    " FROM functions WHERE name = ?1 ORDER BY version DESC LIMIT 1"
+                ),
+                params![f.name],
+                row_to_function,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if let Some(latest) = latest
+            && latest.content_hash == f.content_hash
+            && latest.limits == f.limits
+        {
+            return Ok((latest, false));
+        }
         let version: i64 = tx
             .query_row_cached(
                 "SELECT MAX(COALESCE((SELECT MAX(version) FROM functions WHERE name = ?1), 0), \
@@ -116,7 +139,7 @@ impl Storage {
             )
             .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
-        Ok(row)
+        Ok((row, true))
     }
 
     /// The latest version of `name`, if any.
@@ -248,6 +271,21 @@ impl Storage {
                 |r| r.get(0),
             )
             .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Whether an artifact for `content_hash` compiled by `engine_hash` is stored.
+    pub fn has_artifact(
+        &self,
+        content_hash: &str,
+        engine_hash: &str,
+    ) -> Result<bool, StorageError> {
+        self.read()?
+            .query_row_cached(
+                "SELECT EXISTS (SELECT 1 FROM artifacts WHERE content_hash = ?1 AND engine_hash = ?2)",
+                params![content_hash, engine_hash],
+                |r| r.get(0),
+            )
             .map_err(|e| self.err(e))
     }
 
