@@ -215,7 +215,7 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd, json: bool) -> any
             params,
             move_credentials,
         } => {
-            if !(!scopes.is_empty() || base_url.is_some() || clear_base_url || !params.is_empty()) {
+            if scopes.is_empty() && base_url.is_none() && !clear_base_url && params.is_empty() {
                 return Err(usage!(
                     "nothing to change: give --scope, --base-url, --clear-base-url or --param"
                 ));

@@ -200,7 +200,7 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd, json: bool) -> anyhow::Result<
             move_credentials,
         } => {
             let def = parse_file(&file)?;
-            if !(def.name == name) {
+            if def.name != name {
                 return Err(usage!(
                     "the file defines service {:?}, not {name:?}",
                     def.name
