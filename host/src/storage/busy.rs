@@ -13,8 +13,9 @@
 //!
 //! Each off-runtime wait takes a thread of tokio's blocking pool. So that a long lock
 //! under heavy traffic cannot use up that pool (and stall the runtime after all), once a
-//! wait has lasted [`LONG_WAIT`] later callers that find the storage mutex taken fail at
-//! once with `Busy` (503, `Retry-After`) instead of queueing.
+//! wait has lasted [`LONG_WAIT`] callers that find the storage mutex taken fail with
+//! `Busy` (503, `Retry-After`) instead of queueing: later ones at once, ones already
+//! queued as soon as they see it (they poll rather than block).
 //!
 //! Reads do not queue behind such a wait at all: [`lock_unless_waiting`] hands them to
 //! the storage's second connection instead (WAL readers never wait for a writer).
@@ -144,30 +145,14 @@ pub(super) fn wait_while_busy(attempt: i32) -> bool {
 /// Lock `mutex`: at once when it is free. When it is taken, keep trying on this thread
 /// (yielding) while the hold looks like an ordinary short one; as soon as the holder is
 /// waiting out another process's lock, or the wait passes [`SPIN`], wait off the runtime.
-/// `None` (the caller answers `Busy`) when the holder has been waiting out another
-/// process's lock for longer than [`LONG_WAIT`]: queueing behind it would only pile up.
+/// `None` (the caller answers `Busy`) once a holder has been waiting out another
+/// process's lock for longer than [`LONG_WAIT`], including while this caller waits:
+/// queueing behind such a wait would only pile up.
 pub(super) fn lock_contended<'a, T>(
     mutex: &'a Mutex<T>,
     state: &Arc<BusyState>,
 ) -> Option<Held<'a, T>> {
-    let started = Instant::now();
-    let guard = loop {
-        // A panic while holding the lock cannot leave SQLite inconsistent (each call is
-        // one statement or one transaction), so recover from poisoning.
-        match mutex.try_lock() {
-            Ok(guard) => break guard,
-            Err(TryLockError::Poisoned(p)) => break p.into_inner(),
-            Err(TryLockError::WouldBlock) => {}
-        }
-        if recent(&state.long_wait_ms) {
-            return None;
-        }
-        if recent(&state.last_busy_ms) || started.elapsed() > SPIN {
-            break off_the_runtime(|| mutex.lock().unwrap_or_else(|p| p.into_inner()));
-        }
-        std::thread::yield_now();
-    };
-    Some(Held::new(guard, state))
+    lock_unless(mutex, state, |s| recent(&s.long_wait_ms))
 }
 
 /// Lock `mutex` for a read: like [`lock_contended`], but `None` as soon as its holder is
@@ -177,38 +162,50 @@ pub(super) fn lock_unless_waiting<'a, T>(
     mutex: &'a Mutex<T>,
     state: &Arc<BusyState>,
 ) -> Option<Held<'a, T>> {
+    lock_unless(mutex, state, |s| recent(&s.last_busy_ms))
+}
+
+/// Lock `mutex`, or `None` as soon as `give_up` says so while it is taken. Past a short
+/// spin the wait goes off the runtime and polls, so that it notices `give_up` becoming
+/// true (a lock wait starting or growing long) instead of blocking behind it.
+fn lock_unless<'a, T>(
+    mutex: &'a Mutex<T>,
+    state: &Arc<BusyState>,
+    give_up: impl Fn(&BusyState) -> bool,
+) -> Option<Held<'a, T>> {
+    // A panic while holding the lock cannot leave SQLite inconsistent (each call is one
+    // statement or one transaction), so recover from poisoning.
+    let try_lock = || match mutex.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    };
     let started = Instant::now();
-    let guard = loop {
-        match mutex.try_lock() {
-            Ok(guard) => break guard,
-            Err(TryLockError::Poisoned(p)) => break p.into_inner(),
-            Err(TryLockError::WouldBlock) => {}
+    loop {
+        if let Some(guard) = try_lock() {
+            return Some(Held::new(guard, state));
         }
-        if recent(&state.last_busy_ms) {
+        if give_up(state) {
             return None;
         }
-        if started.elapsed() > SPIN {
-            // A long ordinary hold: wait off the runtime, still watching for the mutex
-            // to pass to a write that starts a busy wait (then read beside it).
-            return off_the_runtime(|| {
-                loop {
-                    match mutex.try_lock() {
-                        Ok(guard) => return Some(Held::new(guard, state)),
-                        Err(TryLockError::Poisoned(p)) => {
-                            return Some(Held::new(p.into_inner(), state));
-                        }
-                        Err(TryLockError::WouldBlock) => {}
-                    }
-                    if recent(&state.last_busy_ms) {
-                        return None;
-                    }
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-            });
+        if recent(&state.last_busy_ms) || started.elapsed() > SPIN {
+            break;
         }
         std::thread::yield_now();
-    };
-    Some(Held::new(guard, state))
+    }
+    off_the_runtime(|| {
+        let mut pause = Duration::from_micros(100);
+        loop {
+            if let Some(guard) = try_lock() {
+                return Some(Held::new(guard, state));
+            }
+            if give_up(state) {
+                return None;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(1));
+        }
+    })
 }
 
 /// Longest wait for the storage mutex on a worker thread: far beyond an ordinary hold
