@@ -51,28 +51,38 @@ pub(super) struct BusyState {
 }
 
 thread_local! {
-    /// The `BusyState` of the storage whose mutex this thread holds, if any.
-    static HOLDING: RefCell<Option<Arc<BusyState>>> = const { RefCell::new(None) };
+    /// The `BusyState`s of the storage mutexes this thread holds, newest last (the
+    /// newest is the one whose statement runs).
+    static HOLDING: RefCell<Vec<Arc<BusyState>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The storage mutex's guard: the connection, and for as long as it is held, this
 /// thread's note of whose busy waits it would be.
 pub(super) struct Held<'a, T> {
     guard: MutexGuard<'a, T>,
-    outer: Option<Arc<BusyState>>,
+    state: Arc<BusyState>,
 }
 
 impl<'a, T> Held<'a, T> {
     fn new(guard: MutexGuard<'a, T>, state: &Arc<BusyState>) -> Self {
-        let outer = HOLDING.with(|h| h.replace(Some(state.clone())));
-        Self { guard, outer }
+        HOLDING.with(|h| h.borrow_mut().push(state.clone()));
+        Self {
+            guard,
+            state: state.clone(),
+        }
     }
 }
 
 impl<T> Drop for Held<'_, T> {
     fn drop(&mut self) {
-        let outer = self.outer.take();
-        HOLDING.with(|h| *h.borrow_mut() = outer);
+        // Its own note, wherever it is: guards need not be released in the reverse
+        // order they were taken.
+        HOLDING.with(|h| {
+            let mut holding = h.borrow_mut();
+            if let Some(i) = holding.iter().rposition(|s| Arc::ptr_eq(s, &self.state)) {
+                holding.remove(i);
+            }
+        });
     }
 }
 
@@ -127,7 +137,7 @@ pub(super) fn wait_while_busy(attempt: i32) -> bool {
         .min(budget - waited);
     // A connection outside the storage mutex (the WAL keeper's) has no one queueing
     // behind it to tell.
-    let state = HOLDING.with(|h| h.borrow().clone());
+    let state = HOLDING.with(|h| h.borrow().last().cloned());
     let note = |now| {
         if let Some(state) = &state {
             state.last_busy_ms.store(now, Ordering::Relaxed);
@@ -268,7 +278,7 @@ mod tests {
         assert!(recent(&a.long_wait_ms));
         assert_eq!(b.long_wait_ms.load(Ordering::Relaxed), 0, "B saw no wait");
         assert!(
-            HOLDING.with(|h| h.borrow().is_none()),
+            HOLDING.with(|h| h.borrow().is_empty()),
             "released with the guard"
         );
 
@@ -282,5 +292,23 @@ mod tests {
             assert_eq!(b_caller.join().unwrap(), Some("b"), "B: waits its turn");
             drop(a_taken);
         });
+    }
+
+    #[test]
+    fn guards_released_out_of_order_leave_the_right_database_noted() {
+        let (a, b) = (
+            Arc::new(BusyState::default()),
+            Arc::new(BusyState::default()),
+        );
+        let (db_a, db_b) = (Mutex::new("a"), Mutex::new("b"));
+        let held_a = lock_contended(&db_a, &a).unwrap();
+        let held_b = lock_contended(&db_b, &b).unwrap();
+        // A goes first: the thread still holds B, and B's waits are B's.
+        drop(held_a);
+        assert!(wait_while_busy(0));
+        assert_ne!(b.last_busy_ms.load(Ordering::Relaxed), 0, "noted for B");
+        assert_eq!(a.last_busy_ms.load(Ordering::Relaxed), 0, "not for A");
+        drop(held_b);
+        assert!(HOLDING.with(|h| h.borrow().is_empty()));
     }
 }
