@@ -1288,6 +1288,33 @@ async fn connecting_with_another_accounts_credentials_is_said_and_recorded() {
         "{}",
         test.stdout
     );
+    assert!(!test.stderr.contains("warning"), "{}", test.stderr);
+    // The same token now acts for another account (it was reassigned at the API): a test
+    // says so, once, and `--json` carries the note.
+    api.set_account(BOB, "carol");
+    let test = t.cli(&["connections", "test", "hub", "--json"]).json();
+    assert_eq!(test["account"], "carol");
+    assert!(
+        test["account_change"].as_str().unwrap().contains("\"bob\""),
+        "{test}"
+    );
+    let test = t.cli(&["connections", "test", "hub"]);
+    assert!(
+        !test.ok().is_empty() && !test.stderr.contains("warning"),
+        "{}",
+        test.stderr
+    );
+    api.set_account(BOB, "dave");
+    let test = t.cli(&["connections", "test", "hub"]);
+    assert!(
+        test.ok().contains(r#""dave""#)
+            && test
+                .stderr
+                .contains(r#"warning: now connected as "dave", not "carol""#),
+        "{}\n{}",
+        test.stdout,
+        test.stderr
+    );
     capture::assert_no_secrets(&[ALICE, BOB]);
 }
 

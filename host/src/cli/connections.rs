@@ -245,7 +245,6 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd, json: bool) -> any
             Ok(0)
         }
         ConnectionsCmd::Test { name } => {
-            let before = c.show(&name)?.status_reason;
             let outcome = c.test(&name).await?;
             if json {
                 output::json(&outcome)?;
@@ -255,9 +254,8 @@ pub async fn connections(host: &Keyhole, cmd: ConnectionsCmd, json: bool) -> any
             } else {
                 print_verify(&outcome);
                 // The credentials turned out to be another account's than last time.
-                let after = c.show(&name)?;
-                if after.status_reason != before {
-                    warn_if_account_changed(&after);
+                if let Some(note) = &outcome.account_change {
+                    eprintln!("warning: {note}");
                 }
             }
             Ok(if outcome.ok { 0 } else { 1 })

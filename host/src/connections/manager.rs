@@ -102,6 +102,10 @@ pub struct VerifyOutcome {
     /// The pointer `account` was read from.
     #[serde(skip)]
     pub account_source: Option<String>,
+    /// Set by a test that found the credentials now belong to another account than
+    /// before: what the connection's status reason now says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_change: Option<String>,
 }
 
 impl VerifyOutcome {
@@ -517,6 +521,7 @@ impl Connections {
                 reason: None,
                 account: None,
                 account_source: None,
+                account_change: None,
             };
         };
         let request = format!("{} {}", v.method, v.path);
@@ -541,6 +546,7 @@ impl Connections {
                         reason: None,
                         account_source: learned.as_ref().map(|(p, _)| p.to_string()),
                         account: learned.map(|(_, a)| a),
+                        account_change: None,
                     }
                 }
                 Some(why) => {
@@ -553,6 +559,7 @@ impl Connections {
                         status: Some(r.status),
                         account: None,
                         account_source: None,
+                        account_change: None,
                     }
                 }
             },
@@ -563,6 +570,7 @@ impl Connections {
                 status: None,
                 account: None,
                 account_source: None,
+                account_change: None,
             },
         }
     }
@@ -587,15 +595,17 @@ impl Connections {
                 loaded.service.name
             )));
         }
-        let outcome = self.verify(&mut loaded).await;
+        let mut outcome = self.verify(&mut loaded).await;
         if outcome.ok {
             let learned = outcome.learned();
+            let change = account_change(previous_account(&loaded.row), learned);
             self.gateway.storage.record_account(
                 name,
                 loaded.row.generation,
                 learned,
-                account_change(previous_account(&loaded.row), learned).as_deref(),
+                change.as_deref(),
             )?;
+            outcome.account_change = change;
         }
         Ok(outcome)
     }
