@@ -725,7 +725,8 @@ async fn another_process_holding_the_database_lock_stalls_no_one_reads_go_on_and
     assert_eq!(read.json()[0]["name"], "echo");
     let read = api.get("/v1/functions/echo/grants").await;
     assert_eq!(read.status, StatusCode::OK, "{}", read.body);
-    // The fresh token's use is recorded beside the request, not on its path.
+    // A never-used token's first request (which also records the token's use) reads
+    // as well.
     let read = api
         .send("GET", "/v1/connections", Some(&fresh), vec![])
         .await;

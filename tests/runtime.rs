@@ -121,6 +121,37 @@ async fn upload_and_run_echo() {
         .unwrap();
     assert!(up.new_version && up.row.version == 3, "{up:?}");
     assert_eq!(t.host.show_function("echo").unwrap().versions.len(), 3);
+
+    // Two identical uploads racing both compile; the second to store finds the first's
+    // version in its transaction and stores nothing.
+    let storage = t.host.storage();
+    let latest = storage.latest_function("echo").unwrap().unwrap();
+    let counter = plugin("counter");
+    let same = keyhole::storage::NewFunction {
+        name: "echo",
+        content_hash: &latest.content_hash,
+        wasm: &counter,
+        limits: latest.limits,
+    };
+    let (row, stored) = storage.insert_function(&same).unwrap();
+    assert!(!stored && row.version == 3, "{row:?}");
+    assert_eq!(t.host.show_function("echo").unwrap().versions.len(), 3);
+
+    // After an upgrade (no artifact for this engine), the same upload compiles again,
+    // which checks the new host can run it, and still makes no new version.
+    let engine = t.host.runtime().engine_hash().to_string();
+    rusqlite::Connection::open(t.home().join("keyhole.db"))
+        .unwrap()
+        .execute("DELETE FROM artifacts", [])
+        .unwrap();
+    assert!(!storage.has_artifact(&latest.content_hash, &engine).unwrap());
+    let again = t
+        .host
+        .upload("echo", counter, UploadOptions::default())
+        .await
+        .unwrap();
+    assert!(!again.new_version && again.row.version == 3, "{again:?}");
+    assert!(storage.has_artifact(&latest.content_hash, &engine).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread")]

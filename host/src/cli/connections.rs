@@ -551,21 +551,13 @@ async fn connect(host: &Keyhole, args: ConnectArgs, json: bool) -> anyhow::Resul
     Ok(if connected { 0 } else { 1 })
 }
 
-/// What a failed verification says, in one line.
+/// What a failed verification says, in one line (its reason already names the request).
 fn failed_verification(v: &VerifyOutcome) -> String {
-    let status = v
-        .status
-        .map(|s| format!(" answered {s}"))
-        .unwrap_or_default();
     let reason = v
         .reason
-        .as_deref()
-        .map(|r| format!(": {r}"))
-        .unwrap_or_default();
-    format!(
-        "the verification request ({}){status}{reason}; the credentials did not work",
-        v.request
-    )
+        .clone()
+        .unwrap_or_else(|| format!("{} failed", v.request));
+    format!("{reason}; the credentials did not work")
 }
 
 async fn connect_oauth(host: &Keyhole, args: &ConnectArgs, json: bool) -> anyhow::Result<i32> {
@@ -634,7 +626,8 @@ async fn connect_oauth(host: &Keyhole, args: &ConnectArgs, json: bool) -> anyhow
         }
         Err(e) if json => {
             let message = format!("{e}; connection {} was not changed", args.name);
-            super::json_error("oauth-error", &message);
+            let kind = crate::server::error_kind(&e).unwrap_or("oauth-error");
+            super::json_error(kind, &message);
             Ok(1)
         }
         Err(e) => {

@@ -599,13 +599,17 @@ impl Connections {
         if outcome.ok {
             let learned = outcome.learned();
             let change = account_change(previous_account(&loaded.row), learned);
-            self.gateway.storage.record_account(
+            let recorded = self.gateway.storage.record_account(
                 name,
                 loaded.row.generation,
                 learned,
                 change.as_deref(),
             )?;
-            outcome.account_change = change;
+            // Only a note the status reason now holds (the credentials were not replaced
+            // meanwhile, and the connection is connected).
+            if recorded && Status::parse(&loaded.row.status) == Status::Connected {
+                outcome.account_change = change;
+            }
         }
         Ok(outcome)
     }

@@ -206,11 +206,18 @@ pub fn authenticate(storage: &Arc<Storage>, headers: &HeaderMap) -> Result<Calle
         .last_used_at
         .is_none_or(|at| now - at >= TOUCH_INTERVAL_MS)
     {
+        // One write per token at a time: until the first lands, every request of a busy
+        // token finds its last use stale.
+        let key = (Arc::as_ptr(storage) as usize, row.id);
+        if !TOUCHING.lock().insert(key) {
+            return Ok(caller(row, scope));
+        }
         let (storage, id) = (storage.clone(), row.id);
         let touch = move || {
             if let Err(e) = storage.touch_api_token(id, now) {
                 tracing::warn!(error = %e, "could not record an API token's last use");
             }
+            TOUCHING.lock().remove(&key);
         };
         // Off the request's path: the write may wait out another process's lock, and a
         // request that only reads should not.
@@ -219,11 +226,19 @@ pub fn authenticate(storage: &Arc<Storage>, headers: &HeaderMap) -> Result<Calle
             Err(_) => touch(),
         }
     }
-    Ok(Caller {
+    Ok(caller(row, scope))
+}
+
+/// The tokens (by database and id) whose last use is being written now.
+static TOUCHING: std::sync::LazyLock<parking_lot::Mutex<std::collections::HashSet<(usize, i64)>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn caller(row: ApiTokenRow, scope: Scope) -> Caller {
+    Caller {
         token_id: row.id,
         scope,
         function: row.function,
-    })
+    }
 }
 
 /// Extractor for admin-only handlers: 403 unless the caller holds an admin token.

@@ -287,8 +287,11 @@ pub fn error_kind(e: &(dyn std::error::Error + 'static)) -> Option<&'static str>
         Some(upload_status(e).1)
     } else if let Some(e) = e.downcast_ref::<ScheduleError>() {
         Some(schedule_status(e).1)
-    } else if e.is::<ServiceError>() {
-        Some("invalid-request")
+    } else if let Some(e) = e.downcast_ref::<ServiceError>() {
+        Some(match e {
+            ServiceError::Serialize { .. } => "host-error",
+            _ => "invalid-request",
+        })
     } else if e.is::<OAuthError>() {
         Some("oauth-error")
     } else {

@@ -11,8 +11,9 @@
 //! an invocation slot. A request that could not get a place anyway is refused before its
 //! body is read, and a declared `Content-Length` over the cap is refused up front. Inputs
 //! being read or run share `--max-body-memory`: each reserves its declared length (the
-//! cap if it declares none) before it is read, and past the budget gets 503 (only token
-//! holders get this far: authentication comes first).
+//! cap if it declares none, given back down to its size once it is in) before it is
+//! read, and past the budget gets 503 (only token holders get this far: authentication
+//! comes first).
 
 use std::time::Duration;
 

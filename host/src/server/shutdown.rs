@@ -37,8 +37,11 @@ pub fn cancel_on_signals(token: CancellationToken) {
         tracing::info!("shutdown signal received; draining (a second signal stops at once)");
         token.cancel();
         wait_for_signal().await;
-        tracing::warn!("second shutdown signal; stopping without waiting for in-flight work");
-        eprintln!("keyhole serve: stopped by a second signal before in-flight work finished");
+        // The log line is the message (JSON under `--json`); it is at warn, which the
+        // default filter shows.
+        tracing::warn!(
+            "second shutdown signal; stopped before in-flight work finished (exit status 1)"
+        );
         std::process::exit(1);
     });
 }

@@ -15,7 +15,9 @@
 //! under heavy traffic cannot use up that pool (and stall the runtime after all), once a
 //! wait has lasted [`LONG_WAIT`] callers that find the storage mutex taken fail with
 //! `Busy` (503, `Retry-After`) instead of queueing: later ones at once, ones already
-//! queued as soon as they see it (they poll rather than block).
+//! queued as soon as they see it (they park on the mutex with a timeout and look up).
+//! The wait ends with the hold it was made under; from then on nobody treats it as going
+//! on.
 //!
 //! Reads do not queue behind such a wait at all: [`lock_unless_waiting`] hands them to
 //! the storage's second connection instead (WAL readers never wait for a writer).
@@ -26,8 +28,10 @@
 //! mutex's guard, names its `BusyState` for as long as it is held.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long a statement waits for another process's lock before it fails with
@@ -52,8 +56,9 @@ pub(super) struct BusyState {
 
 thread_local! {
     /// The `BusyState`s of the storage mutexes this thread holds, newest last (the
-    /// newest is the one whose statement runs).
-    static HOLDING: RefCell<Vec<Arc<BusyState>>> = const { RefCell::new(Vec::new()) };
+    /// newest is the one whose statement runs), each with whether a busy wait was noted
+    /// for it during this hold.
+    static HOLDING: RefCell<Vec<(Arc<BusyState>, bool)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The storage mutex's guard: the connection, and for as long as it is held, this
@@ -65,7 +70,7 @@ pub(super) struct Held<'a, T> {
 
 impl<'a, T> Held<'a, T> {
     fn new(guard: MutexGuard<'a, T>, state: &Arc<BusyState>) -> Self {
-        HOLDING.with(|h| h.borrow_mut().push(state.clone()));
+        HOLDING.with(|h| h.borrow_mut().push((state.clone(), false)));
         Self {
             guard,
             state: state.clone(),
@@ -77,12 +82,19 @@ impl<T> Drop for Held<'_, T> {
     fn drop(&mut self) {
         // Its own note, wherever it is: guards need not be released in the reverse
         // order they were taken.
-        HOLDING.with(|h| {
+        let noted = HOLDING.with(|h| {
             let mut holding = h.borrow_mut();
-            if let Some(i) = holding.iter().rposition(|s| Arc::ptr_eq(s, &self.state)) {
-                holding.remove(i);
-            }
+            let i = holding
+                .iter()
+                .rposition(|(s, _)| Arc::ptr_eq(s, &self.state))?;
+            Some(holding.remove(i).1)
         });
+        // A busy wait made under this hold is over with it (done or given up): callers
+        // queued for the mutex stop treating it as going on.
+        if noted == Some(true) {
+            self.state.last_busy_ms.store(0, Ordering::Relaxed);
+            self.state.long_wait_ms.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -137,7 +149,12 @@ pub(super) fn wait_while_busy(attempt: i32) -> bool {
         .min(budget - waited);
     // A connection outside the storage mutex (the WAL keeper's) has no one queueing
     // behind it to tell.
-    let state = HOLDING.with(|h| h.borrow().last().cloned());
+    let state = HOLDING.with(|h| {
+        h.borrow_mut().last_mut().map(|(state, noted)| {
+            *noted = true;
+            state.clone()
+        })
+    });
     let note = |now| {
         if let Some(state) = &state {
             state.last_busy_ms.store(now, Ordering::Relaxed);
@@ -176,23 +193,17 @@ pub(super) fn lock_unless_waiting<'a, T>(
 }
 
 /// Lock `mutex`, or `None` as soon as `give_up` says so while it is taken. Past a short
-/// spin the wait goes off the runtime and polls, so that it notices `give_up` becoming
-/// true (a lock wait starting or growing long) instead of blocking behind it.
+/// spin the wait goes off the runtime and parks on the mutex (woken when it is released),
+/// looking up every [`CHECK_EVERY`] to notice `give_up` becoming true (a lock wait
+/// starting or growing long) instead of waiting behind it.
 fn lock_unless<'a, T>(
     mutex: &'a Mutex<T>,
     state: &Arc<BusyState>,
     give_up: impl Fn(&BusyState) -> bool,
 ) -> Option<Held<'a, T>> {
-    // A panic while holding the lock cannot leave SQLite inconsistent (each call is one
-    // statement or one transaction), so recover from poisoning.
-    let try_lock = || match mutex.try_lock() {
-        Ok(guard) => Some(guard),
-        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
-        Err(TryLockError::WouldBlock) => None,
-    };
     let started = Instant::now();
     loop {
-        if let Some(guard) = try_lock() {
+        if let Some(guard) = mutex.try_lock() {
             return Some(Held::new(guard, state));
         }
         if give_up(state) {
@@ -204,19 +215,19 @@ fn lock_unless<'a, T>(
         std::thread::yield_now();
     }
     off_the_runtime(|| {
-        let mut pause = Duration::from_micros(100);
         loop {
-            if let Some(guard) = try_lock() {
+            if let Some(guard) = mutex.try_lock_for(CHECK_EVERY) {
                 return Some(Held::new(guard, state));
             }
             if give_up(state) {
                 return None;
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(1));
         }
     })
 }
+
+/// How often a caller parked on the storage mutex looks up to check whether to give up.
+const CHECK_EVERY: Duration = Duration::from_millis(10);
 
 /// Longest wait for the storage mutex on a worker thread: far beyond an ordinary hold
 /// (a statement, a batch of records), and short against a busy wait's first pause.
@@ -274,18 +285,27 @@ mod tests {
             let held = lock_contended(&db_a, &a).unwrap();
             assert_eq!(*held, "a");
             assert!(wait_while_busy(14));
+            assert!(recent(&a.long_wait_ms));
+            assert_eq!(b.long_wait_ms.load(Ordering::Relaxed), 0, "B saw no wait");
         }
-        assert!(recent(&a.long_wait_ms));
-        assert_eq!(b.long_wait_ms.load(Ordering::Relaxed), 0, "B saw no wait");
         assert!(
             HOLDING.with(|h| h.borrow().is_empty()),
             "released with the guard"
         );
+        // The wait ended with the hold: nobody goes on treating it as going on.
+        assert_eq!(a.long_wait_ms.load(Ordering::Relaxed), 0);
+        assert_eq!(a.last_busy_ms.load(Ordering::Relaxed), 0);
 
-        // While A's mutex is taken, its callers fail fast; B's callers queue as usual.
+        // While A's holder (another thread) is in a long wait, A's callers fail fast,
+        // those already queued included; B's callers queue as usual.
         std::thread::scope(|scope| {
-            let a_taken = db_a.lock().unwrap();
-            let b_taken = db_b.lock().unwrap();
+            let a_taken = db_a.lock();
+            let a_queued = scope.spawn(|| lock_contended(&db_a, &a).is_none());
+            std::thread::sleep(Duration::from_millis(50));
+            a.long_wait_ms.store(now_ms(), Ordering::Relaxed);
+            a.last_busy_ms.store(now_ms(), Ordering::Relaxed);
+            assert!(a_queued.join().unwrap(), "A: a queued caller gives up");
+            let b_taken = db_b.lock();
             let b_caller = scope.spawn(|| lock_contended(&db_b, &b).map(|held| *held));
             assert!(lock_contended(&db_a, &a).is_none(), "A: fails fast");
             drop(b_taken);

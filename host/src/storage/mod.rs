@@ -25,7 +25,9 @@ pub use schedules::ScheduleRow;
 pub use tokens::{ApiTokenRow, NewApiToken};
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
