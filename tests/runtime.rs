@@ -101,18 +101,7 @@ async fn upload_and_run_echo() {
     assert!(t.host.show_function("echo").unwrap().grants.is_empty());
     assert_eq!(t.host.show_function("echo").unwrap().versions.len(), 1);
     // Other limits, or another component, make a new version.
-    let options = UploadOptions {
-        limits: Some(keyhole::config::Limits {
-            timeout_ms: 5_000,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let up = t
-        .host
-        .upload("echo", plugin("echo"), options)
-        .await
-        .unwrap();
+    let up = t.upload_with_timeout("echo", "echo", 5_000).await;
     assert!(up.new_version && up.row.version == 2, "{up:?}");
     let up = t
         .host

@@ -3,9 +3,7 @@
 //! bounded by typed quotas, and concurrent runs (in one process or several) take turns on
 //! it; components built against 0.1.0 still run on a 0.2.0 host.
 
-use keyhole::UploadOptions;
 use keyhole_tests::env::TestHost;
-use keyhole_tests::plugins::plugin;
 use keyhole_tests::{Credential, FakeApi};
 use serde_json::{Value, json};
 
@@ -28,18 +26,7 @@ async fn state_persists_is_private_and_survives_restarts() {
     t.reopen();
     assert_eq!(run(&t, "a", json!({})).await.unwrap()["count"], 3);
     // A new version (other limits) keeps the function's state.
-    let options = UploadOptions {
-        limits: Some(keyhole::config::Limits {
-            timeout_ms: 5_000,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let up = t
-        .host
-        .upload("a", plugin("counter"), options)
-        .await
-        .unwrap();
+    let up = t.upload_with_timeout("counter", "a", 5_000).await;
     assert!(up.new_version && up.row.version == 2, "{up:?}");
     assert_eq!(run(&t, "a", json!({})).await.unwrap()["count"], 4);
     // Deleting the function deletes its state.

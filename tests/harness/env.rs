@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use keyhole::runtime::RuntimeConfig;
-use keyhole::{Keyhole, UploadOptions};
+use keyhole::{Keyhole, UploadOptions, Uploaded};
 
 /// A temporary data directory plus a library handle on it.
 pub struct TestHost {
@@ -59,6 +59,22 @@ impl TestHost {
             .upload(name, crate::plugins::plugin(plugin), options)
             .await
             .expect("upload");
+    }
+
+    /// Upload a built plugin under `name` again with another timeout (nothing else
+    /// changed), which makes a new version even of the same component.
+    pub async fn upload_with_timeout(&self, plugin: &str, name: &str, ms: u64) -> Uploaded {
+        let options = UploadOptions {
+            limits: Some(keyhole::config::Limits {
+                timeout_ms: ms,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.host
+            .upload(name, crate::plugins::plugin(plugin), options)
+            .await
+            .expect("upload")
     }
 
     /// Run the `keyhole` binary against this host's directory.
