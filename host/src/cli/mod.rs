@@ -108,9 +108,12 @@ pub struct Usage(pub String);
 /// (`not-found`, `invalid-request`, `conflict`, …), else `error`.
 fn kind(e: &anyhow::Error) -> &'static str {
     e.chain()
-        .find_map(|e| match e.is::<Usage>() {
-            true => Some("invalid-request"),
-            false => crate::server::error_kind(e),
+        .find_map(|e| {
+            if e.is::<Usage>() {
+                Some("invalid-request")
+            } else {
+                crate::server::error_kind(e)
+            }
         })
         .unwrap_or("error")
 }

@@ -395,7 +395,7 @@ impl Gateway {
         )?;
 
         let send = async {
-            let response = self
+            let mut response = self
                 .client
                 .execute(request)
                 .await
@@ -418,14 +418,14 @@ impl Gateway {
                     redactor.scrub(&encoding)
                 )));
             }
-            let upstream_headers = response.headers().clone();
+            // Taken, not copied: the length check reads the body's size hint.
+            let upstream_headers = std::mem::take(response.headers_mut());
             if response
                 .content_length()
                 .is_some_and(|n| n > limits.max_response_bytes)
             {
                 return Err(SendError::TooLarge);
             }
-            let mut response = response;
             let mut body = Vec::new();
             while let Some(chunk) = response
                 .chunk()

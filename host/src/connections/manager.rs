@@ -401,12 +401,11 @@ impl Connections {
                 Some(_) => Some(self.verify(&mut loaded).await),
                 None => None,
             };
-            let learned = verification.as_ref().and_then(VerifyOutcome::learned);
-            self.gateway.storage.record_account(
+            self.record_verified(
                 name,
                 loaded.row.generation,
-                learned,
-                account_change(previous_account(&row), learned).as_deref(),
+                previous_account(&row),
+                verification.as_ref(),
             )?;
             return Ok(ConnectOutcome {
                 connection: self.show(name)?,
@@ -597,17 +596,14 @@ impl Connections {
         }
         let mut outcome = self.verify(&mut loaded).await;
         if outcome.ok {
-            let learned = outcome.learned();
-            let change = account_change(previous_account(&loaded.row), learned);
-            let recorded = self.gateway.storage.record_account(
+            let change = self.record_verified(
                 name,
                 loaded.row.generation,
-                learned,
-                change.as_deref(),
+                previous_account(&loaded.row),
+                Some(&outcome),
             )?;
-            // Only a note the status reason now holds (the credentials were not replaced
-            // meanwhile, and the connection is connected).
-            if recorded && Status::parse(&loaded.row.status) == Status::Connected {
+            // Only a note the status reason now holds (it keeps one only while connected).
+            if Status::parse(&loaded.row.status) == Status::Connected {
                 outcome.account_change = change;
             }
         }
@@ -844,7 +840,6 @@ impl Connections {
         } else {
             None
         };
-        let learned = outcome.as_ref().and_then(VerifyOutcome::learned);
         if let Some(o) = outcome.as_ref().filter(|o| !o.ok) {
             tracing::warn!(
                 connection = name,
@@ -852,20 +847,34 @@ impl Connections {
                 "authorized, but the verification request failed, so whose the tokens are is not known"
             );
         }
-        let note = account_change(previous, learned);
-        if note.is_some() {
-            tracing::warn!(
+        match self.record_verified(name, generation, previous, outcome.as_ref()) {
+            Ok(Some(_)) => tracing::warn!(
                 connection = name,
                 "authorized as another account than before (see `keyhole connections show`)"
-            );
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(connection = name, error = %e, "cannot record the account"),
         }
-        if let Err(e) =
+    }
+
+    /// Record whose the credentials of `generation` are, as `verification` says (unknown
+    /// without one that succeeded), noting in the status reason that they are not
+    /// `previous`'s. Returns that note when it was written; nothing is written once the
+    /// credentials have been replaced.
+    fn record_verified(
+        &self,
+        name: &str,
+        generation: i64,
+        previous: Option<(&str, &str)>,
+        verification: Option<&VerifyOutcome>,
+    ) -> Result<Option<String>, crate::storage::StorageError> {
+        let learned = verification.and_then(VerifyOutcome::learned);
+        let note = account_change(previous, learned);
+        let recorded =
             self.gateway
                 .storage
-                .record_account(name, generation, learned, note.as_deref())
-        {
-            tracing::warn!(connection = name, error = %e, "cannot record the account");
-        }
+                .record_account(name, generation, learned, note.as_deref())?;
+        Ok(note.filter(|_| recorded))
     }
 
     fn note_failure(&self, name: &str, reason: &str) {

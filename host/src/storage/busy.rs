@@ -30,9 +30,9 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 /// How long a statement waits for another process's lock before it fails with
 /// `SQLITE_BUSY` (then [`super::StorageError::Busy`]).

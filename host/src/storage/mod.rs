@@ -25,11 +25,10 @@ pub use schedules::ScheduleRow;
 pub use tokens::{ApiTokenRow, NewApiToken};
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
-
-use parking_lot::Mutex;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Errors from the storage layer.
@@ -153,7 +152,8 @@ pub struct Storage {
     busy: Arc<busy::BusyState>,
     /// Reads only, and only while `conn` is in such a wait: it has its own page cache,
     /// which every commit on `conn` would invalidate, so the hot path stays on `conn`.
-    reader: Mutex<Connection>,
+    /// Opened the first time it is needed (most processes never need it).
+    reader: OnceLock<Mutex<Connection>>,
     /// The busy waits of `reader` (rare: a read waits only while another process
     /// recovers the WAL or truncates it).
     read_busy: Arc<busy::BusyState>,
@@ -307,15 +307,10 @@ impl Storage {
             .map_err(err)?;
         migrations::apply(&mut conn, path)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        let reader = Connection::open(path).map_err(err)?;
-        reader
-            .busy_handler(Some(busy::wait_while_busy))
-            .map_err(err)?;
-        reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Self {
             conn: Mutex::new(conn),
             busy: Arc::default(),
-            reader: Mutex::new(reader),
+            reader: OnceLock::new(),
             read_busy: Arc::default(),
             path: path.to_path_buf(),
             locks: locks::LocalLocks::default(),
@@ -330,9 +325,7 @@ impl Storage {
     /// The connection, or `Busy` when queueing for it would mean waiting behind a long
     /// wait for another process's lock (see [`busy`]).
     fn lock(&self) -> Result<busy::Held<'_, Connection>, StorageError> {
-        busy::lock_contended(&self.conn, &self.busy).ok_or_else(|| StorageError::Busy {
-            path: self.path.clone(),
-        })
+        busy::lock_contended(&self.conn, &self.busy).ok_or_else(|| self.busy_error())
     }
 
     /// A connection for a read: the shared one, unless a write holds it while waiting out
@@ -341,9 +334,26 @@ impl Storage {
         if let Some(held) = busy::lock_unless_waiting(&self.conn, &self.busy) {
             return Ok(held);
         }
-        busy::lock_contended(&self.reader, &self.read_busy).ok_or_else(|| StorageError::Busy {
+        busy::lock_contended(self.reader()?, &self.read_busy).ok_or_else(|| self.busy_error())
+    }
+
+    /// The read connection, opened on first use.
+    fn reader(&self) -> Result<&Mutex<Connection>, StorageError> {
+        if let Some(reader) = self.reader.get() {
+            return Ok(reader);
+        }
+        let conn = Connection::open(&self.path).map_err(|e| self.err(e))?;
+        conn.busy_handler(Some(busy::wait_while_busy))
+            .map_err(|e| self.err(e))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // Two first readers at once: one connection is kept, the other closed.
+        Ok(self.reader.get_or_init(|| Mutex::new(conn)))
+    }
+
+    fn busy_error(&self) -> StorageError {
+        StorageError::Busy {
             path: self.path.clone(),
-        })
+        }
     }
 
     fn err(&self, source: rusqlite::Error) -> StorageError {
