@@ -821,6 +821,22 @@ async fn another_process_holding_the_database_lock_stalls_no_one_reads_go_on_and
         )
         .await;
     assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
+    // The invocation's record was held back, not lost: it is stored once the lock goes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = api.get("/v1/invocations?function=echo").await;
+        assert_eq!(records.status, StatusCode::OK, "{}", records.body);
+        if let [record] = records.json().as_array().unwrap().as_slice() {
+            assert_eq!(record["outcome"], "ok", "{record}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the record held back by the lock was never stored: {}",
+            records.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Arc::try_unwrap(api)
         .ok()
         .expect("no other handle")

@@ -167,6 +167,12 @@ impl Keyhole {
         &self.home
     }
 
+    /// Store the invocation records held back by another process's lock, now (one
+    /// attempt): for a process about to exit, which may not drop this host.
+    pub fn store_held_back_records(&self) {
+        self.recorder.store_held_back();
+    }
+
     /// The storage layer.
     pub fn storage(&self) -> &Arc<Storage> {
         &self.storage
@@ -414,8 +420,10 @@ impl Keyhole {
         };
         crate::metrics::record_invocation(&record);
         let duration_us = record.duration_us;
+        // 0 (no id to answer with) when the record was held back by another process's
+        // lock (the recorder stores it later and logs that) or could not be stored.
         let id = match self.recorder.record(record).await {
-            Ok(id) => id,
+            Ok(id) => id.unwrap_or(0),
             Err(e) => {
                 tracing::error!(error = %e, "could not record the invocation");
                 0

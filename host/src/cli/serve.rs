@@ -101,6 +101,7 @@ pub async fn serve(host: Keyhole, args: ServeArgs, json: bool) -> anyhow::Result
     }
     // Schedules run beside the API and stop (draining runs in flight) with it.
     let drain = args.shutdown_timeout;
+    let app = host.clone();
     server.spawn_background(move |token| {
         crate::schedules::Scheduler::run(host, async move { token.cancelled().await }, drain)
     });
@@ -117,6 +118,8 @@ pub async fn serve(host: Keyhole, args: ServeArgs, json: bool) -> anyhow::Result
     // Scripts and tests wait for this line; don't leave it in a buffer.
     std::io::stdout().flush()?;
     let report = server.run().await;
+    // Records held back by another process's lock, if it held it to the end.
+    app.store_held_back_records();
     if json {
         let stopped = serde_json::json!({ "stopped": {
             "drained_in_ms": report.drained_in.as_millis() as u64,

@@ -6,10 +6,18 @@
 //! Under load this turns N commits into one (the commit, not the insert, is what costs).
 //! With one invocation at a time, the caller commits its own record: no task hop and no
 //! cross-thread wake-up on the path to its answer. Either way a caller waits until its
-//! record is committed and gets its id: when `record` returns, the row is in the
+//! record is committed and gets its id: when `record` returns an id, the row is in the
 //! database.
+//!
+//! When another process holds the database's write lock past the storage's give-up time,
+//! a caller does not wait it out: it is answered with no id, and its record is kept in a
+//! bounded backlog (at most [`MAX_BACKLOG_BYTES`]) that joins a later batch — the next
+//! commit after [`RETRY_AFTER`], or a retry task's. Records are lost only when the backlog
+//! overflows or the recorder is dropped while the lock is still held; both are logged.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -18,7 +26,15 @@ use super::{InvocationRow, Storage, StorageError};
 /// Most records in one transaction.
 const MAX_BATCH: usize = 256;
 
-type Reply = oneshot::Sender<Result<i64, String>>;
+/// How long records held back by another process's lock wait before they are tried again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The most the records held back may take (their text, roughly); past it the oldest go.
+pub const MAX_BACKLOG_BYTES: usize = 32 << 20;
+
+/// What a caller is told: its record's id, `None` when the record was held back for a
+/// retry, or why it could not be stored.
+type Reply = oneshot::Sender<Result<Option<i64>, String>>;
 
 /// Commits invocation records, batching those that arrive together.
 #[derive(Debug)]
@@ -34,6 +50,21 @@ struct State {
     /// Records to commit, oldest first, with where to send each one's id. At most one
     /// per in-flight invocation (bounded by the caller), so this is bounded too.
     waiting: Vec<(InvocationRow, Reply)>,
+    /// Records held back by another process's lock, oldest first, with their size.
+    backlog: VecDeque<(InvocationRow, usize)>,
+    /// The sum of those sizes (at most `MAX_BACKLOG_BYTES`).
+    backlog_bytes: usize,
+    /// The backlog joins no batch before this (set by each failure on a lock).
+    retry_at: Option<Instant>,
+    /// A retry task is sleeping until `retry_at`.
+    retry_scheduled: bool,
+}
+
+impl State {
+    /// Whether the backlog may join a batch now.
+    fn backlog_due(&self) -> bool {
+        !self.backlog.is_empty() && self.retry_at.is_none_or(|at| Instant::now() >= at)
+    }
 }
 
 impl Recorder {
@@ -45,8 +76,9 @@ impl Recorder {
         }
     }
 
-    /// Store `row`; returns its id once it is committed.
-    pub async fn record(&self, row: InvocationRow) -> Result<i64, StorageError> {
+    /// Store `row`; returns its id once it is committed, or `None` when another process
+    /// holds the database's lock: the record is then held back and stored later.
+    pub async fn record(&self, row: InvocationRow) -> Result<Option<i64>, StorageError> {
         let (reply, answer) = oneshot::channel();
         let lead = {
             let mut state = lock(&self.state);
@@ -74,13 +106,58 @@ impl Recorder {
             )),
         }
     }
+
+    /// How many records are held back, waiting for another process's lock to go.
+    pub fn held_back(&self) -> usize {
+        lock(&self.state).backlog.len()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.store_held_back();
+    }
+}
+
+impl Recorder {
+    /// The last chance for records held back (a process about to exit): one attempt, now,
+    /// on this thread.
+    pub fn store_held_back(&self) {
+        let rows: Vec<InvocationRow> = {
+            let mut state = lock(&self.state);
+            state.backlog_bytes = 0;
+            state.backlog.drain(..).map(|(row, _)| row).collect()
+        };
+        if !rows.is_empty() {
+            let refs: Vec<&InvocationRow> = rows.iter().collect();
+            stored_held_back(
+                rows.len(),
+                self.storage.insert_invocations(&refs).err().as_ref(),
+            );
+        }
+    }
+}
+
+/// Log what became of records that were held back.
+fn stored_held_back(records: usize, error: Option<&StorageError>) {
+    match error {
+        None => tracing::info!(
+            records,
+            "stored invocation records held back while the database was locked"
+        ),
+        Some(e) => tracing::error!(
+            records,
+            error = %e,
+            "invocation records held back while the database was locked are lost"
+        ),
+    }
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A leading caller's duty on the way out: stop committing if nothing waits, otherwise
+/// A leading caller's duty on the way out: stop committing if nothing is due, otherwise
 /// start the drain task (or, with no runtime to spawn on, drain right here).
 struct HandOff<'a> {
     storage: &'a Arc<Storage>,
@@ -91,7 +168,7 @@ impl Drop for HandOff<'_> {
     fn drop(&mut self) {
         {
             let mut state = lock(self.state);
-            if state.waiting.is_empty() {
+            if state.waiting.is_empty() && !state.backlog_due() {
                 state.committing = false;
                 return;
             }
@@ -108,6 +185,7 @@ impl Drop for HandOff<'_> {
 async fn drain(storage: Arc<Storage>, state: Arc<Mutex<State>>) {
     // If this task is dropped unfinished (its runtime shut down), stop committing and
     // drop the waiting replies, so their callers get an error instead of waiting forever.
+    // The backlog stays, for a later commit or the recorder's drop.
     struct Abandon<'a>(&'a Mutex<State>);
     impl Drop for Abandon<'_> {
         fn drop(&mut self) {
@@ -126,26 +204,47 @@ async fn drain(storage: Arc<Storage>, state: Arc<Mutex<State>>) {
     }
 }
 
-/// Commit one batch of waiting records and answer each; `false` (and no longer
-/// committing) when nothing was waiting.
-fn commit_waiting(storage: &Storage, state: &Mutex<State>) -> bool {
-    let batch: Vec<(InvocationRow, Reply)> = {
+/// Commit one batch (the backlog first when it is due, then the waiting records) and
+/// answer each caller; `false` (and no longer committing) when nothing was due.
+fn commit_waiting(storage: &Arc<Storage>, state: &Arc<Mutex<State>>) -> bool {
+    let (held, batch) = {
         let mut state = lock(state);
-        if state.waiting.is_empty() {
+        let n = state.waiting.len().min(MAX_BATCH);
+        let m = if state.backlog_due() {
+            state.backlog.len().min(MAX_BATCH - n)
+        } else {
+            0
+        };
+        if n + m == 0 {
             state.committing = false;
             return false;
         }
-        let n = state.waiting.len().min(MAX_BATCH);
-        state.waiting.drain(..n).collect()
+        let held: Vec<(InvocationRow, usize)> = state.backlog.drain(..m).collect();
+        state.backlog_bytes -= held.iter().map(|(_, size)| size).sum::<usize>();
+        let batch: Vec<(InvocationRow, Reply)> = state.waiting.drain(..n).collect();
+        (held, batch)
     };
-    let rows: Vec<&InvocationRow> = batch.iter().map(|(row, _)| row).collect();
-    match storage.insert_invocations(&rows) {
+    let rows: Vec<&InvocationRow> = held
+        .iter()
+        .map(|(row, _)| row)
+        .chain(batch.iter().map(|(row, _)| row))
+        .collect();
+    let result = storage.insert_invocations(&rows);
+    drop(rows);
+    match result {
         Ok(ids) => {
-            for ((_, reply), id) in batch.into_iter().zip(ids) {
-                let _ = reply.send(Ok(id));
+            if !held.is_empty() {
+                stored_held_back(held.len(), None);
+            }
+            for ((_, reply), id) in batch.into_iter().zip(ids.into_iter().skip(held.len())) {
+                let _ = reply.send(Ok(Some(id)));
             }
         }
+        Err(e) if e.is_busy() => hold_back(storage, state, held, batch),
         Err(e) => {
+            if !held.is_empty() {
+                stored_held_back(held.len(), Some(&e));
+            }
             let message = e.to_string();
             for (_, reply) in batch {
                 let _ = reply.send(Err(message.clone()));
@@ -153,6 +252,97 @@ fn commit_waiting(storage: &Storage, state: &Mutex<State>) -> bool {
         }
     }
     true
+}
+
+/// Another process held the lock: put the batch's records in the backlog (after those
+/// that were in it already, in order), tell their callers, and see that a retry comes.
+fn hold_back(
+    storage: &Arc<Storage>,
+    state: &Arc<Mutex<State>>,
+    held: Vec<(InvocationRow, usize)>,
+    batch: Vec<(InvocationRow, Reply)>,
+) {
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut rows = held;
+    for (row, reply) in batch {
+        let size = approx_size(&row);
+        rows.push((row, size));
+        replies.push(reply);
+    }
+    let (dropped, schedule) = {
+        let mut state = lock(state);
+        state.retry_at = Some(Instant::now() + RETRY_AFTER);
+        for (row, size) in rows.into_iter().rev() {
+            state.backlog_bytes += size;
+            state.backlog.push_front((row, size));
+        }
+        let mut dropped = 0;
+        while state.backlog_bytes > MAX_BACKLOG_BYTES {
+            let Some((_, size)) = state.backlog.pop_front() else {
+                break;
+            };
+            state.backlog_bytes -= size;
+            dropped += 1;
+        }
+        (
+            dropped,
+            !std::mem::replace(&mut state.retry_scheduled, true),
+        )
+    };
+    if dropped > 0 {
+        tracing::error!(
+            records = dropped,
+            "invocation records lost: the records held back while the database is locked \
+             passed {} MiB; the oldest went",
+            MAX_BACKLOG_BYTES >> 20
+        );
+    }
+    tracing::warn!(
+        records = replies.len(),
+        "the database is locked by another process; invocation records are held back and \
+         stored once it is free"
+    );
+    for reply in replies {
+        let _ = reply.send(Ok(None));
+    }
+    if schedule {
+        schedule_retry(storage, state);
+    }
+}
+
+/// After `RETRY_AFTER`, commit the backlog unless a commit running then takes it along.
+/// With no runtime, the backlog waits for the next record (or the recorder's drop).
+fn schedule_retry(storage: &Arc<Storage>, state: &Arc<Mutex<State>>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        lock(state).retry_scheduled = false;
+        return;
+    };
+    let (storage, state) = (storage.clone(), state.clone());
+    drop(handle.spawn(async move {
+        tokio::time::sleep(RETRY_AFTER).await;
+        let lead = {
+            let mut state = lock(&state);
+            state.retry_scheduled = false;
+            // A commit running now takes the backlog along (it is due), and hands off to
+            // a drain if it cannot.
+            state.backlog_due() && !std::mem::replace(&mut state.committing, true)
+        };
+        if lead {
+            drain(storage, state).await;
+        }
+    }));
+}
+
+/// Roughly what a record held in memory takes: its text.
+fn approx_size(row: &InvocationRow) -> usize {
+    let text = row.function.len()
+        + row.outcome.len()
+        + row.error.as_ref().map_or(0, String::len)
+        + row.logs.iter().map(|l| l.len() + 24).sum::<usize>()
+        + row.stdout.len()
+        + row.stderr.len();
+    let calls = serde_json::to_string(&row.outbound).map_or(0, |s| s.len());
+    std::mem::size_of::<InvocationRow>() + text + calls
 }
 
 /// Return `Pending` once after asking to be polled again: the task goes to the back of
@@ -191,7 +381,10 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let r = recorder.clone();
-                tokio::spawn(async move { (i, r.record(row(&format!("f{i}"))).await.unwrap()) })
+                tokio::spawn(async move {
+                    let id = r.record(row(&format!("f{i}"))).await.unwrap();
+                    (i, id.expect("stored, not held back"))
+                })
             })
             .collect();
         let mut sent = std::collections::BTreeMap::new();
@@ -223,7 +416,8 @@ mod tests {
         let id = tokio::time::timeout(Duration::from_secs(5), recorder.record(row("b")))
             .await
             .expect("the next record is not stuck")
-            .unwrap();
+            .unwrap()
+            .expect("stored, not held back");
         assert!(id > 0);
         let stored: Vec<String> = storage
             .recent_invocations(None, 10)
@@ -238,6 +432,59 @@ mod tests {
         );
     }
 
+    fn functions(storage: &Storage) -> Vec<String> {
+        let rows = storage.recent_invocations(None, 10).unwrap();
+        rows.into_iter().map(|r| r.function).collect()
+    }
+
+    // Each of the next two waits out the busy timeout (10 s) once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_held_back_by_another_process_lock_is_stored_once_it_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let storage = Arc::new(Storage::open(&path).unwrap());
+        let recorder = Recorder::new(storage.clone());
+        recorder.record(row("before")).await.unwrap().unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        // The lock outlasts the busy timeout: no id, and the record is held back.
+        assert_eq!(recorder.record(row("during")).await.unwrap(), None);
+        assert_eq!(recorder.held_back(), 1);
+        other.execute_batch("ROLLBACK").unwrap();
+        // With no other record coming to take it along, the retry stores it.
+        let deadline = Instant::now() + RETRY_AFTER * 5;
+        while recorder.held_back() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the held-back record was not retried"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        recorder.record(row("after")).await.unwrap().unwrap();
+        assert_eq!(functions(&storage), ["after", "during", "before"]);
+    }
+
+    #[test]
+    fn records_still_held_back_are_stored_when_the_recorder_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let storage = Arc::new(Storage::open(&path).unwrap());
+        let recorder = Recorder::new(storage.clone());
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(recorder.record(row("a"))).unwrap(), None);
+        // The retry task ends with its runtime, before its time comes.
+        drop(rt);
+        other.execute_batch("ROLLBACK").unwrap();
+        assert!(functions(&storage).is_empty());
+        drop(recorder);
+        assert_eq!(functions(&storage), ["a"]);
+    }
+
     #[test]
     fn a_record_lands_after_the_writers_runtime_ended() {
         let dir = tempfile::tempdir().unwrap();
@@ -246,13 +493,13 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let first = rt.block_on(recorder.record(row("a"))).unwrap();
+        let first = rt.block_on(recorder.record(row("a"))).unwrap().unwrap();
         drop(rt);
         // The writer task died with its runtime; the next record still lands.
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let second = rt.block_on(recorder.record(row("b"))).unwrap();
+        let second = rt.block_on(recorder.record(row("b"))).unwrap().unwrap();
         assert!(second > first);
         assert_eq!(storage.recent_invocations(None, 10).unwrap().len(), 2);
     }
