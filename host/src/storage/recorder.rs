@@ -9,11 +9,13 @@
 //! record is committed and gets its id: when `record` returns an id, the row is in the
 //! database.
 //!
-//! When another process holds the database's write lock past the storage's give-up time,
-//! a caller does not wait it out: it is answered with no id, and its record is kept in a
-//! bounded backlog (at most [`MAX_BACKLOG_BYTES`]) that joins a later batch — the next
-//! commit after [`RETRY_AFTER`], or a retry task's. Records are lost only when the backlog
-//! overflows or the recorder is dropped while the lock is still held; both are logged.
+//! When another process holds the database's write lock past the busy timeout (or, for
+//! callers queued behind that wait, past the storage's give-up time), the caller is
+//! answered with no id, and its record is kept in a bounded backlog (at most
+//! [`MAX_BACKLOG_BYTES`], oldest first) that joins a later batch: the next commit after
+//! [`RETRY_AFTER`], or a retry task's. Records are lost when the backlog overflows (the
+//! oldest go), when a batch fails for another reason (a full disk, an I/O error), or when
+//! the process ends with the lock still held; each is logged.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -114,25 +116,67 @@ impl Recorder {
 }
 
 impl Drop for Recorder {
+    /// Records still held back get a last attempt, unless a write failed on the lock
+    /// under a second ago: it is most likely still held, and waiting out the busy timeout
+    /// again would stall whoever drops this (a `keyhole run` about to exit). A long-running
+    /// process calls [`Recorder::store_held_back`] before it exits instead.
     fn drop(&mut self) {
-        self.store_held_back();
+        let recent_failure = {
+            let state = lock(&self.state);
+            if state.backlog.is_empty() {
+                return;
+            }
+            state.retry_at.is_some_and(|at| Instant::now() < at)
+        };
+        if recent_failure {
+            let records = lock(&self.state).backlog.len();
+            tracing::error!(
+                records,
+                "invocation records held back while the database was locked are lost: \
+                 it was still locked when this process ended"
+            );
+        } else {
+            self.store_held_back();
+        }
     }
 }
 
 impl Recorder {
-    /// The last chance for records held back (a process about to exit): one attempt, now,
-    /// on this thread.
+    /// The last chance for records held back (a process about to exit), on this thread:
+    /// wait for a commit running elsewhere to end and for the retry time, then commit the
+    /// backlog and anything waiting, once.
     pub fn store_held_back(&self) {
-        let rows: Vec<InvocationRow> = {
+        let deadline = Instant::now() + super::busy::BUSY_TIMEOUT + RETRY_AFTER;
+        loop {
+            {
+                let mut state = lock(&self.state);
+                if state.backlog.is_empty() && state.waiting.is_empty() {
+                    return;
+                }
+                // A commit running elsewhere (the retry task's, a drain's) may hold rows of
+                // the backlog: let it finish, or they would miss this attempt.
+                let due = state.retry_at.is_none_or(|at| Instant::now() >= at);
+                if (!state.committing && due) || Instant::now() >= deadline {
+                    state.committing = true;
+                    state.retry_at = None;
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // One pass over everything that is due (the backlog is, now); a failure on the
+        // lock puts it back with a new retry time, and the loop ends.
+        while commit_waiting(&self.storage, &self.state) {}
+        let lost = {
             let mut state = lock(&self.state);
             state.backlog_bytes = 0;
-            state.backlog.drain(..).map(|(row, _)| row).collect()
+            std::mem::take(&mut state.backlog).len()
         };
-        if !rows.is_empty() {
-            let refs: Vec<&InvocationRow> = rows.iter().collect();
-            stored_held_back(
-                rows.len(),
-                self.storage.insert_invocations(&refs).err().as_ref(),
+        if lost > 0 {
+            tracing::error!(
+                records = lost,
+                "invocation records held back while the database was locked are lost: \
+                 it was still locked when this process ended"
             );
         }
     }
@@ -221,6 +265,10 @@ fn commit_waiting(storage: &Arc<Storage>, state: &Arc<Mutex<State>>) -> bool {
         }
         let held: Vec<(InvocationRow, usize)> = state.backlog.drain(..m).collect();
         state.backlog_bytes -= held.iter().map(|(_, size)| size).sum::<usize>();
+        if m > 0 && state.backlog.is_empty() {
+            // Give back what a long lock made it grow to.
+            state.backlog.shrink_to_fit();
+        }
         let batch: Vec<(InvocationRow, Reply)> = state.waiting.drain(..n).collect();
         (held, batch)
     };
@@ -263,18 +311,24 @@ fn hold_back(
     batch: Vec<(InvocationRow, Reply)>,
 ) {
     let mut replies = Vec::with_capacity(batch.len());
-    let mut rows = held;
+    let mut fresh = Vec::with_capacity(batch.len());
     for (row, reply) in batch {
         let size = approx_size(&row);
-        rows.push((row, size));
+        fresh.push((row, size));
         replies.push(reply);
     }
     let (dropped, schedule) = {
         let mut state = lock(state);
         state.retry_at = Some(Instant::now() + RETRY_AFTER);
-        for (row, size) in rows.into_iter().rev() {
+        // The backlog's oldest rows go back in front of the rest of it; the batch's, newer
+        // than anything in it, at its end.
+        for (row, size) in held.into_iter().rev() {
             state.backlog_bytes += size;
             state.backlog.push_front((row, size));
+        }
+        for (row, size) in fresh {
+            state.backlog_bytes += size;
+            state.backlog.push_back((row, size));
         }
         let mut dropped = 0;
         while state.backlog_bytes > MAX_BACKLOG_BYTES {
@@ -297,11 +351,13 @@ fn hold_back(
             MAX_BACKLOG_BYTES >> 20
         );
     }
-    tracing::warn!(
-        records = replies.len(),
-        "the database is locked by another process; invocation records are held back and \
-         stored once it is free"
-    );
+    if !replies.is_empty() {
+        tracing::warn!(
+            records = replies.len(),
+            "the database is locked by another process; invocation records are held back \
+             and stored once it is free"
+        );
+    }
     for reply in replies {
         let _ = reply.send(Ok(None));
     }
@@ -317,18 +373,42 @@ fn schedule_retry(storage: &Arc<Storage>, state: &Arc<Mutex<State>>) {
         lock(state).retry_scheduled = false;
         return;
     };
+    // Whichever way the task ends, even dropped unpolled with its runtime, the next
+    // failure can schedule another. (On its normal way out the task clears the flag
+    // itself, under the same lock as its last look at the backlog.)
+    struct Unschedule(Arc<Mutex<State>>);
+    impl Drop for Unschedule {
+        fn drop(&mut self) {
+            lock(&self.0).retry_scheduled = false;
+        }
+    }
+    let unschedule = Unschedule(state.clone());
     let (storage, state) = (storage.clone(), state.clone());
     drop(handle.spawn(async move {
-        tokio::time::sleep(RETRY_AFTER).await;
-        let lead = {
-            let mut state = lock(&state);
-            state.retry_scheduled = false;
-            // A commit running now takes the backlog along (it is due), and hands off to
-            // a drain if it cannot.
-            state.backlog_due() && !std::mem::replace(&mut state.committing, true)
-        };
-        if lead {
-            drain(storage, state).await;
+        let unschedule = unschedule;
+        // Until the backlog is empty: each failure meanwhile moves the retry time on.
+        loop {
+            let at = {
+                let mut state = lock(&state);
+                if state.backlog.is_empty() {
+                    state.retry_scheduled = false;
+                    std::mem::forget(unschedule);
+                    return;
+                }
+                state.retry_at.unwrap_or_else(Instant::now)
+            };
+            tokio::time::sleep_until(at.into()).await;
+            let lead = {
+                let mut state = lock(&state);
+                state.backlog_due() && !std::mem::replace(&mut state.committing, true)
+            };
+            if lead {
+                drain(storage.clone(), state.clone()).await;
+            } else {
+                // Not due after all (a failure moved the time on), or a commit running
+                // now takes the backlog along: look again in a while.
+                tokio::time::sleep(RETRY_AFTER / 10).await;
+            }
         }
     }));
 }
@@ -480,9 +560,100 @@ mod tests {
         // The retry task ends with its runtime, before its time comes.
         drop(rt);
         other.execute_batch("ROLLBACK").unwrap();
+        std::thread::sleep(RETRY_AFTER);
         assert!(functions(&storage).is_empty());
         drop(recorder);
         assert_eq!(functions(&storage), ["a"]);
+    }
+
+    /// Put `functions` in `recorder`'s backlog, as a failure on the lock would.
+    fn hold(recorder: &Recorder, functions: &[&str], retry_at: Option<Instant>) {
+        let mut state = lock(&recorder.state);
+        for f in functions {
+            let r = row(f);
+            let size = approx_size(&r);
+            state.backlog_bytes += size;
+            state.backlog.push_back((r, size));
+        }
+        state.retry_at = retry_at;
+    }
+
+    fn held_functions(recorder: &Recorder) -> Vec<String> {
+        let state = lock(&recorder.state);
+        state
+            .backlog
+            .iter()
+            .map(|(r, _)| r.function.clone())
+            .collect()
+    }
+
+    #[test]
+    fn ids_answer_the_right_rows_when_held_back_records_join_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(&dir.path().join("t.db")).unwrap());
+        let recorder = Recorder::new(storage.clone());
+        hold(&recorder, &["a", "b"], None);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let id = rt.block_on(recorder.record(row("c"))).unwrap().unwrap();
+        assert_eq!(recorder.held_back(), 0);
+        let stored = storage.recent_invocations(None, 10).unwrap();
+        let names: Vec<&str> = stored.iter().map(|r| r.function.as_str()).collect();
+        assert_eq!(names, ["c", "b", "a"], "the held-back ones first, in order");
+        assert_eq!(stored[0].id, id, "the caller got its own row's id");
+    }
+
+    #[test]
+    fn a_failed_batch_goes_behind_older_held_back_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(&dir.path().join("t.db")).unwrap());
+        let recorder = Recorder::new(storage.clone());
+        // Not due yet: `older` stays in the backlog while `oldest` was taken into the
+        // batch that failed, with `new`.
+        hold(&recorder, &["older"], Some(Instant::now() + RETRY_AFTER));
+        let (reply, mut answer) = oneshot::channel();
+        let oldest = row("oldest");
+        let size = approx_size(&oldest);
+        hold_back(
+            &recorder.storage,
+            &recorder.state,
+            vec![(oldest, size)],
+            vec![(row("new"), reply)],
+        );
+        assert_eq!(held_functions(&recorder), ["oldest", "older", "new"]);
+        assert_eq!(answer.try_recv().unwrap(), Ok(None), "told: held back");
+        let state = lock(&recorder.state);
+        let sizes: usize = state.backlog.iter().map(|(_, size)| size).sum();
+        assert_eq!(state.backlog_bytes, sizes);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_retry_waits_for_the_time_a_later_failure_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(&dir.path().join("t.db")).unwrap());
+        let recorder = Recorder::new(storage.clone());
+        hold(&recorder, &["x"], Some(Instant::now() + RETRY_AFTER));
+        lock(&recorder.state).retry_scheduled = true;
+        schedule_retry(&recorder.storage, &recorder.state);
+        // A second failure moves the retry time on before the first one comes.
+        tokio::time::sleep(RETRY_AFTER / 2).await;
+        lock(&recorder.state).retry_at = Some(Instant::now() + RETRY_AFTER * 2);
+        tokio::time::sleep(RETRY_AFTER).await;
+        assert_eq!(recorder.held_back(), 1, "not retried before its time");
+        for _ in 0..100 {
+            if recorder.held_back() == 0 {
+                break;
+            }
+            tokio::time::sleep(RETRY_AFTER / 10).await;
+        }
+        assert_eq!(
+            functions(&storage),
+            ["x"],
+            "the retry came at the later time"
+        );
+        assert!(!lock(&recorder.state).retry_scheduled);
     }
 
     #[test]
