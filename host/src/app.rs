@@ -167,8 +167,9 @@ impl Keyhole {
         &self.home
     }
 
-    /// Store the invocation records held back by another process's lock, now (one
-    /// attempt): for a process about to exit, which may not drop this host.
+    /// Store the invocation records held back by another process's lock (a last attempt,
+    /// blocking; see `Recorder::store_held_back`): for a process about to exit, which may
+    /// not drop this host.
     pub fn store_held_back_records(&self) {
         self.recorder.store_held_back();
     }

@@ -123,18 +123,13 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         let recent_failure = {
             let state = lock(&self.state);
-            if state.backlog.is_empty() {
+            if state.backlog.is_empty() && !state.committing {
                 return;
             }
             state.retry_at.is_some_and(|at| Instant::now() < at)
         };
         if recent_failure {
-            let records = lock(&self.state).backlog.len();
-            tracing::error!(
-                records,
-                "invocation records held back while the database was locked are lost: \
-                 it was still locked when this process ended"
-            );
+            lose_backlog(&self.state);
         } else {
             self.store_held_back();
         }
@@ -143,20 +138,27 @@ impl Drop for Recorder {
 
 impl Recorder {
     /// The last chance for records held back (a process about to exit), on this thread:
-    /// wait for a commit running elsewhere to end and for the retry time, then commit the
-    /// backlog and anything waiting, once.
+    /// wait for a commit running elsewhere (a retry's, which may hold backlog rows) to
+    /// end, then commit the backlog and anything waiting, stopping at the first failure
+    /// on the lock. What is left then is logged as lost. Blocks at most about twice the
+    /// busy timeout: that wait and this attempt.
     pub fn store_held_back(&self) {
         let deadline = Instant::now() + super::busy::BUSY_TIMEOUT + RETRY_AFTER;
+        let entry_retry_at = lock(&self.state).retry_at;
         loop {
             {
                 let mut state = lock(&self.state);
-                if state.backlog.is_empty() && state.waiting.is_empty() {
-                    return;
-                }
-                // A commit running elsewhere (the retry task's, a drain's) may hold rows of
-                // the backlog: let it finish, or they would miss this attempt.
-                let due = state.retry_at.is_none_or(|at| Instant::now() >= at);
-                if (!state.committing && due) || Instant::now() >= deadline {
+                if !state.committing || Instant::now() >= deadline {
+                    if state.backlog.is_empty() && state.waiting.is_empty() {
+                        return;
+                    }
+                    if state.retry_at != entry_retry_at {
+                        // The commit that ran meanwhile failed on the lock: it is still
+                        // held, and another attempt would only wait it out again.
+                        drop(state);
+                        lose_backlog(&self.state);
+                        return;
+                    }
                     state.committing = true;
                     state.retry_at = None;
                     break;
@@ -164,21 +166,32 @@ impl Recorder {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        // One pass over everything that is due (the backlog is, now); a failure on the
-        // lock puts it back with a new retry time, and the loop ends.
-        while commit_waiting(&self.storage, &self.state) {}
-        let lost = {
+        // Batches until nothing is due; a failure on the lock sets a retry time again:
+        // stop there.
+        while commit_waiting(&self.storage, &self.state) {
             let mut state = lock(&self.state);
-            state.backlog_bytes = 0;
-            std::mem::take(&mut state.backlog).len()
-        };
-        if lost > 0 {
-            tracing::error!(
-                records = lost,
-                "invocation records held back while the database was locked are lost: \
-                 it was still locked when this process ended"
-            );
+            if state.retry_at.is_some() {
+                state.committing = false;
+                break;
+            }
         }
+        lose_backlog(&self.state);
+    }
+}
+
+/// Drop the records still held back, logging how many.
+fn lose_backlog(state: &Mutex<State>) {
+    let lost = {
+        let mut state = lock(state);
+        state.backlog_bytes = 0;
+        std::mem::take(&mut state.backlog).len()
+    };
+    if lost > 0 {
+        tracing::error!(
+            records = lost,
+            "invocation records held back while the database was locked are lost: it was \
+             still locked when this process ended"
+        );
     }
 }
 
@@ -366,8 +379,9 @@ fn hold_back(
     }
 }
 
-/// After `RETRY_AFTER`, commit the backlog unless a commit running then takes it along.
-/// With no runtime, the backlog waits for the next record (or the recorder's drop).
+/// A task that commits the backlog once its retry time comes (unless a commit running
+/// then takes it along), looking again after each failure moves that time on, until the
+/// backlog is empty. With no runtime, the backlog waits for the next record (or the end).
 fn schedule_retry(storage: &Arc<Storage>, state: &Arc<Mutex<State>>) {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         lock(state).retry_scheduled = false;
@@ -376,23 +390,25 @@ fn schedule_retry(storage: &Arc<Storage>, state: &Arc<Mutex<State>>) {
     // Whichever way the task ends, even dropped unpolled with its runtime, the next
     // failure can schedule another. (On its normal way out the task clears the flag
     // itself, under the same lock as its last look at the backlog.)
-    struct Unschedule(Arc<Mutex<State>>);
+    struct Unschedule(Option<Arc<Mutex<State>>>);
     impl Drop for Unschedule {
         fn drop(&mut self) {
-            lock(&self.0).retry_scheduled = false;
+            if let Some(state) = self.0.take() {
+                lock(&state).retry_scheduled = false;
+            }
         }
     }
-    let unschedule = Unschedule(state.clone());
+    let unschedule = Unschedule(Some(state.clone()));
     let (storage, state) = (storage.clone(), state.clone());
     drop(handle.spawn(async move {
-        let unschedule = unschedule;
+        let mut unschedule = unschedule;
         // Until the backlog is empty: each failure meanwhile moves the retry time on.
         loop {
             let at = {
                 let mut state = lock(&state);
                 if state.backlog.is_empty() {
                     state.retry_scheduled = false;
-                    std::mem::forget(unschedule);
+                    unschedule.0 = None;
                     return;
                 }
                 state.retry_at.unwrap_or_else(Instant::now)
@@ -557,8 +573,9 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(rt.block_on(recorder.record(row("a"))).unwrap(), None);
-        // The retry task ends with its runtime, before its time comes.
+        // The retry task ends with its runtime, before its time comes, and says so.
         drop(rt);
+        assert!(!lock(&recorder.state).retry_scheduled);
         other.execute_batch("ROLLBACK").unwrap();
         std::thread::sleep(RETRY_AFTER);
         assert!(functions(&storage).is_empty());
@@ -629,6 +646,23 @@ mod tests {
         assert_eq!(state.backlog_bytes, sizes);
     }
 
+    #[test]
+    fn a_drop_right_after_a_failure_on_the_lock_does_not_wait_it_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let storage = Arc::new(Storage::open(&path).unwrap());
+        let recorder = Recorder::new(storage.clone());
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        hold(&recorder, &["x"], Some(Instant::now() + RETRY_AFTER));
+        let dropping = Instant::now();
+        drop(recorder);
+        // (Another attempt would have waited out the 10 s busy timeout.)
+        assert!(dropping.elapsed() < super::super::busy::BUSY_TIMEOUT / 2);
+        other.execute_batch("ROLLBACK").unwrap();
+        assert!(functions(&storage).is_empty(), "given up, not stored");
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_retry_waits_for_the_time_a_later_failure_set() {
         let dir = tempfile::tempdir().unwrap();
@@ -642,18 +676,22 @@ mod tests {
         lock(&recorder.state).retry_at = Some(Instant::now() + RETRY_AFTER * 2);
         tokio::time::sleep(RETRY_AFTER).await;
         assert_eq!(recorder.held_back(), 1, "not retried before its time");
+        // The task ends once the backlog is empty.
         for _ in 0..100 {
-            if recorder.held_back() == 0 {
+            if !lock(&recorder.state).retry_scheduled {
                 break;
             }
             tokio::time::sleep(RETRY_AFTER / 10).await;
         }
+        assert!(
+            !lock(&recorder.state).retry_scheduled,
+            "the retry task ended"
+        );
         assert_eq!(
             functions(&storage),
             ["x"],
             "the retry came at the later time"
         );
-        assert!(!lock(&recorder.state).retry_scheduled);
     }
 
     #[test]
