@@ -469,6 +469,21 @@ mod tests {
         InvocationRow::for_test(function)
     }
 
+    /// A recorder on a new database (in the returned directory), and its storage.
+    fn fresh() -> (tempfile::TempDir, Arc<Storage>, Recorder) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(&dir.path().join("t.db")).unwrap());
+        let recorder = Recorder::new(storage.clone());
+        (dir, storage, recorder)
+    }
+
+    /// Another process's connection to `fresh`'s database, holding its write lock.
+    fn lock_from_outside(dir: &tempfile::TempDir) -> rusqlite::Connection {
+        let other = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        other
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_records_all_land_with_distinct_ids() {
         let dir = tempfile::tempdir().unwrap();
@@ -499,9 +514,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_leader_dropped_midway_still_gets_its_record_stored_and_hands_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Arc::new(Storage::open(&dir.path().join("t.db")).unwrap());
-        let recorder = Recorder::new(storage.clone());
+        let (_dir, storage, recorder) = fresh();
         // Polled once, the first caller leads and yields; then it is dropped (as when a
         // client hangs up), before committing anything.
         let mut leader = Box::pin(recorder.record(row("a")));
@@ -536,13 +549,9 @@ mod tests {
     // Each of the next two waits out the busy timeout (10 s) once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_record_held_back_by_another_process_lock_is_stored_once_it_goes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let storage = Arc::new(Storage::open(&path).unwrap());
-        let recorder = Recorder::new(storage.clone());
+        let (dir, storage, recorder) = fresh();
         recorder.record(row("before")).await.unwrap().unwrap();
-        let other = rusqlite::Connection::open(&path).unwrap();
-        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let other = lock_from_outside(&dir);
         // The lock outlasts the busy timeout: no id, and the record is held back.
         assert_eq!(recorder.record(row("during")).await.unwrap(), None);
         assert_eq!(recorder.held_back(), 1);
@@ -562,12 +571,8 @@ mod tests {
 
     #[test]
     fn records_still_held_back_are_stored_when_the_recorder_goes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let storage = Arc::new(Storage::open(&path).unwrap());
-        let recorder = Recorder::new(storage.clone());
-        let other = rusqlite::Connection::open(&path).unwrap();
-        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let (dir, storage, recorder) = fresh();
+        let other = lock_from_outside(&dir);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -606,9 +611,7 @@ mod tests {
 
     #[test]
     fn ids_answer_the_right_rows_when_held_back_records_join_the_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Arc::new(Storage::open(&dir.path().join("t.db")).unwrap());
-        let recorder = Recorder::new(storage.clone());
+        let (_dir, storage, recorder) = fresh();
         hold(&recorder, &["a", "b"], None);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -624,9 +627,7 @@ mod tests {
 
     #[test]
     fn a_failed_batch_goes_behind_older_held_back_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Arc::new(Storage::open(&dir.path().join("t.db")).unwrap());
-        let recorder = Recorder::new(storage.clone());
+        let (_dir, _storage, recorder) = fresh();
         // Not due yet: `older` stays in the backlog while `oldest` was taken into the
         // batch that failed, with `new`.
         hold(&recorder, &["older"], Some(Instant::now() + RETRY_AFTER));
@@ -648,12 +649,8 @@ mod tests {
 
     #[test]
     fn a_drop_right_after_a_failure_on_the_lock_does_not_wait_it_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let storage = Arc::new(Storage::open(&path).unwrap());
-        let recorder = Recorder::new(storage.clone());
-        let other = rusqlite::Connection::open(&path).unwrap();
-        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let (dir, storage, recorder) = fresh();
+        let other = lock_from_outside(&dir);
         hold(&recorder, &["x"], Some(Instant::now() + RETRY_AFTER));
         let dropping = Instant::now();
         drop(recorder);
@@ -665,9 +662,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_retry_waits_for_the_time_a_later_failure_set() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Arc::new(Storage::open(&dir.path().join("t.db")).unwrap());
-        let recorder = Recorder::new(storage.clone());
+        let (_dir, storage, recorder) = fresh();
         hold(&recorder, &["x"], Some(Instant::now() + RETRY_AFTER));
         lock(&recorder.state).retry_scheduled = true;
         schedule_retry(&recorder.storage, &recorder.state);
@@ -696,9 +691,7 @@ mod tests {
 
     #[test]
     fn a_record_lands_after_the_writers_runtime_ended() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Arc::new(Storage::open(&dir.path().join("t.db")).unwrap());
-        let recorder = Recorder::new(storage.clone());
+        let (_dir, storage, recorder) = fresh();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
