@@ -747,6 +747,12 @@ async fn another_process_holding_the_database_lock_stalls_no_one_reads_go_on_and
         "reads waited {:?}",
         asked.elapsed()
     );
+    // /metrics shows the record waiting (no other test here holds one back).
+    let metrics = api.get("/metrics").await.body;
+    assert!(
+        metrics.contains("keyhole_invocation_records_held_back 1\n"),
+        "{metrics}"
+    );
 
     // Meanwhile the server answers whatever does not need the database: the waits do
     // not hold its threads. (The lock is held for 10 s, so an answer within 5 s shows it.)
@@ -828,6 +834,17 @@ async fn another_process_holding_the_database_lock_stalls_no_one_reads_go_on_and
         assert_eq!(records.status, StatusCode::OK, "{}", records.body);
         if let [record] = records.json().as_array().unwrap().as_slice() {
             assert_eq!(record["outcome"], "ok", "{record}");
+            let metrics = api.get("/metrics").await.body;
+            assert!(
+                metrics.contains("keyhole_invocation_records_held_back 0\n"),
+                "{metrics}"
+            );
+            assert!(
+                metrics.contains(
+                    "keyhole_invocation_records_lost_total{reason=\"locked_at_exit\"} 0\n"
+                ),
+                "{metrics}"
+            );
             break;
         }
         assert!(

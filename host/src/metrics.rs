@@ -16,6 +16,8 @@
 //! | `keyhole_outbound_requests_total` | counter | `connection`, `status` (code or error kind) |
 //! | `keyhole_token_refreshes_total` | counter | `outcome` (`ok`, `invalid_grant`, `transient`) |
 //! | `keyhole_http_rejections_total` | counter | `reason` (`unauthorized`, `forbidden`, `rate_limited`, `at_capacity`, `body_memory`) |
+//! | `keyhole_invocation_records_held_back` | gauge | none: records waiting for another process's database lock to go |
+//! | `keyhole_invocation_records_lost_total` | counter | `reason` (`backlog_full`, `storage_error`, `locked_at_exit`) |
 
 use std::sync::LazyLock;
 
@@ -45,6 +47,9 @@ const REJECTION_REASONS: [&str; 5] = [
     "at_capacity",
     "body_memory",
 ];
+
+/// Every `reason` of `keyhole_invocation_records_lost_total`.
+const RECORD_LOSS_REASONS: [&str; 3] = ["backlog_full", "storage_error", "locked_at_exit"];
 
 /// Label value for an outbound call to a connection the function may not use: the name
 /// is guest-chosen, so it must not become a series of its own.
@@ -88,6 +93,8 @@ pub struct Metrics {
     outbound: Family<OutboundLabels, Counter>,
     refreshes: Family<OutcomeLabel, Counter>,
     rejections: Family<ReasonLabel, Counter>,
+    held_back: Gauge,
+    records_lost: Family<ReasonLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -139,12 +146,27 @@ impl Metrics {
             "HTTP API requests refused before reaching a handler",
             rejections.clone(),
         );
+        let held_back = Gauge::default();
+        registry.register(
+            "invocation_records_held_back",
+            "Invocation records kept in memory while another process holds the database lock",
+            held_back.clone(),
+        );
+        let records_lost = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "invocation_records_lost",
+            "Invocation records that could not be stored, by reason",
+            records_lost.clone(),
+        );
         // Known label values start at 0, so rates and alerts work before the first event.
         for outcome in ["ok", "invalid_grant", "transient"] {
             let _ = refreshes.get_or_create(&OutcomeLabel { outcome });
         }
         for reason in REJECTION_REASONS {
             let _ = rejections.get_or_create(&ReasonLabel { reason });
+        }
+        for reason in RECORD_LOSS_REASONS {
+            let _ = records_lost.get_or_create(&ReasonLabel { reason });
         }
         Self {
             registry,
@@ -154,6 +176,8 @@ impl Metrics {
             outbound,
             refreshes,
             rejections,
+            held_back,
+            records_lost,
         }
     }
 }
@@ -252,6 +276,22 @@ pub fn http_rejection(reason: &'static str) {
         .rejections
         .get_or_create(&ReasonLabel { reason })
         .inc();
+}
+
+/// Invocation records held back by another process's lock: `delta` more (or fewer).
+pub fn records_held_back(delta: i64) {
+    global().held_back.inc_by(delta);
+}
+
+/// Count `n` invocation records lost; `reason` is one of `backlog_full`,
+/// `storage_error`, `locked_at_exit`.
+pub fn records_lost(reason: &'static str, n: usize) {
+    if n > 0 {
+        global()
+            .records_lost
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(n as u64);
+    }
 }
 
 /// Every metric in the OpenMetrics text format (ends with `# EOF`).

@@ -186,6 +186,8 @@ fn lose_backlog(state: &Mutex<State>) {
         state.backlog_bytes = 0;
         std::mem::take(&mut state.backlog).len()
     };
+    crate::metrics::records_held_back(-(lost as i64));
+    crate::metrics::records_lost("locked_at_exit", lost);
     if lost > 0 {
         tracing::error!(
             records = lost,
@@ -285,6 +287,9 @@ fn commit_waiting(storage: &Arc<Storage>, state: &Arc<Mutex<State>>) -> bool {
         let batch: Vec<(InvocationRow, Reply)> = state.waiting.drain(..n).collect();
         (held, batch)
     };
+    if !held.is_empty() {
+        crate::metrics::records_held_back(-(held.len() as i64));
+    }
     let rows: Vec<&InvocationRow> = held
         .iter()
         .map(|(row, _)| row)
@@ -306,6 +311,7 @@ fn commit_waiting(storage: &Arc<Storage>, state: &Arc<Mutex<State>>) -> bool {
             if !held.is_empty() {
                 stored_held_back(held.len(), Some(&e));
             }
+            crate::metrics::records_lost("storage_error", held.len() + batch.len());
             let message = e.to_string();
             for (_, reply) in batch {
                 let _ = reply.send(Err(message.clone()));
@@ -323,6 +329,7 @@ fn hold_back(
     held: Vec<(InvocationRow, usize)>,
     batch: Vec<(InvocationRow, Reply)>,
 ) {
+    let added = held.len() + batch.len();
     let mut replies = Vec::with_capacity(batch.len());
     let mut fresh = Vec::with_capacity(batch.len());
     for (row, reply) in batch {
@@ -356,6 +363,8 @@ fn hold_back(
             !std::mem::replace(&mut state.retry_scheduled, true),
         )
     };
+    crate::metrics::records_held_back(added as i64 - dropped as i64);
+    crate::metrics::records_lost("backlog_full", dropped);
     if dropped > 0 {
         tracing::error!(
             records = dropped,
