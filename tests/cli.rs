@@ -161,6 +161,28 @@ fn bad_uploads_print_what_is_wrong() {
     );
 }
 
+// Waits out the 10 s busy timeout once.
+#[test]
+fn a_failed_run_whose_record_another_process_kept_out_says_so() {
+    let t = TestHost::new();
+    let mis = plugin_path("misbehave");
+    t.cli(&["functions", "upload", path(&mis), "--name", "mis"])
+        .ok();
+    // Another process (a backup, an sqlite3 shell) holds the write lock throughout.
+    let other = rusqlite::Connection::open(t.home().join("keyhole.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let out = t.cli(&["run", "mis", "--input", r#"{"mode":"panic"}"#]);
+    let err = out.err();
+    assert!(err.contains("misbehave: deliberate panic"), "{err}");
+    assert!(err.contains("its record could not be stored"), "{err}");
+    assert!(
+        err.contains("still locked when this process ended"),
+        "{err}"
+    );
+    assert!(!err.contains("invocation 0"), "{err}");
+    other.execute_batch("ROLLBACK").unwrap();
+}
+
 #[test]
 fn failures_exit_non_zero_with_a_clear_message() {
     let t = TestHost::new();

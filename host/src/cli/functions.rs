@@ -379,10 +379,14 @@ pub async fn run(host: &Keyhole, args: RunArgs, json: bool) -> anyhow::Result<i3
             if !inv.stderr.trim().is_empty() {
                 eprintln!("guest stderr:\n{}", inv.stderr.trim_end());
             }
-            eprintln!(
-                "(invocation {} recorded; `keyhole logs {}` shows it)",
-                inv.id, inv.function
-            );
+            if inv.id > 0 {
+                eprintln!(
+                    "(invocation {} recorded; `keyhole logs {}` shows it)",
+                    inv.id, inv.function
+                );
+            } else {
+                eprintln!("(its record could not be stored; the log lines above say why)");
+            }
             Ok(1)
         }
     }
