@@ -110,7 +110,8 @@ impl Recorder {
     }
 
     /// How many records are held back, waiting for another process's lock to go.
-    pub fn held_back(&self) -> usize {
+    #[cfg(test)]
+    fn held_back(&self) -> usize {
         lock(&self.state).backlog.len()
     }
 }
