@@ -33,6 +33,9 @@
 #                         halt (guest halt polling off), each wake-up of an idle CPU goes
 #                         through the hypervisor; this shows the figures without that, as
 #                         on bare metal or with halt polling. Same for both servers.
+#   KEYHOLE_BIN=...       run this keyhole binary instead of the one just built (to
+#                         compare two builds: copy each aside, then run the script
+#                         alternately with each)
 #   KEYHOLE_PORT=18976 WASMTIME_PORT=18977 UPSTREAM_PORT=18978 SERVICE_PORT=18979
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,7 +83,7 @@ cargo build --release --quiet -p keyhole-host --example bench-upstream --example
 if [ "$GATEWAY" = 1 ]; then cargo bench --quiet -p keyhole-host --bench gateway --no-run; fi
 (cd plugins && cargo build --quiet --target wasm32-wasip2 --release)
 (cd bench/hello-wasi-http && cargo build --quiet --target wasm32-wasip2 --release)
-KEYHOLE="$ROOT/target/release/keyhole"
+KEYHOLE="${KEYHOLE_BIN:-$ROOT/target/release/keyhole}"
 WASM="$ROOT/plugins/target/wasm32-wasip2/release"
 HELLO="$ROOT/bench/hello-wasi-http/target/wasm32-wasip2/release/hello_wasi_http.wasm"
 

@@ -138,8 +138,20 @@ async fn upload_then_invoke_and_every_status_mapping() {
     let r = api.invoke("echo", r#"{"hello":"world"}"#).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json(), json!({"hello": "world"}));
-    assert!(r.headers.contains_key("x-keyhole-invocation-id"));
     assert_eq!(r.headers["x-keyhole-version"], "1");
+    // The answer names its record's id before the record is committed; a read right
+    // after it finds the record under that id.
+    let id: i64 = r.headers["x-keyhole-invocation-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let latest = &api.get("/v1/invocations?limit=1").await.json()[0];
+    assert_eq!(
+        (latest["id"].as_i64(), latest["function"].as_str()),
+        (Some(id), Some("echo")),
+        "{latest}"
+    );
     assert_eq!(api.invoke("echo", "").await.json(), json!({}));
 
     let cases: [(&str, String, StatusCode, &str); 8] = [
@@ -199,7 +211,16 @@ async fn upload_then_invoke_and_every_status_mapping() {
     let r = api.invoke("slow", r#"{"mode":"error"}"#).await;
     let message = r.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(message.contains("misbehave: deliberate error"), "{message}");
-    assert!(r.json()["invocation_id"].as_i64().unwrap() > 0);
+    let failed = r.json()["invocation_id"].as_i64().unwrap();
+    let latest = &api
+        .get("/v1/functions/slow/invocations?limit=1")
+        .await
+        .json()[0];
+    assert_eq!(
+        (latest["id"].as_i64(), latest["outcome"].as_str()),
+        (Some(failed), Some("guest-error")),
+        "{latest}"
+    );
     let r = api.invoke("slow", r#"{"mode":"panic"}"#).await;
     assert!(r.body.contains("deliberate panic"), "{}", r.body);
 

@@ -335,8 +335,41 @@ impl Keyhole {
         Ok(self.storage.recent_invocations(function, limit)?)
     }
 
-    /// Run the latest version of `name` with `input` and record the invocation.
+    /// Run the latest version of `name` with `input` and record the invocation: the
+    /// result comes once the record is committed (or held back, or lost; then its id is
+    /// 0).
     pub async fn invoke(&self, name: &str, input: &str) -> Result<Invocation, InvokeError> {
+        self.invoke_recording(name, input, RecordWhen::BeforeAnswer)
+            .await
+    }
+
+    /// Like [`Keyhole::invoke`], but the result comes at once, with the id its record
+    /// will have, and the record is committed in the background: the answer does not wait
+    /// for the database. For `keyhole serve`, whose readers wait for it first
+    /// ([`Keyhole::records_settled`]); a record that then cannot be stored is held back
+    /// or lost as with `invoke`, and logged.
+    pub async fn invoke_answer_first(
+        &self,
+        name: &str,
+        input: &str,
+    ) -> Result<Invocation, InvokeError> {
+        self.invoke_recording(name, input, RecordWhen::AfterAnswer)
+            .await
+    }
+
+    /// Wait until the records of the invocations answered so far by
+    /// [`Keyhole::invoke_answer_first`] are committed, held back or lost: a read after
+    /// this sees each one that could be stored.
+    pub async fn records_settled(&self) {
+        self.recorder.settled().await;
+    }
+
+    async fn invoke_recording(
+        &self,
+        name: &str,
+        input: &str,
+        when: RecordWhen,
+    ) -> Result<Invocation, InvokeError> {
         let host = |e: &dyn std::fmt::Display| InvokeError::Host(e.to_string());
         let row = self
             .storage
@@ -423,12 +456,15 @@ impl Keyhole {
         let duration_us = record.duration_us;
         // 0 (no id to answer with) when the record was held back by another process's
         // lock (the recorder stores it later and logs that) or could not be stored.
-        let id = match self.recorder.record(record).await {
-            Ok(id) => id.unwrap_or(0),
-            Err(e) => {
-                tracing::error!(error = %e, "could not record the invocation");
-                0
-            }
+        let id = match when {
+            RecordWhen::AfterAnswer => self.recorder.record_after(record).unwrap_or(0),
+            RecordWhen::BeforeAnswer => match self.recorder.record(record).await {
+                Ok(id) => id.unwrap_or(0),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not record the invocation");
+                    0
+                }
+            },
         };
         match &outcome.result {
             Ok(_) => tracing::info!(
@@ -456,6 +492,13 @@ impl Keyhole {
             duration_us: outcome.duration.as_micros() as u64,
         })
     }
+}
+
+/// When an invocation's record is committed: before its result is answered, or after.
+#[derive(Debug, Clone, Copy)]
+enum RecordWhen {
+    BeforeAnswer,
+    AfterAnswer,
 }
 
 /// An invocation's storage failure: retryable when another process held the lock.

@@ -118,7 +118,9 @@ pub async fn serve(host: Keyhole, args: ServeArgs, json: bool) -> anyhow::Result
     // Scripts and tests wait for this line; don't leave it in a buffer.
     std::io::stdout().flush()?;
     let report = server.run().await;
-    // Records held back by another process's lock, if it held it to the end.
+    // Records of answered invocations still being committed, then those held back by
+    // another process's lock, if it held it to the end.
+    app.records_settled().await;
     app.store_held_back_records();
     if json {
         let stopped = serde_json::json!({ "stopped": {

@@ -209,6 +209,8 @@ pub async fn invocations(
     State(s): State<AppState>,
     Query(q): Query<InvocationsQuery>,
 ) -> ApiResult {
+    // Invocations answered before this request are listed, their records committed.
+    s.host.records_settled().await;
     to_json(s.host.logs(q.function.as_deref(), page(q.limit))?)
 }
 
@@ -219,6 +221,7 @@ pub async fn function_invocations(
     Path(name): Path<String>,
     Query(q): Query<InvocationsQuery>,
 ) -> ApiResult {
+    s.host.records_settled().await;
     to_json(s.host.logs(Some(&name), page(q.limit))?)
 }
 

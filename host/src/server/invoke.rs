@@ -69,7 +69,7 @@ pub async fn invoke(
     };
     let invocation = state
         .host
-        .invoke(&name, input)
+        .invoke_answer_first(&name, input)
         .await
         .map_err(|e| ApiError::from_invoke(&e))?;
     match invocation.result {

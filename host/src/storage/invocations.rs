@@ -30,7 +30,7 @@ pub struct OutboundCall {
 /// One invocation record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InvocationRow {
-    /// Row id (0 before insert).
+    /// Row id (0 until one is taken: at insert, or before it by `Recorder::record_after`).
     pub id: i64,
     /// Function name.
     pub function: String,
@@ -96,17 +96,29 @@ fn row_to_invocation(r: &Row<'_>) -> rusqlite::Result<InvocationRow> {
     })
 }
 
-/// Insert one record (its logs and outbound calls already encoded).
+/// Take `n` ids from the table of the next id (inside the caller's transaction, if any):
+/// the first of them.
+fn take_ids(conn: &rusqlite::Connection, n: i64) -> rusqlite::Result<i64> {
+    conn.query_row_cached(
+        "UPDATE invocation_ids SET next = next + ?1 WHERE only = 1 RETURNING next - ?1",
+        [n],
+        |r| r.get(0),
+    )
+}
+
+/// Insert one record as `id` (its logs and outbound calls already encoded).
 fn insert_one(
     conn: &rusqlite::Connection,
+    id: i64,
     inv: &InvocationRow,
     logs: &str,
     outbound: &str,
 ) -> rusqlite::Result<usize> {
     conn.execute_cached(
-        "INSERT INTO invocations (function, version, started_at, duration_us, outcome, error, output_bytes, logs, stdout, stderr, outbound) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO invocations (id, function, version, started_at, duration_us, outcome, error, output_bytes, logs, stdout, stderr, outbound) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
+            id,
             inv.function,
             inv.version,
             inv.started_at,
@@ -129,7 +141,9 @@ impl Storage {
     }
 
     /// Record several invocations in one transaction (one commit for all of them);
-    /// returns their ids in order. All or none are stored.
+    /// returns their ids in order. All or none are stored. A record whose `id` is not 0
+    /// is stored under it (an id taken earlier with [`Storage::reserve_invocation_ids`]);
+    /// the others get theirs now.
     pub fn insert_invocations(&self, invs: &[&InvocationRow]) -> Result<Vec<i64>, StorageError> {
         let encoded = invs
             .iter()
@@ -141,20 +155,43 @@ impl Storage {
             .collect::<Result<Vec<_>, serde_json::Error>>()
             .map_err(|e| StorageError::Malformed(e.to_string()))?;
         let mut conn = self.lock()?;
-        // One record is one statement, atomic on its own: no BEGIN/COMMIT round.
-        if let [inv] = invs {
+        // One record with its id is one statement, atomic on its own: no BEGIN/COMMIT
+        // round.
+        if let [inv] = invs
+            && inv.id != 0
+        {
             let (logs, outbound) = &encoded[0];
-            insert_one(&conn, inv, logs, outbound).map_err(|e| self.err(e))?;
-            return Ok(vec![conn.last_insert_rowid()]);
+            insert_one(&conn, inv.id, inv, logs, outbound).map_err(|e| self.err(e))?;
+            return Ok(vec![inv.id]);
         }
         let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
+        let unnumbered = invs.iter().filter(|inv| inv.id == 0).count() as i64;
+        let mut next = if unnumbered > 0 {
+            take_ids(&tx, unnumbered).map_err(|e| self.err(e))?
+        } else {
+            0
+        };
         let mut ids = Vec::with_capacity(invs.len());
         for (inv, (logs, outbound)) in invs.iter().zip(&encoded) {
-            insert_one(&tx, inv, logs, outbound).map_err(|e| self.err(e))?;
-            ids.push(tx.last_insert_rowid());
+            let id = if inv.id != 0 {
+                inv.id
+            } else {
+                next += 1;
+                next - 1
+            };
+            insert_one(&tx, id, inv, logs, outbound).map_err(|e| self.err(e))?;
+            ids.push(id);
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(ids)
+    }
+
+    /// Take `n` invocation record ids for records to be stored later (with
+    /// [`Storage::insert_invocations`]); no other process gets any of them.
+    pub fn reserve_invocation_ids(&self, n: u32) -> Result<std::ops::Range<i64>, StorageError> {
+        let conn = self.lock()?;
+        let first = take_ids(&conn, i64::from(n)).map_err(|e| self.err(e))?;
+        Ok(first..first + i64::from(n))
     }
 
     /// Delete each function's records beyond its newest `keep` (`keep` ≥ 1), at most

@@ -156,6 +156,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE connections ADD COLUMN account TEXT;
     ALTER TABLE connections ADD COLUMN account_source TEXT;
     "#,
+    // 9: the next invocation record id. A process takes ids from it in blocks, so that
+    // `keyhole serve` can answer with a record's id before the record is committed; every
+    // insert takes its id from here, so no two processes pick the same one.
+    r#"
+    CREATE TABLE invocation_ids (
+        only INTEGER PRIMARY KEY CHECK (only = 1),
+        next INTEGER NOT NULL
+    );
+    INSERT INTO invocation_ids (only, next) SELECT 1, COALESCE(MAX(id), 0) + 1 FROM invocations;
+    "#,
 ];
 
 /// Bring the schema up to date.
@@ -255,5 +265,33 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(at, MIGRATIONS.len() as i64);
+    }
+
+    /// Records stored before migration 9 keep their ids, and new ones are numbered after
+    /// them (the table of the next id starts past the largest).
+    #[test]
+    fn invocation_ids_continue_after_the_records_stored_before_migration_9() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyhole.db");
+        let mut conn = Connection::open(&path).unwrap();
+        apply_list(&mut conn, &path, &MIGRATIONS[..8]).unwrap();
+        conn.execute(
+            "INSERT INTO invocations (id, function, version, started_at, duration_us, outcome, output_bytes, logs, stdout, stderr, outbound) \
+             VALUES (41, 'f', 1, 1, 1, 'ok', 0, '[]', '', '', '[]')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let storage = crate::storage::Storage::open(&path).unwrap();
+        assert_eq!(storage.reserve_invocation_ids(3).unwrap(), 42..45);
+        let row = crate::storage::InvocationRow::for_test("g");
+        assert_eq!(storage.insert_invocations(&[&row, &row]).unwrap(), [45, 46]);
+        let ids: Vec<i64> = storage
+            .recent_invocations(None, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, [46, 45, 41]);
     }
 }

@@ -9,6 +9,11 @@
 //! record is committed and gets its id: when `record` returns an id, the row is in the
 //! database.
 //!
+//! `record_after` does not wait: it hands back the id the record will have, taken from
+//! a block of ids this process reserved in the database, and the record joins the queue
+//! for a drain task. `keyhole serve` answers that way, so no invocation waits for a
+//! commit; [`Recorder::settled`] lets its readers wait for the records it has answered.
+//!
 //! When another process holds the database's write lock past the busy timeout (or, for
 //! callers queued behind that wait, past the storage's give-up time), the caller is
 //! answered with no id, and its record is kept in a bounded backlog (at most
@@ -17,7 +22,8 @@
 //! oldest go), when a batch fails for another reason (a full disk, an I/O error), or when
 //! the process ends with the lock still held; each is logged.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -27,6 +33,9 @@ use super::{InvocationRow, Storage, StorageError};
 
 /// Most records in one transaction.
 const MAX_BATCH: usize = 256;
+
+/// How many record ids a process takes at a time for [`Recorder::record_after`].
+const ID_BLOCK: u32 = 64;
 
 /// How long records held back by another process's lock wait before they are tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -43,12 +52,17 @@ type Reply = oneshot::Sender<Result<Option<i64>, String>>;
 pub struct Recorder {
     storage: Arc<Storage>,
     state: Arc<Mutex<State>>,
+    /// Held while taking a block of ids, so blocks are taken one at a time, in order.
+    reserving: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     /// Someone (a leading caller or the drain task) will commit what is waiting.
     committing: bool,
+    /// A batch is being committed right now (`committing` is set from before: while a
+    /// drain task waits for its turn, this is not).
+    in_commit: bool,
     /// Records to commit, oldest first, with where to send each one's id. At most one
     /// per in-flight invocation (bounded by the caller), so this is bounded too.
     waiting: Vec<(InvocationRow, Reply)>,
@@ -60,6 +74,13 @@ struct State {
     retry_at: Option<Instant>,
     /// A retry task is sleeping until `retry_at`.
     retry_scheduled: bool,
+    /// Ids taken from storage and not handed out yet.
+    ids: Range<i64>,
+    /// The last id handed out by `record_after`.
+    handed: i64,
+    /// Ids handed out whose records are not settled yet: not committed, held back or
+    /// lost. Readers in this process wait for them.
+    unsettled: BTreeSet<i64>,
 }
 
 impl State {
@@ -75,6 +96,83 @@ impl Recorder {
         Self {
             storage,
             state: Arc::default(),
+            reserving: Mutex::new(()),
+        }
+    }
+
+    /// Store `row` after the caller has answered: returns the id it will be stored
+    /// under at once, and commits it in the background (batched like [`Recorder::record`]).
+    /// `None` when no id could be taken (another process holds the database's lock, or
+    /// storage failed): the record is then held back, or lost, as `record` would.
+    /// Ids are unique across processes; within one they increase.
+    pub fn record_after(&self, mut row: InvocationRow) -> Option<i64> {
+        let id = match self.next_id() {
+            Ok(id) => id,
+            Err(e) if e.is_busy() => {
+                let (reply, _) = oneshot::channel();
+                hold_back(&self.storage, &self.state, Vec::new(), vec![(row, reply)]);
+                return None;
+            }
+            Err(e) => {
+                crate::metrics::records_lost("storage_error", 1);
+                tracing::error!(error = %e, "could not record the invocation");
+                return None;
+            }
+        };
+        row.id = id;
+        // Nobody waits for the answer: the caller has its id.
+        let (reply, _) = oneshot::channel();
+        let lead = {
+            let mut state = lock(&self.state);
+            state.unsettled.insert(id);
+            state.waiting.push((row, reply));
+            !std::mem::replace(&mut state.committing, true)
+        };
+        if lead {
+            let (storage, state) = (self.storage.clone(), self.state.clone());
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => drop(handle.spawn(drain(storage, state))),
+                Err(_) => while commit_waiting(&storage, &state) {},
+            }
+        }
+        Some(id)
+    }
+
+    /// The next id from this process's block, taking a new block when it is used up.
+    fn next_id(&self) -> Result<i64, StorageError> {
+        let take = |state: &mut State| {
+            let id = state.ids.next()?;
+            state.handed = id;
+            Some(id)
+        };
+        if let Some(id) = take(&mut lock(&self.state)) {
+            return Ok(id);
+        }
+        let _one_at_a_time = self.reserving.lock().unwrap_or_else(|p| p.into_inner());
+        // Another caller may have taken a block while this one waited.
+        if let Some(id) = take(&mut lock(&self.state)) {
+            return Ok(id);
+        }
+        let block = self.storage.reserve_invocation_ids(ID_BLOCK)?;
+        let mut state = lock(&self.state);
+        state.ids = block;
+        Ok(take(&mut state).expect("a new block has ids"))
+    }
+
+    /// Wait until every record whose id was handed out before this call is settled:
+    /// committed (readable), held back by a lock, or lost. Readers in this process call
+    /// it first, so that an id from an answer can be looked up at once.
+    pub async fn settled(&self) {
+        let target = lock(&self.state).handed;
+        loop {
+            let pending = lock(&self.state)
+                .unsettled
+                .first()
+                .is_some_and(|&first| first <= target);
+            if !pending {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
@@ -149,7 +247,9 @@ impl Recorder {
         loop {
             {
                 let mut state = lock(&self.state);
-                if !state.committing || Instant::now() >= deadline {
+                // A drain task that has not started yet (it may never, if its runtime is
+                // this thread) is not waited for: this commits what it would have.
+                if !state.committing || !state.in_commit || Instant::now() >= deadline {
                     if state.backlog.is_empty() && state.waiting.is_empty() {
                         return;
                     }
@@ -246,12 +346,25 @@ async fn drain(storage: Arc<Storage>, state: Arc<Mutex<State>>) {
     // If this task is dropped unfinished (its runtime shut down), stop committing and
     // drop the waiting replies, so their callers get an error instead of waiting forever.
     // The backlog stays, for a later commit or the recorder's drop.
+    // Records whose caller is gone (`record_after`'s, which nobody waits for) join the
+    // backlog instead, for the recorder's last attempt.
     struct Abandon<'a>(&'a Mutex<State>);
     impl Drop for Abandon<'_> {
         fn drop(&mut self) {
             let mut state = lock(self.0);
             state.committing = false;
-            state.waiting.clear();
+            let mut kept = 0;
+            for (row, reply) in std::mem::take(&mut state.waiting) {
+                state.unsettled.remove(&row.id);
+                if reply.is_closed() {
+                    let size = approx_size(&row);
+                    state.backlog_bytes += size;
+                    state.backlog.push_back((row, size));
+                    kept += 1;
+                }
+            }
+            drop(state);
+            crate::metrics::records_held_back(kept);
         }
     }
     let abandon = Abandon(&state);
@@ -286,6 +399,7 @@ fn commit_waiting(storage: &Arc<Storage>, state: &Arc<Mutex<State>>) -> bool {
             state.backlog.shrink_to_fit();
         }
         let batch: Vec<(InvocationRow, Reply)> = state.waiting.drain(..n).collect();
+        state.in_commit = true;
         (held, batch)
     };
     if !held.is_empty() {
@@ -298,6 +412,7 @@ fn commit_waiting(storage: &Arc<Storage>, state: &Arc<Mutex<State>>) -> bool {
         .collect();
     let result = storage.insert_invocations(&rows);
     drop(rows);
+    let settled: Vec<i64> = batch.iter().map(|(row, _)| row.id).collect();
     match result {
         Ok(ids) => {
             if !held.is_empty() {
@@ -318,6 +433,12 @@ fn commit_waiting(storage: &Arc<Storage>, state: &Arc<Mutex<State>>) -> bool {
                 let _ = reply.send(Err(message.clone()));
             }
         }
+    }
+    // Committed, held back or lost: readers need not wait for them.
+    let mut state = lock(state);
+    state.in_commit = false;
+    for id in settled {
+        state.unsettled.remove(&id);
     }
     true
 }
@@ -549,6 +670,96 @@ mod tests {
             ["b", "a"],
             "the dropped leader's record was stored too"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_answered_first_get_ids_no_other_process_takes_and_land_under_them() {
+        let (dir, storage, recorder) = fresh();
+        // Another process on the same database, its records numbered as they commit.
+        let other = Recorder::new(Arc::new(Storage::open(&dir.path().join("t.db")).unwrap()));
+        let mut sent = std::collections::BTreeMap::new();
+        let mut ours = Vec::new();
+        // More than two blocks' worth.
+        for i in 0..(ID_BLOCK as usize * 2 + 20) {
+            let id = recorder.record_after(row(&format!("a{i}"))).expect("an id");
+            assert!(sent.insert(id, format!("a{i}")).is_none(), "{id} twice");
+            ours.push(id);
+            if i % 10 == 0 {
+                let id = other.record(row(&format!("b{i}"))).await.unwrap().unwrap();
+                assert!(sent.insert(id, format!("b{i}")).is_none(), "{id} twice");
+            }
+        }
+        assert!(ours.is_sorted(), "within a process ids increase: {ours:?}");
+        recorder.settled().await;
+        let stored = storage.recent_invocations(None, 500).unwrap();
+        assert_eq!(stored.len(), sent.len());
+        for inv in &stored {
+            assert_eq!(sent.get(&inv.id), Some(&inv.function), "id {}", inv.id);
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_record_answered_first_is_committed_after_and_readable_once_settled() {
+        let (_dir, storage, recorder) = fresh();
+        let id = recorder.record_after(row("a")).unwrap();
+        // Nothing has yielded yet: the record is not committed.
+        assert_eq!(functions(&storage), Vec::<String>::new());
+        recorder.settled().await;
+        let stored = storage.recent_invocations(None, 10).unwrap();
+        assert_eq!((stored.len(), stored[0].id), (1, id));
+    }
+
+    #[test]
+    fn a_record_answered_first_is_stored_when_the_recorder_goes_before_its_task_runs() {
+        let (_dir, storage, recorder) = fresh();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        // The commit task is queued on this thread, which is busy dropping the recorder:
+        // the drop does not wait for it (out to its deadline), it commits the record.
+        rt.block_on(async move {
+            recorder.record_after(row("a")).unwrap();
+            drop(recorder);
+        });
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the drop waited {:?} for a task that could not run",
+            started.elapsed()
+        );
+        assert_eq!(functions(&storage), ["a"]);
+    }
+
+    // Waits out the busy timeout (10 s) once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_answered_first_then_kept_out_by_a_lock_lands_under_its_id_later() {
+        let (dir, storage, recorder) = fresh();
+        recorder.record_after(row("before")).unwrap();
+        recorder.settled().await;
+        let other = lock_from_outside(&dir);
+        // The block has ids left: the answer names one at once, lock or not.
+        let id = recorder
+            .record_after(row("during"))
+            .expect("an id from the block");
+        recorder.settled().await;
+        assert_eq!(recorder.held_back(), 1);
+        other.execute_batch("ROLLBACK").unwrap();
+        let deadline = Instant::now() + RETRY_AFTER * 5;
+        while recorder.held_back() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the held-back record was not retried"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let during = storage
+            .recent_invocations(None, 10)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.function == "during")
+            .expect("stored");
+        assert_eq!(during.id, id, "stored under the id it was answered with");
     }
 
     fn functions(storage: &Storage) -> Vec<String> {
