@@ -454,8 +454,9 @@ impl Keyhole {
         };
         crate::metrics::record_invocation(&record);
         let duration_us = record.duration_us;
-        // 0 (no id to answer with) when the record was held back by another process's
-        // lock (the recorder stores it later and logs that) or could not be stored.
+        // 0 (no id to answer with) when the record has none: before the answer, it was
+        // held back by another process's lock (the recorder stores it later and logs
+        // that) or could not be stored; after it, no id could be taken.
         let id = match when {
             RecordWhen::AfterAnswer => self.recorder.record_after(record).unwrap_or(0),
             RecordWhen::BeforeAnswer => match self.recorder.record(record).await {

@@ -80,7 +80,7 @@ pub async fn invoke(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            // Id 0: the record could not be stored (logged); name no record that is not there.
+            // Id 0: no id could be taken for the record (held back or lost, logged).
             if invocation.id != 0 {
                 headers.insert("x-keyhole-invocation-id", HeaderValue::from(invocation.id));
             }

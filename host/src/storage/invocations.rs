@@ -145,6 +145,16 @@ impl Storage {
     /// is stored under it (an id taken earlier with [`Storage::reserve_invocation_ids`]);
     /// the others get theirs now.
     pub fn insert_invocations(&self, invs: &[&InvocationRow]) -> Result<Vec<i64>, StorageError> {
+        Ok(self.insert_invocations_reserving(invs, 0)?.0)
+    }
+
+    /// [`Storage::insert_invocations`], and in the same transaction take a block of
+    /// `reserve` ids for later records (as [`Storage::reserve_invocation_ids`]; none if 0).
+    pub fn insert_invocations_reserving(
+        &self,
+        invs: &[&InvocationRow],
+        reserve: u32,
+    ) -> Result<(Vec<i64>, Option<std::ops::Range<i64>>), StorageError> {
         let encoded = invs
             .iter()
             .map(|inv| {
@@ -159,10 +169,11 @@ impl Storage {
         // round.
         if let [inv] = invs
             && inv.id != 0
+            && reserve == 0
         {
             let (logs, outbound) = &encoded[0];
             insert_one(&conn, inv.id, inv, logs, outbound).map_err(|e| self.err(e))?;
-            return Ok(vec![inv.id]);
+            return Ok((vec![inv.id], None));
         }
         let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         let unnumbered = invs.iter().filter(|inv| inv.id == 0).count() as i64;
@@ -182,8 +193,14 @@ impl Storage {
             insert_one(&tx, id, inv, logs, outbound).map_err(|e| self.err(e))?;
             ids.push(id);
         }
+        let block = if reserve > 0 {
+            let first = take_ids(&tx, i64::from(reserve)).map_err(|e| self.err(e))?;
+            Some(first..first + i64::from(reserve))
+        } else {
+            None
+        };
         tx.commit().map_err(|e| self.err(e))?;
-        Ok(ids)
+        Ok((ids, block))
     }
 
     /// Take `n` invocation record ids for records to be stored later (with
@@ -218,24 +235,29 @@ impl Storage {
         };
         let mut deleted = 0;
         for function in functions {
-            // The newest record to go: the (keep + 1)-th newest.
-            let cutoff: Option<i64> = self
+            // The newest record to go: the (keep + 1)-th newest by start time (ids do not
+            // follow time across processes, which take them in blocks).
+            let cutoff: Option<(i64, i64)> = self
                 .lock()?
                 .query_row_cached(
-                    "SELECT id FROM invocations WHERE function = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+                    "SELECT started_at, id FROM invocations WHERE function = ?1 \
+                     ORDER BY started_at DESC, id DESC LIMIT 1 OFFSET ?2",
                     params![function, keep],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
                 .map_err(|e| self.err(e))?;
-            let Some(cutoff) = cutoff else { continue };
+            let Some((cutoff_at, cutoff_id)) = cutoff else {
+                continue;
+            };
             loop {
                 let n = self
                     .lock()?
                     .execute_cached(
                         "DELETE FROM invocations WHERE id IN \
-                         (SELECT id FROM invocations WHERE function = ?1 AND id <= ?2 ORDER BY id LIMIT ?3)",
-                        params![function, cutoff, batch],
+                         (SELECT id FROM invocations WHERE function = ?1 AND (started_at, id) <= (?2, ?3) \
+                          ORDER BY started_at, id LIMIT ?4)",
+                        params![function, cutoff_at, cutoff_id, batch],
                     )
                     .map_err(|e| self.err(e))?;
                 deleted += n as u64;
@@ -247,20 +269,42 @@ impl Storage {
         Ok(deleted)
     }
 
-    /// The most recent invocations, newest first, optionally for one function.
+    /// The most recent invocations, newest first (by start time, then id), optionally
+    /// for one function.
     pub fn recent_invocations(
         &self,
         function: Option<&str>,
         limit: usize,
     ) -> Result<Vec<InvocationRow>, StorageError> {
+        macro_rules! select {
+            () => {
+                "SELECT id, function, version, started_at, duration_us, outcome, error, output_bytes, logs, stdout, stderr, outbound FROM invocations"
+            };
+        }
         let conn = self.read()?;
-        let sql = "SELECT id, function, version, started_at, duration_us, outcome, error, output_bytes, logs, stdout, stderr, outbound \
-                   FROM invocations WHERE (?1 IS NULL OR function = ?1) ORDER BY id DESC LIMIT ?2";
-        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![function, limit as i64], row_to_invocation)
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        let limit = limit as i64;
+        // One statement per case, so each walks its own index.
+        let rows = match function {
+            Some(f) => conn
+                .prepare_cached(concat!(
+                    select!(),
+                    " WHERE function = ?1 ORDER BY started_at DESC, id DESC LIMIT ?2"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![f, limit], row_to_invocation)?
+                        .collect::<Result<Vec<_>, _>>()
+                }),
+            None => conn
+                .prepare_cached(concat!(
+                    select!(),
+                    " ORDER BY started_at DESC, id DESC LIMIT ?1"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![limit], row_to_invocation)?
+                        .collect::<Result<Vec<_>, _>>()
+                }),
+        };
+        rows.map_err(|e| self.err(e))
     }
 }
 
@@ -312,5 +356,36 @@ mod tests {
         assert_eq!(s.prune_invocations(1, 100).unwrap(), 6);
         assert_eq!(ids(&s, "busy"), vec![busy[29]]);
         assert_eq!(ids(&s, "quiet"), vec![quiet[0]]);
+    }
+
+    /// Two processes recording at once interleave their ids (each takes them in blocks):
+    /// a later record can have a lower id. Listing and pruning go by start time, so the
+    /// newest record is listed first and kept.
+    #[test]
+    fn records_are_listed_and_pruned_by_start_time_not_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(&dir.path().join("t.db")).unwrap();
+        let block = s.reserve_invocation_ids(64).unwrap();
+        // Another process's record, numbered at its commit: after the block.
+        let mut theirs = InvocationRow::for_test("f");
+        theirs.started_at = 1_000;
+        let theirs = s.insert_invocation(&theirs).unwrap();
+        // This process's later record, under an id from its earlier block.
+        let mut ours = InvocationRow::for_test("f");
+        ours.id = block.start;
+        ours.started_at = 2_000;
+        assert_eq!(s.insert_invocation(&ours).unwrap(), block.start);
+        assert!(block.start < theirs);
+
+        assert_eq!(ids(&s, "f"), [block.start, theirs]);
+        let all: Vec<i64> = s
+            .recent_invocations(None, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(all, [block.start, theirs]);
+        assert_eq!(s.prune_invocations(1, 10).unwrap(), 1);
+        assert_eq!(ids(&s, "f"), [block.start], "the newest stays");
     }
 }

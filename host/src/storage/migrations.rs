@@ -166,6 +166,13 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO invocation_ids (only, next) SELECT 1, COALESCE(MAX(id), 0) + 1 FROM invocations;
     "#,
+    // 10: records are listed and pruned newest first by start time, not by id: processes
+    // take ids in blocks, so two recording at once interleave their ids.
+    r#"
+    DROP INDEX invocations_by_function;
+    CREATE INDEX invocations_by_function_time ON invocations (function, started_at, id);
+    CREATE INDEX invocations_by_time ON invocations (started_at, id);
+    "#,
 ];
 
 /// Bring the schema up to date.

@@ -15,8 +15,9 @@
 //! commit; [`Recorder::settled`] lets its readers wait for the records it has answered.
 //!
 //! When another process holds the database's write lock past the busy timeout (or, for
-//! callers queued behind that wait, past the storage's give-up time), the caller is
-//! answered with no id, and its record is kept in a bounded backlog (at most
+//! callers queued behind that wait, past the storage's give-up time), a waiting caller
+//! is answered with no id (a `record_after` record keeps the id it was answered with),
+//! and its record is kept in a bounded backlog (at most
 //! [`MAX_BACKLOG_BYTES`], oldest first) that joins a later batch: the next commit after
 //! [`RETRY_AFTER`], or a retry task's. Records are lost when the backlog overflows (the
 //! oldest go), when a batch fails for another reason (a full disk, an I/O error), or when
@@ -76,6 +77,10 @@ struct State {
     retry_scheduled: bool,
     /// Ids taken from storage and not handed out yet.
     ids: Range<i64>,
+    /// The next block, taken by a commit ahead of need (see `commit_waiting`).
+    spare: Option<Range<i64>>,
+    /// `record_after` is in use: commits keep a spare block ready.
+    answering_first: bool,
     /// The last id handed out by `record_after`.
     handed: i64,
     /// Ids handed out whose records are not settled yet: not committed, held back or
@@ -84,6 +89,22 @@ struct State {
 }
 
 impl State {
+    /// The next id of this process's block, if it has one left (the spare block
+    /// follows; one taken before the ids already handed out is dropped).
+    fn take_id(&mut self) -> Option<i64> {
+        if self.ids.is_empty() {
+            self.ids = self
+                .spare
+                .take()
+                .filter(|block| block.start > self.handed)
+                .unwrap_or(0..0);
+        }
+        let id = self.ids.next()?;
+        self.handed = id;
+        self.unsettled.insert(id);
+        Some(id)
+    }
+
     /// Whether the backlog may join a batch now.
     fn backlog_due(&self) -> bool {
         !self.backlog.is_empty() && self.retry_at.is_none_or(|at| Instant::now() >= at)
@@ -107,7 +128,14 @@ impl Recorder {
     /// Ids are unique across processes; within one they increase.
     pub fn record_after(&self, mut row: InvocationRow) -> Option<i64> {
         let id = match self.next_id() {
-            Ok(id) => id,
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                // Another caller is taking a block (it waits out a lock, most likely):
+                // this record does not queue behind it.
+                let (reply, _) = oneshot::channel();
+                hold_back(&self.storage, &self.state, Vec::new(), vec![(row, reply)]);
+                return None;
+            }
             Err(e) if e.is_busy() => {
                 let (reply, _) = oneshot::channel();
                 hold_back(&self.storage, &self.state, Vec::new(), vec![(row, reply)]);
@@ -124,7 +152,6 @@ impl Recorder {
         let (reply, _) = oneshot::channel();
         let lead = {
             let mut state = lock(&self.state);
-            state.unsettled.insert(id);
             state.waiting.push((row, reply));
             !std::mem::replace(&mut state.committing, true)
         };
@@ -138,33 +165,36 @@ impl Recorder {
         Some(id)
     }
 
-    /// The next id from this process's block, taking a new block when it is used up.
-    fn next_id(&self) -> Result<i64, StorageError> {
-        let take = |state: &mut State| {
-            let id = state.ids.next()?;
-            state.handed = id;
-            Some(id)
+    /// The next id from this process's blocks. Commits keep a spare block ready, so a
+    /// block is taken here only at first and after a burst; `Ok(None)` when another
+    /// caller is taking one right now.
+    fn next_id(&self) -> Result<Option<i64>, StorageError> {
+        {
+            let mut state = lock(&self.state);
+            state.answering_first = true;
+            if let Some(id) = state.take_id() {
+                return Ok(Some(id));
+            }
+        }
+        let Ok(_one_at_a_time) = self.reserving.try_lock() else {
+            return Ok(None);
         };
-        if let Some(id) = take(&mut lock(&self.state)) {
-            return Ok(id);
-        }
-        let _one_at_a_time = self.reserving.lock().unwrap_or_else(|p| p.into_inner());
-        // Another caller may have taken a block while this one waited.
-        if let Some(id) = take(&mut lock(&self.state)) {
-            return Ok(id);
-        }
         let block = self.storage.reserve_invocation_ids(ID_BLOCK)?;
         let mut state = lock(&self.state);
-        state.ids = block;
-        Ok(take(&mut state).expect("a new block has ids"))
+        if state.spare.is_none() {
+            state.spare = Some(block);
+        }
+        Ok(state.take_id())
     }
 
-    /// Wait until every record whose id was handed out before this call is settled:
-    /// committed (readable), held back by a lock, or lost. Readers in this process call
-    /// it first, so that an id from an answer can be looked up at once.
+    /// Wait until every record whose id was handed out before this call is settled
+    /// (committed and readable, held back by a lock, or lost), but no longer than half a
+    /// second: a read does not queue behind another process's lock. Readers in this
+    /// process call it first, so that an id from an answer can be looked up at once.
     pub async fn settled(&self) {
         let target = lock(&self.state).handed;
-        loop {
+        let give_up = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < give_up {
             let pending = lock(&self.state)
                 .unsettled
                 .first()
@@ -178,10 +208,13 @@ impl Recorder {
 
     /// Store `row`; returns its id once it is committed, or `None` when another process
     /// holds the database's lock: the record is then held back and stored later.
-    pub async fn record(&self, row: InvocationRow) -> Result<Option<i64>, StorageError> {
+    pub async fn record(&self, mut row: InvocationRow) -> Result<Option<i64>, StorageError> {
         let (reply, answer) = oneshot::channel();
         let lead = {
             let mut state = lock(&self.state);
+            // With a block of ids in use (`record_after`'s), from it too, so ids keep
+            // increasing within the process; otherwise the commit numbers it.
+            row.id = state.take_id().unwrap_or(0);
             state.waiting.push((row, reply));
             !std::mem::replace(&mut state.committing, true)
         };
@@ -273,6 +306,11 @@ impl Recorder {
             let mut state = lock(&self.state);
             if state.retry_at.is_some() {
                 state.committing = false;
+                // What is still waiting has no one left to commit it: lost with the
+                // backlog, and counted.
+                let kept = strand_waiting(&mut state);
+                drop(state);
+                crate::metrics::records_held_back(kept);
                 break;
             }
         }
@@ -341,46 +379,69 @@ impl Drop for HandOff<'_> {
     }
 }
 
-/// Commit what is waiting, in batches, until nothing is; then stop committing.
-async fn drain(storage: Arc<Storage>, state: Arc<Mutex<State>>) {
-    // If this task is dropped unfinished (its runtime shut down), stop committing and
-    // drop the waiting replies, so their callers get an error instead of waiting forever.
-    // The backlog stays, for a later commit or the recorder's drop.
-    // Records whose caller is gone (`record_after`'s, which nobody waits for) join the
-    // backlog instead, for the recorder's last attempt.
-    struct Abandon<'a>(&'a Mutex<State>);
-    impl Drop for Abandon<'_> {
-        fn drop(&mut self) {
-            let mut state = lock(self.0);
-            state.committing = false;
-            let mut kept = 0;
-            for (row, reply) in std::mem::take(&mut state.waiting) {
-                state.unsettled.remove(&row.id);
-                if reply.is_closed() {
-                    let size = approx_size(&row);
-                    state.backlog_bytes += size;
-                    state.backlog.push_back((row, size));
-                    kept += 1;
+/// Commit what is waiting, in batches, until nothing is; then stop committing. Before
+/// each batch it lets the invocations that are ready finish first, for as long as their
+/// records keep arriving (no caller waits on these batches but `record`'s leaders, which
+/// commit their own).
+fn drain(storage: Arc<Storage>, state: Arc<Mutex<State>>) -> impl Future<Output = ()> {
+    // Made now, not at the first poll: if the task is dropped unfinished, even unpolled
+    // (its runtime shut down), committing stops and the waiting replies are dropped, so
+    // their callers get an error instead of waiting forever. Records whose caller is gone
+    // (`record_after`'s, which nobody waits for) join the backlog, for the recorder's
+    // last attempt.
+    let abandon = Abandon(state.clone());
+    async move {
+        loop {
+            let mut seen = usize::MAX;
+            loop {
+                let n = lock(&state).waiting.len();
+                if n == seen || n >= MAX_BATCH {
+                    break;
                 }
+                seen = n;
+                requeue_once().await;
             }
-            drop(state);
-            crate::metrics::records_held_back(kept);
+            if !commit_waiting(&storage, &state) {
+                std::mem::forget(abandon);
+                return;
+            }
         }
     }
-    let abandon = Abandon(&state);
-    loop {
-        requeue_once().await;
-        if !commit_waiting(&storage, &state) {
-            std::mem::forget(abandon);
-            return;
+}
+
+/// See [`drain`].
+struct Abandon(Arc<Mutex<State>>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0);
+        state.committing = false;
+        let kept = strand_waiting(&mut state);
+        drop(state);
+        crate::metrics::records_held_back(kept);
+    }
+}
+
+/// Move the waiting records whose caller is gone to the backlog and drop the others
+/// (their callers get an error); returns how many moved.
+fn strand_waiting(state: &mut State) -> i64 {
+    let mut kept = 0;
+    for (row, reply) in std::mem::take(&mut state.waiting) {
+        state.unsettled.remove(&row.id);
+        if reply.is_closed() {
+            let size = approx_size(&row);
+            state.backlog_bytes += size;
+            state.backlog.push_back((row, size));
+            kept += 1;
         }
     }
+    kept
 }
 
 /// Commit one batch (the backlog first when it is due, then the waiting records) and
 /// answer each caller; `false` (and no longer committing) when nothing was due.
 fn commit_waiting(storage: &Arc<Storage>, state: &Arc<Mutex<State>>) -> bool {
-    let (held, batch) = {
+    let (held, batch, refill) = {
         let mut state = lock(state);
         let n = state.waiting.len().min(MAX_BATCH);
         let m = if state.backlog_due() {
@@ -400,7 +461,12 @@ fn commit_waiting(storage: &Arc<Storage>, state: &Arc<Mutex<State>>) -> bool {
         }
         let batch: Vec<(InvocationRow, Reply)> = state.waiting.drain(..n).collect();
         state.in_commit = true;
-        (held, batch)
+        // Take the next block of ids along with this commit once the current one is half
+        // used, so `record_after` rarely has to.
+        let refill = state.answering_first
+            && state.spare.is_none()
+            && state.ids.end - state.ids.start < i64::from(ID_BLOCK / 2);
+        (held, batch, refill)
     };
     if !held.is_empty() {
         crate::metrics::records_held_back(-(held.len() as i64));
@@ -410,11 +476,17 @@ fn commit_waiting(storage: &Arc<Storage>, state: &Arc<Mutex<State>>) -> bool {
         .map(|(row, _)| row)
         .chain(batch.iter().map(|(row, _)| row))
         .collect();
-    let result = storage.insert_invocations(&rows);
+    let result = storage.insert_invocations_reserving(&rows, if refill { ID_BLOCK } else { 0 });
     drop(rows);
     let settled: Vec<i64> = batch.iter().map(|(row, _)| row.id).collect();
     match result {
-        Ok(ids) => {
+        Ok((ids, block)) => {
+            if let Some(block) = block {
+                let mut state = lock(state);
+                if state.spare.is_none() {
+                    state.spare = Some(block);
+                }
+            }
             if !held.is_empty() {
                 stored_held_back(held.len(), None);
             }
@@ -742,8 +814,20 @@ mod tests {
         let id = recorder
             .record_after(row("during"))
             .expect("an id from the block");
+        // Readers do not wait out the lock for it.
+        let asked = Instant::now();
         recorder.settled().await;
-        assert_eq!(recorder.held_back(), 1);
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            asked.elapsed()
+        );
+        // Its commit does, then holds it back.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while recorder.held_back() == 0 {
+            assert!(Instant::now() < deadline, "never held back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         other.execute_batch("ROLLBACK").unwrap();
         let deadline = Instant::now() + RETRY_AFTER * 5;
         while recorder.held_back() > 0 {
@@ -760,6 +844,40 @@ mod tests {
             .find(|r| r.function == "during")
             .expect("stored");
         assert_eq!(during.id, id, "stored under the id it was answered with");
+    }
+
+    /// The first `record_after` takes a block of ids and waits out another process's
+    /// lock doing so; meanwhile others do not queue behind it: they answer at once,
+    /// without an id, and their records are held back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn while_one_caller_waits_out_a_lock_for_ids_the_others_answer_at_once() {
+        let (dir, storage, recorder) = fresh();
+        let recorder = Arc::new(recorder);
+        let other = lock_from_outside(&dir);
+        let first = {
+            let recorder = recorder.clone();
+            tokio::task::spawn_blocking(move || recorder.record_after(row("first")))
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let asked = Instant::now();
+        assert_eq!(recorder.record_after(row("second")), None);
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert_eq!(recorder.held_back(), 1);
+        other.execute_batch("ROLLBACK").unwrap();
+        let first = first.await.unwrap().expect("an id once the lock went");
+        let deadline = Instant::now() + RETRY_AFTER * 5;
+        while recorder.held_back() > 0 || storage.recent_invocations(None, 10).unwrap().len() < 2 {
+            assert!(Instant::now() < deadline, "{:?}", functions(&storage));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stored = storage.recent_invocations(None, 10).unwrap();
+        let find = |f: &str| stored.iter().find(|r| r.function == f).map(|r| r.id);
+        assert_eq!(find("first"), Some(first));
+        assert!(find("second").is_some());
     }
 
     fn functions(storage: &Storage) -> Vec<String> {
