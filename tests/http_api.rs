@@ -752,28 +752,32 @@ async fn another_process_holding_the_database_lock_stalls_no_one_reads_go_on_and
         .send("GET", "/v1/connections", Some(&fresh), vec![])
         .await;
     assert_eq!(read.status, StatusCode::OK, "{}", read.body);
-    // An invocation runs; its record cannot be stored while the lock is held, and it
-    // stops waiting for that once the wait has gone on 0.5 s: it answers, with no record
-    // id, instead of waiting out the lock.
+    // An invocation runs and answers, naming its record's id (the server took a block
+    // of ids when it started); the record cannot be stored while the lock is held, and
+    // its commit stops waiting for that once the wait has gone on 0.5 s.
     let r = api.invoke("echo", r#"{"during":"lock"}"#).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.json(), json!({"during":"lock"}));
-    assert!(
-        !r.headers.contains_key("x-keyhole-invocation-id"),
-        "{:?}",
-        r.headers
-    );
+    let id: i64 = r.headers["x-keyhole-invocation-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(
         asked.elapsed() < Duration::from_secs(3) && !write.is_finished(),
         "reads waited {:?}",
         asked.elapsed()
     );
-    // /metrics shows the record waiting (no other test here holds one back).
-    let metrics = api.get("/metrics").await.body;
-    assert!(
-        metrics.contains("keyhole_invocation_records_held_back 1\n"),
-        "{metrics}"
-    );
+    // /metrics shows the record held back (no other test here holds one back).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = api.get("/metrics").await.body;
+        if metrics.contains("keyhole_invocation_records_held_back 1\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Meanwhile the server answers whatever does not need the database: the waits do
     // not hold its threads. (The lock is held for 10 s, so an answer within 5 s shows it.)
@@ -855,6 +859,7 @@ async fn another_process_holding_the_database_lock_stalls_no_one_reads_go_on_and
         assert_eq!(records.status, StatusCode::OK, "{}", records.body);
         if let [record] = records.json().as_array().unwrap().as_slice() {
             assert_eq!(record["outcome"], "ok", "{record}");
+            assert_eq!(record["id"], id, "stored under the id it was answered with");
             let metrics = api.get("/metrics").await.body;
             assert!(
                 metrics.contains("keyhole_invocation_records_held_back 0\n"),

@@ -358,10 +358,20 @@ impl Keyhole {
     }
 
     /// Wait until the records of the invocations answered so far by
-    /// [`Keyhole::invoke_answer_first`] are committed, held back or lost: a read after
-    /// this sees each one that could be stored.
+    /// [`Keyhole::invoke_answer_first`] are committed, held back or lost, for at most
+    /// half a second (a read does not wait out another process's lock): a read after
+    /// this sees each one that could be stored in that time.
     pub async fn records_settled(&self) {
         self.recorder.settled().await;
+    }
+
+    /// Take a block of invocation record ids ahead of the first invocation, for a
+    /// server about to answer with [`Keyhole::invoke_answer_first`]. Best effort: if the
+    /// database is locked now, the first invocations take one later.
+    pub fn reserve_record_ids(&self) {
+        if let Err(e) = self.recorder.reserve_ahead() {
+            tracing::warn!(error = %e, "could not take invocation record ids ahead; the first invocations will");
+        }
     }
 
     async fn invoke_recording(
@@ -456,7 +466,8 @@ impl Keyhole {
         let duration_us = record.duration_us;
         // 0 (no id to answer with) when the record has none: before the answer, it was
         // held back by another process's lock (the recorder stores it later and logs
-        // that) or could not be stored; after it, no id could be taken.
+        // that) or could not be stored; after it, the process had no id to give (see
+        // `Recorder::record_after`).
         let id = match when {
             RecordWhen::AfterAnswer => self.recorder.record_after(record).unwrap_or(0),
             RecordWhen::BeforeAnswer => match self.recorder.record(record).await {

@@ -16,7 +16,7 @@
 //! | `keyhole_outbound_requests_total` | counter | `connection`, `status` (code or error kind) |
 //! | `keyhole_token_refreshes_total` | counter | `outcome` (`ok`, `invalid_grant`, `transient`) |
 //! | `keyhole_http_rejections_total` | counter | `reason` (`unauthorized`, `forbidden`, `rate_limited`, `at_capacity`, `body_memory`) |
-//! | `keyhole_invocation_records_held_back` | gauge | none: records waiting for another process's database lock to go |
+//! | `keyhole_invocation_records_held_back` | gauge | none: records that could not be stored at once because another process held the database's lock, waiting for a retry |
 //! | `keyhole_invocation_records_lost_total` | counter | `reason` (`backlog_full`, `storage_error`, `locked_at_exit`) |
 
 use std::sync::LazyLock;

@@ -250,6 +250,8 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
+        // The first answers then need no database write to name their records.
+        host.reserve_record_ids();
         Ok(Self {
             listener,
             state: AppState::new(host, config),

@@ -169,9 +169,10 @@ const MIGRATIONS: &[&str] = &[
     // 10: records are listed and pruned newest first by start time, not by id: processes
     // take ids in blocks, so two recording at once interleave their ids.
     r#"
-    DROP INDEX invocations_by_function;
-    CREATE INDEX invocations_by_function_time ON invocations (function, started_at, id);
-    CREATE INDEX invocations_by_time ON invocations (started_at, id);
+    -- (An index holds the row id after its columns: these order ties by id too.)
+    DROP INDEX IF EXISTS invocations_by_function;
+    CREATE INDEX invocations_by_function_time ON invocations (function, started_at);
+    CREATE INDEX invocations_by_time ON invocations (started_at);
     "#,
 ];
 

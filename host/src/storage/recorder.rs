@@ -35,8 +35,11 @@ use super::{InvocationRow, Storage, StorageError};
 /// Most records in one transaction.
 const MAX_BATCH: usize = 256;
 
-/// How many record ids a process takes at a time for [`Recorder::record_after`].
-const ID_BLOCK: u32 = 64;
+/// How many record ids a process takes at a time for [`Recorder::record_after`]: more
+/// than the records of several full batches, so with a spare block taken along by a
+/// commit once the current one is half used, a busy process does not run out between
+/// two commits.
+const ID_BLOCK: u32 = 1024;
 
 /// How long records held back by another process's lock wait before they are tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -81,7 +84,7 @@ struct State {
     spare: Option<Range<i64>>,
     /// `record_after` is in use: commits keep a spare block ready.
     answering_first: bool,
-    /// The last id handed out by `record_after`.
+    /// The last id handed out from a block.
     handed: i64,
     /// Ids handed out whose records are not settled yet: not committed, held back or
     /// lost. Readers in this process wait for them.
@@ -123,19 +126,15 @@ impl Recorder {
 
     /// Store `row` after the caller has answered: returns the id it will be stored
     /// under at once, and commits it in the background (batched like [`Recorder::record`]).
-    /// `None` when no id could be taken (another process holds the database's lock, or
-    /// storage failed): the record is then held back, or lost, as `record` would.
-    /// Ids are unique across processes; within one they increase.
+    /// `None` when this process had no id to give: its blocks were used up and another
+    /// caller was taking the next one (the record is then numbered when it is committed),
+    /// or taking it failed (another process holds the database's lock: the record is
+    /// held back; or storage failed: it is lost, logged). [`Recorder::reserve_ahead`]
+    /// and the commits' spare blocks make that rare. Ids are unique across processes;
+    /// those from blocks increase within one.
     pub fn record_after(&self, mut row: InvocationRow) -> Option<i64> {
         let id = match self.next_id() {
-            Ok(Some(id)) => id,
-            Ok(None) => {
-                // Another caller is taking a block (it waits out a lock, most likely):
-                // this record does not queue behind it.
-                let (reply, _) = oneshot::channel();
-                hold_back(&self.storage, &self.state, Vec::new(), vec![(row, reply)]);
-                return None;
-            }
+            Ok(id) => id,
             Err(e) if e.is_busy() => {
                 let (reply, _) = oneshot::channel();
                 hold_back(&self.storage, &self.state, Vec::new(), vec![(row, reply)]);
@@ -147,8 +146,9 @@ impl Recorder {
                 return None;
             }
         };
-        row.id = id;
-        // Nobody waits for the answer: the caller has its id.
+        // Nobody waits for the answer: the caller has its id (or, with 0, the commit
+        // numbers the record).
+        row.id = id.unwrap_or(0);
         let (reply, _) = oneshot::channel();
         let lead = {
             let mut state = lock(&self.state);
@@ -162,7 +162,19 @@ impl Recorder {
                 Err(_) => while commit_waiting(&storage, &state) {},
             }
         }
-        Some(id)
+        id
+    }
+
+    /// Take a block of ids now, so that the first answers of a server need not: a
+    /// server calls it before it accepts requests.
+    pub fn reserve_ahead(&self) -> Result<(), StorageError> {
+        let block = self.storage.reserve_invocation_ids(ID_BLOCK)?;
+        let mut state = lock(&self.state);
+        state.answering_first = true;
+        if state.spare.is_none() {
+            state.spare = Some(block);
+        }
+        Ok(())
     }
 
     /// The next id from this process's blocks. Commits keep a spare block ready, so a
@@ -176,12 +188,18 @@ impl Recorder {
                 return Ok(Some(id));
             }
         }
-        let Ok(_one_at_a_time) = self.reserving.try_lock() else {
-            return Ok(None);
+        let _one_at_a_time = match self.reserving.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
         };
         let block = self.storage.reserve_invocation_ids(ID_BLOCK)?;
         let mut state = lock(&self.state);
-        if state.spare.is_none() {
+        // The newest block goes first when nothing is left of the current one (a spare
+        // a commit brought meanwhile is older: still good while above `handed`).
+        if state.ids.is_empty() {
+            state.ids = block;
+        } else if state.spare.is_none() {
             state.spare = Some(block);
         }
         Ok(state.take_id())
@@ -381,15 +399,15 @@ impl Drop for HandOff<'_> {
 
 /// Commit what is waiting, in batches, until nothing is; then stop committing. Before
 /// each batch it lets the invocations that are ready finish first, for as long as their
-/// records keep arriving (no caller waits on these batches but `record`'s leaders, which
-/// commit their own).
+/// records keep arriving: most records it commits are `record_after`'s, whose callers
+/// have answered already, so larger batches cost no one an answer.
 fn drain(storage: Arc<Storage>, state: Arc<Mutex<State>>) -> impl Future<Output = ()> {
     // Made now, not at the first poll: if the task is dropped unfinished, even unpolled
     // (its runtime shut down), committing stops and the waiting replies are dropped, so
     // their callers get an error instead of waiting forever. Records whose caller is gone
     // (`record_after`'s, which nobody waits for) join the backlog, for the recorder's
     // last attempt.
-    let abandon = Abandon(state.clone());
+    let mut abandon = Abandon(Some(state.clone()));
     async move {
         loop {
             let mut seen = usize::MAX;
@@ -402,19 +420,28 @@ fn drain(storage: Arc<Storage>, state: Arc<Mutex<State>>) -> impl Future<Output 
                 requeue_once().await;
             }
             if !commit_waiting(&storage, &state) {
-                std::mem::forget(abandon);
+                abandon.disarm();
                 return;
             }
         }
     }
 }
 
-/// See [`drain`].
-struct Abandon(Arc<Mutex<State>>);
+/// See [`drain`]; disarmed (`None`) when the drain ends normally.
+struct Abandon(Option<Arc<Mutex<State>>>);
+
+impl Abandon {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for Abandon {
     fn drop(&mut self) {
-        let mut state = lock(&self.0);
+        let Some(state) = self.0.take() else {
+            return;
+        };
+        let mut state = lock(&state);
         state.committing = false;
         let kept = strand_waiting(&mut state);
         drop(state);
@@ -762,8 +789,14 @@ mod tests {
             }
         }
         assert!(ours.is_sorted(), "within a process ids increase: {ours:?}");
-        recorder.settled().await;
-        let stored = storage.recent_invocations(None, 500).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stored = loop {
+            let stored = storage.recent_invocations(None, 10_000).unwrap();
+            if stored.len() >= sent.len() || Instant::now() > deadline {
+                break stored;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert_eq!(stored.len(), sent.len());
         for inv in &stored {
             assert_eq!(sent.get(&inv.id), Some(&inv.function), "id {}", inv.id);
@@ -848,7 +881,7 @@ mod tests {
 
     /// The first `record_after` takes a block of ids and waits out another process's
     /// lock doing so; meanwhile others do not queue behind it: they answer at once,
-    /// without an id, and their records are held back.
+    /// without an id, and their records are numbered when committed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn while_one_caller_waits_out_a_lock_for_ids_the_others_answer_at_once() {
         let (dir, storage, recorder) = fresh();
@@ -858,7 +891,14 @@ mod tests {
             let recorder = recorder.clone();
             tokio::task::spawn_blocking(move || recorder.record_after(row("first")))
         };
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while recorder.reserving.try_lock().is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the first caller never took a block"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let asked = Instant::now();
         assert_eq!(recorder.record_after(row("second")), None);
         assert!(
@@ -866,7 +906,6 @@ mod tests {
             "{:?}",
             asked.elapsed()
         );
-        assert_eq!(recorder.held_back(), 1);
         other.execute_batch("ROLLBACK").unwrap();
         let first = first.await.unwrap().expect("an id once the lock went");
         let deadline = Instant::now() + RETRY_AFTER * 5;
@@ -877,7 +916,62 @@ mod tests {
         let stored = storage.recent_invocations(None, 10).unwrap();
         let find = |f: &str| stored.iter().find(|r| r.function == f).map(|r| r.id);
         assert_eq!(find("first"), Some(first));
-        assert!(find("second").is_some());
+        assert!(find("second").is_some_and(|id| id != first));
+    }
+
+    /// With a block taken ahead, as a server does, many answers at once all get ids,
+    /// well past one block: the commits bring the next block along in time, and nothing
+    /// is held back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_at_once_all_get_ids_past_a_block_with_nothing_held_back() {
+        let (_dir, storage, recorder) = fresh();
+        let recorder = Arc::new(recorder);
+        recorder.reserve_ahead().unwrap();
+        let per_task = ID_BLOCK as usize;
+        let tasks: Vec<_> = (0..4)
+            .map(|t| {
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    let mut ids = Vec::new();
+                    for i in 0..per_task {
+                        ids.push(recorder.record_after(row(&format!("t{t}-{i}"))));
+                        if i % 8 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    ids
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        assert!(all.iter().all(Option::is_some), "an answer without an id");
+        let distinct: std::collections::BTreeSet<_> = all.iter().flatten().collect();
+        assert_eq!(distinct.len(), all.len());
+        assert_eq!(recorder.held_back(), 0);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while storage.recent_invocations(None, 5000).unwrap().len() < all.len() {
+            assert!(Instant::now() < deadline, "not all stored");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// In a process answering first, records stored the waiting way (schedules) take
+    /// their ids from the same block, so ids keep increasing there.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_record_stored_before_its_answer_takes_its_id_from_the_block_in_use() {
+        let (dir, _storage, recorder) = fresh();
+        recorder.reserve_ahead().unwrap();
+        let a = recorder.record_after(row("a")).unwrap();
+        // Another process's record is numbered after this process's block.
+        let other = Recorder::new(Arc::new(Storage::open(&dir.path().join("t.db")).unwrap()));
+        let theirs = other.record(row("x")).await.unwrap().unwrap();
+        let b = recorder.record(row("b")).await.unwrap().unwrap();
+        let c = recorder.record_after(row("c")).unwrap();
+        assert_eq!((b, c), (a + 1, a + 2));
+        assert!(theirs > c, "{theirs} is not past the block");
     }
 
     fn functions(storage: &Storage) -> Vec<String> {
