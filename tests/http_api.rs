@@ -861,10 +861,12 @@ async fn another_process_holding_the_database_lock_stalls_no_one_reads_go_on_and
             assert_eq!(record["outcome"], "ok", "{record}");
             assert_eq!(record["id"], id, "stored under the id it was answered with");
             let metrics = api.get("/metrics").await.body;
-            assert!(
-                metrics.contains("keyhole_invocation_records_held_back 0\n"),
-                "{metrics}"
-            );
+            if !metrics.contains("keyhole_invocation_records_held_back 0\n") {
+                // (The gauge is the process's: another test may have moved it a moment.)
+                assert!(Instant::now() < deadline, "{metrics}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             assert!(
                 metrics.contains(
                     "keyhole_invocation_records_lost_total{reason=\"locked_at_exit\"} 0\n"

@@ -366,8 +366,9 @@ impl Keyhole {
     }
 
     /// Take a block of invocation record ids ahead of the first invocation, for a
-    /// server about to answer with [`Keyhole::invoke_answer_first`]. Best effort: if the
-    /// database is locked now, the first invocations take one later.
+    /// server about to answer with [`Keyhole::invoke_answer_first`]. Best effort: if
+    /// another process holds the database's lock, this waits it out like any write (up
+    /// to the busy timeout), then logs a warning, and the first invocations take one.
     pub fn reserve_record_ids(&self) {
         if let Err(e) = self.recorder.reserve_ahead() {
             tracing::warn!(error = %e, "could not take invocation record ids ahead; the first invocations will");

@@ -80,7 +80,8 @@ pub async fn invoke(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            // Id 0: no id could be taken for the record (held back or lost, logged).
+            // Id 0: the process had no id to give (the record is numbered when stored, or
+            // held back, or lost: logged).
             if invocation.id != 0 {
                 headers.insert("x-keyhole-invocation-id", HeaderValue::from(invocation.id));
             }
