@@ -174,6 +174,13 @@ impl Keyhole {
         self.recorder.store_held_back();
     }
 
+    /// Give back the invocation record ids this process took and did not use, if no
+    /// other process took any since (see `Recorder::return_unused_ids`): for a server
+    /// about to exit, after its records are stored.
+    pub fn return_unused_record_ids(&self) {
+        self.recorder.return_unused_ids();
+    }
+
     /// The storage layer.
     pub fn storage(&self) -> &Arc<Storage> {
         &self.storage

@@ -122,6 +122,8 @@ pub async fn serve(host: Keyhole, args: ServeArgs, json: bool) -> anyhow::Result
     // another process's lock, if it held it to the end.
     app.records_settled().await;
     app.store_held_back_records();
+    // So that the ids of the next process's records follow on from this one's.
+    app.return_unused_record_ids();
     if json {
         let stopped = serde_json::json!({ "stopped": {
             "drained_in_ms": report.drained_in.as_millis() as u64,

@@ -211,6 +211,19 @@ impl Storage {
         Ok(first..first + i64::from(n))
     }
 
+    /// Give back `ids`, taken and not used, if they are the last taken (no process took
+    /// any since): the next id is then `ids.start`. Returns whether they went back.
+    pub fn return_invocation_ids(&self, ids: std::ops::Range<i64>) -> Result<bool, StorageError> {
+        let conn = self.lock()?;
+        let n = conn
+            .execute_cached(
+                "UPDATE invocation_ids SET next = ?1 WHERE only = 1 AND next = ?2",
+                params![ids.start, ids.end],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
     /// Delete each function's records beyond its newest `keep` (`keep` ≥ 1), at most
     /// `batch` rows per statement: the lock is released between batches, so invocations
     /// keep recording while a large backlog goes. Returns how many were deleted.

@@ -195,6 +195,31 @@ impl Recorder {
         id
     }
 
+    /// Give the ids this process took and did not use back to the database, if no other
+    /// process took ids since, so that ids do not jump by a block at every restart. For
+    /// a process about to exit, once its records are stored; after it, a record takes a
+    /// new block. Best effort: nothing goes back while records are still to be stored.
+    pub fn return_unused_ids(&self) {
+        let (ids, spare) = {
+            let mut state = lock(&self.state);
+            if state.committing || !state.waiting.is_empty() {
+                return;
+            }
+            let handed = state.handed;
+            let ids = std::mem::replace(&mut state.ids, 0..0);
+            (ids, state.spare.take().filter(|s| s.start > handed))
+        };
+        let unused = match spare {
+            Some(spare) if !ids.is_empty() && ids.end == spare.start => ids.start..spare.end,
+            Some(spare) => spare,
+            None if !ids.is_empty() => ids,
+            None => return,
+        };
+        if let Err(e) = self.storage.return_invocation_ids(unused) {
+            tracing::debug!(error = %e, "could not give back unused invocation record ids");
+        }
+    }
+
     /// Take a block of ids now, so that the first answers of a server need not: a
     /// server calls it before it accepts requests.
     pub fn reserve_ahead(&self) -> Result<(), StorageError> {
@@ -1015,6 +1040,33 @@ mod tests {
         assert_eq!(state.spare, Some(40..50));
         let taken: Vec<i64> = std::iter::from_fn(|| state.take_id()).collect();
         assert_eq!(taken, (26..30).chain(40..50).collect::<Vec<_>>());
+    }
+
+    /// A process about to exit gives back the ids it did not use, so the next one's
+    /// follow on; not when another process took ids since (they would collide).
+    #[tokio::test(flavor = "current_thread")]
+    async fn unused_ids_go_back_only_when_no_one_took_any_since() {
+        let (dir, storage, recorder) = fresh();
+        let reopen = || Recorder::new(Arc::new(Storage::open(&dir.path().join("t.db")).unwrap()));
+        recorder.reserve_ahead().unwrap();
+        let a = recorder.record_after(row("a")).unwrap();
+        recorder.settled().await;
+        recorder.return_unused_ids();
+        let next = reopen();
+        let b = next.record(row("b")).await.unwrap().unwrap();
+        assert_eq!(b, a + 1, "the ids after {a} went back");
+
+        let server = reopen();
+        server.reserve_ahead().unwrap();
+        let c = server.record_after(row("c")).unwrap();
+        server.settled().await;
+        // Another process takes ids meanwhile: the block stays taken.
+        let theirs = storage.reserve_invocation_ids(5).unwrap();
+        assert!(theirs.start > c);
+        server.return_unused_ids();
+        let d = next.record(row("d")).await.unwrap().unwrap();
+        assert_eq!(d, theirs.end);
+        assert_eq!(storage.recent_invocations(None, 10).unwrap().len(), 4);
     }
 
     /// In a process answering first, records stored the waiting way (schedules) take
