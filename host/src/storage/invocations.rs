@@ -1,6 +1,8 @@
 //! Invocation records: one row per run, with captured logs and outbound calls.
 
-use rusqlite::{OptionalExtension, Row, params};
+use std::ops::Range;
+
+use rusqlite::{OptionalExtension, Row, ToSql, params};
 use serde::{Deserialize, Serialize};
 
 use super::{CachedExt, Storage, StorageError, write_tx};
@@ -96,14 +98,14 @@ fn row_to_invocation(r: &Row<'_>) -> rusqlite::Result<InvocationRow> {
     })
 }
 
-/// Take `n` ids from the table of the next id (inside the caller's transaction, if any):
-/// the first of them.
-fn take_ids(conn: &rusqlite::Connection, n: i64) -> rusqlite::Result<i64> {
-    conn.query_row_cached(
+/// Take `n` ids from the table of the next id (inside the caller's transaction, if any).
+fn take_ids(conn: &rusqlite::Connection, n: i64) -> rusqlite::Result<Range<i64>> {
+    let first: i64 = conn.query_row_cached(
         "UPDATE invocation_ids SET next = next + ?1 WHERE only = 1 RETURNING next - ?1",
         [n],
         |r| r.get(0),
-    )
+    )?;
+    Ok(first..first + n)
 }
 
 /// Insert one record as `id` (its logs and outbound calls already encoded).
@@ -154,7 +156,7 @@ impl Storage {
         &self,
         invs: &[&InvocationRow],
         reserve: u32,
-    ) -> Result<(Vec<i64>, Option<std::ops::Range<i64>>), StorageError> {
+    ) -> Result<(Vec<i64>, Option<Range<i64>>), StorageError> {
         let encoded = invs
             .iter()
             .map(|inv| {
@@ -177,27 +179,23 @@ impl Storage {
         }
         let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         let unnumbered = invs.iter().filter(|inv| inv.id == 0).count() as i64;
-        let mut next = if unnumbered > 0 {
+        let mut numbers = if unnumbered > 0 {
             take_ids(&tx, unnumbered).map_err(|e| self.err(e))?
         } else {
-            0
+            0..0
         };
         let mut ids = Vec::with_capacity(invs.len());
         for (inv, (logs, outbound)) in invs.iter().zip(&encoded) {
-            let id = if inv.id != 0 {
-                inv.id
-            } else {
-                next += 1;
-                next - 1
+            let id = match inv.id {
+                0 => numbers.next().expect("one number per unnumbered record"),
+                id => id,
             };
             insert_one(&tx, id, inv, logs, outbound).map_err(|e| self.err(e))?;
             ids.push(id);
         }
-        let block = if reserve > 0 {
-            let first = take_ids(&tx, i64::from(reserve)).map_err(|e| self.err(e))?;
-            Some(first..first + i64::from(reserve))
-        } else {
-            None
+        let block = match reserve {
+            0 => None,
+            n => Some(take_ids(&tx, i64::from(n)).map_err(|e| self.err(e))?),
         };
         tx.commit().map_err(|e| self.err(e))?;
         Ok((ids, block))
@@ -205,15 +203,14 @@ impl Storage {
 
     /// Take `n` invocation record ids for records to be stored later (with
     /// [`Storage::insert_invocations`]); no other process gets any of them.
-    pub fn reserve_invocation_ids(&self, n: u32) -> Result<std::ops::Range<i64>, StorageError> {
+    pub fn reserve_invocation_ids(&self, n: u32) -> Result<Range<i64>, StorageError> {
         let conn = self.lock()?;
-        let first = take_ids(&conn, i64::from(n)).map_err(|e| self.err(e))?;
-        Ok(first..first + i64::from(n))
+        take_ids(&conn, i64::from(n)).map_err(|e| self.err(e))
     }
 
     /// Give back `ids`, taken and not used, if they are the last taken (no process took
     /// any since): the next id is then `ids.start`. Returns whether they went back.
-    pub fn return_invocation_ids(&self, ids: std::ops::Range<i64>) -> Result<bool, StorageError> {
+    pub fn return_invocation_ids(&self, ids: Range<i64>) -> Result<bool, StorageError> {
         let conn = self.lock()?;
         let n = conn
             .execute_cached(
@@ -294,30 +291,27 @@ impl Storage {
                 "SELECT id, function, version, started_at, duration_us, outcome, error, output_bytes, logs, stdout, stderr, outbound FROM invocations"
             };
         }
-        let conn = self.read()?;
         let limit = limit as i64;
         // One statement per case, so each walks its own index.
-        let rows = match function {
-            Some(f) => conn
-                .prepare_cached(concat!(
+        let (sql, args): (&str, Vec<&dyn ToSql>) = match &function {
+            Some(f) => (
+                concat!(
                     select!(),
                     " WHERE function = ?1 ORDER BY started_at DESC, id DESC LIMIT ?2"
-                ))
-                .and_then(|mut stmt| {
-                    stmt.query_map(params![f, limit], row_to_invocation)?
-                        .collect::<Result<Vec<_>, _>>()
-                }),
-            None => conn
-                .prepare_cached(concat!(
-                    select!(),
-                    " ORDER BY started_at DESC, id DESC LIMIT ?1"
-                ))
-                .and_then(|mut stmt| {
-                    stmt.query_map(params![limit], row_to_invocation)?
-                        .collect::<Result<Vec<_>, _>>()
-                }),
+                ),
+                vec![f, &limit],
+            ),
+            None => (
+                concat!(select!(), " ORDER BY started_at DESC, id DESC LIMIT ?1"),
+                vec![&limit],
+            ),
         };
-        rows.map_err(|e| self.err(e))
+        let conn = self.read()?;
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(args.as_slice(), row_to_invocation)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 }
 

@@ -186,11 +186,7 @@ impl Recorder {
             !std::mem::replace(&mut state.committing, true)
         };
         if lead {
-            let (storage, state) = (self.storage.clone(), self.state.clone());
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => drop(handle.spawn(drain(storage, state))),
-                Err(_) => while commit_waiting(&storage, &state) {},
-            }
+            start_drain(&self.storage, &self.state);
         }
         id
     }
@@ -436,11 +432,15 @@ impl Drop for HandOff<'_> {
                 return;
             }
         }
-        let (storage, state) = (self.storage.clone(), self.state.clone());
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => drop(handle.spawn(drain(storage, state))),
-            Err(_) => while commit_waiting(&storage, &state) {},
-        }
+        start_drain(self.storage, self.state);
+    }
+}
+
+/// Commit what is waiting on a drain task, or, with no runtime to spawn on, right here.
+fn start_drain(storage: &Arc<Storage>, state: &Arc<Mutex<State>>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => drop(handle.spawn(drain(storage.clone(), state.clone()))),
+        Err(_) => while commit_waiting(storage, state) {},
     }
 }
 
