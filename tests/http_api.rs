@@ -1207,6 +1207,8 @@ async fn slow_and_idle_clients_cannot_hold_the_server() {
     drop(idle_a);
     let r = fresh().get(&healthz).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    // Clients are told how long an idle connection is kept: the header timeout.
+    assert_eq!(r.headers()["keep-alive"], "timeout=3");
 
     // A connection in the middle of a header does not hold up shutdown.
     let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();

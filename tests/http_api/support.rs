@@ -78,7 +78,14 @@ pub async fn start(config: ServeConfig) -> Api {
         t,
         base,
         admin: admin.token.expose().to_string(),
-        http: reqwest::Client::new(),
+        // Idle connections are dropped before the server's idle timeout (its header
+        // timeout, 10 s by default), as its `Keep-Alive` hint asks: reusing one just as
+        // the server closes it fails the request (`IncompleteMessage`), which a long
+        // test run under load once hit.
+        http: reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap(),
         stop,
         task,
         bodies: Mutex::new(Vec::new()),

@@ -12,6 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use super::auth::{Admin, authenticate};
@@ -72,7 +73,21 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         // A client that stalls mid-body would otherwise hold its connection for ever.
         .layer(RequestBodyTimeoutLayer::new(state.config.body_timeout))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::HeaderName::from_static("keep-alive"),
+            keep_alive_hint(state.config.header_timeout),
+        ))
         .with_state(state)
+}
+
+/// `Keep-Alive: timeout=N`, N the whole seconds an idle connection is kept (the header
+/// timeout). A client that reuses a connection just as the server closes it sees the
+/// request fail (hyper: `IncompleteMessage`); clients that read this hint (Node's
+/// undici, among others) stop reusing a connection before then. `None` (no header)
+/// under a second.
+fn keep_alive_hint(idle: std::time::Duration) -> Option<HeaderValue> {
+    let secs = idle.as_secs();
+    (secs > 0).then(|| HeaderValue::from_str(&format!("timeout={secs}")).expect("ASCII digits"))
 }
 
 /// Authenticate the bearer token, apply its rate limit and hand the [`Caller`] on.
