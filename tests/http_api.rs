@@ -1216,3 +1216,85 @@ async fn slow_and_idle_clients_cannot_hold_the_server() {
     let report = api.shutdown().await;
     assert!(!report.forced, "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_change_made_in_another_process_reaches_the_next_call() {
+    // (Its own function and connection names: metrics are counted per process.)
+    // A running server keeps what a guest's call found while nothing changed. Each change
+    // below is made by the `keyhole` CLI, in its own process, between two calls; the very
+    // next call must see it.
+    let upstream = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
+    let moved = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
+    let api = start(test_config()).await;
+    connect_acme(&api.t, &upstream, "acme-live").await;
+    api.upload("hello-http", "live-caller", "grant=acme-live")
+        .await;
+    let input = json!({"connection": "acme-live", "target": "/user"}).to_string();
+    // The upstream's status, or the host's refusal.
+    let call = || async {
+        let r = api.invoke("live-caller", &input).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let out = r.json();
+        match out["status"].as_u64() {
+            Some(status) => status.to_string(),
+            None => out["error"].as_str().unwrap().to_string(),
+        }
+    };
+    assert_eq!(call().await, "200");
+    assert_eq!(call().await, "200");
+
+    // The grant taken back, then given again.
+    api.t
+        .cli(&["functions", "revoke-grant", "live-caller", "acme-live"])
+        .ok();
+    assert_eq!(call().await, "access-denied");
+    api.t
+        .cli(&["functions", "grant", "live-caller", "acme-live"])
+        .ok();
+    assert_eq!(call().await, "200");
+
+    // The upstream now takes another key: the stored one is refused until the
+    // connection is given the new one.
+    const NEW_KEY: &str = "kh-http-apikey-rotated-77c1";
+    upstream.set_credentials(vec![Credential::api_key_header("X-API-Key", NEW_KEY)]);
+    assert_eq!(call().await, "401");
+    api.t
+        .cli_with(
+            &["connections", "connect", "acme-live", "--params-stdin"],
+            Some(&format!("X-API-Key={NEW_KEY}\n")),
+            &[],
+        )
+        .ok();
+    assert_eq!(call().await, "200");
+
+    // The service moved to another origin: the call goes there.
+    let toml = format!(
+        "name = \"acme-live\"\ndisplay_name = \"Acme\"\nauth = \"api_key\"\nbase_url = \"{}\"\n\n[verify]\npath = \"/user\"\n\n[[params]]\nname = \"X-API-Key\"\ndisplay_name = \"Acme API key\"\nsecret = true\nlocation = \"header\"\n",
+        moved.base_url()
+    );
+    let file = api.t.home().join("acme-moved.toml");
+    std::fs::write(&file, toml).unwrap();
+    moved.set_credentials(vec![Credential::api_key_header("X-API-Key", NEW_KEY)]);
+    api.t
+        .cli(&[
+            "services",
+            "edit",
+            "acme-live",
+            "--file",
+            file.to_str().unwrap(),
+            "--move-credentials",
+        ])
+        .ok();
+    let before = moved.hits("/user");
+    assert_eq!(call().await, "200");
+    assert_eq!(moved.hits("/user"), before + 1);
+
+    // Credentials wiped: not connected. Then the connection deleted: unknown.
+    api.t.cli(&["connections", "revoke", "acme-live"]).ok();
+    assert_eq!(call().await, "not-connected");
+    api.t
+        .cli(&["connections", "delete", "acme-live", "--with-grants"])
+        .ok();
+    assert_eq!(call().await, "access-denied");
+    api.shutdown().await;
+}

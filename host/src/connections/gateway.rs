@@ -56,6 +56,41 @@ pub struct Gateway {
     pub(crate) client: reqwest::Client,
     pub(crate) oauth: Arc<OAuth>,
     opened: Mutex<HashMap<String, Opened>>,
+    calls: Mutex<CallCache>,
+}
+
+/// What a guest's calls found for each function and connection name, kept while the
+/// configuration version ([`Storage::config_version`]) it was read under is current. A
+/// call then reads that one counter instead of the connection, its service and the grant
+/// (and builds nothing): any change to a connection, grant or service, by any process,
+/// moves the counter, and the next call reads afresh. Only names that exist are kept,
+/// and everything goes at the first change, so it holds no more than the configuration.
+#[derive(Default)]
+struct CallCache {
+    version: i64,
+    /// function → connection → what a call gets.
+    entries: HashMap<String, HashMap<String, Cached>>,
+}
+
+#[derive(Clone)]
+enum Cached {
+    /// The connection exists; the function holds no grant for it.
+    Denied,
+    /// Granted, and opened.
+    Granted(Loaded),
+}
+
+impl CallCache {
+    /// Make `version` current, dropping what was read under an older one. False if
+    /// `version` is older than the current one (a read that lost a race): then nothing
+    /// read under it may be kept.
+    fn at(&mut self, version: i64) -> bool {
+        if version > self.version {
+            self.version = version;
+            self.entries.clear();
+        }
+        version == self.version
+    }
 }
 
 /// A connection's opened credentials, the scrubber built from them and the endpoint they
@@ -82,10 +117,11 @@ impl std::fmt::Debug for Gateway {
 /// gateway's cache.
 type Opening = (Arc<Credentials>, Arc<Redactor>, Arc<Endpoint>);
 
-/// A connection opened for one request, with the scrubber for its secrets. Service,
+/// A connection opened for one request, with the scrubber for its secrets. Row, service,
 /// credentials and endpoint are shared with the caches: a call does not clone them.
+#[derive(Clone)]
 pub(crate) struct Loaded {
-    pub row: ConnectionRow,
+    pub row: Arc<ConnectionRow>,
     pub service: Arc<ServiceDef>,
     pub creds: Arc<Credentials>,
     pub endpoint: Arc<Endpoint>,
@@ -103,7 +139,7 @@ impl Loaded {
         let service = service.into();
         let redactor = Arc::new(inject::redactor_for(&service, &creds, &row.params));
         Self {
-            row,
+            row: Arc::new(row),
             service,
             creds: Arc::new(creds),
             endpoint: endpoint.into(),
@@ -158,6 +194,7 @@ impl Gateway {
             client: build_client(),
             oauth,
             opened: Mutex::default(),
+            calls: Mutex::default(),
         }
     }
 
@@ -221,30 +258,9 @@ impl Gateway {
         if validate_name("connection", connection).is_err() {
             return Err(SendError::AccessDenied);
         }
-        let call = self
-            .storage
-            .connection_for_call(&ctx.function, connection)
-            .map_err(|e| host_fault(&e))?;
-        // Unknown and ungranted answer the same. A connection that is gone also leaves
-        // memory (its opened credentials); an ungranted call evicts nothing.
-        let call = match call {
-            Some(call) if call.granted => call,
-            Some(_) => return Err(SendError::AccessDenied),
-            None => {
-                self.forget(connection);
-                return Err(SendError::AccessDenied);
-            }
-        };
-        let service = self
-            .catalog
-            .require_shared(&call.row.service, call.service_definition.as_deref());
-        let mut loaded = match service.and_then(|s| self.open_row(call.row, s)) {
-            Ok(l) => l,
-            Err(ConnectionError::Seal(e)) => {
-                tracing::error!(connection, error = %e, "cannot open a connection's credentials");
-                return Err(SendError::NotConnected);
-            }
-            Err(e) => return Err(host_fault(&e)),
+        let mut loaded = match self.for_call(&ctx.function, connection)? {
+            Cached::Granted(loaded) => loaded,
+            Cached::Denied => return Err(SendError::AccessDenied),
         };
         if Status::parse(&loaded.row.status) != Status::Connected {
             return Err(SendError::NotConnected);
@@ -269,6 +285,57 @@ impl Gateway {
         Ok(response)
     }
 
+    /// What a call from `function` on `connection` gets: from the cache while the
+    /// configuration is unchanged, else read, opened and kept.
+    fn for_call(&self, function: &str, connection: &str) -> Result<Cached, SendError> {
+        let version = self.storage.config_version().map_err(|e| host_fault(&e))?;
+        {
+            let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+            if calls.at(version)
+                && let Some(hit) = calls.entries.get(function).and_then(|c| c.get(connection))
+            {
+                return Ok(hit.clone());
+            }
+        }
+        let call = self
+            .storage
+            .connection_for_call(function, connection)
+            .map_err(|e| host_fault(&e))?;
+        // Unknown and ungranted answer the same. A connection that is gone also leaves
+        // memory (its opened credentials); an ungranted call evicts nothing.
+        let found = match call {
+            Some(call) if call.granted => {
+                let service = self
+                    .catalog
+                    .require_shared(&call.row.service, call.service_definition.as_deref());
+                match service.and_then(|s| self.open_row(call.row, s)) {
+                    Ok(l) => Cached::Granted(l),
+                    Err(ConnectionError::Seal(e)) => {
+                        tracing::error!(connection, error = %e, "cannot open a connection's credentials");
+                        return Err(SendError::NotConnected);
+                    }
+                    Err(e) => return Err(host_fault(&e)),
+                }
+            }
+            Some(_) => Cached::Denied,
+            None => {
+                self.forget(connection);
+                return Err(SendError::AccessDenied);
+            }
+        };
+        // Read after `version`: at least as new as it. Kept under it; a change since has
+        // moved the counter, so the next call reads again.
+        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        if calls.at(version) {
+            calls
+                .entries
+                .entry(function.to_string())
+                .or_default()
+                .insert(connection.to_string(), found.clone());
+        }
+        Ok(found)
+    }
+
     /// Open a connection's row, service, credentials and endpoint. `Ok(None)` if absent.
     pub(crate) fn load(&self, name: &str) -> Result<Option<Loaded>, ConnectionError> {
         let Some(row) = self.storage.get_connection(name)? else {
@@ -287,7 +354,7 @@ impl Gateway {
     ) -> Result<Loaded, ConnectionError> {
         let (creds, redactor, endpoint) = self.open(&row, &service)?;
         Ok(Loaded {
-            row,
+            row: Arc::new(row),
             service,
             creds,
             endpoint,

@@ -4,6 +4,7 @@
 //! compare-and-swap against stale writers, `invalid_grant` → needs-reauth, and backoff
 //! after transient failures (no refresh storms).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use oauth2::RefreshToken;
@@ -212,8 +213,9 @@ impl OAuth {
                     .map_err(|e| host_fault(&e))?;
                 match swapped {
                     Some(generation) => {
-                        loaded.row.generation = generation;
-                        loaded.row.token_info = new_info.to_json();
+                        let row = Arc::make_mut(&mut loaded.row);
+                        row.generation = generation;
+                        row.token_info = new_info.to_json();
                         loaded.set_creds(creds);
                         self.note_success(&name);
                         tracing::info!(connection = %name, "access token refreshed");

@@ -305,6 +305,15 @@ impl Storage {
             .map_err(|e| self.err(e))
     }
 
+    /// A number that moves whenever a connection, a grant or a service changes, in this
+    /// process or any other (triggers of migration 11): what was read from those tables
+    /// under one value is still current while it stays the same.
+    pub fn config_version(&self) -> Result<i64, StorageError> {
+        self.read()?
+            .query_row_cached("SELECT n FROM config_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
     /// A connection by name.
     pub fn get_connection(&self, name: &str) -> Result<Option<ConnectionRow>, StorageError> {
         self.read()?
@@ -536,6 +545,50 @@ mod tests {
             connection_columns!().split(", ").count(),
             CONNECTION_COLUMNS
         );
+    }
+
+    #[test]
+    fn every_change_to_a_connection_grant_or_service_moves_the_config_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let s = Storage::open(&path).unwrap();
+        // Changes made through another handle (another process) count the same.
+        let other = Storage::open(&path).unwrap();
+        let mut last = s.config_version().unwrap();
+        let mut moved = |what: &str| {
+            let now = s.config_version().unwrap();
+            assert!(now > last, "{what} left the config version at {now}");
+            last = now;
+        };
+        other.insert_service("acme", "name = \"acme\"").unwrap();
+        moved("adding a service");
+        other
+            .update_service("acme", "name = \"acme\" # v2")
+            .unwrap();
+        moved("editing a service");
+        other.insert_connection(&connection("gh")).unwrap();
+        moved("adding a connection");
+        other.grant("f", "gh").unwrap();
+        moved("a grant");
+        other.revoke_grant("f", "gh").unwrap();
+        moved("taking a grant back");
+        other.set_connection_status("gh", "revoked", None).unwrap();
+        moved("a status change");
+        other.touch_connection("gh").unwrap();
+        moved("recording a use (the cached row carries it)");
+        other.grant("f", "gh").unwrap();
+        other.delete_connection("gh").unwrap();
+        moved("deleting a connection (and its grants)");
+        other.delete_service("acme").unwrap();
+        moved("deleting a service");
+        // Records and state are not configuration.
+        other
+            .insert_invocations(&[&crate::storage::InvocationRow::for_test("f")])
+            .unwrap();
+        other
+            .kv_commit("f", &[("k".to_string(), Some(b"v".to_vec()))].into())
+            .unwrap();
+        assert_eq!(s.config_version().unwrap(), last, "records and kv moved it");
     }
 
     #[test]

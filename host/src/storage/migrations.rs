@@ -174,6 +174,33 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX invocations_by_function_time ON invocations (function, started_at);
     CREATE INDEX invocations_by_time ON invocations (started_at);
     "#,
+    // 11: a counter that every change to a connection, grant or service moves, in any
+    // process: a guest's call reads it, not the three tables, while nothing changed.
+    r#"
+    CREATE TABLE config_version (
+        only INTEGER PRIMARY KEY CHECK (only = 1),
+        n INTEGER NOT NULL
+    );
+    INSERT INTO config_version (only, n) VALUES (1, 1);
+    CREATE TRIGGER connections_inserted AFTER INSERT ON connections
+        BEGIN UPDATE config_version SET n = n + 1; END;
+    CREATE TRIGGER connections_updated AFTER UPDATE ON connections
+        BEGIN UPDATE config_version SET n = n + 1; END;
+    CREATE TRIGGER connections_deleted AFTER DELETE ON connections
+        BEGIN UPDATE config_version SET n = n + 1; END;
+    CREATE TRIGGER grants_inserted AFTER INSERT ON grants
+        BEGIN UPDATE config_version SET n = n + 1; END;
+    CREATE TRIGGER grants_updated AFTER UPDATE ON grants
+        BEGIN UPDATE config_version SET n = n + 1; END;
+    CREATE TRIGGER grants_deleted AFTER DELETE ON grants
+        BEGIN UPDATE config_version SET n = n + 1; END;
+    CREATE TRIGGER services_inserted AFTER INSERT ON services
+        BEGIN UPDATE config_version SET n = n + 1; END;
+    CREATE TRIGGER services_updated AFTER UPDATE ON services
+        BEGIN UPDATE config_version SET n = n + 1; END;
+    CREATE TRIGGER services_deleted AFTER DELETE ON services
+        BEGIN UPDATE config_version SET n = n + 1; END;
+    "#,
 ];
 
 /// Bring the schema up to date.
