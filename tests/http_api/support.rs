@@ -70,6 +70,13 @@ pub async fn start(config: ServeConfig) -> Api {
     )
     .expect("open server host");
     let admin = create_token(host.storage(), Scope::Admin, None, Some("tests")).unwrap();
+    // Idle connections are dropped well before the server's idle timeout (its header
+    // timeout), as its `Keep-Alive` hint asks: reusing one just as the server closes it
+    // fails the request (`IncompleteMessage`), which a long test run under load once hit.
+    let http = reqwest::Client::builder()
+        .pool_idle_timeout((config.header_timeout / 2).min(Duration::from_secs(5)))
+        .build()
+        .unwrap();
     let server = Server::bind(Arc::new(host), config).await.expect("bind");
     let base = format!("http://{}", server.local_addr());
     let stop = server.shutdown_token();
@@ -78,14 +85,7 @@ pub async fn start(config: ServeConfig) -> Api {
         t,
         base,
         admin: admin.token.expose().to_string(),
-        // Idle connections are dropped before the server's idle timeout (its header
-        // timeout, 10 s by default), as its `Keep-Alive` hint asks: reusing one just as
-        // the server closes it fails the request (`IncompleteMessage`), which a long
-        // test run under load once hit.
-        http: reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap(),
+        http,
         stop,
         task,
         bodies: Mutex::new(Vec::new()),

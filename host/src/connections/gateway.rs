@@ -63,8 +63,8 @@ pub struct Gateway {
 /// configuration version ([`Storage::config_version`]) it was read under is current. A
 /// call then reads that one counter instead of the connection, its service and the grant
 /// (and builds nothing): any change to a connection, grant or service, by any process,
-/// moves the counter, and the next call reads afresh. Only names that exist are kept,
-/// and everything goes at the first change, so it holds no more than the configuration.
+/// moves the counter, and the next call reads afresh. Everything goes at the first
+/// change, and a function keeps at most [`MAX_CACHED_NAMES`] names.
 #[derive(Default)]
 struct CallCache {
     version: i64,
@@ -72,24 +72,43 @@ struct CallCache {
     entries: HashMap<String, HashMap<String, Cached>>,
 }
 
+/// Names kept per function: more than any real configuration has, few enough that a
+/// guest trying names cannot grow the cache much.
+const MAX_CACHED_NAMES: usize = 256;
+
 #[derive(Clone)]
 enum Cached {
-    /// The connection exists; the function holds no grant for it.
+    /// No such connection, or the function holds no grant for it: the same answer, from
+    /// the cache alike, so a guest cannot time the difference.
     Denied,
     /// Granted, and opened.
     Granted(Loaded),
 }
 
 impl CallCache {
-    /// Make `version` current, dropping what was read under an older one. False if
-    /// `version` is older than the current one (a read that lost a race): then nothing
-    /// read under it may be kept.
-    fn at(&mut self, version: i64) -> bool {
-        if version > self.version {
+    /// Make `version` current, dropping what was read under any other. (Also under a
+    /// higher one: a database restored under a running server can move the counter
+    /// back, and it must not climb back onto entries of the old file. Two calls that
+    /// read different versions in a race only make each other read again.)
+    fn at(&mut self, version: i64) {
+        if version != self.version {
             self.version = version;
             self.entries.clear();
         }
-        version == self.version
+    }
+
+    fn get(&mut self, version: i64, function: &str, connection: &str) -> Option<Cached> {
+        self.at(version);
+        self.entries.get(function)?.get(connection).cloned()
+    }
+
+    /// Keep what a call read after seeing `version` (so at least as new as it).
+    fn put(&mut self, version: i64, function: &str, connection: &str, found: &Cached) {
+        self.at(version);
+        let names = self.entries.entry(function.to_string()).or_default();
+        if names.len() < MAX_CACHED_NAMES || names.contains_key(connection) {
+            names.insert(connection.to_string(), found.clone());
+        }
     }
 }
 
@@ -289,13 +308,13 @@ impl Gateway {
     /// configuration is unchanged, else read, opened and kept.
     fn for_call(&self, function: &str, connection: &str) -> Result<Cached, SendError> {
         let version = self.storage.config_version().map_err(|e| host_fault(&e))?;
-        {
-            let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-            if calls.at(version)
-                && let Some(hit) = calls.entries.get(function).and_then(|c| c.get(connection))
-            {
-                return Ok(hit.clone());
-            }
+        let hit = self
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(version, function, connection);
+        if let Some(hit) = hit {
+            return Ok(hit);
         }
         let call = self
             .storage
@@ -320,19 +339,15 @@ impl Gateway {
             Some(_) => Cached::Denied,
             None => {
                 self.forget(connection);
-                return Err(SendError::AccessDenied);
+                Cached::Denied
             }
         };
-        // Read after `version`: at least as new as it. Kept under it; a change since has
-        // moved the counter, so the next call reads again.
-        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-        if calls.at(version) {
-            calls
-                .entries
-                .entry(function.to_string())
-                .or_default()
-                .insert(connection.to_string(), found.clone());
-        }
+        // A change since `version` was read has moved the counter: the next call reads
+        // again.
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(version, function, connection, &found);
         Ok(found)
     }
 
@@ -770,6 +785,35 @@ fn host_fault(e: &dyn std::fmt::Display) -> SendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_call_cache_serves_only_what_was_read_under_the_current_version() {
+        let mut cache = CallCache::default();
+        cache.put(5, "f", "gh", &Cached::Denied);
+        assert!(matches!(cache.get(5, "f", "gh"), Some(Cached::Denied)));
+        assert!(cache.get(5, "g", "gh").is_none(), "another function's");
+        assert!(
+            cache.get(6, "f", "gh").is_none(),
+            "kept under an older version"
+        );
+        cache.put(6, "f", "gh", &Cached::Denied);
+        assert!(
+            cache.get(4, "f", "gh").is_none(),
+            "a version that went back (a database restored under a running server)"
+        );
+        assert!(
+            cache.get(6, "f", "gh").is_none(),
+            "going back dropped what was kept"
+        );
+        for i in 0..MAX_CACHED_NAMES + 10 {
+            cache.put(6, "f", &format!("c{i}"), &Cached::Denied);
+        }
+        assert_eq!(
+            cache.entries["f"].len(),
+            MAX_CACHED_NAMES,
+            "names a guest tries"
+        );
+    }
 
     fn upstream(pairs: &[(&str, &str)]) -> reqwest::header::HeaderMap {
         let mut map = reqwest::header::HeaderMap::new();

@@ -577,6 +577,7 @@ mod tests {
         other.touch_connection("gh").unwrap();
         moved("recording a use (the cached row carries it)");
         other.grant("f", "gh").unwrap();
+        moved("a grant again");
         other.delete_connection("gh").unwrap();
         moved("deleting a connection (and its grants)");
         other.delete_service("acme").unwrap();
@@ -589,6 +590,20 @@ mod tests {
             .kv_commit("f", &[("k".to_string(), Some(b"v".to_vec()))].into())
             .unwrap();
         assert_eq!(s.config_version().unwrap(), last, "records and kv moved it");
+        // A later migration that rebuilds one of the tables would drop its triggers.
+        let triggers: i64 = s
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND sql LIKE '%config_version%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            triggers, 9,
+            "one per change to connections, grants and services"
+        );
     }
 
     #[test]
