@@ -56,7 +56,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub body_timeout: Duration,
     /// Invocation records kept per function: the newest N stay, older ones are deleted at
-    /// start and every minute. 0 keeps every record (the database then grows without end).
+    /// start and every minute (every 5 s while there is much to delete). 0 keeps every
+    /// record (the database then grows without end).
     #[arg(long, default_value_t = server::DEFAULT_KEEP_INVOCATIONS, value_name = "N")]
     pub keep_invocations: u64,
 }

@@ -91,13 +91,20 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often [`keep_invocations_bounded`] prunes.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// After a pass that deleted at least [`PRUNE_BUSY`] records, the next comes this soon: a
+/// busy server prunes in small steps, not in one large pass a minute, which would hold a
+/// core for seconds and delay the requests that share it.
+pub const PRUNE_SOON: Duration = Duration::from_secs(5);
+/// See [`PRUNE_SOON`].
+pub const PRUNE_BUSY: u64 = 5_000;
 /// Rows deleted per statement while pruning: the storage lock is held for one batch at a
 /// time, so a large backlog never stalls invocations for long.
 const PRUNE_BATCH: usize = 100;
 
 /// Keep invocation records bounded until `token` is cancelled: each function's newest
 /// `keep` stay, older ones are deleted now and every `every` (a busy server would
-/// otherwise grow its database without end).
+/// otherwise grow its database without end), or every [`PRUNE_SOON`] while passes find
+/// much to delete.
 pub async fn keep_invocations_bounded(
     storage: Arc<Storage>,
     keep: u64,
@@ -106,11 +113,13 @@ pub async fn keep_invocations_bounded(
 ) {
     loop {
         let storage = storage.clone();
+        let mut deleted = 0;
         match tokio::task::spawn_blocking(move || storage.prune_invocations(keep, PRUNE_BATCH))
             .await
         {
             Ok(Ok(0)) => {}
-            Ok(Ok(deleted)) => {
+            Ok(Ok(n)) => {
+                deleted = n;
                 tracing::info!(
                     deleted,
                     keep,
@@ -124,8 +133,17 @@ pub async fn keep_invocations_bounded(
         }
         tokio::select! {
             () = token.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(next_prune_in(deleted, every)) => {}
         }
+    }
+}
+
+/// The wait before the next pass, after one that deleted `deleted` records.
+fn next_prune_in(deleted: u64, every: Duration) -> Duration {
+    if deleted >= PRUNE_BUSY {
+        every.min(PRUNE_SOON)
+    } else {
+        every
     }
 }
 
@@ -301,5 +319,23 @@ impl Server {
         let timeout = state.config.shutdown_timeout;
         let app = router(state.clone());
         shutdown::serve_until_drained(listener, app, shutdown, background, timeout, state).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_that_deleted_much_brings_the_next_one_closer() {
+        assert_eq!(next_prune_in(0, PRUNE_EVERY), PRUNE_EVERY);
+        assert_eq!(next_prune_in(PRUNE_BUSY - 1, PRUNE_EVERY), PRUNE_EVERY);
+        assert_eq!(next_prune_in(PRUNE_BUSY, PRUNE_EVERY), PRUNE_SOON);
+        let often = Duration::from_secs(1);
+        assert_eq!(
+            next_prune_in(PRUNE_BUSY, often),
+            often,
+            "never later than the cadence asked for"
+        );
     }
 }
