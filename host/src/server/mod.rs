@@ -113,23 +113,26 @@ pub async fn keep_invocations_bounded(
 ) {
     loop {
         let storage = storage.clone();
-        let mut deleted = 0;
-        match tokio::task::spawn_blocking(move || storage.prune_invocations(keep, PRUNE_BATCH))
-            .await
-        {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => {
-                deleted = n;
-                tracing::info!(
-                    deleted,
-                    keep,
-                    "pruned invocation records beyond the newest per function"
-                )
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not prune invocation records; will retry")
-            }
-            Err(e) => tracing::warn!(error = %e, "invocation record pruning stopped; will retry"),
+        let deleted =
+            match tokio::task::spawn_blocking(move || storage.prune_invocations(keep, PRUNE_BATCH))
+                .await
+            {
+                Ok(Ok(deleted)) => deleted,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not prune invocation records; will retry");
+                    0
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "invocation record pruning stopped; will retry");
+                    0
+                }
+            };
+        if deleted > 0 {
+            tracing::info!(
+                deleted,
+                keep,
+                "pruned invocation records beyond the newest per function"
+            );
         }
         tokio::select! {
             () = token.cancelled() => return,
