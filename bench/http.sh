@@ -12,7 +12,11 @@
 #      (host/examples/bench-service.rs: axum + reqwest, no wasm, no keyhole; its /fetch −
 #      /refused is what one outbound call costs a server here), and (GATEWAY=1, the
 #      default) in one process with `cargo bench --bench gateway`, which leaves out the
-#      cost of cross-process wake-ups.
+#      cost of cross-process wake-ups. The same cases are measured twice at concurrency 1:
+#      with oha, one case per round (rounds alternate), and with bench-pairs
+#      (host/examples/bench-pairs.rs), which alternates fetch and its refused invocation
+#      request by request, so a drift of the machine's speed between rounds cannot land
+#      on one case only.
 #
 # Installs what is missing from crates.io: oha (load generator) and wasmtime-cli 48
 # (compiles for a long time, once). Results: a markdown report on stdout and in
@@ -27,6 +31,7 @@
 #                         with >= 3 CPUs the last one is the upstream API's alone
 #   UPSTREAM_CPUS=...     (with PIN=1) override the upstream API's CPUs (by default its
 #                         own with >= 3 CPUs, else the servers': it shares keyhole's)
+#   PAIRED=1              also run the interleaved measurement (0 skips it)
 #   GATEWAY=1             also run the in-process authenticated-call bench (0 skips it)
 #   IDLE_SPIN=0           1 keeps every CPU from going idle with one SCHED_IDLE busy loop
 #                         per CPU (it yields to any other task). On a VM whose idle vCPUs
@@ -44,6 +49,7 @@ ROOT=$PWD
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
 GATEWAY=${GATEWAY:-1}
+PAIRED=${PAIRED:-1}
 IDLE_SPIN=${IDLE_SPIN:-0}
 CONCURRENCY=${CONCURRENCY:-"1 16 64"}
 PIN=${PIN:-1}
@@ -79,7 +85,8 @@ fi
 # --- builds ------------------------------------------------------------------------
 step "building keyhole (release), the upstream API, the plugins and the wasi:http echo component"
 cargo build --release --quiet -p keyhole-host --bin keyhole
-cargo build --release --quiet -p keyhole-host --example bench-upstream --example bench-service
+cargo build --release --quiet -p keyhole-host --example bench-upstream --example bench-service \
+    --example bench-pairs
 if [ "$GATEWAY" = 1 ]; then cargo bench --quiet -p keyhole-host --bench gateway --no-run; fi
 (cd plugins && cargo build --quiet --target wasm32-wasip2 --release)
 (cd bench/hello-wasi-http && cargo build --quiet --target wasm32-wasip2 --release)
@@ -223,6 +230,16 @@ DIRECT_ARGS=(-H "X-API-Key: $UPSTREAM_KEY" "$UPSTREAM/")
 REFUSED_ARGS=(-m POST -T application/json -d '{"connection":"not-granted","target":"/"}' "${AUTH[@]}" "$KEYHOLE_URL/v1/functions/fetch/invoke")
 SVC_FETCH_ARGS=(-m POST -T application/json -d '{"connection":"upstream","target":"/"}' "$SERVICE/fetch")
 SVC_REFUSED_ARGS=(-m POST -T application/json -d '{"connection":"not-granted","target":"/"}' "$SERVICE/refused")
+# bench-pairs SECONDS TOKEN URL_A BODY_A EXPECT_A URL_B BODY_B EXPECT_B: refused (A) and
+# fetch (B) alternating; prints "p50_a p50_b p99_a p99_b pairs failures"
+PAIRS_SECONDS=${DURATION%s}
+PAIRS_KEYHOLE=("$PAIRS_SECONDS" "$TOKEN"
+    "$KEYHOLE_URL/v1/functions/fetch/invoke" '{"connection":"not-granted","target":"/"}' access-denied
+    "$KEYHOLE_URL/v1/functions/fetch/invoke" '{"connection":"upstream","target":"/"}' '"status":200')
+PAIRS_SERVICE=("$PAIRS_SECONDS" -
+    "$SERVICE/refused" '{"connection":"not-granted","target":"/"}' access-denied
+    "$SERVICE/fetch" '{"connection":"upstream","target":"/"}' '"status":200')
+pairs() { "${LOAD[@]}" "$ROOT/target/release/examples/bench-pairs" "$@"; }
 
 # Each case must do what it claims: the upstream refuses a GET without the key, answers
 # one with it, and fetch gets its 200 only because keyhole injected the key.
@@ -296,6 +313,7 @@ D_P50=() L_P50=() R_P50=() F_P50=() D_RPS=() L_RPS=() R_RPS=() F_RPS=()
 D_P99=() L_P99=() R_P99=() F_P99=() D_CPU=() L_CPU=() R_CPU=() F_CPU=()
 SR_P50=() SF_P50=() SR_RPS=() SF_RPS=() SR_P99=() SF_P99=() SR_CPU=() SF_CPU=()
 ADDED=() WHOLE=() CPU_ADDED=() SVC_ADDED=() SVC_CALL=() fetch_note=""
+PR_P50=() PF_P50=() PSR_P50=() PSF_P50=() P_ADDED=() P_SVC_CALL=() P_SVC_ADDED=() P_PAIRS=()
 for round in $(seq "$ROUNDS"); do
     read -r d_rps d_p50 _ d_p99 d_ok d_cpu < <(run direct 1 "$UPSTREAM_PID" "${DIRECT_ARGS[@]}")
     CLIENT=("${SERVE[@]}")
@@ -317,6 +335,16 @@ for round in $(seq "$ROUNDS"); do
         if [ "${pair##*:}" != "100.00" ]; then fetch_note+=" round $round: only ${pair##*:}% of ${pair%:*} answered 2xx."; fi
     done
     echo "  round $round: direct $d_p50 µs, direct from the servers' CPU $l_p50 µs, refused $r_p50 µs, fetch $f_p50 µs, service refused $sr_p50 µs, service fetch $sf_p50 µs (p50)" >&2
+    if [ "$PAIRED" = 1 ]; then
+        read -r pr_p50 pf_p50 _ _ p_pairs p_fail < <(pairs "${PAIRS_KEYHOLE[@]}")
+        read -r psr_p50 psf_p50 _ _ ps_pairs ps_fail < <(pairs "${PAIRS_SERVICE[@]}")
+        PR_P50+=("$pr_p50") PF_P50+=("$pf_p50") PSR_P50+=("$psr_p50") PSF_P50+=("$psf_p50")
+        P_ADDED+=("$((pf_p50 - pr_p50 - l_p50))") P_SVC_CALL+=("$((psf_p50 - psr_p50))")
+        P_SVC_ADDED+=("$(((pf_p50 - pr_p50) - (psf_p50 - psr_p50)))") P_PAIRS+=("$p_pairs")
+        if [ "$p_fail" != 0 ]; then fetch_note+=" round $round: $p_fail interleaved keyhole requests failed."; fi
+        if [ "$ps_fail" != 0 ]; then fetch_note+=" round $round: $ps_fail interleaved service requests failed."; fi
+        echo "  round $round, interleaved: refused $pr_p50 µs, fetch $pf_p50 µs ($p_pairs pairs), service refused $psr_p50 µs, service fetch $psf_p50 µs (p50)" >&2
+    fi
 done
 {
     echo
@@ -334,6 +362,15 @@ done
     echo "- keyhole CPU time the authenticated call adds (fetch − refused, keyhole's process only): $(median "${CPU_ADDED[@]}") µs per request (per round: ${CPU_ADDED[*]})"
     echo "- what the same GET costs a hand-written service (its /fetch − /refused), p50: $(median "${SVC_CALL[@]}") µs (per round: ${SVC_CALL[*]})"
     echo "- added by keyhole over making the call in a hand-written service ((fetch − refused) − (service /fetch − /refused)), p50: **$(median "${SVC_ADDED[@]}") µs** (per round: ${SVC_ADDED[*]})"
+    if [ "$PAIRED" = 1 ]; then
+        echo
+        echo "Interleaved (\`bench-pairs\`: refused and fetch alternating request by request, $PAIRS_SECONDS s per round, concurrency 1, from the load generator's CPU; the same for the service's /refused and /fetch):"
+        echo
+        echo "- keyhole p50: refused $(median "${PR_P50[@]}") µs, fetch $(median "${PF_P50[@]}") µs (pairs per round: ${P_PAIRS[*]}); hand-written service p50: /refused $(median "${PSR_P50[@]}") µs, /fetch $(median "${PSF_P50[@]}") µs"
+        echo "- added by the authenticated call, like for like, interleaved (fetch − refused − direct from the servers' CPU), p50: **$(median "${P_ADDED[@]}") µs** (per round: ${P_ADDED[*]})"
+        echo "- what the same GET costs the hand-written service, interleaved (/fetch − /refused), p50: $(median "${P_SVC_CALL[@]}") µs (per round: ${P_SVC_CALL[*]})"
+        echo "- added by keyhole over the hand-written service, interleaved, p50: **$(median "${P_SVC_ADDED[@]}") µs** (per round: ${P_SVC_ADDED[*]})"
+    fi
     if [ -n "$fetch_note" ]; then
         echo "- WARNING:$fetch_note"
     fi
