@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use keyhole::config::Limits;
 use keyhole::runtime::{InvokeError, UploadError};
 use keyhole::{HostError, UploadOptions};
 use keyhole_tests::env::TestHost;
@@ -421,10 +422,46 @@ async fn two_hundred_concurrent_invocations_all_succeed() {
         task.await.unwrap();
     }
     assert_eq!(t.host.logs(Some("echo"), 500).unwrap().len(), 200);
-    assert_eq!(
-        t.host.runtime().available_permits(),
-        t.host.runtime().max_instances() as usize
-    );
+    permits_all_come_back(&t).await;
+}
+
+/// Every capacity permit is back once the finished invocations' instances are torn down
+/// (which happens after their callers have the outcome).
+async fn permits_all_come_back(t: &TestHost) {
+    let runtime = t.host.runtime();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runtime.available_permits() != runtime.max_instances() as usize {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} permits still taken 10 s after the last invocation",
+            runtime.max_instances() as usize - runtime.available_permits(),
+            runtime.max_instances()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An instance is torn down after its caller has the outcome, but its pool slot counts
+/// as taken until then: on a runtime with one slot, invocations back to back (through
+/// `Runtime::invoke`, with nothing in between that yields) each wait for the one before
+/// to be freed instead of failing at capacity. On one thread too, where the teardown can
+/// only run while the next invocation waits.
+#[tokio::test(flavor = "current_thread")]
+async fn back_to_back_invocations_on_a_one_slot_runtime_all_run() {
+    let t = TestHost::with_max_instances(1);
+    let runtime = t.host.runtime();
+    let (_artifact, prepared) = runtime.compile(&plugin("echo")).expect("echo compiles");
+    for i in 0..20 {
+        let input = json!({ "i": i }).to_string();
+        let outcome = runtime
+            .invoke(&prepared, "echo", &input, Limits::default(), None)
+            .await;
+        match outcome.result {
+            Ok(output) => assert_eq!(output, input, "call {i}"),
+            Err(e) => panic!("call {i} failed: {e}"),
+        }
+    }
+    permits_all_come_back(&t).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

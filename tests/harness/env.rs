@@ -18,12 +18,18 @@ pub struct TestHost {
 impl TestHost {
     /// A new host on a new temp dir.
     pub fn new() -> Self {
+        Self::with_max_instances(64)
+    }
+
+    /// A new host on a new temp dir that runs at most `n` instances at once (its pool
+    /// has `n` slots).
+    pub fn with_max_instances(n: u32) -> Self {
         crate::capture::init();
         let dir = tempfile::tempdir().expect("temp dir");
         let host = Keyhole::open(
             dir.path(),
             RuntimeConfig {
-                max_instances: 64,
+                max_instances: n,
                 ..Default::default()
             },
         )
