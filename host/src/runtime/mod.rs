@@ -416,7 +416,7 @@ impl Runtime {
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(input) {
             return fail(InvokeError::InvalidInput(e.to_string()));
         }
-        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+        let Ok(_permit) = self.permits.acquire().await else {
             return fail(InvokeError::AtCapacity);
         };
         // From here it runs: the in-flight gauge and the duration leave out the wait for a
@@ -461,35 +461,17 @@ impl Runtime {
             ))),
             Ok(Err(e)) => Err(classify_trap(&e, state.limiter.exceeded, &limits, &stderr)),
         };
-        let state = store.data_mut();
-        let outcome = Outcome {
+        let state = store.into_data();
+        Outcome {
             result,
-            logs: state.logs.take_lines(),
+            logs: state.logs.into_lines(),
             stdout: state.stdout.text(),
             stderr,
-            outbound: std::mem::take(&mut state.http.calls),
+            outbound: state.http.calls,
             duration: started.elapsed(),
-            kv_writes: std::mem::take(&mut state.kv.writes),
-            state_turn: state.kv.turn.take(),
-        };
-        tear_down_later(store, permit);
-        outcome
-    }
-}
-
-/// Free a finished invocation's instance after its caller has the outcome. Freeing the
-/// pool slot resets the guest's memory and stack, work no answer needs to wait for, so it
-/// runs as a task of its own (after the current task, which answers, yields), or here
-/// with no runtime to spawn on. The capacity permit goes with the store: a new
-/// invocation never finds every permit free but a slot still taken.
-fn tear_down_later(store: Store<InvocationState>, permit: tokio::sync::OwnedSemaphorePermit) {
-    let tear_down = move || {
-        drop(store);
-        drop(permit);
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => drop(handle.spawn(async move { tear_down() })),
-        Err(_) => tear_down(),
+            kv_writes: state.kv.writes,
+            state_turn: state.kv.turn,
+        }
     }
 }
 

@@ -169,17 +169,15 @@ impl LogBuffer {
         self.lines.push(line);
     }
 
-    /// The kept lines, plus a note of how many were dropped, leaving the buffer empty.
-    pub fn take_lines(&mut self) -> Vec<String> {
+    /// The kept lines, plus a note of how many were dropped.
+    pub fn into_lines(mut self) -> Vec<String> {
         if self.dropped > 0 {
             self.lines.push(format!(
                 "[keyhole: {} more log lines dropped at the {}-byte cap]",
                 self.dropped, self.cap
             ));
-            self.dropped = 0;
         }
-        self.bytes = 0;
-        std::mem::take(&mut self.lines)
+        self.lines
     }
 }
 
