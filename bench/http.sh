@@ -232,14 +232,33 @@ SVC_FETCH_ARGS=(-m POST -T application/json -d '{"connection":"upstream","target
 SVC_REFUSED_ARGS=(-m POST -T application/json -d '{"connection":"not-granted","target":"/"}' "$SERVICE/refused")
 # bench-pairs SECONDS TOKEN URL_A BODY_A EXPECT_A URL_B BODY_B EXPECT_B: refused (A) and
 # fetch (B) alternating; prints "p50_a p50_b p99_a p99_b pairs failures"
-PAIRS_SECONDS=${DURATION%s}
+# DURATION is oha's (5s, 500ms, 1m); bench-pairs takes seconds.
+PAIRS_SECONDS=$(python3 -c '
+import re, sys
+m = re.fullmatch(r"([0-9.]+)(ms|s|m|h)?", sys.argv[1])
+if not m: sys.exit(f"DURATION={sys.argv[1]!r}: expected e.g. 5s, 500ms or 1m")
+print(float(m[1]) * {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}[m[2]])' "$DURATION")
 PAIRS_KEYHOLE=("$PAIRS_SECONDS" "$TOKEN"
     "$KEYHOLE_URL/v1/functions/fetch/invoke" '{"connection":"not-granted","target":"/"}' access-denied
     "$KEYHOLE_URL/v1/functions/fetch/invoke" '{"connection":"upstream","target":"/"}' '"status":200')
 PAIRS_SERVICE=("$PAIRS_SECONDS" -
     "$SERVICE/refused" '{"connection":"not-granted","target":"/"}' access-denied
     "$SERVICE/fetch" '{"connection":"upstream","target":"/"}' '"status":200')
-pairs() { "${LOAD[@]}" "$ROOT/target/release/examples/bench-pairs" "$@"; }
+# pairs ARGS... -> bench-pairs' line, or the script stops with why (a process
+# substitution's failure would otherwise go unnoticed under set -e)
+pairs() {
+    local out
+    out=$("${LOAD[@]}" "$ROOT/target/release/examples/bench-pairs" "$@") || {
+        echo "bench-pairs failed (arguments: $*)" >&2
+        exit 1
+    }
+    read -r _ _ _ _ n _ <<<"$out"
+    if [ "${n:-0}" = 0 ]; then
+        echo "bench-pairs timed no pair of requests: $out (arguments: $*)" >&2
+        exit 1
+    fi
+    echo "$out"
+}
 
 # Each case must do what it claims: the upstream refuses a GET without the key, answers
 # one with it, and fetch gets its 200 only because keyhole injected the key.
@@ -336,14 +355,16 @@ for round in $(seq "$ROUNDS"); do
     done
     echo "  round $round: direct $d_p50 µs, direct from the servers' CPU $l_p50 µs, refused $r_p50 µs, fetch $f_p50 µs, service refused $sr_p50 µs, service fetch $sf_p50 µs (p50)" >&2
     if [ "$PAIRED" = 1 ]; then
-        read -r pr_p50 pf_p50 _ _ p_pairs p_fail < <(pairs "${PAIRS_KEYHOLE[@]}")
-        read -r psr_p50 psf_p50 _ _ ps_pairs ps_fail < <(pairs "${PAIRS_SERVICE[@]}")
+        line=$(pairs "${PAIRS_KEYHOLE[@]}")
+        read -r pr_p50 pf_p50 _ _ p_pairs p_fail <<<"$line"
+        line=$(pairs "${PAIRS_SERVICE[@]}")
+        read -r psr_p50 psf_p50 _ _ ps_pairs ps_fail <<<"$line"
         PR_P50+=("$pr_p50") PF_P50+=("$pf_p50") PSR_P50+=("$psr_p50") PSF_P50+=("$psf_p50")
         P_ADDED+=("$((pf_p50 - pr_p50 - l_p50))") P_SVC_CALL+=("$((psf_p50 - psr_p50))")
         P_SVC_ADDED+=("$(((pf_p50 - pr_p50) - (psf_p50 - psr_p50)))") P_PAIRS+=("$p_pairs")
         if [ "$p_fail" != 0 ]; then fetch_note+=" round $round: $p_fail interleaved keyhole requests failed."; fi
         if [ "$ps_fail" != 0 ]; then fetch_note+=" round $round: $ps_fail interleaved service requests failed."; fi
-        echo "  round $round, interleaved: refused $pr_p50 µs, fetch $pf_p50 µs ($p_pairs pairs), service refused $psr_p50 µs, service fetch $psf_p50 µs (p50)" >&2
+        echo "  round $round, interleaved: refused $pr_p50 µs, fetch $pf_p50 µs ($p_pairs pairs), service refused $psr_p50 µs, service fetch $psf_p50 µs ($ps_pairs pairs) (p50)" >&2
     fi
 done
 {

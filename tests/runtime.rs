@@ -433,10 +433,10 @@ fn permits_all_back(t: &TestHost) {
     );
 }
 
-/// A slot counts as taken until its instance is freed, and an invocation waits for a
-/// permit rather than fail: on a runtime with one slot, invocations back to back
-/// (through `Runtime::invoke`, with nothing in between that yields, on one thread) all
-/// run. It fails with "at capacity" if a permit is given back before its slot is free.
+/// On a runtime with one slot, invocations back to back (through `Runtime::invoke`, with
+/// nothing in between that yields, on one thread) all run: each finds the slot free. It
+/// fails with "at capacity" if a change frees the slot after `invoke` returns (on a task
+/// of its own) without holding the capacity permit until then.
 #[tokio::test(flavor = "current_thread")]
 async fn back_to_back_invocations_on_a_one_slot_runtime_all_run() {
     let t = TestHost::with_max_instances(1);
