@@ -14,10 +14,13 @@
 //! `POST URL` with the JSON body (and `Authorization: Bearer TOKEN` unless TOKEN is
 //! `-`), for SECONDS after 500 warm-up pairs, and checks that every answer is a 2xx
 //! whose body contains EXPECT (a request that does not, or takes over 5 s, is counted,
-//! not timed). It prints one line: `p50_a p50_b p99_a p99_b pairs failures`, latencies
-//! in µs.
+//! not timed). It prints one line: `p50_a p50_b p99_a p99_b pairs failures` (pairs whose
+//! two requests both succeeded), latencies in µs.
 
 use std::time::{Duration, Instant};
+
+/// Pairs sent before timing starts (their failures count too).
+const WARM_UP_PAIRS: u64 = 500;
 
 struct Case {
     url: String,
@@ -41,6 +44,22 @@ async fn send(client: &reqwest::Client, token: Option<&str>, case: &Case) -> Opt
     let took = start.elapsed();
     let expected = std::str::from_utf8(&body).is_ok_and(|b| b.contains(&case.expect));
     (ok && expected).then_some(took)
+}
+
+/// Sends one pair, A then B for even `n` and B then A for odd, so neither always goes
+/// first; each slot holds its case's time, or `None` for a failed request.
+async fn pair(
+    client: &reqwest::Client,
+    token: Option<&str>,
+    cases: &[Case; 2],
+    n: u64,
+) -> [Option<Duration>; 2] {
+    let mut took = [None, None];
+    let order = if n.is_multiple_of(2) { [0, 1] } else { [1, 0] };
+    for i in order {
+        took[i] = send(client, token, &cases[i]).await;
+    }
+    took
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -104,31 +123,29 @@ fn main() {
             .expect("HTTP client");
         let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
         let (mut pairs, mut failures) = (0u64, 0u64);
+        let mut n = 0;
+        for _ in 0..WARM_UP_PAIRS {
+            failures += pair(&client, token, &cases, n)
+                .await
+                .iter()
+                .filter(|t| t.is_none())
+                .count() as u64;
+            n += 1;
+        }
         let deadline = Duration::from_secs_f64(seconds);
-        let mut started: Option<Instant> = None;
-        let (mut warm, mut sent) = (500, 0u64);
-        loop {
-            if warm == 0 && started.is_none() {
-                started = Some(Instant::now());
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            let took = pair(&client, token, &cases, n).await;
+            if took.iter().all(Option::is_some) {
+                pairs += 1;
             }
-            if started.is_some_and(|s| s.elapsed() >= deadline) {
-                break;
-            }
-            // Flip the order each pair: A B, B A, A B, ...
-            let order = if sent % 2 == 0 { [0, 1] } else { [1, 0] };
-            sent += 1;
-            for i in order {
-                match send(&client, token, &cases[i]).await {
-                    Some(took) if started.is_some() => times[i].push(took),
-                    Some(_) => {}
+            for (i, took) in took.into_iter().enumerate() {
+                match took {
+                    Some(took) => times[i].push(took),
                     None => failures += 1,
                 }
             }
-            if started.is_some() {
-                pairs += 1;
-            } else {
-                warm -= 1;
-            }
+            n += 1;
         }
         (times, pairs, failures)
     });
