@@ -14,7 +14,7 @@ VIDEO=dQw4w9WgXcQ
 step "installing the wasm32-wasip2 target"
 rustup target add wasm32-wasip2
 
-step "building keyhole and the local stand-ins (the first build compiles wasmtime: several minutes)"
+step "building keyhole and the local stand-ins (the first build compiles wasmtime, with LTO: 10–15 minutes on two cores)"
 cargo build --release -p keyhole-host --bin keyhole -p keyhole-tests --bin keyhole-standin
 KEYHOLE="$PWD/target/release/keyhole"
 
