@@ -123,15 +123,14 @@ fn main() {
             .expect("HTTP client");
         let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
         let (mut pairs, mut failures) = (0u64, 0u64);
-        let mut n = 0;
-        for _ in 0..WARM_UP_PAIRS {
+        for n in 0..WARM_UP_PAIRS {
             failures += pair(&client, token, &cases, n)
                 .await
                 .iter()
                 .filter(|t| t.is_none())
                 .count() as u64;
-            n += 1;
         }
+        let mut n = WARM_UP_PAIRS;
         let deadline = Duration::from_secs_f64(seconds);
         let start = Instant::now();
         while start.elapsed() < deadline {
