@@ -90,10 +90,12 @@ impl ServeArgs {
 pub async fn serve(host: Keyhole, args: ServeArgs, json: bool) -> anyhow::Result<i32> {
     let host = Arc::new(host);
     let mut server = Server::bind(host.clone(), args.config()).await?;
-    // A long-running process: checkpoint the WAL beside the requests, not inside one.
-    let _checkpointer = host
-        .storage()
-        .checkpoint_in_background(std::time::Duration::from_secs(1))?;
+    // A long-running process: checkpoint the WAL beside the requests, not inside one,
+    // unless steady writes have kept the WAL from starting over.
+    let _checkpointer = host.storage().checkpoint_in_background(
+        std::time::Duration::from_secs(1),
+        crate::storage::WAL_BOUND_PAGES,
+    )?;
     if args.keep_invocations > 0 {
         let (storage, keep) = (host.storage().clone(), args.keep_invocations);
         server.spawn_background(move |token| {

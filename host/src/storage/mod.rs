@@ -113,6 +113,11 @@ impl StorageError {
 /// this module, so a hot-path query is parsed once per process, not once per call.
 const STATEMENT_CACHE: usize = 128;
 
+/// The WAL size, in pages, past which a commit checkpoints for a process that
+/// checkpoints in the background ([`Storage::checkpoint_in_background`]): 16 MiB with
+/// SQLite's 4 KiB pages, a few seconds of single commits at full speed.
+pub const WAL_BOUND_PAGES: u32 = 4096;
+
 /// A write transaction: it takes the write lock at `BEGIN`, so waiting for another
 /// process goes through the busy handler. (A deferred one that reads first could fail at
 /// its first write with `SQLITE_BUSY_SNAPSHOT`, which no waiting helps.)
@@ -360,14 +365,23 @@ impl Storage {
         StorageError::from_sqlite(&self.path, source)
     }
 
-    /// Move WAL checkpoints off the write path for a long-running process: commits stop
-    /// checkpointing (a checkpoint writes the database file and syncs, which would stall
-    /// whichever invocation's commit triggered it), and a background thread with its own
-    /// connection checkpoints every `every` instead (see [`WalKeeper`]). Stops when the
-    /// returned value drops.
+    /// Move WAL checkpoints off the write path for a long-running process: a background
+    /// thread with its own connection checkpoints every `every` (see [`WalKeeper`]), and
+    /// commits checkpoint only once the WAL holds `wal_pages` pages or more (a checkpoint
+    /// writes the database file and syncs, which stalls whichever commit runs it).
+    ///
+    /// That bound is what keeps the WAL from growing without end under steady writes: the
+    /// WAL starts over only at a write that finds it wholly checkpointed, and while
+    /// commits keep coming, one always lands between the keeper's checkpoint and its
+    /// restarting write. A commit that checkpoints is itself the last write before the
+    /// next, so the next starts the WAL over (the keeper has copied most frames by then,
+    /// so its checkpoint is mostly the two syncs). `journal_size_limit` then cuts the
+    /// file back to twice the bound, so a burst does not keep its size on disk. Stops
+    /// when the returned value drops.
     pub fn checkpoint_in_background(
         self: &Arc<Self>,
         every: Duration,
+        wal_pages: u32,
     ) -> Result<Checkpointer, StorageError> {
         let mut keeper = WalKeeper::new(self)?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -389,9 +403,20 @@ impl Storage {
             .map_err(|e| {
                 StorageError::Background(format!("cannot start the checkpoint thread: {e}"))
             })?;
-        self.lock()?
-            .pragma_update(None, "wal_autocheckpoint", 0)
+        {
+            let conn = self.lock()?;
+            conn.pragma_update(None, "wal_autocheckpoint", wal_pages.max(1))
+                .map_err(|e| self.err(e))?;
+            let page_size: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            conn.pragma_update(
+                None,
+                "journal_size_limit",
+                2 * i64::from(wal_pages.max(1)) * page_size,
+            )
             .map_err(|e| self.err(e))?;
+        }
         Ok(Checkpointer {
             stop: Some(stop),
             thread: Some(thread),
@@ -450,7 +475,7 @@ mod tests {
         let first = write_batch(&s);
         let before = wal_generation(&s);
         let checkpointer = s
-            .checkpoint_in_background(Duration::from_millis(5))
+            .checkpoint_in_background(Duration::from_millis(5), WAL_BOUND_PAGES)
             .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while wal_generation(&s) == before {
@@ -471,7 +496,35 @@ mod tests {
         assert_eq!(s.recent_invocations(None, 1000).unwrap().len(), 400);
     }
 
-    /// A database whose commits never checkpoint, as under `keyhole serve`.
+    #[test]
+    fn steady_writes_beside_the_checkpointer_keep_the_wal_bounded() {
+        // Commits back to back, as under load: a commit always lands between the keeper's
+        // checkpoint and its restarting write, so only the commits' own checkpoint past
+        // the bound lets the WAL start over. Without it this WAL grows to ~40 MB.
+        let (_dir, s) = without_autocheckpoint();
+        let bound = 64;
+        let checkpointer = s
+            .checkpoint_in_background(Duration::from_millis(5), bound)
+            .unwrap();
+        let wal = s.path().with_extension("db-wal");
+        let mut largest = 0;
+        for i in 0..3000 {
+            s.insert_invocation(&row()).unwrap();
+            if i % 100 == 0 {
+                largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+            }
+        }
+        drop(checkpointer);
+        let limit = 1 << 20;
+        assert!(
+            largest < limit,
+            "the WAL reached {largest} bytes with a bound of {bound} pages"
+        );
+        assert_eq!(s.recent_invocations(None, 5000).unwrap().len(), 3000);
+    }
+
+    /// A database whose commits never checkpoint, as under `keyhole serve` before its
+    /// checkpointer starts.
     fn without_autocheckpoint() -> (tempfile::TempDir, Arc<Storage>) {
         let dir = tempfile::tempdir().unwrap();
         let s = Arc::new(Storage::open(&dir.path().join("t.db")).unwrap());
