@@ -227,12 +227,13 @@ impl WalKeeper {
     }
 
     /// Checkpoint what others wrote and, with `restart`, start the WAL over if the
-    /// checkpoint emptied it.
-    fn tick(&mut self, storage: &Weak<Storage>, restart: bool) {
+    /// checkpoint emptied it. Returns whether others had written (more than one frame
+    /// since the WAL started over).
+    fn tick(&mut self, storage: &Weak<Storage>, restart: bool) -> bool {
         if let Some(version) = self.after_restart
             && self.data_version() == Some(version)
         {
-            return;
+            return false;
         }
         // PASSIVE: copies what it can without waiting for or blocking anyone.
         let done = self
@@ -253,7 +254,7 @@ impl WalKeeper {
                 if restart && frames != 1 && frames >= 0 && copied == frames =>
             {
                 let Some(storage) = storage.upgrade() else {
-                    return;
+                    return false;
                 };
                 match storage.meta_set("wal-restarted-at", now_ms().to_string().as_bytes()) {
                     Ok(()) => self.after_restart = self.data_version(),
@@ -261,10 +262,12 @@ impl WalKeeper {
                         tracing::warn!(error = %e, "could not restart the WAL; the next write will")
                     }
                 }
+                frames > 1
             }
-            Ok(_) => {}
+            Ok((_, frames, _)) => frames > 1,
             Err(e) => {
                 tracing::warn!(database = %self.path.display(), error = %e, "WAL checkpoint failed; will retry");
+                false
             }
         }
     }
@@ -366,9 +369,10 @@ impl Storage {
     }
 
     /// Move WAL checkpoints off the write path for a long-running process: a background
-    /// thread with its own connection checkpoints every `every` (see [`WalKeeper`]), and
-    /// commits checkpoint only once the WAL holds `wal_pages` pages or more (a checkpoint
-    /// writes the database file and syncs, which stalls whichever commit runs it).
+    /// thread with its own connection checkpoints every `every`, ten times as often while
+    /// writes keep coming (see [`WalKeeper`]), and commits checkpoint only once the WAL
+    /// holds `wal_pages` pages or more (a checkpoint writes the database file and syncs,
+    /// which stalls whichever commit runs it).
     ///
     /// That bound is what keeps the WAL from growing without end under steady writes: the
     /// WAL starts over only at a write that finds it wholly checkpointed, and while
@@ -389,15 +393,19 @@ impl Storage {
         let thread = std::thread::Builder::new()
             .name("keyhole-checkpoint".into())
             .spawn(move || {
+                let mut wait = every;
                 loop {
                     let last = !matches!(
-                        stopped.recv_timeout(every),
+                        stopped.recv_timeout(wait),
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout)
                     );
-                    keeper.tick(&storage, !last);
+                    let written = keeper.tick(&storage, !last);
                     if last {
                         break;
                     }
+                    // While writes keep coming, checkpoint ten times as often: the commit
+                    // that finds the WAL past the bound then has little left to copy.
+                    wait = if written { every / 10 } else { every };
                 }
             })
             .map_err(|e| {
@@ -504,7 +512,7 @@ mod tests {
         let (_dir, s) = without_autocheckpoint();
         let bound = 64;
         let checkpointer = s
-            .checkpoint_in_background(Duration::from_millis(5), bound)
+            .checkpoint_in_background(Duration::from_millis(50), bound)
             .unwrap();
         let wal = s.path().with_extension("db-wal");
         let mut largest = 0;
@@ -515,7 +523,7 @@ mod tests {
             }
         }
         drop(checkpointer);
-        let limit = 1 << 20;
+        let limit = 2 << 20;
         assert!(
             largest < limit,
             "the WAL reached {largest} bytes with a bound of {bound} pages"
@@ -549,15 +557,15 @@ mod tests {
         write_batch(&s);
         let before = wal_generation(&s);
 
-        keeper.tick(&weak, true);
+        assert!(keeper.tick(&weak, true), "others had written");
         let restarted = wal_generation(&s);
         assert_ne!(
             restarted, before,
             "the keeper checkpointed and started the WAL over"
         );
 
-        keeper.tick(&weak, true);
-        keeper.tick(&weak, true);
+        assert!(!keeper.tick(&weak, true), "nobody wrote since");
+        assert!(!keeper.tick(&weak, true));
         assert_eq!(
             wal_generation(&s),
             restarted,
@@ -569,7 +577,7 @@ mod tests {
         assert_eq!(wal_generation(&s), restarted);
 
         // The next tick checkpoints that record and starts over again.
-        keeper.tick(&weak, true);
+        assert!(keeper.tick(&weak, true), "the record was written");
         assert_ne!(wal_generation(&s), restarted);
         assert_eq!(s.recent_invocations(None, 1000).unwrap().len(), 201);
     }
