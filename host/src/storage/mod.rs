@@ -377,9 +377,9 @@ impl Storage {
     /// That bound is what keeps the WAL from growing without end under steady writes: the
     /// WAL starts over only at a write that finds it wholly checkpointed, and while
     /// commits keep coming, one always lands between the keeper's checkpoint and its
-    /// restarting write. A commit that checkpoints is itself the last write before the
-    /// next, so the next starts the WAL over (the keeper has copied most frames by then,
-    /// so its checkpoint is mostly the two syncs). `journal_size_limit` then cuts the
+    /// restarting write. A commit's own checkpoint leaves no write in between, so the
+    /// next commit starts the WAL over (the keeper has copied most frames by then, so that
+    /// checkpoint is mostly its two syncs). `journal_size_limit` then cuts the
     /// file back to twice the bound, so a burst does not keep its size on disk. Stops
     /// when the returned value drops.
     pub fn checkpoint_in_background(
@@ -388,6 +388,18 @@ impl Storage {
         wal_pages: u32,
     ) -> Result<Checkpointer, StorageError> {
         let mut keeper = WalKeeper::new(self)?;
+        // Before the thread starts: a failure here leaves no thread behind.
+        {
+            let wal_pages = i64::from(wal_pages.max(1));
+            let conn = self.lock()?;
+            conn.pragma_update(None, "wal_autocheckpoint", wal_pages)
+                .map_err(|e| self.err(e))?;
+            let page_size: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            conn.pragma_update(None, "journal_size_limit", 2 * wal_pages * page_size)
+                .map_err(|e| self.err(e))?;
+        }
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let storage = Arc::downgrade(self);
         let thread = std::thread::Builder::new()
@@ -411,20 +423,6 @@ impl Storage {
             .map_err(|e| {
                 StorageError::Background(format!("cannot start the checkpoint thread: {e}"))
             })?;
-        {
-            let conn = self.lock()?;
-            conn.pragma_update(None, "wal_autocheckpoint", wal_pages.max(1))
-                .map_err(|e| self.err(e))?;
-            let page_size: i64 = conn
-                .query_row("PRAGMA page_size", [], |r| r.get(0))
-                .map_err(|e| self.err(e))?;
-            conn.pragma_update(
-                None,
-                "journal_size_limit",
-                2 * i64::from(wal_pages.max(1)) * page_size,
-            )
-            .map_err(|e| self.err(e))?;
-        }
         Ok(Checkpointer {
             stop: Some(stop),
             thread: Some(thread),
