@@ -103,6 +103,11 @@ fn callback(location: &str) -> CallbackParams {
 /// Authorize through the library: begin, approve at the provider, complete.
 async fn authorize(s: &Setup) {
     let pending = s.t.host.connections().begin_authorization("prov").unwrap();
+    authorize_with(s, pending).await;
+}
+
+/// Approve `pending` at the provider and complete it through the library.
+async fn authorize_with(s: &Setup, pending: keyhole::oauth::PendingAuthorization) {
     assert_eq!(pending.redirect_url, s.redirect);
     let location = s.server.approve(&pending.authorize_url).await.unwrap();
     assert!(location.starts_with(&s.redirect), "{location}");
@@ -543,6 +548,40 @@ async fn the_token_request_repeats_the_authorization_requests_redirect_uri() {
         .find(|(k, _)| k == "redirect_uri")
         .map(|(_, v)| v);
     assert_eq!(sent, Some(&s.redirect));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_with_pkce_off_connects_to_a_provider_without_pkce() {
+    // Slack, Zoho, HubSpot and Notion's presets say `pkce = false`: their providers do
+    // not take the PKCE parameters. Such a provider refuses them as unknown.
+    let s = setup_with("authorization_code", |toml| {
+        toml.replace("token_auth_method", "pkce = false\ntoken_auth_method")
+    })
+    .await;
+    s.server.set_pkce_supported(false);
+    let pending = s.t.host.connections().begin_authorization("prov").unwrap();
+    assert!(
+        !pending.authorize_url.contains("code_challenge"),
+        "{}",
+        pending.authorize_url
+    );
+    authorize_with(&s, pending).await;
+    let token = s.server.requests_to("/token");
+    let form = token.last().unwrap().form();
+    assert!(form.iter().all(|(k, _)| k != "code_verifier"), "{form:?}");
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+
+    // By default PKCE goes along, and such a provider refuses the authorization.
+    let s = setup("authorization_code").await;
+    s.server.set_pkce_supported(false);
+    let pending = s.t.host.connections().begin_authorization("prov").unwrap();
+    assert!(pending.authorize_url.contains("code_challenge_method=S256"));
+    let location = s.server.approve(&pending.authorize_url).await.unwrap();
+    assert_eq!(
+        query_param(&location, "error").as_deref(),
+        Some("invalid_request")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

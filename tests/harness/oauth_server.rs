@@ -282,6 +282,13 @@ impl OAuthServer {
         self.store().knobs.refresh_on_code = on;
     }
 
+    /// Whether the server supports PKCE (default on, and then required). Off, it is a
+    /// provider without PKCE that refuses `code_challenge` and `code_verifier` as unknown
+    /// parameters.
+    pub fn set_pkce_supported(&self, on: bool) {
+        self.store().knobs.pkce = on;
+    }
+
     /// Delays every `/token` answer, so concurrent refreshers pile up.
     pub fn set_token_delay(&self, ms: u64) {
         self.store().knobs.token_delay = Duration::from_millis(ms);

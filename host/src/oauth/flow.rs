@@ -35,8 +35,9 @@ pub struct PendingAuthorization {
 pub struct TakenState {
     /// The connection being authorized.
     pub connection: String,
-    /// The PKCE verifier for the token request.
-    pub verifier: PkceCodeVerifier,
+    /// The PKCE verifier for the token request; `None` when the authorization request
+    /// carried no challenge (the service has `pkce = false`).
+    pub verifier: Option<PkceCodeVerifier>,
     /// The `redirect_uri` sent with the authorization request.
     pub redirect_url: String,
 }
@@ -206,13 +207,21 @@ impl OAuth {
         for (k, v) in &def.auth_params {
             request = request.add_extra_param(k.clone(), v.clone());
         }
-        // PKCE always goes along: providers that ignore it are unaffected, and it is
-        // what binds the code to this client instance (RFC 9700 §2.1.1).
-        let (url, state) = request.set_pkce_challenge(challenge).url();
+        // PKCE goes along unless the service says its provider rejects it: it is what
+        // binds the code to this client instance (RFC 9700 §2.1.1). Without it the stored
+        // verifier is empty (a real one is 43 to 128 characters), and the token request
+        // carries none.
+        let verifier = if def.pkce {
+            request = request.set_pkce_challenge(challenge);
+            verifier.secret().clone()
+        } else {
+            String::new()
+        };
+        let (url, state) = request.url();
         let expires_at = now_ms() + STATE_TTL.as_millis() as i64;
         let sealed_verifier = self
             .sealer
-            .seal(verifier.secret().as_bytes(), &verifier_context(&row.name));
+            .seal(verifier.as_bytes(), &verifier_context(&row.name));
         self.storage
             .insert_oauth_state(
                 &state_hash(state.secret()),
@@ -270,7 +279,7 @@ impl OAuth {
             .map_err(|_| OAuthError::Config("stored verifier is malformed".into()))?;
         Ok(TakenState {
             connection: pending.connection,
-            verifier: PkceCodeVerifier::new(verifier),
+            verifier: (!verifier.is_empty()).then(|| PkceCodeVerifier::new(verifier)),
             redirect_url: pending.redirect_url,
         })
     }
@@ -293,12 +302,17 @@ impl OAuth {
         let redirect = RedirectUrl::new(taken.redirect_url.clone()).map_err(|e| {
             OAuthError::Config(format!("redirect URL {:?}: {e}", taken.redirect_url))
         })?;
-        let redactor = token_endpoint_redactor(&config, &[code, taken.verifier.secret().as_str()]);
-        let response = client
+        let mut secrets = vec![code];
+        secrets.extend(taken.verifier.as_ref().map(|v| v.secret().as_str()));
+        let redactor = token_endpoint_redactor(&config, &secrets);
+        let mut request = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|e| OAuthError::Config(e.to_string()))?
-            .set_redirect_uri(std::borrow::Cow::Owned(redirect))
-            .set_pkce_verifier(taken.verifier)
+            .set_redirect_uri(std::borrow::Cow::Owned(redirect));
+        if let Some(verifier) = taken.verifier {
+            request = request.set_pkce_verifier(verifier);
+        }
+        let response = request
             .request_async(&self.http)
             .await
             .map_err(|e| OAuthError::Token(describe(&e, &redactor).1))?;
@@ -472,10 +486,10 @@ mod tests {
         assert_eq!(
             (
                 taken.connection.as_str(),
-                taken.verifier.secret().as_str(),
+                taken.verifier.as_ref().map(|v| v.secret().as_str()),
                 taken.redirect_url.as_str()
             ),
-            ("c", "verifier", "http://127.0.0.1:1/cb")
+            ("c", Some("verifier"), "http://127.0.0.1:1/cb")
         );
         assert!(o.take_state("s2", Some("c")).is_err(), "state reused");
 

@@ -170,19 +170,31 @@ async fn authorize(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderM
         Some("code") => {}
         Some(_) => return fail("unsupported_response_type", "only response_type=code"),
     }
-    let Some(challenge) = params.get("code_challenge") else {
-        return fail("invalid_request", "code_challenge is required (PKCE)");
+    let challenge = if store.knobs.pkce {
+        let Some(challenge) = params.get("code_challenge") else {
+            return fail("invalid_request", "code_challenge is required (PKCE)");
+        };
+        // RFC 7636 §4.3: an absent method means `plain`, which this server refuses.
+        if params.get("code_challenge_method") != Some("S256") {
+            return fail(
+                "invalid_request",
+                "transform algorithm not supported: use S256",
+            );
+        }
+        if !is_pkce_string(challenge) {
+            return fail("invalid_request", "malformed code_challenge");
+        }
+        Some(challenge.to_owned())
+    } else {
+        // A provider without PKCE that refuses parameters it does not know.
+        if let Some(name) = ["code_challenge", "code_challenge_method"]
+            .into_iter()
+            .find(|name| params.get(name).is_some())
+        {
+            return fail("invalid_request", &format!("unknown parameter {name}"));
+        }
+        None
     };
-    // RFC 7636 §4.3: an absent method means `plain`, which this server refuses.
-    if params.get("code_challenge_method") != Some("S256") {
-        return fail(
-            "invalid_request",
-            "transform algorithm not supported: use S256",
-        );
-    }
-    if !is_pkce_string(challenge) {
-        return fail("invalid_request", "malformed code_challenge");
-    }
     let scope = params.get("scope").unwrap_or_default();
     if !scope.is_empty() && !is_valid_scope(scope) {
         return fail("invalid_scope", "malformed scope");
@@ -193,7 +205,7 @@ async fn authorize(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderM
         redirect_uri_given,
         scope: scope.to_owned(),
         state: state.map(str::to_owned),
-        challenge: challenge.to_owned(),
+        challenge,
     };
     let token = store.add_consent(consent);
     drop(store);

@@ -82,7 +82,8 @@ pub(crate) struct PendingConsent {
     pub redirect_uri_given: bool,
     pub scope: String,
     pub state: Option<String>,
-    pub challenge: String,
+    /// The PKCE challenge; `None` only on a server without PKCE ([`Knobs::pkce`] off).
+    pub challenge: Option<String>,
 }
 
 struct Code {
@@ -143,6 +144,9 @@ pub(crate) struct Knobs {
     pub fail_next_revocations: u32,
     /// `iss` sent with every authorization response (RFC 9207), if any.
     pub issuer: Option<String>,
+    /// Whether the server supports PKCE (then it requires it). Off, it is a provider that
+    /// rejects the PKCE parameters as unknown.
+    pub pkce: bool,
 }
 
 impl Default for Knobs {
@@ -161,6 +165,7 @@ impl Default for Knobs {
             refresh_on_code: true,
             fail_next_revocations: 0,
             issuer: None,
+            pkce: true,
         }
     }
 }
@@ -343,13 +348,23 @@ impl Store {
             }
             _ => {}
         }
-        let Some(verifier) = verifier else {
-            return Err(OAuthError::invalid_request("code_verifier is required"));
-        };
-        if !is_pkce_string(verifier) || pkce_challenge(verifier) != consent.challenge {
-            return Err(OAuthError::invalid_grant(
-                "code_verifier does not match the code_challenge",
-            ));
+        match (&consent.challenge, verifier) {
+            (Some(_), None) => {
+                return Err(OAuthError::invalid_request("code_verifier is required"));
+            }
+            (Some(challenge), Some(verifier)) => {
+                if !is_pkce_string(verifier) || pkce_challenge(verifier) != *challenge {
+                    return Err(OAuthError::invalid_grant(
+                        "code_verifier does not match the code_challenge",
+                    ));
+                }
+            }
+            (None, Some(_)) => {
+                return Err(OAuthError::invalid_request(
+                    "unknown parameter code_verifier: this server does not support PKCE",
+                ));
+            }
+            (None, None) => {}
         }
         let scope = entry.scope.clone();
         let user = entry.user.clone();
