@@ -5,7 +5,10 @@
 //! Basic-encoded, percent-encoded in a query — is replaced by `[redacted]`, and so are
 //! the forms a JSON answer commonly quotes it in: `"`, `\` and control characters
 //! escaped, and any mix of what encoders add by default: `/` as `\/` (PHP), non-ASCII
-//! as `\uXXXX` (Python, PHP), `<`, `>`, `&` as `\u003c`, `\u003e`, `\u0026` (Go).
+//! as `\uXXXX` (Python, PHP), `<`, `>`, `&` as `\u003c`, `\u003e`, `\u0026` (Go), those
+//! and `=`, `'` as `\u003d`, `\u0027` (Java's Gson), and `"`, `&`, `'`, `+`, `<`, `>`, `` ` ``
+//! and non-ASCII in upper-case hex, `\u002B` (.NET's `System.Text.Json`). A Basic blob ends
+//! in `=` more often than not, and a base64 key may hold `+`.
 
 /// What replaces a secret.
 pub const REDACTED: &str = "[redacted]";
@@ -61,7 +64,13 @@ impl Redactor {
             .unwrap_or_default();
         // Each escape doubles the forms: with and without it, on top of the others.
         let mut forms = vec![escaped.to_string()];
-        for escape in [escape_slash, escape_html, escape_non_ascii] {
+        for escape in [
+            escape_slash,
+            escape_html,
+            escape_non_ascii,
+            escape_gson,
+            escape_dotnet,
+        ] {
             let more: Vec<String> = forms.iter().map(|f| escape(f)).collect();
             forms.extend(more);
         }
@@ -142,6 +151,45 @@ fn escape_non_ascii(s: &str) -> String {
     out
 }
 
+/// `<`, `>`, `&`, `=`, `'` as `\u003c`, `\u003e`, `\u0026`, `\u003d`, `\u0027` (Gson's
+/// default, HTML-safe).
+fn escape_gson(s: &str) -> String {
+    escape_html(s)
+        .replace('=', "\\u003d")
+        .replace('\'', "\\u0027")
+}
+
+/// .NET `System.Text.Json`'s default encoder: `"` as `\u0022` (not `\"`), `&`, `'`, `+`,
+/// `<`, `>`, `` ` `` and non-ASCII as `\uXXXX` in upper-case hex. `s` is already
+/// JSON-escaped, so a `"` in it is the two characters `\"`, and a `\` there is the
+/// first of `\\` or `\"`.
+fn escape_dotnet(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some('"') => out.push_str("\\u0022"),
+                Some(next) => {
+                    out.push('\\');
+                    out.push(next);
+                }
+                None => out.push('\\'),
+            },
+            '&' | '\'' | '+' | '<' | '>' | '`' => {
+                out.push_str(&format!("\\u{:04X}", u32::from(c)));
+            }
+            c if !c.is_ascii() => {
+                for unit in c.encode_utf16(&mut [0u16; 2]) {
+                    out.push_str(&format!("\\u{unit:04X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +223,21 @@ mod tests {
             r#""p\u00e4<ss>&/\ud83d\ude00""#,
             r#""pä\u003css\u003e\u0026/😀""#,
             r#""p\u00e4<ss>&\/\ud83d\ude00""#,
+        ] {
+            assert_eq!(r.scrub(quoted), r#""[redacted]""#, "{quoted}");
+        }
+        // Gson's and .NET's defaults: a Basic blob ending in `=`, a base64 key with `+`,
+        // and .NET's upper-case hex for `<` and non-ASCII, `"` as `\u0022`.
+        let mut r = Redactor::default();
+        r.add_exact("dXNlcjpwYXNz==");
+        r.add("ab+c=d");
+        r.add("x<y'ä\"z");
+        for quoted in [
+            r#""dXNlcjpwYXNz\u003d\u003d""#,
+            r#""ab+c\u003dd""#,
+            r#""ab\u002Bc=d""#,
+            r#""x\u003cy\u0027ä\"z""#,
+            r#""x\u003Cy\u0027\u00E4\u0022z""#,
         ] {
             assert_eq!(r.scrub(quoted), r#""[redacted]""#, "{quoted}");
         }
