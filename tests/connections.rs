@@ -817,6 +817,21 @@ async fn timeouts_size_caps_and_request_caps_are_typed_errors() {
         ("acme", "GET", "/user", Some(200))
     );
     assert!(first.bytes > 0);
+
+    // A record keeps at most 200 characters of the path a guest chose, sent or not.
+    let long = format!("/user/{}", "x".repeat(20_000));
+    for target in [long.clone(), format!("https://elsewhere.example{long}")] {
+        call(
+            &t,
+            "capped",
+            json!({"connection": "acme", "target": target}),
+        )
+        .await;
+        let rec = &t.host.logs(Some("capped"), 1).unwrap()[0];
+        let path = &rec.outbound[0].path;
+        assert!(path.starts_with("/user/xxx"), "{path}");
+        assert_eq!(path.chars().count(), 201, "cut, with an ellipsis: {path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -626,7 +626,7 @@ fn prepare(
     };
     if let Some(record) = record {
         record.origin = recorded_origin(loaded, &url);
-        record.path = scrub_path(&loaded.service, loaded.redactor(), url.path());
+        record.path = recorded_path(loaded, url.path());
     }
     let (reserved_headers, reserved_query) = inject::reserved_names(&loaded.service);
     if let Some((k, _)) = url
@@ -721,8 +721,9 @@ fn request_timeout(wanted_ms: Option<u32>, limit_ms: u64, remaining: Duration) -
         .min(remaining)
 }
 
-/// Longest refused target kept in a record (the guest chose it; it may be anything).
-const MAX_REFUSED_TARGET: usize = 200;
+/// Longest path kept in a record, in characters (the guest chose it; it may be
+/// anything, up to what its memory holds, for each of its calls).
+const MAX_RECORDED_PATH: usize = 200;
 
 /// Where a refused request wanted to go, for the admin reading the records: the origin
 /// of an absolute target (else the connection's own), and the target's path without its
@@ -736,9 +737,18 @@ fn record_refused_target(record: &mut OutboundCall, loaded: &Loaded, target: &st
             without_query.to_string(),
         ),
     };
-    let path: String = path.chars().take(MAX_REFUSED_TARGET).collect();
     record.origin = origin;
-    record.path = scrub_path(&loaded.service, loaded.redactor(), &path);
+    record.path = recorded_path(loaded, &path);
+}
+
+/// `path` as a record keeps it: scrubbed, then cut to [`MAX_RECORDED_PATH`] characters
+/// (in that order, so a cut cannot leave part of a secret unscrubbed).
+fn recorded_path(loaded: &Loaded, path: &str) -> String {
+    let scrubbed = scrub_path(&loaded.service, loaded.redactor(), path);
+    match scrubbed.char_indices().nth(MAX_RECORDED_PATH) {
+        Some((end, _)) => format!("{}…", &scrubbed[..end]),
+        None => scrubbed,
+    }
 }
 
 /// The origin of `url` for a record, scrubbed: a capability URL may carry its secret in
