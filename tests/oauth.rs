@@ -367,6 +367,31 @@ async fn a_hundred_concurrent_invocations_on_an_expired_token_cause_one_token_re
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn callers_queued_behind_a_failing_refresh_do_not_each_ask_again() {
+    let s = setup("authorization_code").await;
+    s.server.set_access_ttl(30); // inside the skew: due for a refresh, still usable
+    authorize(&s).await;
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    s.server.fail_next_token_requests(100, 503);
+    s.server.set_token_delay(200);
+    let t = Arc::new(s.t);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move { call(&t, user()).await }));
+    }
+    for task in tasks {
+        // The token has not expired: each call goes on with it.
+        assert_eq!(task.await.unwrap()["status"], 200);
+    }
+    assert_eq!(
+        s.server.token_requests_for("refresh_token"),
+        1,
+        "the callers queued behind the failed refresh asked the provider again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn two_processes_on_an_expired_token_send_one_refresh() {
     let s = setup("authorization_code").await;
     authorize(&s).await;

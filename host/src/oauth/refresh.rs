@@ -59,15 +59,8 @@ impl OAuth {
             return Ok(false);
         }
         let name = loaded.row.name.clone();
-        if let Some(until) = self.backoff_until(&name)
-            && Instant::now() < until
-        {
-            // A recent refresh failed transiently: don't hammer the provider.
-            return if expired(loaded) || force {
-                Err(SendError::UpstreamUnreachable(REFRESH_FAILING.into()))
-            } else {
-                Ok(false)
-            };
+        if let Some(answer) = self.backed_off(loaded, force) {
+            return answer;
         }
 
         // Single flight: one refresh per connection, in this process and across the
@@ -85,6 +78,11 @@ impl OAuth {
                 return Err(SendError::NotConnected);
             }
             return Ok(true);
+        }
+        // The refresh that held the turn may have failed transiently: then the callers
+        // queued behind it take its answer rather than each asking the provider again.
+        if let Some(answer) = self.backed_off(loaded, force) {
+            return answer;
         }
         if force {
             let has_refresh = loaded
@@ -108,12 +106,36 @@ impl OAuth {
         self.refresh_locked(loaded, force).await
     }
 
+    /// While a transient refresh failure's backoff lasts: the answer, without asking the
+    /// provider. `None` when there is no backoff.
+    fn backed_off(&self, loaded: &Loaded, force: bool) -> Option<Result<bool, SendError>> {
+        let until = self.backoff_until(&loaded.row.name)?;
+        if Instant::now() >= until {
+            return None;
+        }
+        Some(if expired(loaded) || force {
+            Err(SendError::UpstreamUnreachable(REFRESH_FAILING.into()))
+        } else {
+            Ok(false)
+        })
+    }
+
+    /// The connection's row and credentials as stored now. `NotConnected` if it is gone or
+    /// is no longer the connection `loaded` was opened from (deleted and added again, or
+    /// pointed elsewhere): the request in flight was built for that one's service and
+    /// endpoint, and new credentials must not go there.
     fn reload(&self, loaded: &Loaded) -> Result<Loaded, SendError> {
         let row = self
             .storage
             .get_connection(&loaded.row.name)
             .map_err(|e| host_fault(&e))?
             .ok_or(SendError::NotConnected)?;
+        let was = &loaded.row;
+        if (&row.service, &row.base_url, &row.params, row.created_at)
+            != (&was.service, &was.base_url, &was.params, was.created_at)
+        {
+            return Err(SendError::NotConnected);
+        }
         let creds = match &row.sealed {
             Some(blob) => {
                 Credentials::open(&self.sealer, &row.name, blob).map_err(|e| host_fault(&e))?
@@ -298,4 +320,74 @@ impl OAuth {
 fn host_fault(e: &dyn std::fmt::Display) -> SendError {
     tracing::error!(error = %e, "host fault while refreshing a token");
     SendError::UpstreamUnreachable("keyhole host error; see the host's logs".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::{MasterKey, Sealer};
+    use crate::services::ServiceDef;
+    use crate::storage::{ConnectionRow, Storage};
+
+    fn row(params: &[(&str, &str)], created_at: i64) -> ConnectionRow {
+        ConnectionRow {
+            name: "c".into(),
+            service: "acme".into(),
+            status: "connected".into(),
+            status_reason: None,
+            scopes: vec![],
+            base_url: None,
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            sealed: None,
+            generation: 0,
+            token_info: serde_json::json!({}),
+            created_at,
+            connected_at: None,
+            last_used_at: None,
+            account: None,
+            account_source: None,
+        }
+    }
+
+    #[test]
+    fn a_reload_refuses_a_connection_that_is_no_longer_the_one_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(&dir.path().join("db")).unwrap());
+        let oauth = OAuth::new(
+            storage.clone(),
+            Arc::new(Sealer::new(&MasterKey::from_bytes([3; 32]))),
+        );
+        let service = ServiceDef::from_toml(crate::services::MINIMAL).unwrap();
+        let endpoint = service.resolve(&Default::default(), None).unwrap();
+        let opened = row(&[("site", "a")], 1);
+        storage.insert_connection(&opened).unwrap();
+        let loaded = Loaded::new(opened, service, Credentials::default(), endpoint);
+        assert!(oauth.reload(&loaded).is_ok(), "unchanged");
+
+        // Pointed elsewhere while a request was in flight.
+        storage
+            .update_connection_settings(&row(&[("site", "b")], 1))
+            .unwrap();
+        assert!(matches!(
+            oauth.reload(&loaded),
+            Err(SendError::NotConnected)
+        ));
+        // Deleted and added again under the same name, settings as before.
+        storage.delete_connection("c").unwrap();
+        storage
+            .insert_connection(&row(&[("site", "a")], 2))
+            .unwrap();
+        assert!(matches!(
+            oauth.reload(&loaded),
+            Err(SendError::NotConnected)
+        ));
+        storage.delete_connection("c").unwrap();
+        assert!(matches!(
+            oauth.reload(&loaded),
+            Err(SendError::NotConnected)
+        ));
+    }
 }
