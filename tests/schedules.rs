@@ -1,5 +1,6 @@
 //! Schedules: administration through the CLI, runs on time under `keyhole serve`, never
-//! overlapping itself, and missed runs collapsing into one at start.
+//! overlapping itself, missed runs collapsing into one at start, and each slot run once,
+//! only by the process that claimed it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -351,5 +352,132 @@ async fn runs_missed_while_down_happen_once_at_start() {
     assert!(
         show.next_run_at > show.last_run_at.unwrap(),
         "next run not moved past now"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_servers_on_one_data_directory_run_a_slot_once() {
+    let t = TestHost::new();
+    t.upload("counter", "counter", &[]).await;
+    t.host
+        .schedules()
+        .add(
+            "tick",
+            "counter",
+            &Cadence::Every(Duration::from_secs(2)),
+            "{}",
+        )
+        .unwrap();
+    let due = t.host.schedules().show("tick").unwrap().next_run_at;
+    // A claim of a slot someone else already moved on runs nothing.
+    let storage = t.host.storage();
+    assert!(
+        !storage
+            .claim_schedule_run("tick", due - 1, due, due + 2000)
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let open = || {
+        Arc::new(
+            Keyhole::open(
+                t.home(),
+                RuntimeConfig {
+                    max_instances: 8,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        )
+    };
+    // Both schedulers start together, so their ticks read the due slot together.
+    let (a, b) = (open(), open());
+    let stop = || tokio::time::sleep(Duration::from_millis(1200));
+    tokio::join!(
+        Scheduler::run(a, stop(), Duration::from_secs(5)),
+        Scheduler::run(b, stop(), Duration::from_secs(5)),
+    );
+    assert_eq!(
+        t.host.logs(Some("counter"), 10).unwrap().len(),
+        1,
+        "both servers ran the slot"
+    );
+    let show = t.host.schedules().show("tick").unwrap();
+    assert!(show.next_run_at > due, "the slot was not moved on");
+}
+
+#[test]
+fn a_slot_whose_claim_cannot_be_written_does_not_run() {
+    let api = FakeApi::start_blocking(vec![]);
+    let t = TestHost::new();
+    let service = t.home().join("svc.toml");
+    std::fs::write(
+        &service,
+        format!(
+            "name = \"open\"\ndisplay_name = \"Open\"\nauth = \"none\"\nbase_url = \"{}\"\n",
+            api.base_url()
+        ),
+    )
+    .unwrap();
+    t.cli(&["services", "add", "--file", service.to_str().unwrap()])
+        .ok();
+    t.cli(&["connections", "add", "open", "--service", "open"])
+        .ok();
+    t.cli(&["connections", "connect", "open"]).ok();
+    let p = plugin_path("misbehave");
+    t.cli(&[
+        "functions",
+        "upload",
+        p.to_str().unwrap(),
+        "--name",
+        "poster",
+        "--grant",
+        "open",
+    ])
+    .ok();
+    let input = r#"{"mode":"sleep-http","connection":"open","target":"/slow?ms=1"}"#;
+    t.cli(&[
+        "schedules",
+        "add",
+        "post",
+        "--function",
+        "poster",
+        "--every",
+        "1s",
+        "--input",
+        input,
+    ])
+    .ok();
+    let (child, _) = t.spawn_serve(&[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while api.hits("/slow") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the schedule never ran"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // its record commits
+    // Another process (a backup, an sqlite3 shell) holds the write lock past the busy
+    // timeout: the next slots cannot be claimed, so they must not run (each run would
+    // post again, and could not move the slot on).
+    let other = rusqlite::Connection::open(t.home().join("keyhole.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let before = api.hits("/slow");
+    std::thread::sleep(Duration::from_millis(11_500));
+    let during = api.hits("/slow") - before;
+    other.execute_batch("ROLLBACK").unwrap();
+    // Once the lock is gone the schedule runs again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while api.hits("/slow") == before + during {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the schedule did not run again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop_serve(child);
+    assert_eq!(
+        during, 0,
+        "slots ran while their claim could not be written"
     );
 }

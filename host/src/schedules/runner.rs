@@ -61,8 +61,22 @@ impl Scheduler {
                         continue;
                     }
                 };
-                if let Err(e) = host.storage().schedule_started(&schedule.name, now, next) {
-                    tracing::error!(schedule = %schedule.name, error = %e, "cannot record a schedule run");
+                // Run only a slot this process claimed: another server on this data
+                // directory may have claimed it, and a claim that cannot be written runs
+                // nothing (the slot stays due and is tried again at the next tick).
+                let claimed = host
+                    .storage()
+                    .claim_schedule_run(&schedule.name, schedule.next_run_at, now, next)
+                    .unwrap_or_else(|e| {
+                        tracing::error!(schedule = %schedule.name, error = %e, "cannot record a schedule run; not running it");
+                        false
+                    });
+                if !claimed {
+                    running
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&schedule.name);
+                    continue;
                 }
                 let host = host.clone();
                 let running = running.clone();

@@ -157,19 +157,26 @@ impl Storage {
             .map_err(|e| self.err(e))
     }
 
-    /// A run is starting: record it and move `next_run_at` on.
-    pub fn schedule_started(
+    /// Claim the run due at `due_at`: record it as started and move `next_run_at` on, if
+    /// the slot is still the one read and the schedule still runs. `false`: someone else
+    /// (another `keyhole serve` on this data directory) claimed it, or it was paused,
+    /// removed or moved meanwhile; then nothing may run for it. Only the process whose
+    /// claim is written runs the slot, so a slot never runs twice, and a claim that
+    /// cannot be written (a lock held elsewhere) runs nothing and is tried again.
+    pub fn claim_schedule_run(
         &self,
         name: &str,
+        due_at: i64,
         started_at: i64,
         next_run_at: i64,
-    ) -> Result<(), StorageError> {
+    ) -> Result<bool, StorageError> {
         self.lock()?
             .execute_cached(
-                "UPDATE schedules SET last_run_at = ?2, next_run_at = ?3 WHERE name = ?1",
-                params![name, started_at, next_run_at],
+                "UPDATE schedules SET last_run_at = ?2, next_run_at = ?3 \
+                 WHERE name = ?1 AND next_run_at = ?4 AND paused = 0",
+                params![name, started_at, next_run_at, due_at],
             )
-            .map(drop)
+            .map(|n| n == 1)
             .map_err(|e| self.err(e))
     }
 
