@@ -554,6 +554,65 @@ async fn over_capacity_gets_503_and_the_server_keeps_serving() {
         .await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invocation_whose_client_hangs_up_runs_to_its_end_and_is_recorded() {
+    use tokio::io::AsyncWriteExt;
+    let api = start(test_config()).await;
+    api.upload("misbehave", "busy", "timeout_ms=800").await;
+    // Sends a looping invocation, then hangs up mid-run the way a client's own timeout
+    // leaves: the socket reset.
+    let hang_up = async |api: &Api| {
+        let addr = api.base.trim_start_matches("http://").to_string();
+        let body = r#"{"mode":"loop"}"#;
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let request = format!(
+            "POST /v1/functions/busy/invoke HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            api.admin,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        stream.set_zero_linger().unwrap();
+        drop(stream);
+    };
+    hang_up(&api).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let records = api
+            .get("/v1/functions/busy/invocations?limit=5")
+            .await
+            .json();
+        if let Some(first) = records.as_array().and_then(|r| r.first()) {
+            break first.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the invocation left no record"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(record["outcome"], "timeout", "{record}");
+    let m = api.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"keyhole_invocations_total{function="busy",outcome="timeout"}"#
+        ),
+        Some(1.0)
+    );
+    let in_flight = r#"keyhole_invocations_in_flight{function="busy"}"#;
+    assert_eq!(sample(&m, in_flight), Some(0.0), "{m}");
+    // Shutdown waits for such a run like for any other.
+    hang_up(&api).await;
+    let report = api.shutdown().await;
+    assert!(!report.forced);
+    assert!(
+        report.drained_in >= Duration::from_millis(400),
+        "shutdown did not wait for the run: {report:?}"
+    );
+}
+
 /// A raw connection that has sent an invocation's headers (declaring `length` body
 /// bytes) and the first `sent` of the body.
 async fn half_sent_invocation(api: &Api, length: usize, sent: &str) -> tokio::net::TcpStream {

@@ -14,7 +14,15 @@
 //! cap if it declares none, given back down to its size once it is in) before it is
 //! read, and past the budget gets 503 (only token holders get this far: authentication
 //! comes first).
+//!
+//! An invocation runs to its end even if its client goes away: killed halfway, a function
+//! that had already posted somewhere would have no record of it, and could not commit
+//! the state that keeps its next run from posting again. The run then finishes on a task
+//! of its own ([`RunToCompletion`]), which shutdown waits for like any invocation.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Extension;
@@ -55,21 +63,26 @@ pub async fn invoke(
     let mut memory = state.bodies.reserve(size)?;
     let body = read_body(body, size, config.body_timeout).await?;
     memory.shrink_to(body.len());
-    let _ticket = state.capacity.enter()?;
+    let ticket = state.capacity.enter()?;
     let input = if body.iter().all(u8::is_ascii_whitespace) {
-        "{}"
+        "{}".to_string()
     } else {
-        std::str::from_utf8(&body).map_err(|e| {
+        String::from_utf8(Vec::from(body)).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid-input",
-                format!("input is not UTF-8 text: {e}"),
+                format!("input is not UTF-8 text: {}", e.utf8_error()),
             )
         })?
     };
-    let invocation = state
-        .host
-        .invoke_answer_first(&name, input)
+    let host = state.host.clone();
+    let run = async move {
+        // Both held until the invocation ends, wherever it ends.
+        let _ticket = ticket;
+        let _memory = memory;
+        host.invoke_answer_first(&name, &input).await
+    };
+    let invocation = RunToCompletion::new(run, &state.detached)
         .await
         .map_err(|e| ApiError::from_invoke(&e))?;
     match invocation.result {
@@ -93,6 +106,53 @@ pub async fn invoke(
             Ok(response)
         }
         Err(e) => Err(ApiError::from_invoke(&e).with_invocation(invocation.id)),
+    }
+}
+
+/// A future that, dropped before it is done (its request went away), finishes on a task
+/// of `tracker`'s instead of stopping where it was. Until then it costs nothing more than
+/// the future itself.
+struct RunToCompletion<T: Send + 'static> {
+    run: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+    tracker: tokio_util::task::TaskTracker,
+}
+
+impl<T: Send + 'static> RunToCompletion<T> {
+    fn new(
+        run: impl Future<Output = T> + Send + 'static,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> Self {
+        Self {
+            run: Some(Box::pin(run)),
+            tracker: tracker.clone(),
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for RunToCompletion<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let run = self
+            .run
+            .as_mut()
+            .expect("RunToCompletion polled after it completed");
+        let out = std::task::ready!(run.as_mut().poll(cx));
+        self.run = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<T: Send + 'static> Drop for RunToCompletion<T> {
+    fn drop(&mut self) {
+        if let Some(run) = self.run.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            tracing::debug!("the client went away; the invocation runs to its end");
+            self.tracker.spawn(async move {
+                run.await;
+            });
+        }
     }
 }
 

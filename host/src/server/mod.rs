@@ -228,6 +228,8 @@ pub struct AppState {
     pub rate: Arc<RateLimit>,
     /// Settings.
     pub config: Arc<ServeConfig>,
+    /// Invocations whose client went away, running to their end; shutdown waits for them.
+    pub detached: tokio_util::task::TaskTracker,
 }
 
 impl AppState {
@@ -242,6 +244,7 @@ impl AppState {
             rate: Arc::new(RateLimit::new(config.rate_limit, config.rate_burst)),
             config: Arc::new(config),
             host,
+            detached: tokio_util::task::TaskTracker::new(),
         }
     }
 }

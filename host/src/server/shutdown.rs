@@ -136,6 +136,12 @@ pub(super) async fn serve_until_drained(
     let mut forced = tokio::time::timeout_at(deadline, graceful.shutdown())
         .await
         .is_err();
+    // Invocations whose clients went away finish too (none start after the connections
+    // are gone).
+    state.detached.close();
+    forced |= tokio::time::timeout_at(deadline, state.detached.wait())
+        .await
+        .is_err();
     for task in background {
         let abort = task.abort_handle();
         if tokio::time::timeout_at(deadline, task).await.is_err() {
