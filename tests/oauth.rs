@@ -766,6 +766,39 @@ async fn revoke_calls_the_provider_and_reconnect_works_in_place() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_while_a_revocation_is_on_its_way_leaves_nothing_live() {
+    let s = setup("authorization_code").await;
+    authorize(&s).await;
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    s.server.set_revoke_delay(600);
+    // The provider drops the access token: the next call gets 401 and refreshes.
+    s.server.expire_all_access_tokens();
+    let c = s.t.host.connections();
+    let revoking = tokio::spawn({
+        let c = c.clone();
+        async move { c.revoke("prov").await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let out = call(&s.t, user()).await;
+    assert_ne!(out["status"], 200, "{out}");
+    let revocation = revoking.await.unwrap().unwrap();
+    assert!(revocation.wiped);
+    assert_eq!(c.show("prov").unwrap().status, Status::Revoked);
+    for token in s.server.issued_refresh_tokens() {
+        assert!(
+            !s.server.is_refresh_token_active(&token),
+            "a refresh token is live"
+        );
+    }
+    for token in s.server.issued_access_tokens() {
+        assert!(
+            !s.server.is_access_token_active(&token),
+            "an access token is live"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn client_credentials_end_to_end() {
     let s = setup("client_credentials").await;
     let out = s.t.cli(&["connections", "connect", "prov"]);

@@ -289,6 +289,11 @@ impl OAuthServer {
         self.store().knobs.pkce = on;
     }
 
+    /// Delays every `/revoke` request before it is handled.
+    pub fn set_revoke_delay(&self, ms: u64) {
+        self.store().knobs.revoke_delay = Duration::from_millis(ms);
+    }
+
     /// Delays every `/token` answer, so concurrent refreshers pile up.
     pub fn set_token_delay(&self, ms: u64) {
         self.store().knobs.token_delay = Duration::from_millis(ms);

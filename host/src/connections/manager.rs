@@ -26,6 +26,9 @@ pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest excerpt of an upstream's answer shown as a failure reason.
 const REASON_EXCERPT: usize = 300;
 
+/// How many times `revoke` revokes credentials that changed under it before it gives up.
+const REVOKE_ATTEMPTS: usize = 3;
+
 /// Administration of connections. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Connections {
@@ -615,15 +618,66 @@ impl Connections {
     /// wiped whatever the provider says; its answer to each token comes back (and goes
     /// into the status reason), so a caller can tell a grant that may still be live. A
     /// connection that holds no credentials is left as it is (`wiped` false).
+    ///
+    /// It takes the connection's refresh turn, so no refresh (in this process or another)
+    /// stores new tokens while the old ones are being revoked. If the credentials still
+    /// change meanwhile (a `connect` elsewhere), it revokes what is there now, a few
+    /// times at most, and then fails rather than report a wipe that did not happen.
     pub async fn revoke(&self, name: &str) -> Result<Revocation, ConnectionError> {
-        let row = self.row(name)?;
-        if row.sealed.is_none() {
-            return Ok(Revocation {
-                connection: self.show(name)?,
-                provider: Vec::new(),
-                wiped: false,
-            });
+        let _turn = self.gateway.storage.turn(&format!("refresh-{name}")).await;
+        let mut provider = Vec::new();
+        for _ in 0..REVOKE_ATTEMPTS {
+            let row = self.row(name)?;
+            if row.sealed.is_none() {
+                // Nothing (left) to wipe: on a later attempt, someone else wiped it.
+                return Ok(Revocation {
+                    connection: self.show(name)?,
+                    provider,
+                    wiped: false,
+                });
+            }
+            provider = self.revoke_at_provider(name, &row).await?;
+            let mut reason = format!("revoked by admin at {}", crate::util::format_ms(now_ms()));
+            if !provider.is_empty() {
+                reason.push_str("; provider: ");
+                let lines: Vec<&str> = provider.iter().map(|p| p.detail.as_str()).collect();
+                reason.push_str(&lines.join("; "));
+            }
+            let swapped = self.gateway.storage.swap_credentials(
+                name,
+                row.generation,
+                None,
+                Status::Revoked.as_str(),
+                Some(&reason),
+                &serde_json::json!({}),
+                false,
+            )?;
+            if swapped.is_some() {
+                tracing::info!(connection = name, "connection revoked; credentials wiped");
+                return Ok(Revocation {
+                    connection: self.show(name)?,
+                    provider,
+                    wiped: true,
+                });
+            }
+            tracing::info!(
+                connection = name,
+                "credentials changed while being revoked; revoking the new ones"
+            );
         }
+        Err(ConnectionError::Invalid(format!(
+            "connection {name:?} kept getting new credentials while being revoked (another \
+             keyhole process is connecting it); nothing was wiped: run the command again"
+        )))
+    }
+
+    /// Revoke a row's OAuth tokens at the provider (RFC 7009): its answer to each.
+    /// Nothing for other kinds of credentials.
+    async fn revoke_at_provider(
+        &self,
+        name: &str,
+        row: &ConnectionRow,
+    ) -> Result<Vec<ProviderRevocation>, ConnectionError> {
         let service = self.catalog().require(&row.service)?.def;
         let mut provider = Vec::new();
         if service.oauth2.is_some()
@@ -643,27 +697,7 @@ impl Connections {
                 }),
             }
         }
-        let mut reason = format!("revoked by admin at {}", crate::util::format_ms(now_ms()));
-        if !provider.is_empty() {
-            reason.push_str("; provider: ");
-            let lines: Vec<&str> = provider.iter().map(|p| p.detail.as_str()).collect();
-            reason.push_str(&lines.join("; "));
-        }
-        self.gateway.storage.swap_credentials(
-            name,
-            row.generation,
-            None,
-            Status::Revoked.as_str(),
-            Some(&reason),
-            &serde_json::json!({}),
-            false,
-        )?;
-        tracing::info!(connection = name, "connection revoked; credentials wiped");
-        Ok(Revocation {
-            connection: self.show(name)?,
-            provider,
-            wiped: true,
-        })
+        Ok(provider)
     }
 
     /// Replace a custom service's definition. If that would send a connected

@@ -491,6 +491,10 @@ async fn revoke(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         Ok(params) => params,
         Err(err) => return err.into_response(),
     };
+    let delay = shared.store.lock().unwrap().knobs.revoke_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut store = shared.store.lock().unwrap();
     if store.knobs.fail_next_revocations > 0 {
         store.knobs.fail_next_revocations -= 1;

@@ -142,6 +142,7 @@ pub(crate) struct Knobs {
     pub quote_in_errors: bool,
     pub refresh_on_code: bool,
     pub fail_next_revocations: u32,
+    pub revoke_delay: Duration,
     /// `iss` sent with every authorization response (RFC 9207), if any.
     pub issuer: Option<String>,
     /// Whether the server supports PKCE (then it requires it). Off, it is a provider that
@@ -164,6 +165,7 @@ impl Default for Knobs {
             quote_in_errors: false,
             refresh_on_code: true,
             fail_next_revocations: 0,
+            revoke_delay: Duration::ZERO,
             issuer: None,
             pkce: true,
         }
