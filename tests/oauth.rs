@@ -512,6 +512,40 @@ async fn invalid_grant_needs_reauth_and_transient_failures_do_not() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_providers_own_dead_refresh_token_code_needs_reauth_when_the_service_names_it() {
+    // GitHub answers a dead refresh token with `bad_refresh_token`, status 200.
+    for (named, status) in [(true, Status::NeedsReauth), (false, Status::Connected)] {
+        let s = setup_with("authorization_code", |toml| {
+            if named {
+                toml.replace(
+                    "token_auth_method",
+                    "reauth_errors = [\"bad_refresh_token\"]\ntoken_auth_method",
+                )
+            } else {
+                toml
+            }
+        })
+        .await;
+        authorize(&s).await;
+        s.t.upload("hello-http", "hello", &["prov"]).await;
+        s.server.set_errors_with_200(true);
+        s.server.set_refresh_refusal_code("bad_refresh_token");
+        s.server.expire_all_access_tokens();
+        s.server.reject_next_refreshes(1);
+        let out = call(&s.t, user()).await;
+        let view = s.t.host.connections().show("prov").unwrap();
+        assert_eq!(view.status, status, "named: {named}; {out}");
+        if named {
+            assert_eq!(out["error"], "not-connected");
+            assert!(view.status_reason.unwrap().contains("bad_refresh_token"));
+        } else {
+            // Not named: taken as passing (retried after a backoff).
+            assert_eq!(out["error"], "upstream-unreachable");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn provider_error_text_is_scrubbed_and_never_reaches_a_guest() {
     let s = setup("authorization_code").await;
     authorize(&s).await;

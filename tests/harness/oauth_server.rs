@@ -245,9 +245,18 @@ impl OAuthServer {
         store.knobs.fail_status = StatusCode::from_u16(status).expect("a valid status code");
     }
 
-    /// The next `n` refresh-token grants answer `invalid_grant` without touching any token.
+    /// The next `n` refresh-token grants answer `invalid_grant` (or the code set with
+    /// [`set_refresh_refusal_code`](Self::set_refresh_refusal_code)) without touching any
+    /// token.
     pub fn reject_next_refreshes(&self, n: u32) {
         self.store().knobs.reject_next_refreshes = n;
+    }
+
+    /// The error code [`reject_next_refreshes`](Self::reject_next_refreshes) answers with
+    /// (default `invalid_grant`): a provider of its own ways, like GitHub's
+    /// `bad_refresh_token`.
+    pub fn set_refresh_refusal_code(&self, code: &'static str) {
+        self.store().knobs.refresh_refusal = code;
     }
 
     /// Whether a refresh issues a new refresh token and retires the old one (default on).

@@ -80,17 +80,22 @@ pub(crate) fn token_endpoint_redactor(config: &ClientConfig, more: &[&str]) -> R
     r
 }
 
-/// Classify a token endpoint failure: `(true, _)` for `invalid_grant` (terminal), with a
-/// description scrubbed by `redactor` (providers may quote what they were sent).
+/// Classify a token endpoint failure: `(true, _)` for `invalid_grant` or one of the
+/// service's `reauth_errors` (terminal), with a description scrubbed by `redactor`
+/// (providers may quote what they were sent).
 ///
 /// An error object sent with status 200 (GitHub, Slack and Zoho do) counts as the error
 /// it is, not as a malformed token response.
 pub(crate) fn describe<RE: std::error::Error + 'static>(
     e: &RequestTokenError<RE, BasicErrorResponse>,
     redactor: &Redactor,
+    reauth_errors: &[String],
 ) -> (bool, String) {
     let server = |r: &BasicErrorResponse| {
-        let terminal = matches!(r.error(), BasicErrorResponseType::InvalidGrant);
+        let terminal = match r.error() {
+            BasicErrorResponseType::InvalidGrant => true,
+            other => reauth_errors.iter().any(|code| *code == other.as_ref()),
+        };
         let mut msg = r.error().to_string();
         if let Some(d) = r.error_description() {
             msg.push_str(": ");
@@ -315,7 +320,7 @@ impl OAuth {
         let response = request
             .request_async(&self.http)
             .await
-            .map_err(|e| OAuthError::Token(describe(&e, &redactor).1))?;
+            .map_err(|e| OAuthError::Token(describe(&e, &redactor, &[]).1))?;
         let (tokens, info) = tokens_from(&response, None, &row.scopes, &def.scope_separator);
         self.store_tokens(row, tokens, info)
     }
@@ -350,7 +355,7 @@ impl OAuth {
         let response = request
             .request_async(&self.http)
             .await
-            .map_err(|e| OAuthError::Token(describe(&e, &redactor).1))?;
+            .map_err(|e| OAuthError::Token(describe(&e, &redactor, &[]).1))?;
         Ok(tokens_from(
             &response,
             None,
@@ -457,7 +462,7 @@ mod tests {
         )
         .unwrap_err();
         let e = RequestTokenError::<std::io::Error, BasicErrorResponse>::Parse(parse, body);
-        let (terminal, msg) = describe(&e, &Redactor::default());
+        let (terminal, msg) = describe(&e, &Redactor::default(), &[]);
         assert!(!terminal);
         assert!(msg.starts_with("unexpected token endpoint answer"), "{msg}");
         assert!(!msg.contains("98765432123456789"), "{msg}");

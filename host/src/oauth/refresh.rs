@@ -200,7 +200,7 @@ impl OAuth {
                     &loaded.row.scopes,
                     &def.scope_separator,
                 )),
-                Err(e) => Err(describe(&e, &redactor)),
+                Err(e) => Err(describe(&e, &redactor, &def.reauth_errors)),
             }
         };
 

@@ -182,6 +182,12 @@ pub struct OAuth2Def {
     /// Send a PKCE S256 challenge (RFC 7636); on unless the provider rejects it.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub pkce: bool,
+    /// Token-endpoint error codes that, answering a refresh, mean the grant is gone (the
+    /// connection needs re-authorizing), besides RFC 6749's `invalid_grant`: GitHub's
+    /// `bad_refresh_token`, Slack's `invalid_refresh_token`, Zoho's `invalid_code`.
+    /// Any other error is taken as passing, and retried after a backoff.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reauth_errors: Vec<String>,
     /// Where the access token goes on API requests.
     #[serde(default, skip_serializing_if = "TokenPlacement::is_default")]
     pub token_placement: TokenPlacement,

@@ -142,6 +142,8 @@ pub(crate) struct Knobs {
     pub quote_in_errors: bool,
     pub refresh_on_code: bool,
     pub fail_next_revocations: u32,
+    /// The error code `reject_next_refreshes` answers with.
+    pub refresh_refusal: &'static str,
     pub revoke_delay: Duration,
     /// `iss` sent with every authorization response (RFC 9207), if any.
     pub issuer: Option<String>,
@@ -165,6 +167,7 @@ impl Default for Knobs {
             quote_in_errors: false,
             refresh_on_code: true,
             fail_next_revocations: 0,
+            refresh_refusal: "invalid_grant",
             revoke_delay: Duration::ZERO,
             issuer: None,
             pkce: true,
@@ -396,7 +399,8 @@ impl Store {
     ) -> Result<Issued, OAuthError> {
         if self.knobs.reject_next_refreshes > 0 {
             self.knobs.reject_next_refreshes -= 1;
-            return Err(OAuthError::invalid_grant(
+            return Err(OAuthError::new(
+                self.knobs.refresh_refusal,
                 "refresh token rejected (test knob)",
             ));
         }
