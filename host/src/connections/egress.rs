@@ -3,8 +3,9 @@
 //!
 //! A relative target is appended to the base URL's path and may not climb out of it:
 //! `.`/`..` segments (raw or percent-encoded), encoded slashes and backslashes are
-//! refused. An absolute target must have an allowed origin and no userinfo. Scheme-
-//! relative targets (`//host`) are refused outright.
+//! refused. The base URL's own query is kept, before the target's. An absolute target
+//! must have an allowed origin and no userinfo. Scheme-relative targets (`//host`) are
+//! refused outright.
 
 use url::Url;
 
@@ -123,7 +124,16 @@ fn relative(base: &Url, target: &str) -> Result<Url, SendError> {
         format!("{base_path}/{rel}")
     };
     url.set_path(&joined);
-    url.set_query(query.filter(|q| !q.is_empty()));
+    // The base URL's own query stays, first (a capability URL may hold its signature
+    // there, `?sig=…`, or an API version); the target's comes after it.
+    let merged = match (
+        base.query().filter(|q| !q.is_empty()),
+        query.filter(|q| !q.is_empty()),
+    ) {
+        (Some(base_query), Some(target_query)) => Some(format!("{base_query}&{target_query}")),
+        (base_query, target_query) => base_query.or(target_query).map(str::to_string),
+    };
+    url.set_query(merged.as_deref());
     if !url.path().starts_with(base_path) {
         return Err(SendError::ForbiddenDestination(
             "target escapes the connection's base path".into(),
@@ -176,6 +186,32 @@ mod tests {
         assert_eq!(
             with_query.as_str(),
             "https://api.example.com/v1/s?q=a+b%26c"
+        );
+    }
+
+    #[test]
+    fn a_base_urls_own_query_is_kept_before_the_targets() {
+        let base = Url::parse("https://hooks.example.com/in/X?api-version=1&sig=S").unwrap();
+        let endpoint = Endpoint {
+            allowed_origins: vec![Origin::of(&base)],
+            base_url: base,
+        };
+        let resolve = |target: &str, query: &[(String, String)]| {
+            resolve_target(&endpoint, target, query)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            resolve("", &[]),
+            "https://hooks.example.com/in/X?api-version=1&sig=S"
+        );
+        assert_eq!(
+            resolve("?a=1", &[]),
+            "https://hooks.example.com/in/X?api-version=1&sig=S&a=1"
+        );
+        assert_eq!(
+            resolve("/m", &[("b".into(), "2".into())]),
+            "https://hooks.example.com/in/X/m?api-version=1&sig=S&b=2"
         );
     }
 
