@@ -93,6 +93,54 @@ async fn a_run_whose_state_cannot_be_saved_fails_and_says_so() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_outlives_its_functions_deletion_brings_no_state_back() {
+    let t = TestHost::new();
+    t.upload("counter", "c", &[]).await;
+    assert_eq!(run(&t, "c", json!({})).await.unwrap()["count"], 1);
+    assert!(
+        t.cli(&["functions", "delete", "c"])
+            .ok()
+            .contains("deleted")
+    );
+    // The commit of a run that was still going when the function was deleted.
+    let writes = [("count".to_string(), Some(b"7".to_vec()))].into();
+    t.host.storage().kv_commit("c", &writes).unwrap();
+    assert!(t.host.storage().kv_keys("c", "").unwrap().is_empty());
+    // A new function under the name starts from nothing.
+    t.upload("counter", "c", &[]).await;
+    assert_eq!(run(&t, "c", json!({})).await.unwrap()["count"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tiny_entries_count_toward_the_quota_too() {
+    let t = TestHost::new();
+    t.upload("misbehave", "m", &[]).await;
+    // Empty values under short keys, 10,000 a run, until the quota refuses one.
+    let mut stored = 0u64;
+    for run_no in 0..20u32 {
+        let out = run(
+            &t,
+            "m",
+            json!({"mode": "kv-fill", "keys": 10_000, "from": run_no * 10_000}),
+        )
+        .await
+        .unwrap();
+        stored += out["set"].as_u64().unwrap();
+        if let Some(refused) = out["refused"].as_str() {
+            assert!(refused.contains("state quota exceeded"), "{out}");
+            break;
+        }
+    }
+    // Each entry counts its key (2 to 6 bytes here) and 64 bytes besides: about 60,000
+    // fit in 4 MiB (without the 64, some 700,000 would).
+    let per_entry = keyhole::storage::ENTRY_OVERHEAD_BYTES + 6;
+    assert!(
+        (keyhole::runtime::MAX_FUNCTION_BYTES / per_entry..70_000).contains(&stored),
+        "{stored} entries stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_run_may_change_only_so_many_keys() {
     let t = TestHost::new();
     t.upload("misbehave", "m", &[]).await;

@@ -2,7 +2,8 @@
 //!
 //! Writes made during a run are committed only if the run succeeds: return an error (or
 //! panic) and the state stays as it was, so a half-finished run never leaves half its
-//! bookkeeping behind. Limits: keys 1–512 bytes, values up to 256 KiB, 4 MiB per function.
+//! bookkeeping behind. Limits: keys 1–512 bytes, values up to 256 KiB, 4 MiB per function
+//! (each entry counting 64 bytes beyond its key and value).
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), keyhole_sdk::Error> {

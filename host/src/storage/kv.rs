@@ -6,6 +6,11 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{CachedExt, Storage, StorageError, now_ms, write_tx};
 
+/// What each entry counts toward a function's state quota beyond its key and value:
+/// about what its row and index entry take on disk. Without it, a function storing empty
+/// values under short keys would fit millions of entries in its quota.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
+
 impl Storage {
     /// The value of `key` in `function`'s namespace.
     pub fn kv_get(&self, function: &str, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -32,24 +37,26 @@ impl Storage {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Bytes `function` stores (keys plus values).
+    /// Bytes `function` stores, as its quota counts them: keys plus values, plus
+    /// [`ENTRY_OVERHEAD_BYTES`] an entry.
     pub fn kv_total(&self, function: &str) -> Result<u64, StorageError> {
         self.read()?
             .query_row_cached(
-                "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM kv WHERE function = ?1",
-                params![function],
+                "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value) + ?2), 0) FROM kv WHERE function = ?1",
+                params![function, ENTRY_OVERHEAD_BYTES as i64],
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n as u64)
             .map_err(|e| self.err(e))
     }
 
-    /// Bytes stored under one key of `function` (key plus value), 0 if absent.
+    /// What one key of `function` counts toward its quota (key plus value plus
+    /// [`ENTRY_OVERHEAD_BYTES`]), 0 if absent.
     pub fn kv_entry_size(&self, function: &str, key: &str) -> Result<u64, StorageError> {
         self.read()?
             .query_row_cached(
-                "SELECT length(CAST(key AS BLOB)) + length(value) FROM kv WHERE function = ?1 AND key = ?2",
-                params![function, key],
+                "SELECT length(CAST(key AS BLOB)) + length(value) + ?3 FROM kv WHERE function = ?1 AND key = ?2",
+                params![function, key, ENTRY_OVERHEAD_BYTES as i64],
                 |r| r.get::<_, i64>(0),
             )
             .optional()
@@ -57,7 +64,9 @@ impl Storage {
             .map_err(|e| self.err(e))
     }
 
-    /// Apply one invocation's writes atomically (`None` deletes).
+    /// Apply one invocation's writes atomically (`None` deletes). If the function was
+    /// deleted while the invocation ran, its state went with it, and nothing is written:
+    /// a function uploaded later under that name starts with no state.
     pub fn kv_commit(
         &self,
         function: &str,
@@ -68,6 +77,16 @@ impl Storage {
         }
         let mut conn = self.lock()?;
         let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
+        let exists: bool = tx
+            .query_row_cached(
+                "SELECT EXISTS (SELECT 1 FROM functions WHERE name = ?1)",
+                params![function],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if !exists {
+            return Ok(());
+        }
         let now = now_ms();
         for (key, value) in writes {
             match value {

@@ -19,6 +19,7 @@ mod tokens;
 pub use connections::{CallConnection, ConnectionRow, GrantRow, ServiceRow};
 pub use functions::{FunctionDeletion, FunctionRow, FunctionSummary, NewFunction};
 pub use invocations::{InvocationRow, OutboundCall};
+pub use kv::ENTRY_OVERHEAD_BYTES;
 pub use oauth::PendingState;
 pub use recorder::Recorder;
 pub use schedules::ScheduleRow;

@@ -42,6 +42,12 @@ enum Mode {
     KvChurn {
         keys: u32,
     },
+    /// Set keys `k{from}`, `k{from + 1}`, … (`keys` of them) to empty values; answers
+    /// how many went through and the first refusal.
+    KvFill {
+        keys: u32,
+        from: u32,
+    },
     /// Fill `copies` heap buffers with `marker` and leave them there.
     Scribble {
         marker: String,
@@ -109,6 +115,14 @@ fn run(mode: Mode) -> Result<Value, Error> {
                 }
             }
             Ok(json!({ "deleted": keys }))
+        }
+        Mode::KvFill { keys, from } => {
+            for i in 0..keys {
+                if let Err(err) = keyhole_sdk::kv::set(format!("k{}", from + i), Vec::new()) {
+                    return Ok(json!({ "set": i, "refused": err.to_string() }));
+                }
+            }
+            Ok(json!({ "set": keys }))
         }
         Mode::Scribble { marker, copies } => {
             let buffers: Vec<Vec<u8>> = (0..copies).map(|_| marker.clone().into_bytes()).collect();

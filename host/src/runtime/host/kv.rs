@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use crate::runtime::bindings::kv::{Error, Host};
 use crate::runtime::state::InvocationState;
-use crate::storage::Storage;
 use crate::storage::locks::Turn;
+use crate::storage::{ENTRY_OVERHEAD_BYTES, Storage};
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
 /// Largest value, in bytes.
 pub const MAX_VALUE_BYTES: usize = 256 << 10;
-/// Most bytes (keys plus values) one function may store.
+/// Most bytes one function may store: keys plus values, plus [`ENTRY_OVERHEAD_BYTES`]
+/// for each entry.
 pub const MAX_FUNCTION_BYTES: u64 = 4 << 20;
 /// Most keys one run may set or delete (pending writes live in host memory).
 pub const MAX_PENDING_WRITES: usize = 10_000;
@@ -96,7 +97,7 @@ impl KvState {
     /// Bytes `key` takes as this run sees it (its pending write, else what is stored).
     fn size_of(&self, key: &str) -> wasmtime::Result<u64> {
         match self.writes.get(key) {
-            Some(pending) => Ok(pending.as_ref().map_or(0, |v| (key.len() + v.len()) as u64)),
+            Some(pending) => Ok(pending.as_ref().map_or(0, |v| entry_size(key, v) as u64)),
             None => self.stored_size(key),
         }
     }
@@ -116,7 +117,7 @@ impl KvState {
             ))));
         }
         let old = self.size_of(&key)? as i128;
-        let new = value.as_ref().map_or(0, |v| (key.len() + v.len()) as i128);
+        let new = value.as_ref().map_or(0, |v| entry_size(&key, v));
         let total = self.base_total()? as i128 + self.delta + new - old;
         if new > old && total > MAX_FUNCTION_BYTES as i128 {
             return Ok(Err(Error::QuotaExceeded(format!(
@@ -127,6 +128,11 @@ impl KvState {
         self.writes.insert(key, value);
         Ok(Ok(()))
     }
+}
+
+/// What an entry counts toward [`MAX_FUNCTION_BYTES`] (as [`Storage::kv_total`] counts).
+fn entry_size(key: &str, value: &[u8]) -> i128 {
+    (key.len() + value.len()) as i128 + i128::from(ENTRY_OVERHEAD_BYTES)
 }
 
 impl Host for InvocationState {
