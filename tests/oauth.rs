@@ -367,6 +367,42 @@ async fn a_hundred_concurrent_invocations_on_an_expired_token_cause_one_token_re
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_answer_without_scope_keeps_the_granted_scopes() {
+    let s = setup("authorization_code").await;
+    // Asked for read and write; the user granted read only.
+    s.t.host
+        .connections()
+        .edit(
+            "prov",
+            Some(vec!["read".into(), "write".into()]),
+            None,
+            Default::default(),
+            false,
+        )
+        .unwrap();
+    let c = s.t.host.connections();
+    let pending = c.begin_authorization("prov").unwrap();
+    let location = s
+        .server
+        .approve_with_scope(&pending.authorize_url, "read")
+        .await
+        .unwrap();
+    c.complete_authorization(&callback(&location), Some("prov"))
+        .await
+        .unwrap();
+    let granted = |c: &keyhole::connections::Connections| {
+        c.show("prov").unwrap().token["granted_scopes"].clone()
+    };
+    assert_eq!(granted(&c), serde_json::json!(["read"]));
+    s.t.upload("hello-http", "hello", &["prov"]).await;
+    s.server.set_omit_scope_on_refresh(true);
+    s.server.expire_all_access_tokens();
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+    assert_eq!(s.server.token_requests_for("refresh_token"), 1);
+    assert_eq!(granted(&c), serde_json::json!(["read"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn callers_queued_behind_a_failing_refresh_do_not_each_ask_again() {
     let s = setup("authorization_code").await;
     s.server.set_access_ttl(30); // inside the skew: due for a refresh, still usable
@@ -504,6 +540,19 @@ async fn invalid_grant_needs_reauth_and_transient_failures_do_not() {
         assert_eq!(view.status, Status::NeedsReauth);
         assert!(view.status_reason.unwrap().contains("invalid_grant"));
         assert_eq!(call(&s.t, user()).await["error"], "not-connected");
+
+        // A denied re-authorization leaves it needing one.
+        let c = s.t.host.connections();
+        let pending = c.begin_authorization("prov").unwrap();
+        let location = s.server.deny(&pending.authorize_url).await.unwrap();
+        assert!(
+            c.complete_authorization(&callback(&location), Some("prov"))
+                .await
+                .is_err()
+        );
+        let view = c.show("prov").unwrap();
+        assert_eq!(view.status, Status::NeedsReauth);
+        assert!(view.status_reason.unwrap().contains("access_denied"));
 
         // Re-authorize in place: same name, same grants.
         authorize(&s).await;

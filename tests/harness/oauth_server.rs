@@ -270,6 +270,12 @@ impl OAuthServer {
         self.store().knobs.omit_refresh_on_refresh = omit;
     }
 
+    /// Whether refresh responses leave out `scope`, as Dropbox's do (the grant's scopes
+    /// are unchanged).
+    pub fn set_omit_scope_on_refresh(&self, omit: bool) {
+        self.store().knobs.omit_scope_on_refresh = omit;
+    }
+
     /// Whether `/token` errors are sent with status 200, as GitHub, Slack and Zoho do.
     pub fn set_errors_with_200(&self, on: bool) {
         self.store().knobs.errors_with_200 = on;

@@ -911,17 +911,14 @@ impl Connections {
         Ok(note.filter(|_| recorded))
     }
 
+    /// A failed authorization leaves the connection as it was (`connected` still works,
+    /// `needs-reauth` still needs it, `revoked` holds nothing), with the failure as the
+    /// reason.
     fn note_failure(&self, name: &str, reason: &str) {
         if let Ok(Some(row)) = self.gateway.storage.get_connection(name) {
-            let status = Status::parse(&row.status);
-            let status = if status == Status::Connected {
-                status
-            } else {
-                Status::Pending
-            };
             let _ = self.gateway.storage.set_connection_status(
                 name,
-                status.as_str(),
+                &row.status,
                 Some(&format!("authorization failed: {reason}")),
             );
         }

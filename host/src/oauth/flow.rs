@@ -144,7 +144,7 @@ fn add_values(r: &mut Redactor, value: &serde_json::Value) {
 pub(crate) fn tokens_from(
     response: &BasicTokenResponse,
     previous_refresh: Option<Secret>,
-    requested_scopes: &[String],
+    scopes_if_unsaid: &[String],
     separator: &str,
 ) -> (Tokens, TokenInfo) {
     let expires_at = response
@@ -160,7 +160,7 @@ pub(crate) fn tokens_from(
             .flat_map(|s| s.split(separator).map(str::to_string).collect::<Vec<_>>())
             .filter(|s| !s.is_empty())
             .collect(),
-        None => requested_scopes.to_vec(),
+        None => scopes_if_unsaid.to_vec(),
     };
     let info = TokenInfo {
         expires_at,

@@ -193,11 +193,19 @@ impl OAuth {
             let access = loaded.creds.tokens.as_ref().map(|t| t.access.expose());
             let redactor =
                 token_endpoint_redactor(&config, &[refresh.expose(), access.unwrap_or_default()]);
+            // An answer without `scope` leaves the grant's scopes as they were (RFC 6749
+            // §5.1), not as requested since (`connections edit --scope` asks at the next
+            // authorization).
+            let unchanged = if info.granted_scopes.is_empty() {
+                &loaded.row.scopes
+            } else {
+                &info.granted_scopes
+            };
             match request.request_async(&self.http).await {
                 Ok(response) => Ok(tokens_from(
                     &response,
                     Some(refresh),
-                    &loaded.row.scopes,
+                    unchanged,
                     &def.scope_separator,
                 )),
                 Err(e) => Err(describe(&e, &redactor, &def.reauth_errors)),

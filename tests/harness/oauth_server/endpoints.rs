@@ -467,7 +467,17 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
         },
         Some("refresh_token") => match params.get("refresh_token") {
             None => Err(OAuthError::invalid_request("missing refresh_token")),
-            Some(rt) => store.refresh(&client_id, rt, params.get("scope")),
+            Some(rt) => {
+                let omit_scope = store.knobs.omit_scope_on_refresh;
+                store
+                    .refresh(&client_id, rt, params.get("scope"))
+                    .map(|mut issued| {
+                        if omit_scope {
+                            issued.scope.clear();
+                        }
+                        issued
+                    })
+            }
         },
         Some("client_credentials") => store.client_credentials(&client_id, params.get("scope")),
         Some(other) => Err(OAuthError::unsupported_grant_type(format!(

@@ -134,6 +134,8 @@ pub(crate) struct Knobs {
     pub code_ttl: Duration,
     pub rotate_refresh: bool,
     pub omit_refresh_on_refresh: bool,
+    /// Refresh answers leave out `scope` (the grant's is unchanged, RFC 6749 §5.1).
+    pub omit_scope_on_refresh: bool,
     pub token_delay: Duration,
     pub fail_next: u32,
     pub fail_status: StatusCode,
@@ -159,6 +161,7 @@ impl Default for Knobs {
             code_ttl: Duration::from_secs(60),
             rotate_refresh: true,
             omit_refresh_on_refresh: false,
+            omit_scope_on_refresh: false,
             token_delay: Duration::ZERO,
             fail_next: 0,
             fail_status: StatusCode::SERVICE_UNAVAILABLE,
