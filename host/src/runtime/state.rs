@@ -38,6 +38,14 @@ pub struct HttpState {
     pub deadline: Instant,
 }
 
+/// Most bytes one `get-random-bytes` call may ask for (wasmtime-wasi's default, 64 MiB,
+/// is host memory and CPU the epoch deadline cannot interrupt).
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// Most resource handles (streams, pollables, requests) a guest may hold at once; each is
+/// host memory.
+const MAX_HANDLES: usize = 10_000;
+
 impl InvocationState {
     pub(crate) fn new(
         limits: Limits,
@@ -54,10 +62,13 @@ impl InvocationState {
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
+            .max_random_size(MAX_RANDOM_BYTES)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
         Self {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: MemoryLimiter::new(limits.memory_bytes as usize),
             stdout,
             stderr,
