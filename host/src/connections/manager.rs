@@ -688,7 +688,7 @@ impl Connections {
                     provider = self
                         .gateway
                         .oauth
-                        .revoke_tokens(&service, &row, &creds)
+                        .revoke_tokens(&service, row, &creds)
                         .await
                 }
                 Err(e) => provider.push(ProviderRevocation {
