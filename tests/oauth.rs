@@ -393,13 +393,13 @@ async fn a_refresh_answer_without_scope_keeps_the_granted_scopes() {
     let granted = |c: &keyhole::connections::Connections| {
         c.show("prov").unwrap().token["granted_scopes"].clone()
     };
-    assert_eq!(granted(&c), serde_json::json!(["read"]));
+    assert_eq!(granted(c), serde_json::json!(["read"]));
     s.t.upload("hello-http", "hello", &["prov"]).await;
     s.server.set_omit_scope_on_refresh(true);
     s.server.expire_all_access_tokens();
     assert_eq!(call(&s.t, user()).await["status"], 200);
     assert_eq!(s.server.token_requests_for("refresh_token"), 1);
-    assert_eq!(granted(&c), serde_json::json!(["read"]));
+    assert_eq!(granted(c), serde_json::json!(["read"]));
 }
 
 #[tokio::test(flavor = "multi_thread")]
