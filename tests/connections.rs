@@ -86,6 +86,45 @@ async fn acme() -> (TestHost, FakeApi) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_upload_whose_grants_fail_changes_neither_version_nor_grants() {
+    let (t, _api) = acme().await;
+    t.host
+        .connections()
+        .add("other", "acme", vec![], None)
+        .unwrap();
+    // The grant write fails (as a full disk or a broken database would), after the new
+    // version and the reset would have been written.
+    let db = rusqlite::Connection::open(t.home().join("keyhole.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_grant BEFORE INSERT ON grants WHEN NEW.connection = 'other' \
+         BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;",
+    )
+    .unwrap();
+    let err = t
+        .host
+        .upload(
+            "hello",
+            plugin("echo"),
+            UploadOptions {
+                grants: vec!["other".into()],
+                reset_grants: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused for the test"), "{err}");
+    let show = t.host.show_function("hello").unwrap();
+    assert_eq!(show.versions.len(), 1, "the new version stayed");
+    assert_eq!(
+        t.host.storage().grants_of_function("hello").unwrap(),
+        ["acme"],
+        "the grants were half changed"
+    );
+    db.execute_batch("DROP TRIGGER refuse_grant").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn readme_flow_through_the_cli() {
     let api = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
     let t = TestHost::new();

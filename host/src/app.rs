@@ -243,22 +243,23 @@ impl Keyhole {
         let (artifact, prepared) = compiled?;
 
         self.storage.put_artifact(&hash, engine, &artifact)?;
-        let (row, new_version) = self.storage.insert_function(&NewFunction {
-            name,
-            content_hash: &hash,
-            wasm: &wasm,
-            limits,
-        })?;
+        // The version and its grants in one transaction.
+        let (row, new_version) = self.storage.insert_function_with_grants(
+            &NewFunction {
+                name,
+                content_hash: &hash,
+                wasm: &wasm,
+                limits,
+            },
+            &grant_change(&options),
+        )?;
         self.runtime.remember(&hash, prepared);
-        if !new_version {
-            return self.unchanged(name, row, &options);
+        if new_version {
+            tracing::info!(function = name, version = row.version, content_hash = %hash, "function uploaded");
+        } else {
+            tracing::info!(function = name, version = row.version, content_hash = %row.content_hash, "function uploaded again, unchanged");
         }
-        self.apply_grants(name, &options)?;
-        tracing::info!(function = name, version = row.version, content_hash = %hash, "function uploaded");
-        Ok(Uploaded {
-            row,
-            new_version: true,
-        })
+        Ok(Uploaded { row, new_version })
     }
 
     /// An upload that stored nothing new: `latest` stays, the grant changes apply.
@@ -268,23 +269,12 @@ impl Keyhole {
         latest: FunctionRow,
         options: &UploadOptions,
     ) -> Result<Uploaded, HostError> {
-        self.apply_grants(name, options)?;
+        self.storage.change_grants(name, &grant_change(options))?;
         tracing::info!(function = name, version = latest.version, content_hash = %latest.content_hash, "function uploaded again, unchanged");
         Ok(Uploaded {
             row: latest,
             new_version: false,
         })
-    }
-
-    /// An upload's grant changes: reset first if asked, then the grants given.
-    fn apply_grants(&self, name: &str, options: &UploadOptions) -> Result<(), HostError> {
-        if options.reset_grants {
-            self.storage.clear_grants(name)?;
-        }
-        for g in &options.grants {
-            self.storage.grant(name, g)?;
-        }
-        Ok(())
     }
 
     /// Every function with its latest version.
@@ -527,5 +517,13 @@ fn storage_fault(e: &crate::storage::StorageError) -> InvokeError {
         InvokeError::Busy("another process held the database's lock too long; retry shortly".into())
     } else {
         InvokeError::Host(e.to_string())
+    }
+}
+
+/// An upload's grant changes: reset first if asked, then the grants given.
+fn grant_change(options: &UploadOptions) -> crate::storage::GrantChange {
+    crate::storage::GrantChange {
+        reset: options.reset_grants,
+        add: options.grants.clone(),
     }
 }

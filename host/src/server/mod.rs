@@ -113,20 +113,21 @@ pub async fn keep_invocations_bounded(
 ) {
     loop {
         let storage = storage.clone();
-        let deleted =
-            match tokio::task::spawn_blocking(move || storage.prune_invocations(keep, PRUNE_BATCH))
-                .await
-            {
-                Ok(Ok(deleted)) => deleted,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "could not prune invocation records; will retry");
-                    0
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "invocation record pruning stopped; will retry");
-                    0
-                }
-            };
+        // A pass ends early at shutdown, so a large backlog never holds the drain up.
+        let stopping = token.clone();
+        let prune =
+            move || storage.prune_invocations(keep, PRUNE_BATCH, || stopping.is_cancelled());
+        let deleted = match tokio::task::spawn_blocking(prune).await {
+            Ok(Ok(deleted)) => deleted,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not prune invocation records; will retry");
+                0
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "invocation record pruning stopped; will retry");
+                0
+            }
+        };
         if deleted > 0 {
             tracing::info!(
                 deleted,

@@ -19,6 +19,30 @@ pub struct NewFunction<'a> {
     pub limits: Limits,
 }
 
+/// A change to a function's grants, made with an upload.
+#[derive(Debug, Default, Clone)]
+pub struct GrantChange {
+    /// Remove every grant first.
+    pub reset: bool,
+    /// Connections to grant.
+    pub add: Vec<String>,
+}
+
+impl GrantChange {
+    fn apply(&self, tx: &rusqlite::Transaction<'_>, function: &str) -> rusqlite::Result<()> {
+        if self.reset {
+            tx.execute_cached("DELETE FROM grants WHERE function = ?1", params![function])?;
+        }
+        for connection in &self.add {
+            tx.execute_cached(
+                "INSERT OR IGNORE INTO grants (function, connection, created_at) VALUES (?1, ?2, ?3)",
+                params![function, connection, now_ms()],
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// One stored function version (without its wasm bytes).
 #[derive(Debug, Clone, Serialize)]
 pub struct FunctionRow {
@@ -92,10 +116,22 @@ impl Storage {
         &self,
         f: &NewFunction<'_>,
     ) -> Result<(FunctionRow, bool), StorageError> {
+        self.insert_function_with_grants(f, &GrantChange::default())
+    }
+
+    /// [`Self::insert_function`], changing the function's grants in the same transaction
+    /// (also when the version is unchanged): no invocation sees the new version with the
+    /// old grants, or the grants half changed.
+    pub fn insert_function_with_grants(
+        &self,
+        f: &NewFunction<'_>,
+        grants: &GrantChange,
+    ) -> Result<(FunctionRow, bool), StorageError> {
         let limits =
             serde_json::to_string(&f.limits).map_err(|e| StorageError::Malformed(e.to_string()))?;
         let mut conn = self.lock()?;
         let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
+        grants.apply(&tx, f.name).map_err(|e| self.err(e))?;
         let latest = tx
             .query_row_cached(
                 concat!(
@@ -112,6 +148,7 @@ impl Storage {
             && latest.content_hash == f.content_hash
             && latest.limits == f.limits
         {
+            tx.commit().map_err(|e| self.err(e))?;
             return Ok((latest, false));
         }
         let version: i64 = tx
@@ -140,6 +177,14 @@ impl Storage {
             .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok((row, true))
+    }
+
+    /// Change a function's grants in one transaction.
+    pub fn change_grants(&self, function: &str, change: &GrantChange) -> Result<(), StorageError> {
+        let mut conn = self.lock()?;
+        let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
+        change.apply(&tx, function).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// The latest version of `name`, if any.

@@ -223,8 +223,15 @@ impl Storage {
 
     /// Delete each function's records beyond its newest `keep` (`keep` ≥ 1), at most
     /// `batch` rows per statement: the lock is released between batches, so invocations
-    /// keep recording while a large backlog goes. Returns how many were deleted.
-    pub fn prune_invocations(&self, keep: u64, batch: usize) -> Result<u64, StorageError> {
+    /// keep recording while a large backlog goes. Before each batch it asks `stop`, and
+    /// ends the pass early when told to (a server shutting down). Returns how many were
+    /// deleted.
+    pub fn prune_invocations(
+        &self,
+        keep: u64,
+        batch: usize,
+        stop: impl Fn() -> bool,
+    ) -> Result<u64, StorageError> {
         let keep = keep.max(1).min(i64::MAX as u64) as i64;
         let batch = batch.max(1) as i64;
         // The functions with records, one index seek each (a skip scan).
@@ -261,6 +268,9 @@ impl Storage {
                 continue;
             };
             loop {
+                if stop() {
+                    return Ok(deleted);
+                }
                 let n = self
                     .lock()?
                     .execute_cached(
@@ -347,8 +357,15 @@ mod tests {
             .insert_invocation(&InvocationRow::for_test("lone"))
             .unwrap();
 
-        // Batches of 7 take several statements for `busy` (20 to go).
-        assert_eq!(s.prune_invocations(5, 7).unwrap(), 25);
+        // Told to stop after its first batch (a server shutting down), a pass ends there.
+        let asked = std::cell::Cell::new(0);
+        let first_only = || {
+            asked.set(asked.get() + 1);
+            asked.get() > 1
+        };
+        assert_eq!(s.prune_invocations(5, 7, first_only).unwrap(), 7);
+        // Batches of 7 take several statements for `busy` (13 more to go).
+        assert_eq!(s.prune_invocations(5, 7, || false).unwrap(), 18);
 
         let newest_busy: Vec<i64> = busy.iter().rev().take(5).copied().collect();
         assert_eq!(ids(&s, "busy"), newest_busy);
@@ -356,11 +373,11 @@ mod tests {
         assert_eq!(ids(&s, "quiet"), quiet, "under the limit: untouched");
         assert_eq!(ids(&s, "lone"), vec![lone]);
         assert_eq!(
-            s.prune_invocations(5, 7).unwrap(),
+            s.prune_invocations(5, 7, || false).unwrap(),
             0,
             "nothing left to prune"
         );
-        assert_eq!(s.prune_invocations(1, 100).unwrap(), 6);
+        assert_eq!(s.prune_invocations(1, 100, || false).unwrap(), 6);
         assert_eq!(ids(&s, "busy"), vec![busy[29]]);
         assert_eq!(ids(&s, "quiet"), vec![quiet[0]]);
     }
@@ -392,7 +409,7 @@ mod tests {
             .map(|r| r.id)
             .collect();
         assert_eq!(all, [block.start, theirs]);
-        assert_eq!(s.prune_invocations(1, 10).unwrap(), 1);
+        assert_eq!(s.prune_invocations(1, 10, || false).unwrap(), 1);
         assert_eq!(ids(&s, "f"), [block.start], "the newest stays");
     }
 }

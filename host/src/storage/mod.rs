@@ -17,7 +17,7 @@ mod schedules;
 mod tokens;
 
 pub use connections::{CallConnection, ConnectionRow, GrantRow, ServiceRow};
-pub use functions::{FunctionDeletion, FunctionRow, FunctionSummary, NewFunction};
+pub use functions::{FunctionDeletion, FunctionRow, FunctionSummary, GrantChange, NewFunction};
 pub use invocations::{InvocationRow, OutboundCall};
 pub use kv::ENTRY_OVERHEAD_BYTES;
 pub use oauth::PendingState;
