@@ -475,11 +475,8 @@ impl Connections {
                         .map(|r| format!("verification failed: {r}")),
                 )
             };
-            self.gateway
-                .storage
-                .update_connection_settings(&candidate)?;
-            let swapped = self.gateway.storage.swap_credentials(
-                name,
+            let swapped = self.gateway.storage.swap_settings_and_credentials(
+                &candidate,
                 row.generation,
                 sealed.as_deref(),
                 status.as_str(),

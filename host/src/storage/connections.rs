@@ -383,6 +383,45 @@ impl Storage {
         Ok((n > 0).then_some(expected_generation + 1))
     }
 
+    /// [`Self::swap_credentials`], also setting `candidate`'s scopes, base URL and
+    /// params, all in one statement: settings never move unless these credentials are
+    /// stored with them (a connect that lost the race changes nothing).
+    #[allow(clippy::too_many_arguments)]
+    pub fn swap_settings_and_credentials(
+        &self,
+        candidate: &ConnectionRow,
+        expected_generation: i64,
+        sealed: Option<&[u8]>,
+        status: &str,
+        status_reason: Option<&str>,
+        token_info: &serde_json::Value,
+        connected_now: bool,
+    ) -> Result<Option<i64>, StorageError> {
+        let now = now_ms();
+        let n = self
+            .lock()?
+            .execute_cached(
+                "UPDATE connections SET sealed = ?3, status = ?4, status_reason = ?5, token_info = ?6, generation = generation + 1, \
+                 connected_at = CASE WHEN ?7 THEN ?8 ELSE connected_at END, scopes = ?9, base_url = ?10, params = ?11 \
+                 WHERE name = ?1 AND generation = ?2",
+                params![
+                    candidate.name,
+                    expected_generation,
+                    sealed,
+                    status,
+                    status_reason,
+                    json(token_info)?,
+                    connected_now,
+                    now,
+                    json(&candidate.scopes)?,
+                    candidate.base_url,
+                    json(&candidate.params)?
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok((n > 0).then_some(expected_generation + 1))
+    }
+
     /// Set status and reason without touching credentials (e.g. verification failed).
     pub fn set_connection_status(
         &self,
@@ -537,6 +576,36 @@ mod tests {
             account: None,
             account_source: None,
         }
+    }
+
+    #[test]
+    fn a_connect_that_loses_the_race_moves_no_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(&dir.path().join("db")).unwrap();
+        s.insert_connection(&connection("jira")).unwrap();
+        let with_site = |site: &str| {
+            let mut c = connection("jira");
+            c.params.insert("site".into(), site.into());
+            c
+        };
+        let swap = |candidate: &ConnectionRow, blob: &[u8]| {
+            s.swap_settings_and_credentials(
+                candidate,
+                0,
+                Some(blob),
+                "connected",
+                None,
+                &serde_json::json!({}),
+                true,
+            )
+            .unwrap()
+        };
+        // Both read generation 0; the first stores its credentials and settings.
+        assert_eq!(swap(&with_site("a"), b"creds-a"), Some(1));
+        assert_eq!(swap(&with_site("b"), b"creds-b"), None);
+        let row = s.get_connection("jira").unwrap().unwrap();
+        assert_eq!(row.params["site"], "a");
+        assert_eq!(row.sealed.as_deref(), Some(&b"creds-a"[..]));
     }
 
     #[test]
