@@ -492,6 +492,29 @@ async fn a_restarted_host_reuses_the_stored_artifact() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn concurrent_first_invocations_compile_once() {
+    let mut t = TestHost::new();
+    t.upload("echo", "echo", &[]).await;
+    // As after an upgrade: no artifact for this engine, nothing in memory.
+    rusqlite::Connection::open(t.home().join("keyhole.db"))
+        .unwrap()
+        .execute_batch("DELETE FROM artifacts")
+        .unwrap();
+    t.reopen();
+    let outcomes =
+        futures::future::join_all((0..16).map(|_| t.host.invoke("echo", r#"{"n":1}"#))).await;
+    for outcome in outcomes {
+        assert_eq!(outcome.unwrap().result.unwrap(), r#"{"n":1}"#);
+    }
+    let stats = t.host.runtime().stats();
+    assert_eq!(
+        stats.compiles.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "each first invocation compiled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn http_send_without_a_grant_is_access_denied() {
     let t = TestHost::new();
     t.upload("hello-http", "hello-http", &[]).await;

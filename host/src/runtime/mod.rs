@@ -117,6 +117,9 @@ pub struct Runtime {
     linker: Linker<InvocationState>,
     engine_hash: String,
     cache: Mutex<HashMap<String, Prepared>>,
+    /// One lock per content hash being loaded: concurrent first invocations of a function
+    /// wait for one compile (or artifact load) instead of each doing their own.
+    loading: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     permits: Arc<Semaphore>,
     max_instances: u32,
     stats: RuntimeStats,
@@ -257,6 +260,7 @@ impl Runtime {
             engine,
             linker,
             cache: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(config.max_instances as usize)),
             max_instances: config.max_instances,
             stats: RuntimeStats::default(),
@@ -316,20 +320,45 @@ impl Runtime {
     }
 
     /// Find the prepared component for `content_hash`: memory cache, then the stored
-    /// artifact, then compile `wasm()` and hand back the new artifact for storing.
+    /// artifact, then compile `wasm()` and hand back the new artifact for storing. One
+    /// load per content hash at a time (it blocks: call it off the async runtime): the
+    /// others wait for it and take its result from memory.
     pub fn load(
         &self,
         content_hash: &str,
         stored_artifact: impl FnOnce() -> Option<Vec<u8>>,
         wasm: impl FnOnce() -> Option<Vec<u8>>,
     ) -> Result<(Prepared, LoadSource, Option<Vec<u8>>), UploadError> {
-        if let Some(p) = self
-            .cache
+        if let Some(p) = self.cached(content_hash) {
+            return Ok((p, LoadSource::Memory, None));
+        }
+        let turn = self
+            .loading
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(content_hash)
-        {
-            return Ok((p.clone(), LoadSource::Memory, None));
+            .entry(content_hash.to_string())
+            .or_default()
+            .clone();
+        let _turn = turn.lock().unwrap_or_else(|p| p.into_inner());
+        let loaded = self.load_alone(content_hash, stored_artifact, wasm);
+        // The last one through leaves no entry behind.
+        let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::strong_count(&turn) == 2 {
+            loading.remove(content_hash);
+        }
+        loaded
+    }
+
+    /// [`Self::load`], holding the content hash's turn.
+    fn load_alone(
+        &self,
+        content_hash: &str,
+        stored_artifact: impl FnOnce() -> Option<Vec<u8>>,
+        wasm: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Result<(Prepared, LoadSource, Option<Vec<u8>>), UploadError> {
+        // A load that held the turn before this one may have finished it.
+        if let Some(p) = self.cached(content_hash) {
+            return Ok((p, LoadSource::Memory, None));
         }
         let (prepared, source, new_artifact) = match stored_artifact() {
             Some(artifact) => match self.prepare_artifact(&artifact) {
