@@ -18,6 +18,36 @@ fn upload(t: &TestHost, plugin: &str, name: &str) {
         .ok();
 }
 
+/// Upload `misbehave` as `function`, granted connection `connection` (a service of that
+/// name, without credentials, at `api`).
+fn misbehave_calling(t: &TestHost, api: &FakeApi, connection: &str, function: &str) {
+    let service = t.home().join("svc.toml");
+    std::fs::write(
+        &service,
+        format!(
+            "name = \"{connection}\"\ndisplay_name = \"{connection}\"\nauth = \"none\"\nbase_url = \"{}\"\n",
+            api.base_url()
+        ),
+    )
+    .unwrap();
+    t.cli(&["services", "add", "--file", service.to_str().unwrap()])
+        .ok();
+    t.cli(&["connections", "add", connection, "--service", connection])
+        .ok();
+    t.cli(&["connections", "connect", connection]).ok();
+    let p = plugin_path("misbehave");
+    t.cli(&[
+        "functions",
+        "upload",
+        p.to_str().unwrap(),
+        "--name",
+        function,
+        "--grant",
+        connection,
+    ])
+    .ok();
+}
+
 #[test]
 fn schedules_are_administered_from_the_cli() {
     let t = TestHost::new();
@@ -252,31 +282,7 @@ fn a_schedule_runs_on_time_under_serve() {
 fn a_slow_schedule_never_overlaps_itself() {
     let api = FakeApi::start_blocking(vec![Credential::api_key_header("X-API-Key", "k-123456789")]);
     let t = TestHost::new();
-    let service = t.home().join("svc.toml");
-    std::fs::write(
-        &service,
-        format!(
-            "name = \"slow\"\ndisplay_name = \"Slow\"\nauth = \"none\"\nbase_url = \"{}\"\n",
-            api.base_url()
-        ),
-    )
-    .unwrap();
-    t.cli(&["services", "add", "--file", service.to_str().unwrap()])
-        .ok();
-    t.cli(&["connections", "add", "slow", "--service", "slow"])
-        .ok();
-    t.cli(&["connections", "connect", "slow"]).ok();
-    let p = plugin_path("misbehave");
-    t.cli(&[
-        "functions",
-        "upload",
-        p.to_str().unwrap(),
-        "--name",
-        "sleepy",
-        "--grant",
-        "slow",
-    ])
-    .ok();
+    misbehave_calling(&t, &api, "slow", "sleepy");
     let input = r#"{"mode":"sleep-http","connection":"slow","target":"/slow?ms=2200"}"#;
     t.cli(&[
         "schedules",
@@ -409,31 +415,7 @@ async fn two_servers_on_one_data_directory_run_a_slot_once() {
 fn a_slot_whose_claim_cannot_be_written_does_not_run() {
     let api = FakeApi::start_blocking(vec![]);
     let t = TestHost::new();
-    let service = t.home().join("svc.toml");
-    std::fs::write(
-        &service,
-        format!(
-            "name = \"open\"\ndisplay_name = \"Open\"\nauth = \"none\"\nbase_url = \"{}\"\n",
-            api.base_url()
-        ),
-    )
-    .unwrap();
-    t.cli(&["services", "add", "--file", service.to_str().unwrap()])
-        .ok();
-    t.cli(&["connections", "add", "open", "--service", "open"])
-        .ok();
-    t.cli(&["connections", "connect", "open"]).ok();
-    let p = plugin_path("misbehave");
-    t.cli(&[
-        "functions",
-        "upload",
-        p.to_str().unwrap(),
-        "--name",
-        "poster",
-        "--grant",
-        "open",
-    ])
-    .ok();
+    misbehave_calling(&t, &api, "open", "poster");
     let input = r#"{"mode":"sleep-http","connection":"open","target":"/slow?ms=1"}"#;
     t.cli(&[
         "schedules",

@@ -329,9 +329,6 @@ impl Runtime {
         stored_artifact: impl FnOnce() -> Option<Vec<u8>>,
         wasm: impl FnOnce() -> Option<Vec<u8>>,
     ) -> Result<(Prepared, LoadSource, Option<Vec<u8>>), UploadError> {
-        if let Some(p) = self.cached(content_hash) {
-            return Ok((p, LoadSource::Memory, None));
-        }
         let turn = self
             .loading
             .lock()
@@ -356,7 +353,7 @@ impl Runtime {
         stored_artifact: impl FnOnce() -> Option<Vec<u8>>,
         wasm: impl FnOnce() -> Option<Vec<u8>>,
     ) -> Result<(Prepared, LoadSource, Option<Vec<u8>>), UploadError> {
-        // A load that held the turn before this one may have finished it.
+        // In memory already, perhaps loaded by the one that held the turn before.
         if let Some(p) = self.cached(content_hash) {
             return Ok((p, LoadSource::Memory, None));
         }

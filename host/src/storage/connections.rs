@@ -121,6 +121,16 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
 
+/// A credential write, made only over the generation it expects.
+struct Swap<'a> {
+    expected_generation: i64,
+    sealed: Option<&'a [u8]>,
+    status: &'a str,
+    status_reason: Option<&'a str>,
+    token_info: &'a serde_json::Value,
+    connected_now: bool,
+}
+
 impl Storage {
     // ---- services ----
 
@@ -371,16 +381,15 @@ impl Storage {
         token_info: &serde_json::Value,
         connected_now: bool,
     ) -> Result<Option<i64>, StorageError> {
-        let now = now_ms();
-        let n = self
-            .lock()?
-            .execute_cached(
-                "UPDATE connections SET sealed = ?3, status = ?4, status_reason = ?5, token_info = ?6, generation = generation + 1, \
-                 connected_at = CASE WHEN ?7 THEN ?8 ELSE connected_at END WHERE name = ?1 AND generation = ?2",
-                params![name, expected_generation, sealed, status, status_reason, json(token_info)?, connected_now, now],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok((n > 0).then_some(expected_generation + 1))
+        let swap = Swap {
+            expected_generation,
+            sealed,
+            status,
+            status_reason,
+            token_info,
+            connected_now,
+        };
+        self.swap(name, None, &swap)
     }
 
     /// [`Self::swap_credentials`], also setting `candidate`'s scopes, base URL and
@@ -397,29 +406,52 @@ impl Storage {
         token_info: &serde_json::Value,
         connected_now: bool,
     ) -> Result<Option<i64>, StorageError> {
-        let now = now_ms();
+        let swap = Swap {
+            expected_generation,
+            sealed,
+            status,
+            status_reason,
+            token_info,
+            connected_now,
+        };
+        self.swap(&candidate.name, Some(candidate), &swap)
+    }
+
+    fn swap(
+        &self,
+        name: &str,
+        settings: Option<&ConnectionRow>,
+        s: &Swap<'_>,
+    ) -> Result<Option<i64>, StorageError> {
+        let scopes = settings.map(|c| json(&c.scopes)).transpose()?;
+        let params = settings.map(|c| json(&c.params)).transpose()?;
+        let base_url = settings.and_then(|c| c.base_url.as_deref());
         let n = self
             .lock()?
             .execute_cached(
                 "UPDATE connections SET sealed = ?3, status = ?4, status_reason = ?5, token_info = ?6, generation = generation + 1, \
-                 connected_at = CASE WHEN ?7 THEN ?8 ELSE connected_at END, scopes = ?9, base_url = ?10, params = ?11 \
+                 connected_at = CASE WHEN ?7 THEN ?8 ELSE connected_at END, \
+                 scopes = CASE WHEN ?9 THEN ?10 ELSE scopes END, \
+                 base_url = CASE WHEN ?9 THEN ?11 ELSE base_url END, \
+                 params = CASE WHEN ?9 THEN ?12 ELSE params END \
                  WHERE name = ?1 AND generation = ?2",
                 params![
-                    candidate.name,
-                    expected_generation,
-                    sealed,
-                    status,
-                    status_reason,
-                    json(token_info)?,
-                    connected_now,
-                    now,
-                    json(&candidate.scopes)?,
-                    candidate.base_url,
-                    json(&candidate.params)?
+                    name,
+                    s.expected_generation,
+                    s.sealed,
+                    s.status,
+                    s.status_reason,
+                    json(s.token_info)?,
+                    s.connected_now,
+                    now_ms(),
+                    settings.is_some(),
+                    scopes,
+                    base_url,
+                    params
                 ],
             )
             .map_err(|e| self.err(e))?;
-        Ok((n > 0).then_some(expected_generation + 1))
+        Ok((n > 0).then_some(s.expected_generation + 1))
     }
 
     /// Set status and reason without touching credentials (e.g. verification failed).
