@@ -121,16 +121,6 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
 
-/// A credential write, made only over the generation it expects.
-struct Swap<'a> {
-    expected_generation: i64,
-    sealed: Option<&'a [u8]>,
-    status: &'a str,
-    status_reason: Option<&'a str>,
-    token_info: &'a serde_json::Value,
-    connected_now: bool,
-}
-
 impl Storage {
     // ---- services ----
 
@@ -381,15 +371,16 @@ impl Storage {
         token_info: &serde_json::Value,
         connected_now: bool,
     ) -> Result<Option<i64>, StorageError> {
-        let swap = Swap {
+        self.swap(
+            name,
+            None,
             expected_generation,
             sealed,
             status,
             status_reason,
             token_info,
             connected_now,
-        };
-        self.swap(name, None, &swap)
+        )
     }
 
     /// [`Self::swap_credentials`], also setting `candidate`'s scopes, base URL and
@@ -406,22 +397,31 @@ impl Storage {
         token_info: &serde_json::Value,
         connected_now: bool,
     ) -> Result<Option<i64>, StorageError> {
-        let swap = Swap {
+        self.swap(
+            &candidate.name,
+            Some(candidate),
             expected_generation,
             sealed,
             status,
             status_reason,
             token_info,
             connected_now,
-        };
-        self.swap(&candidate.name, Some(candidate), &swap)
+        )
     }
 
+    /// The one compare-and-swap statement behind both: `settings`, if given, move with
+    /// the credentials.
+    #[allow(clippy::too_many_arguments)]
     fn swap(
         &self,
         name: &str,
         settings: Option<&ConnectionRow>,
-        s: &Swap<'_>,
+        expected_generation: i64,
+        sealed: Option<&[u8]>,
+        status: &str,
+        status_reason: Option<&str>,
+        token_info: &serde_json::Value,
+        connected_now: bool,
     ) -> Result<Option<i64>, StorageError> {
         let scopes = settings.map(|c| json(&c.scopes)).transpose()?;
         let params = settings.map(|c| json(&c.params)).transpose()?;
@@ -437,12 +437,12 @@ impl Storage {
                  WHERE name = ?1 AND generation = ?2",
                 params![
                     name,
-                    s.expected_generation,
-                    s.sealed,
-                    s.status,
-                    s.status_reason,
-                    json(s.token_info)?,
-                    s.connected_now,
+                    expected_generation,
+                    sealed,
+                    status,
+                    status_reason,
+                    json(token_info)?,
+                    connected_now,
                     now_ms(),
                     settings.is_some(),
                     scopes,
@@ -451,7 +451,7 @@ impl Storage {
                 ],
             )
             .map_err(|e| self.err(e))?;
-        Ok((n > 0).then_some(s.expected_generation + 1))
+        Ok((n > 0).then_some(expected_generation + 1))
     }
 
     /// Set status and reason without touching credentials (e.g. verification failed).
