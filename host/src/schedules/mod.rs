@@ -91,6 +91,16 @@ impl Cadence {
         }
     }
 
+    /// The latest next run a schedule with this cadence can have at `now`: one interval
+    /// from now, or the next cron time. A stored next run later than that was computed
+    /// under a clock that has since gone back.
+    pub fn latest_next_run(&self, now: i64) -> i64 {
+        match self {
+            Self::Every(d) => now + (d.as_millis() as i64).max(1),
+            Self::Cron(..) => self.next_after(now, now),
+        }
+    }
+
     /// Human description.
     pub fn describe(&self) -> String {
         match self {
@@ -147,7 +157,15 @@ impl Schedules {
         let now = now_ms();
         let first = match cadence {
             Cadence::Every(d) => now + d.as_millis() as i64,
-            Cadence::Cron(..) => cadence.next_after(now, now),
+            Cadence::Cron(_, expr) => match cadence.next_after(now, now) {
+                i64::MAX => {
+                    return Err(ScheduleError::Invalid(format!(
+                        "the cron expression {expr:?} never fires from now on (a past year, or a \
+                         date that does not exist such as 31 February); check its fields"
+                    )));
+                }
+                first => first,
+            },
         };
         let row = ScheduleRow {
             name: name.to_string(),

@@ -13,6 +13,9 @@ use crate::storage::now_ms;
 /// How often the scheduler looks for due schedules.
 pub const TICK: Duration = Duration::from_millis(200);
 
+/// How often the scheduler looks for next runs a clock change left too far ahead.
+const CLOCK_CHECK: Duration = Duration::from_secs(60);
+
 /// Runs due schedules until told to stop.
 #[derive(Debug)]
 pub struct Scheduler;
@@ -26,6 +29,7 @@ impl Scheduler {
     ) {
         let running: Arc<Mutex<HashSet<String>>> = Arc::default();
         let mut tasks = JoinSet::new();
+        let mut clock_checked_at = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -34,6 +38,10 @@ impl Scheduler {
             }
             while tasks.try_join_next().is_some() {}
             let now = now_ms();
+            if clock_checked_at.is_none_or(|at: std::time::Instant| at.elapsed() >= CLOCK_CHECK) {
+                clock_checked_at = Some(std::time::Instant::now());
+                pull_back_after_clock_change(&host, now);
+            }
             let due = match host.storage().due_schedules(now) {
                 Ok(d) => d,
                 Err(e) => {
@@ -50,8 +58,8 @@ impl Scheduler {
                 {
                     continue;
                 }
-                let next = match Cadence::of(&schedule) {
-                    Ok(c) => c.next_after(schedule.next_run_at, now),
+                let cadence = match Cadence::of(&schedule) {
+                    Ok(c) => c,
                     Err(e) => {
                         tracing::error!(schedule = %schedule.name, error = %e, "unusable schedule");
                         running
@@ -61,12 +69,21 @@ impl Scheduler {
                         continue;
                     }
                 };
+                let next = cadence.next_after(schedule.next_run_at, now);
                 // Run only a slot this process claimed: another server on this data
-                // directory may have claimed it, and a claim that cannot be written runs
-                // nothing (the slot stays due and is tried again at the next tick).
+                // directory may have claimed it or still be running the schedule, and a
+                // claim that cannot be written runs nothing (the slot stays due and is
+                // tried again at the next tick). The claim holds the schedule for the
+                // run's longest possible time, in case this process dies mid-run.
                 let claimed = host
                     .storage()
-                    .claim_schedule_run(&schedule.name, schedule.next_run_at, now, next)
+                    .claim_schedule_run(
+                        &schedule.name,
+                        schedule.next_run_at,
+                        now,
+                        next,
+                        now + lease(&host, &schedule.function),
+                    )
                     .unwrap_or_else(|e| {
                         tracing::error!(schedule = %schedule.name, error = %e, "cannot record a schedule run; not running it");
                         false
@@ -83,10 +100,14 @@ impl Scheduler {
                 tasks.spawn(async move {
                     tracing::info!(schedule = %schedule.name, function = %schedule.function, "schedule run starting");
                     let (outcome, id) = match host.invoke(&schedule.function, &schedule.input).await {
-                        Ok(inv) => (inv.result.as_ref().err().map(|e| e.kind()).unwrap_or("ok").to_string(), Some(inv.id)),
+                        // Id 0: the record was held back or lost.
+                        Ok(inv) => (inv.result.as_ref().err().map(|e| e.kind()).unwrap_or("ok").to_string(), (inv.id != 0).then_some(inv.id)),
                         Err(e) => (e.kind().to_string(), None),
                     };
-                    if let Err(e) = host.storage().schedule_finished(&schedule.name, &outcome, id) {
+                    // A slot that fell due during the run is skipped, not run late.
+                    let ended = now_ms();
+                    let skip = (next <= ended).then(|| (next, cadence.next_after(next, ended)));
+                    if let Err(e) = host.storage().schedule_finished(&schedule.name, schedule.created_at, &outcome, id, skip) {
                         tracing::error!(schedule = %schedule.name, error = %e, "cannot record a schedule outcome");
                     }
                     running.lock().unwrap_or_else(|p| p.into_inner()).remove(&schedule.name);
@@ -98,6 +119,51 @@ impl Scheduler {
             let _ =
                 tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
                     .await;
+        }
+    }
+}
+
+/// How long a claim holds its schedule: the function's timeout and a minute more (for a
+/// wait on its state, a compile, the record), or the longest timeout there is when the
+/// function cannot be read.
+fn lease(host: &Keyhole, function: &str) -> i64 {
+    let timeout = match host.storage().latest_function(function) {
+        Ok(Some(row)) => row.limits.timeout(),
+        _ => crate::config::MAX_TIMEOUT,
+    };
+    (timeout + Duration::from_secs(60)).as_millis() as i64
+}
+
+/// A next run stored under a clock that was ahead (and has since been set back) would
+/// keep its schedule quiet until the clock catches up: bring it back to the latest run
+/// its cadence allows from now.
+fn pull_back_after_clock_change(host: &Keyhole, now: i64) {
+    let schedules = match host.storage().list_schedules() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read schedules to check their next runs");
+            return;
+        }
+    };
+    for schedule in schedules.iter().filter(|s| !s.paused) {
+        let Ok(cadence) = Cadence::of(schedule) else {
+            continue;
+        };
+        let latest = cadence.latest_next_run(now);
+        if schedule.next_run_at > latest {
+            match host.storage().move_schedule_next_run(
+                &schedule.name,
+                schedule.next_run_at,
+                latest,
+            ) {
+                Ok(true) => {
+                    tracing::warn!(schedule = %schedule.name, "next run was further ahead than its cadence allows (the clock went back?); moved it to the latest it can be");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(schedule = %schedule.name, error = %e, "cannot move a next run the clock left ahead");
+                }
+            }
         }
     }
 }

@@ -201,6 +201,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER services_deleted AFTER DELETE ON services
         BEGIN UPDATE config_version SET n = n + 1; END;
     "#,
+    // 12: a schedule run's lease, so that two servers on one data directory never run
+    // one schedule at once: a run is claimed only when no lease is live.
+    r#"
+    ALTER TABLE schedules ADD COLUMN running_until INTEGER;
+    "#,
 ];
 
 /// Bring the schema up to date.

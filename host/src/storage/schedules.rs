@@ -91,7 +91,7 @@ impl Storage {
                 rusqlite::Error::SqliteFailure(f, _)
                     if f.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
-                    StorageError::Conflict(format!("a schedule named {:?} already exists", s.name))
+                    StorageError::Conflict(format!("a schedule named {:?} already exists; delete it first (`keyhole schedules delete`) or choose another name", s.name))
                 }
                 _ => self.err(e),
             })
@@ -127,14 +127,15 @@ impl Storage {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Unpaused schedules due at `now`.
+    /// Unpaused schedules due at `now` that no run holds.
     pub fn due_schedules(&self, now: i64) -> Result<Vec<ScheduleRow>, StorageError> {
         let conn = self.read()?;
         let mut stmt = conn
             .prepare_cached(concat!(
                 "SELECT ",
                 schedule_columns!(),
-                " FROM schedules WHERE paused = 0 AND next_run_at <= ?1 ORDER BY next_run_at"
+                " FROM schedules WHERE paused = 0 AND next_run_at <= ?1 \
+                 AND (running_until IS NULL OR running_until <= ?1) ORDER BY next_run_at"
             ))
             .map_err(|e| self.err(e))?;
         let rows = stmt.query_map(params![now], row).map_err(|e| self.err(e))?;
@@ -157,40 +158,65 @@ impl Storage {
             .map_err(|e| self.err(e))
     }
 
-    /// Claim the run due at `due_at`: record it as started and move `next_run_at` on, if
-    /// the slot is still the one read and the schedule still runs. `false`: someone else
-    /// (another `keyhole serve` on this data directory) claimed it, or it was paused,
-    /// removed or moved meanwhile; then nothing may run for it. Only the process whose
-    /// claim is written runs the slot, so a slot never runs twice, and a claim that
-    /// cannot be written (a lock held elsewhere) runs nothing and is tried again.
+    /// Claim the run due at `due_at`: record it as started, move `next_run_at` on and
+    /// hold the schedule until `running_until` (or until [`Storage::schedule_finished`]),
+    /// if the slot is still the one read, the schedule still runs, and no run holds it
+    /// (here or in another process on this data directory). `false`: not claimed; run
+    /// nothing.
     pub fn claim_schedule_run(
         &self,
         name: &str,
         due_at: i64,
         started_at: i64,
         next_run_at: i64,
+        running_until: i64,
     ) -> Result<bool, StorageError> {
         self.lock()?
             .execute_cached(
-                "UPDATE schedules SET last_run_at = ?2, next_run_at = ?3 \
-                 WHERE name = ?1 AND next_run_at = ?4 AND paused = 0",
-                params![name, started_at, next_run_at, due_at],
+                "UPDATE schedules SET last_run_at = ?2, next_run_at = ?3, running_until = ?5 \
+                 WHERE name = ?1 AND next_run_at = ?4 AND paused = 0 \
+                 AND (running_until IS NULL OR running_until <= ?2)",
+                params![name, started_at, next_run_at, due_at, running_until],
             )
             .map(|n| n == 1)
             .map_err(|e| self.err(e))
     }
 
-    /// A run finished.
+    /// Move a schedule's next run from `from` to `to`, if it is still `from`.
+    pub fn move_schedule_next_run(
+        &self,
+        name: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<bool, StorageError> {
+        self.lock()?
+            .execute_cached(
+                "UPDATE schedules SET next_run_at = ?3 WHERE name = ?1 AND next_run_at = ?2",
+                params![name, from, to],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| self.err(e))
+    }
+
+    /// A run of the schedule created at `created_at` finished: record its outcome and
+    /// release the schedule. `skip`: `(slot, to)` moves a slot that fell due while the
+    /// run was going on to `to`, if `next_run_at` is still `slot`. A schedule deleted
+    /// (or deleted and added again) meanwhile is left alone.
     pub fn schedule_finished(
         &self,
         name: &str,
+        created_at: i64,
         outcome: &str,
         invocation: Option<i64>,
+        skip: Option<(i64, i64)>,
     ) -> Result<(), StorageError> {
+        let (slot, to) = skip.unzip();
         self.lock()?
             .execute_cached(
-                "UPDATE schedules SET last_outcome = ?2, last_invocation = ?3 WHERE name = ?1",
-                params![name, outcome, invocation],
+                "UPDATE schedules SET last_outcome = ?3, last_invocation = ?4, running_until = NULL, \
+                 next_run_at = CASE WHEN next_run_at = ?5 THEN ?6 ELSE next_run_at END \
+                 WHERE name = ?1 AND created_at = ?2",
+                params![name, created_at, outcome, invocation, slot, to],
             )
             .map(drop)
             .map_err(|e| self.err(e))
