@@ -93,6 +93,23 @@ async fn a_run_whose_state_cannot_be_saved_fails_and_says_so() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_state_cannot_be_read_is_a_host_error_not_a_trap() {
+    let t = TestHost::new();
+    t.upload("counter", "c", &[]).await;
+    assert_eq!(run(&t, "c", json!({})).await.unwrap()["count"], 1);
+    // The state cannot be read (its table is out of reach for a moment).
+    let db = rusqlite::Connection::open(t.home().join("keyhole.db")).unwrap();
+    db.execute_batch("ALTER TABLE kv RENAME TO kv_away")
+        .unwrap();
+    let err = run(&t, "c", json!({})).await.unwrap_err();
+    assert!(err.contains("state could not be read"), "{err}");
+    assert_eq!(t.host.logs(Some("c"), 1).unwrap()[0].outcome, "host-error");
+    db.execute_batch("ALTER TABLE kv_away RENAME TO kv")
+        .unwrap();
+    assert_eq!(run(&t, "c", json!({})).await.unwrap()["count"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_run_that_outlives_its_functions_deletion_brings_no_state_back() {
     let t = TestHost::new();
     t.upload("counter", "c", &[]).await;
@@ -102,12 +119,15 @@ async fn a_run_that_outlives_its_functions_deletion_brings_no_state_back() {
             .ok()
             .contains("deleted")
     );
-    // The commit of a run that was still going when the function was deleted.
+    // The commit of a run of version 1 that was still going when the function was
+    // deleted: before and after a new function is uploaded under the name.
     let writes = [("count".to_string(), Some(b"7".to_vec()))].into();
-    t.host.storage().kv_commit("c", &writes).unwrap();
+    t.host.storage().kv_commit("c", 1, &writes).unwrap();
     assert!(t.host.storage().kv_keys("c", "").unwrap().is_empty());
-    // A new function under the name starts from nothing.
     t.upload("counter", "c", &[]).await;
+    t.host.storage().kv_commit("c", 1, &writes).unwrap();
+    assert!(t.host.storage().kv_keys("c", "").unwrap().is_empty());
+    // The new function starts from nothing.
     assert_eq!(run(&t, "c", json!({})).await.unwrap()["count"], 1);
 }
 
@@ -148,13 +168,13 @@ async fn a_run_may_change_only_so_many_keys() {
         .await
         .unwrap();
     assert_eq!(out["deleted"], 10_000, "{out}");
+    // The advice fits the limit: deleting more keys would not help here.
+    let refused = out["refused"].as_str().unwrap();
     assert!(
-        out["refused"]
-            .as_str()
-            .unwrap()
-            .contains("at most 10000 keys"),
+        refused.contains("at most 10000 keys") && refused.contains("several runs"),
         "{out}"
     );
+    assert!(!refused.contains("delete keys"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

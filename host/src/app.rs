@@ -428,7 +428,9 @@ impl Keyhole {
         // was. A run whose writes cannot be stored did not succeed: its caller must not
         // act on an output whose state is not there (it would notify twice).
         if outcome.result.is_ok()
-            && let Err(e) = self.storage.kv_commit(name, &outcome.kv_writes)
+            && let Err(e) = self
+                .storage
+                .kv_commit(name, row.version, &outcome.kv_writes)
         {
             tracing::error!(function = name, error = %e, "could not commit the function's state");
             outcome.result = Err(if e.is_busy() {

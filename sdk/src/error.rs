@@ -43,7 +43,9 @@ pub enum Error {
     Timeout,
     /// The upstream's response body exceeded the host's size cap.
     TooLarge,
-    /// This invocation already made its maximum number of outbound requests.
+    /// This invocation already made its maximum number of outbound requests (the host's
+    /// own limit; an upstream's HTTP 429 is a [`Response`](crate::Response) or
+    /// [`Error::Status`]).
     TooManyRequests,
     /// The upstream could not be reached (DNS, connect, TLS, reset, ...), sent an answer
     /// the host cannot pass on (an encoded body it cannot check for secrets), or the host
@@ -65,7 +67,8 @@ pub enum Error {
     InvalidKey(String),
     /// A state value was over the host's per-value limit.
     ValueTooLarge(String),
-    /// The function's state would exceed its quota.
+    /// The function's state would exceed its quota, or the run has set or deleted as many
+    /// keys as one run may; the message says which.
     QuotaExceeded(String),
 }
 
@@ -83,7 +86,8 @@ impl Error {
     /// A stable, kebab-case name for the case, for logs and machine-readable
     /// answers: `access-denied`, `not-connected`, `forbidden-destination`,
     /// `invalid-request`, `timeout`, `too-large`, `too-many-requests`,
-    /// `upstream-unreachable`, `status`, `json` or `message`.
+    /// `upstream-unreachable`, `status`, `json`, `message`, `invalid-key`,
+    /// `value-too-large` or `quota-exceeded`.
     ///
     /// ```
     /// assert_eq!(keyhole_sdk::Error::TooManyRequests.kind(), "too-many-requests");
@@ -167,12 +171,7 @@ impl fmt::Display for Error {
             Self::UpstreamUnreachable(detail) => write!(f, "upstream unreachable: {detail}"),
             Self::InvalidKey(detail) => write!(f, "invalid state key: {detail}"),
             Self::ValueTooLarge(detail) => write!(f, "state value too large: {detail}"),
-            Self::QuotaExceeded(detail) => {
-                write!(
-                    f,
-                    "state quota exceeded: {detail}; delete keys you no longer need"
-                )
-            }
+            Self::QuotaExceeded(detail) => write!(f, "state quota exceeded: {detail}"),
             Self::Status { status, body } => {
                 write!(f, "upstream answered HTTP {status}")?;
                 if !body.is_empty() {

@@ -542,6 +542,19 @@ fn classify_trap(
             limit: limits.memory_bytes,
         };
     }
+    // The host could not read the function's state: not the function's fault, and worth
+    // running again, so not a trap.
+    if let Some(e) = e.downcast_ref::<crate::storage::StorageError>() {
+        return if e.is_busy() {
+            InvokeError::Busy(
+                "the function's state could not be read: another process held the database's lock; run it again".into(),
+            )
+        } else {
+            InvokeError::Host(format!(
+                "the function's state could not be read ({e}); nothing was saved, so run it again"
+            ))
+        };
+    }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => {
             return InvokeError::Timeout {

@@ -688,7 +688,7 @@ mod tests {
             .insert_invocations(&[&crate::storage::InvocationRow::for_test("f")])
             .unwrap();
         other
-            .kv_commit("f", &[("k".to_string(), Some(b"v".to_vec()))].into())
+            .kv_commit("f", 1, &[("k".to_string(), Some(b"v".to_vec()))].into())
             .unwrap();
         assert_eq!(s.config_version().unwrap(), last, "records and kv moved it");
         // A later migration that rebuilds one of the tables would drop its triggers.

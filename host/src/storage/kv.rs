@@ -64,12 +64,15 @@ impl Storage {
             .map_err(|e| self.err(e))
     }
 
-    /// Apply one invocation's writes atomically (`None` deletes). If the function was
-    /// deleted while the invocation ran, its state went with it, and nothing is written:
-    /// a function uploaded later under that name starts with no state.
+    /// Apply the writes of one invocation of `function` at `version` atomically (`None`
+    /// deletes). If the function was deleted while the invocation ran, its state went with
+    /// it, and nothing is written: a function uploaded later under that name starts with
+    /// no state, even when that upload came before this commit (versions are never
+    /// reused, and only deleting the function removes one).
     pub fn kv_commit(
         &self,
         function: &str,
+        version: i64,
         writes: &BTreeMap<String, Option<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         if writes.is_empty() {
@@ -79,8 +82,8 @@ impl Storage {
         let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         let exists: bool = tx
             .query_row_cached(
-                "SELECT EXISTS (SELECT 1 FROM functions WHERE name = ?1)",
-                params![function],
+                "SELECT EXISTS (SELECT 1 FROM functions WHERE name = ?1 AND version = ?2)",
+                params![function, version],
                 |r| r.get(0),
             )
             .map_err(|e| self.err(e))?;

@@ -113,7 +113,8 @@ impl KvState {
     ) -> wasmtime::Result<Result<(), Error>> {
         if !self.writes.contains_key(&key) && self.writes.len() >= MAX_PENDING_WRITES {
             return Ok(Err(Error::QuotaExceeded(format!(
-                "a run may set or delete at most {MAX_PENDING_WRITES} keys"
+                "a run may set or delete at most {MAX_PENDING_WRITES} keys; spread the \
+                 changes over several runs"
             ))));
         }
         let old = self.size_of(&key)? as i128;
@@ -121,7 +122,8 @@ impl KvState {
         let total = self.base_total()? as i128 + self.delta + new - old;
         if new > old && total > MAX_FUNCTION_BYTES as i128 {
             return Ok(Err(Error::QuotaExceeded(format!(
-                "a function may store at most {MAX_FUNCTION_BYTES} bytes"
+                "a function may store at most {MAX_FUNCTION_BYTES} bytes; delete keys you no \
+                 longer need"
             ))));
         }
         self.delta += new - old;
