@@ -610,7 +610,12 @@ fn prepare(
     let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|_| {
         SendError::InvalidRequest(format!("{:?} is not a valid HTTP method", req.method))
     })?;
-    if matches!(method.as_str(), "CONNECT" | "TRACE") {
+    // Methods are case-sensitive, so `trace` is an extension method to hyper; some servers
+    // still treat it as TRACE.
+    if ["CONNECT", "TRACE"]
+        .iter()
+        .any(|m| method.as_str().eq_ignore_ascii_case(m))
+    {
         return Err(SendError::InvalidRequest(format!(
             "method {method} is not allowed"
         )));

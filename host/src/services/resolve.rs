@@ -106,8 +106,9 @@ impl ServiceDef {
     /// keys are ignored, and a param without a value takes its `default`.
     ///
     /// `base_url_override` (for local testing or an enterprise host) replaces the base
-    /// URL; its origin is allowed first, followed by the service's own origins. The
-    /// override obeys the same https-or-loopback rule.
+    /// URL. On another origin it replaces the service's origins too: only the override's
+    /// origin is allowed, so credentials for the other host never reach the public
+    /// service. The override obeys the same https-or-loopback rule.
     pub fn resolve(
         &self,
         url_params: &BTreeMap<String, String>,
@@ -151,11 +152,15 @@ impl ServiceDef {
         // The effective base URL's origin comes first, as documented on `Endpoint`.
         let base_url = override_url.unwrap_or(service_base);
         let first = Origin::of(&base_url);
-        origins.retain(|o| *o != first && *o != base_origin);
-        if first != base_origin {
-            origins.insert(0, base_origin);
-        }
-        origins.insert(0, first);
+        let origins = if first == base_origin {
+            origins.retain(|o| *o != first);
+            origins.insert(0, first);
+            origins
+        } else {
+            // An override on another host replaces the service's hosts: credentials meant
+            // for an enterprise host or a stand-in must never reach the public service.
+            vec![first]
+        };
         Ok(Endpoint {
             base_url,
             allowed_origins: origins,
@@ -317,6 +322,12 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("is not one of com, eu"), "{err}");
+        // Canada's accounts server is not accounts.zoho.ca, so the preset does not offer it.
+        let err = zoho.resolve(&params(&[("dc", "ca")]), None).unwrap_err();
+        assert!(
+            matches!(err, ServiceError::InvalidParamValue { .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -355,31 +366,40 @@ mod tests {
     }
 
     #[test]
-    fn override_replaces_base_and_adds_its_origin_first() {
+    fn an_override_on_another_host_replaces_the_services_origins() {
         let github = find_preset("github").unwrap();
         let e = github
             .resolve(&BTreeMap::new(), Some("http://127.0.0.1:8080/mock"))
             .unwrap();
         assert_eq!(e.base_url.as_str(), "http://127.0.0.1:8080/mock");
-        assert_eq!(
-            origins(&e),
-            ["http://127.0.0.1:8080", "https://api.github.com:443"]
-        );
+        assert_eq!(origins(&e), ["http://127.0.0.1:8080"]);
+        // Credentials for an enterprise host must not reach the public service.
         let e = github
             .resolve(&BTreeMap::new(), Some("https://github.example.com/api/v3"))
             .unwrap();
-        assert_eq!(
-            origins(&e),
-            [
-                "https://github.example.com:443",
-                "https://api.github.com:443"
-            ]
-        );
-        // Overriding with the service's own origin does not duplicate it.
+        assert_eq!(origins(&e), ["https://github.example.com:443"]);
+        assert!(!e.allows(&Url::parse("https://api.github.com/user").unwrap()));
+        let jira = find_preset("jira").unwrap();
+        let e = jira
+            .resolve(
+                &params(&[("site", "x")]),
+                Some("https://jira.corp.example/"),
+            )
+            .unwrap();
+        assert_eq!(origins(&e), ["https://jira.corp.example:443"]);
+        assert!(!e.allows(&Url::parse("https://x.atlassian.net/rest/api/3/myself").unwrap()));
+        // Overriding with the service's own origin (another path) keeps its origins.
         let e = github
             .resolve(&BTreeMap::new(), Some("https://api.github.com/"))
             .unwrap();
         assert_eq!(origins(&e), ["https://api.github.com:443"]);
+        let google = find_preset("google").unwrap();
+        let own = google.resolve(&BTreeMap::new(), None).unwrap();
+        let e = google
+            .resolve(&BTreeMap::new(), Some(own.base_url.as_str()))
+            .unwrap();
+        assert_eq!(origins(&e), origins(&own));
+        assert!(origins(&own).len() > 1, "{:?}", origins(&own));
     }
 
     #[test]
@@ -415,10 +435,7 @@ mod tests {
         let e = jira
             .resolve(&params(&[("site", "acme")]), Some("http://localhost:9"))
             .unwrap();
-        assert_eq!(
-            origins(&e),
-            ["http://localhost:9", "https://acme.atlassian.net:443"]
-        );
+        assert_eq!(origins(&e), ["http://localhost:9"]);
     }
 
     #[test]
