@@ -235,6 +235,41 @@ fn failures_exit_non_zero_with_a_clear_message() {
         .ok();
     let out = t.cli(&["connections", "edit", "gh"]);
     assert!(out.err().contains("nothing to change"), "{}", out.stderr);
+
+    // An OAuth connection takes no params on `connect`, rather than dropping them.
+    let out = t.cli(&["connections", "connect", "gh", "--param", "x=y"]);
+    assert!(
+        out.err()
+            .contains("--param and --params-stdin do not apply"),
+        "{}",
+        out.stderr
+    );
+    // A param named in another case is stored, and used, under the service's own name.
+    t.cli(&["connections", "add", "z", "--service", "zoho"])
+        .ok();
+    t.cli(&["connections", "edit", "z", "--param", "DC=eu"])
+        .ok();
+    let z = t.cli(&["connections", "show", "z", "--json"]).json();
+    let dc: Vec<_> = z["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"].as_str().unwrap().eq_ignore_ascii_case("dc"))
+        .collect();
+    assert_eq!(dc.len(), 1, "{z}");
+    assert_eq!(dc[0]["value"], "eu", "{z}");
+    assert_eq!(z["base_url"], "https://www.zohoapis.eu/", "{z}");
+    // `services add --file` is defined by the file alone: other flags are refused.
+    let out = t.cli(&[
+        "services",
+        "add",
+        "--file",
+        "s.toml",
+        "--base-url",
+        "https://staging.example",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("cannot be used with"), "{}", out.stderr);
 }
 
 #[cfg(unix)]
@@ -275,6 +310,42 @@ fn a_new_process_loads_the_stored_artifact_instead_of_compiling() {
     );
     assert!(
         !out.stderr.contains("compiling component"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_damaged_stored_artifact_is_compiled_again_and_replaced() {
+    let t = TestHost::new();
+    let echo = plugin_path("echo");
+    t.cli(&["functions", "upload", path(&echo), "--name", "echo"])
+        .ok();
+    let db = rusqlite::Connection::open(t.home().join("keyhole.db")).unwrap();
+    let damaged = db
+        .execute("UPDATE artifacts SET artifact = x'7f454c46deadbeef'", [])
+        .unwrap();
+    assert_eq!(damaged, 1);
+    drop(db);
+    let run = || {
+        t.cli_with(
+            &["run", "echo", "--input", r#"{"a":1}"#],
+            None,
+            &[("RUST_LOG", "keyhole=info")],
+        )
+    };
+    let out = run();
+    assert_eq!(out.json(), serde_json::json!({"a": 1}));
+    assert!(
+        out.stderr.contains("stored artifact unusable; recompiling"),
+        "{}",
+        out.stderr
+    );
+    // The fresh compile replaced the damaged artifact.
+    let out = run();
+    out.ok();
+    assert!(
+        out.stderr.contains("loaded precompiled artifact"),
         "{}",
         out.stderr
     );

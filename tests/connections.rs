@@ -196,6 +196,35 @@ async fn readme_flow_through_the_cli() {
     let typo = t.cli(&["connections", "connect", "acme", "--param", KEY]);
     assert!(typo.err().contains("NAME=VALUE"), "{}", typo.stderr);
     assert!(!typo.stderr.contains(KEY), "{}", typo.stderr);
+    // So is one that ends in base64 padding, which splits at its own `=`, on the command
+    // line, on stdin, and in JSON errors.
+    let padded = "dG9rZW4tc2VjcmV0LXZhbHVl";
+    for (args, stdin) in [
+        (vec!["connections", "connect", "acme", "--param"], None),
+        (
+            vec!["connections", "connect", "acme", "--params-stdin", "--json"],
+            Some(()),
+        ),
+    ] {
+        let mut args = args;
+        let arg = format!("{padded}==");
+        if stdin.is_none() {
+            args.push(&arg);
+        }
+        let out = t.cli_with(
+            &args,
+            stdin.map(|()| format!("{padded}==\n")).as_deref(),
+            &[],
+        );
+        assert!(out.err().contains("has no param"), "{}", out.stderr);
+        assert!(out.stderr.contains("X-API-Key"), "{}", out.stderr);
+        assert!(
+            !out.stderr.contains(padded) && !out.stdout.contains(padded),
+            "{}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
     // Wrong key: verification fails, the upstream's reason is shown, status stays pending.
     let bad = t.cli_with(
         &["connections", "connect", "acme", "--params-stdin"],

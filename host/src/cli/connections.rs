@@ -469,6 +469,15 @@ async fn connect(host: &Keyhole, args: ConnectArgs, json: bool) -> anyhow::Resul
         .as_ref()
         .is_some_and(|o| o.grant == crate::services::GrantType::AuthorizationCode)
     {
+        if !args.params.is_empty() || args.params_stdin {
+            anyhow::bail!(
+                "connection {:?} signs in with OAuth, so --param and --params-stdin do not \
+                 apply to `connect`; set its non-secret params with `keyhole connections edit \
+                 {} --param NAME=VALUE`, then connect without them",
+                args.name,
+                args.name
+            );
+        }
         return connect_oauth(host, &args, json).await;
     }
     let mut given: Vec<(String, String)> = args.params;
@@ -483,17 +492,8 @@ async fn connect(host: &Keyhole, args: ConnectArgs, json: bool) -> anyhow::Resul
     }
     let mut values: BTreeMap<String, Secret> = BTreeMap::new();
     for (k, v) in given {
-        let p = find_param(&params, &k).ok_or_else(|| {
-            let names: Vec<String> = params
-                .iter()
-                .map(|p| format!("{} ({})", p.name, p.display_name))
-                .collect();
-            anyhow::anyhow!(
-                "service {} has no param {k:?}; its params are: {}",
-                service.name,
-                names.join(", ")
-            )
-        })?;
+        let p =
+            find_param(&params, &k).ok_or_else(|| crate::connections::unknown_param(&service))?;
         values.insert(p.name.clone(), Secret::new(v));
     }
     let interactive = std::io::stdin().is_terminal() && !args.params_stdin;

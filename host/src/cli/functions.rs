@@ -27,8 +27,9 @@ pub enum FunctionsCmd {
         /// Function name.
         name: String,
     },
-    /// Delete every version of a function (and its grants). Invocation history stays.
-    /// Refused while schedules run the function, unless `--with-schedules`.
+    /// Delete every version of a function, its grants and its stored state (`kv`).
+    /// Invocation history stays; a function uploaded later under the name starts with
+    /// no state. Refused while schedules run the function, unless `--with-schedules`.
     Delete {
         /// Function name.
         name: String,

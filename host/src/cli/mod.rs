@@ -161,3 +161,14 @@ async fn dispatch(cli: Cli, home: PathBuf) -> anyhow::Result<i32> {
         Command::Schedules(cmd) => schedules::schedules(&host, cmd, json),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // Catches, among others, a `conflicts_with` naming an argument that does not exist.
+        super::Cli::command().debug_assert();
+    }
+}

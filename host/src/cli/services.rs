@@ -81,7 +81,11 @@ pub enum FlagAuth {
 pub struct AddArgs {
     /// TOML file in the preset schema; the service is defined by the file alone, so the
     /// other flags may not be given with it.
-    #[arg(long, conflicts_with_all = ["name", "auth"])]
+    #[arg(long, conflicts_with_all = [
+        "name", "display_name", "auth", "base_url", "origins", "key_header", "key_format",
+        "key_query", "key_as_basic_user", "param_display_name", "verify", "account",
+        "description",
+    ])]
     pub file: Option<PathBuf>,
     /// Service name.
     #[arg(long, required_unless_present = "file")]

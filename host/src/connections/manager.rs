@@ -330,9 +330,7 @@ impl Connections {
             row.base_url = b;
         }
         for (k, v) in params {
-            let p = service
-                .param(&k)
-                .ok_or_else(|| unknown_param(&service, &k))?;
+            let p = service.param(&k).ok_or_else(|| unknown_param(&service))?;
             if p.secret {
                 return Err(ConnectionError::Invalid(format!(
                     "{:?} is a secret; set it with `keyhole connections connect {name}`",
@@ -340,7 +338,8 @@ impl Connections {
                 )));
             }
             check_choice(p, &v)?;
-            row.params.insert(k, v);
+            // Stored under the service's own spelling: readers look it up by that.
+            row.params.insert(p.name.clone(), v);
         }
         if let Some(after) = origins(&service, &row, &creds)
             && row.sealed.is_some()
@@ -389,8 +388,8 @@ impl Connections {
                     service.display_name
                 )));
             }
-            if let Some(k) = values.keys().next() {
-                return Err(unknown_param(&service, k));
+            if !values.is_empty() {
+                return Err(unknown_param(&service));
             }
             self.gateway
                 .oauth
@@ -418,10 +417,8 @@ impl Connections {
         }
         let mut creds = Credentials::default();
         let mut plain = row.params.clone();
-        for key in values.keys() {
-            if service.param(key).is_none() {
-                return Err(unknown_param(&service, key));
-            }
+        if values.keys().any(|key| service.param(key).is_none()) {
+            return Err(unknown_param(&service));
         }
         for p in &service.params {
             match values.get(&p.name) {
@@ -438,8 +435,9 @@ impl Connections {
                     && (p.secret || !plain.contains_key(&p.name)) =>
                 {
                     return Err(ConnectionError::Invalid(format!(
-                        "missing a value for {:?}; pass --param {}=VALUE (or answer the prompt)",
-                        p.display_name, p.name
+                        "missing a value for {:?}; pass it as `{}=VALUE` on a line of stdin with \
+                         --params-stdin (or --param {}=VALUE, or answer the prompt in a terminal)",
+                        p.display_name, p.name, p.name
                     )));
                 }
                 None => {}
@@ -1128,10 +1126,23 @@ fn check_choice(p: &ParamDef, value: &str) -> Result<(), ConnectionError> {
     Ok(())
 }
 
-fn unknown_param(service: &ServiceDef, key: &str) -> ConnectionError {
-    let known: Vec<&str> = service.params.iter().map(|p| p.name.as_str()).collect();
+/// A `NAME=VALUE` whose name the service lacks. The name is not echoed: a secret given
+/// without its name (`--param c2VjcmV0==`) splits at its own `=`.
+pub(crate) fn unknown_param(service: &ServiceDef) -> ConnectionError {
+    let known: Vec<String> = service
+        .params
+        .iter()
+        .map(|p| {
+            if p.display_name == p.name {
+                p.name.clone()
+            } else {
+                format!("{} ({})", p.name, p.display_name)
+            }
+        })
+        .collect();
     ConnectionError::Invalid(format!(
-        "service {:?} has no param {key:?}; its params are: {}",
+        "service {:?} has no param by the name before the `=` (not shown, in case it was a \
+         secret given without its name); its params are: {}",
         service.name,
         if known.is_empty() {
             "(none)".to_string()

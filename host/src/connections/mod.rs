@@ -12,6 +12,7 @@ pub mod egress;
 pub(crate) mod gateway;
 pub mod inject;
 mod manager;
+pub(crate) use manager::unknown_param;
 pub mod redact;
 
 pub use catalog::{Catalog, CatalogEntry, ServiceSource};

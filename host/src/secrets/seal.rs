@@ -49,7 +49,7 @@ pub enum SealError {
     },
     /// The key does not open this database's data.
     #[error(
-        "the master key does not match the one this data directory was sealed with; set {MASTER_KEY_ENV} to the original key or restore the original {MASTER_KEY_FILE} (nothing was changed)"
+        "the master key does not match the one this data directory was sealed with (nothing was changed); {MASTER_KEY_ENV}, when set, is used instead of {MASTER_KEY_FILE}: unset it or set it to the original key, else restore the original {MASTER_KEY_FILE}"
     )]
     WrongKey,
     /// A sealed blob failed authentication: tampered, truncated or bound to another row.
