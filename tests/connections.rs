@@ -276,6 +276,17 @@ async fn readme_flow_through_the_cli() {
     assert!(run["body"].as_str().unwrap().contains("keyhole-test"));
     let sent = api.requests_to("/user");
     assert_eq!(sent.last().unwrap().header("x-api-key"), Some(KEY));
+    // CONNECT and TRACE are refused however they are spelled, and nothing is sent.
+    for method in ["TRACE", "trace", "Connect"] {
+        let input = format!(r#"{{"connection":"acme","target":"/user","method":"{method}"}}"#);
+        let out = t.cli(&["run", "hello", "--input", &input]).json();
+        assert_eq!(out["error"], "invalid-request", "{method}: {out}");
+        assert!(
+            out["detail"].as_str().unwrap().contains("is not allowed"),
+            "{method}: {out}"
+        );
+    }
+    assert_eq!(api.requests_to("/user").len(), sent.len());
 
     let show = t.cli(&["connections", "show", "acme"]);
     assert!(
