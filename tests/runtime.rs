@@ -291,6 +291,104 @@ async fn misbehaving_guests_get_typed_errors_and_the_host_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_guest_reaches_no_file_environment_argument_or_socket() {
+    let t = TestHost::new();
+    t.host
+        .upload("misbehave", plugin("misbehave"), UploadOptions::default())
+        .await
+        .unwrap();
+    // A listener the guest is told about: it must never see a connection or a datagram.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    tcp.set_nonblocking(true).unwrap();
+    let udp = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    udp.set_nonblocking(true).unwrap();
+    // The host process has an environment and arguments; the guest must see neither.
+    assert!(std::env::vars().next().is_some());
+
+    let inv = t
+        .host
+        .invoke(
+            "misbehave",
+            &json!({"mode": "escape", "port": port}).to_string(),
+        )
+        .await
+        .unwrap();
+    let out: Value = serde_json::from_str(&inv.result.unwrap()).unwrap();
+    for (what, got) in [
+        ("read_dir", json!(null)),
+        ("read_file", json!(null)),
+        ("write_file", json!(false)),
+        ("env", json!([])),
+        ("args", json!([])),
+    ] {
+        assert_eq!(out[what], got, "{what}: {out}");
+    }
+    // Each network attempt failed (`{"Err": message}`), none went through (`{"Ok": null}`).
+    for what in ["lookup", "tcp", "udp"] {
+        assert!(out[what]["Err"].is_string(), "{what}: {out}");
+    }
+    assert_eq!(
+        tcp.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+    assert_eq!(
+        udp.recv(&mut [0; 8]).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_cannot_make_the_host_hold_unbounded_random_bytes_or_handles() {
+    let t = TestHost::new();
+    for name in ["misbehave", "echo"] {
+        t.host
+            .upload(name, plugin(name), UploadOptions::default())
+            .await
+            .unwrap();
+    }
+    let ok = |input: Value| {
+        let t = &t;
+        async move {
+            let inv = t
+                .host
+                .invoke("misbehave", &input.to_string())
+                .await
+                .unwrap();
+            inv.result
+        }
+    };
+
+    // Up to 1 MiB in one call is served; one byte more traps (wasmtime-wasi's own
+    // default would hand out 64 MiB).
+    assert_eq!(
+        ok(json!({"mode": "random", "bytes": 1 << 20}))
+            .await
+            .unwrap(),
+        (1u64 << 20).to_string()
+    );
+    let err = run_err(
+        &t,
+        "misbehave",
+        json!({"mode": "random", "bytes": (1 << 20) + 1}),
+    )
+    .await;
+    assert!(matches!(err, InvokeError::Trap(_)), "{err:?}");
+    echo_still_works(&t).await;
+
+    // A few thousand handles are fine; past 10,000 the host refuses to make more.
+    assert_eq!(
+        ok(json!({"mode": "handles", "count": 5_000}))
+            .await
+            .unwrap(),
+        "5000"
+    );
+    let err = run_err(&t, "misbehave", json!({"mode": "handles", "count": 20_000})).await;
+    assert!(matches!(err, InvokeError::Trap(_)), "{err:?}");
+    echo_still_works(&t).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn guest_output_is_captured_and_bounded() {
     let t = TestHost::new();
     let limits = keyhole::config::Limits {

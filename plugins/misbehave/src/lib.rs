@@ -61,6 +61,19 @@ enum Mode {
         masked: Vec<u8>,
         scribble_first: bool,
     },
+    /// Ask WASI for `bytes` random bytes in one call; answers how many came back.
+    Random {
+        bytes: u64,
+    },
+    /// Open `count` handles on stdout and keep them all; answers `count`.
+    Handles {
+        count: u32,
+    },
+    /// Try to reach past the sandbox: files, the environment, arguments, name lookup, and
+    /// TCP and UDP to 127.0.0.1:`port`; answers what each attempt got.
+    Escape {
+        port: u16,
+    },
 }
 
 /// The byte mask of `Scan`'s marker.
@@ -139,6 +152,29 @@ fn run(mode: Mode) -> Result<Value, Error> {
                 std::mem::forget(black_box(vec![marker; 8]));
             }
             Ok(json!(scan(&masked)))
+        }
+        Mode::Random { bytes } => Ok(json!(wasip2::random::random::get_random_bytes(bytes).len())),
+        Mode::Escape { port } => {
+            use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
+            let tcp = TcpStream::connect(("127.0.0.1", port));
+            let udp =
+                UdpSocket::bind("127.0.0.1:0").and_then(|s| s.send_to(b"x", ("127.0.0.1", port)));
+            Ok(json!({
+                "read_dir": std::fs::read_dir("/").map(|d| d.count()).map_err(|e| e.to_string()).ok(),
+                "read_file": std::fs::read("/etc/hosts").map(|b| b.len()).map_err(|e| e.to_string()).ok(),
+                "write_file": std::fs::write("escape.txt", b"x").is_ok(),
+                "env": std::env::vars().map(|(k, _)| k).collect::<Vec<_>>(),
+                "args": std::env::args().collect::<Vec<_>>(),
+                "lookup": ("localhost", port).to_socket_addrs().map(|_| ()).map_err(|e| e.to_string()),
+                "tcp": tcp.map(|_| ()).map_err(|e| e.to_string()),
+                "udp": udp.map(|_| ()).map_err(|e| e.to_string()),
+            }))
+        }
+        Mode::Handles { count } => {
+            for _ in 0..count {
+                std::mem::forget(wasip2::cli::stdout::get_stdout());
+            }
+            Ok(json!(count))
         }
     }
 }
