@@ -314,6 +314,33 @@ async fn notify_all_baseline_notifies_every_existing_comment_once() {
     assert!(err.contains("invalid input"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_posts_at_most_notify_max_and_the_next_runs_post_the_rest() {
+    let (yt, hook) = (FakeYouTube::start(), WebhookReceiver::start());
+    let t = setup(&yt, &hook, None).await;
+    assert_eq!(counts(&watch(&t).await), (0, 3, true));
+    yt.add_comments(VIDEO, 25);
+    let capped = json!({"video_id": VIDEO, "notify": "notify", "notify_max": 10});
+    let first = run(&t, capped.clone()).await;
+    assert_eq!(counts(&first), (10, 25, false));
+    assert_eq!(first["pending"], 15);
+    assert_eq!(hook.count(), 10);
+    let second = run(&t, capped.clone()).await;
+    assert_eq!(
+        (counts(&second), &second["pending"]),
+        ((10, 15, false), &json!(5))
+    );
+    // The default cap (20) takes the rest.
+    let third = watch(&t).await;
+    assert_eq!(
+        (counts(&third), &third["pending"]),
+        ((5, 5, false), &json!(0))
+    );
+    let ids = delivered(&hook);
+    assert_eq!(ids.len(), 25);
+    assert_no_duplicates(&ids);
+}
+
 /// Slack's format through the `slack-webhook` preset: the connection keeps a
 /// `https://hooks.slack.com` URL (the only origin the preset accepts) and a loopback base
 /// URL override sends the requests to a receiver that answers like Slack.

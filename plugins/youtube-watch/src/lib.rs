@@ -2,8 +2,9 @@
 //! remembering in its state (`seen/<video_id>`, the last [`MAX_SEEN`] ids) what it has seen.
 //!
 //! Input `{"video_id", "notify": "<connection>", "connection"?: "youtube", "baseline"?:
-//! "remember" | "notify-all", "format"?: "generic" | "slack", "max"?: 100}`; output
-//! `{"video_id", "notified", "new" (unseen comments found), "baseline", "failed"?}`.
+//! "remember" | "notify-all", "format"?: "generic" | "slack", "max"?: 100,
+//! "notify_max"?: 20}`; output `{"video_id", "notified", "new" (unseen comments found),
+//! "pending" (left for the next runs by `notify_max`), "baseline", "failed"?}`.
 //! `generic` posts `{"text", "video_id", "comment": {...}}`, `slack` posts `{"text"}`.
 //!
 //! - **Baseline.** The first run for a video (no state yet) with `remember`, the default,
@@ -12,7 +13,10 @@
 //! - **Fetch first.** The newest `max` comments (at most 500) are all read before anything
 //!   is posted: an upstream error fails the run with nothing notified, and the host
 //!   discards a failed run's state writes, so the state stays as it was.
-//! - **Then notify, oldest first,** marking each comment seen once its POST got a 2xx.
+//! - **Then notify, oldest first,** marking each comment seen once its POST got a 2xx,
+//!   at most `notify_max` a run: the rest stay unseen and go out with the next runs. A
+//!   run's state is saved only if it ends well, so a run that posted too much to finish
+//!   in its time limit would post it all again next time; the cap keeps a run short.
 //! - **A failed POST stops the run but still answers `Ok`**, with `failed` set: an `Err`
 //!   would discard the marks of the comments already posted, and they would be posted
 //!   again. The failed comment and the rest stay unseen and are retried next run. (Should
@@ -33,6 +37,9 @@ use youtube_api::Comment;
 const MAX_SEEN: usize = 2000;
 /// Comments looked at per run when the input names no `max`: one page.
 const DEFAULT_MAX: usize = 100;
+/// Notifications per run when the input names no `notify_max`: at a slow webhook's
+/// ~200 ms a POST, 4 s, well inside the default 10 s time limit.
+const DEFAULT_NOTIFY_MAX: usize = 20;
 
 #[derive(Deserialize)]
 struct Input {
@@ -44,6 +51,7 @@ struct Input {
     #[serde(default)]
     format: Format,
     max: Option<usize>,
+    notify_max: Option<usize>,
 }
 
 #[derive(Deserialize, Default, PartialEq)]
@@ -67,6 +75,7 @@ struct Output {
     video_id: String,
     notified: usize,
     new: usize,
+    pending: usize,
     baseline: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     failed: Option<String>,
@@ -89,11 +98,14 @@ fn run(input: Input) -> Result<Output, Error> {
         .filter(|c| !known.contains(c.id.as_str()))
         .collect();
     let (new, mut notified, mut failed) = (fresh.len(), 0, None);
+    let mut pending = 0;
     if baseline && input.baseline == Baseline::Remember {
         seen.extend(fresh.iter().map(|c| c.id.clone()));
     } else {
         let hook = Connection::new(&input.notify);
-        for comment in fresh {
+        let notify_max = input.notify_max.unwrap_or(DEFAULT_NOTIFY_MAX);
+        pending = fresh.len().saturating_sub(notify_max);
+        for comment in fresh.into_iter().take(notify_max) {
             if let Err(e) = notify(&hook, &input.format, video, comment) {
                 keyhole_sdk::warn!("notifying {} failed, stopping: {e}", input.notify);
                 failed = Some(format!("{}: {e}", input.notify));
@@ -110,6 +122,7 @@ fn run(input: Input) -> Result<Output, Error> {
         video_id: video.to_owned(),
         notified,
         new,
+        pending,
         baseline,
         failed,
     })
