@@ -11,6 +11,10 @@ YT_PORT="${YT_PORT:-18480}"
 HOOK_PORT="${HOOK_PORT:-18481}"
 VIDEO=dQw4w9WgXcQ
 
+for tool in cargo rustup curl; do
+    command -v "$tool" >/dev/null || { echo "demo: needs $tool on PATH; install it and run again" >&2; exit 1; }
+done
+
 step "installing the wasm32-wasip2 target"
 rustup target add wasm32-wasip2
 
@@ -33,6 +37,10 @@ for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$HOOK_PORT/control/received" >/dev/null && break
     sleep 0.1
 done
+curl -sf "http://127.0.0.1:$HOOK_PORT/control/received" >/dev/null || {
+    echo "demo: the stand-ins did not come up on ports $YT_PORT and $HOOK_PORT; if they are taken, set YT_PORT and HOOK_PORT" >&2
+    exit 1
+}
 
 step "hello: upload echo, run it"
 "$KEYHOLE" functions upload "$WASM/echo.wasm" --name echo

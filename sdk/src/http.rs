@@ -173,8 +173,10 @@ impl RequestBuilder {
     }
 
     /// Appends a request header. `authorization`, `proxy-authorization`,
-    /// `cookie` and `host` are refused with [`Error::InvalidRequest`]: the
-    /// connection decides those.
+    /// `cookie`, `host` and any header the connection's credentials go in are
+    /// refused with [`Error::InvalidRequest`]: the connection decides those. So
+    /// are `accept-encoding` (the host asks for plain bodies, to scrub them), `te`,
+    /// `range` and `if-range`.
     ///
     /// ```no_run
     /// let response = keyhole_sdk::Connection::new("api")

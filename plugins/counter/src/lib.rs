@@ -1,6 +1,6 @@
 //! Counts its runs in per-function state. Options exercise the state rules:
 //! `fail_after_write` errors after incrementing (the increment must not stick),
-//! `blob_bytes` stores a value of that size under `blob` (quota and size limits).
+//! `blob_bytes` stores a value of that size under `blob-{count}` (quota and size limits).
 
 use keyhole_sdk::{Error, kv};
 use serde::Deserialize;
