@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use keyhole::oauth::{CallbackParams, ClientConfig};
 use keyhole::server::{Scope, ServeConfig, create_token};
+use keyhole::services::ServiceDef;
 use keyhole_tests::env::TestHost;
 use keyhole_tests::plugins::{plugin, plugin_path};
-use keyhole_tests::{Credential, FakeApi};
+use keyhole_tests::{ClientAuth, Credential, FakeApi, OAuthServer, free_port, query_param};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -207,6 +209,10 @@ async fn upload_then_invoke_and_every_status_mapping() {
             "{function}: {}",
             r.body
         );
+        // The unread rest of the body makes the connection unusable: the answer says so,
+        // so the client does not send its next request on it and lose it.
+        let close = r.headers.get("connection").map(|v| v.to_str().unwrap());
+        assert_eq!(close == Some("close"), kind == "body-too-large", "{kind}");
     }
     let r = api.invoke("slow", r#"{"mode":"error"}"#).await;
     let message = r.json()["error"]["message"].as_str().unwrap().to_string();
@@ -1082,15 +1088,47 @@ async fn binary_sigterm_lets_a_slow_invocation_finish_and_exits_0() {
     let (mut child, base) = t.spawn_serve(&["--shutdown-timeout", "10s"]);
     let http = reqwest::Client::new();
     let url = format!("{base}/v1/functions/sleepy/invoke");
-    let input = json!({"mode": "sleep-http", "connection": "acme", "target": "/slow?ms=1200"});
+    let input = json!({"mode": "sleep-http", "connection": "acme", "target": "/slow?ms=2500"});
     let request = http
         .post(&url)
         .bearer_auth(&token)
         .body(input.to_string())
         .send();
     let in_flight = tokio::spawn(request);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.hits("/slow") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow call never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     signal(&child, "-TERM");
+    // While the slow call drains, a new connection is refused (the listener is closed),
+    // not served and not left hanging. Until the signal is handled it is still served.
+    let healthz = format!("{base}/healthz");
+    loop {
+        let fresh = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        match fresh.get(&healthz).send().await {
+            Ok(r) => assert_eq!(r.status(), StatusCode::OK),
+            Err(e) if e.is_connect() => break,
+            // Caught as the listener closed (accepted by the kernel, then reset), or
+            // left waiting by a listener that no longer accepts.
+            Err(e) => eprintln!("not refused at connect: {e:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new connections were not refused during the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !in_flight.is_finished(),
+        "the slow call ended before the refusal was seen; nothing was draining"
+    );
     let response = in_flight
         .await
         .unwrap()
@@ -1099,10 +1137,6 @@ async fn binary_sigterm_lets_a_slow_invocation_finish_and_exits_0() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], 200, "{body}");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), 0);
-    assert!(
-        reqwest::get(format!("{base}/healthz")).await.is_err(),
-        "still accepting"
-    );
 
     // Revoked through the CLI: the next server refuses it.
     let id = t.cli(&["tokens", "list", "--json"]).json()[0]["id"]
@@ -1356,4 +1390,407 @@ async fn every_change_made_in_another_process_reaches_the_next_call() {
         .ok();
     assert_eq!(call().await, "access-denied");
     api.shutdown().await;
+}
+
+/// Every admin route and method (the route table of `host/src/server/router.rs`), with a
+/// body an admin's request would succeed with, so that a missing scope check shows.
+fn admin_routes() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let schedule = json!({"function": "echo", "every": "1h"}).to_string();
+    vec![
+        ("GET", "/v1/functions", vec![]),
+        ("GET", "/v1/functions/echo", vec![]),
+        // A component header only: an early refusal of a large body can reach the client
+        // as a reset connection, not as the answer (the whole component is tried below).
+        (
+            "POST",
+            "/v1/functions/intruder",
+            b"\0asm\x0d\0\x01\0".to_vec(),
+        ),
+        ("DELETE", "/v1/functions/echo?with_schedules=true", vec![]),
+        ("GET", "/v1/functions/echo/grants", vec![]),
+        ("PUT", "/v1/functions/other/grants/acme-scope", vec![]),
+        ("DELETE", "/v1/functions/echo/grants/acme-scope", vec![]),
+        ("GET", "/v1/functions/echo/invocations", vec![]),
+        ("GET", "/v1/invocations", vec![]),
+        ("GET", "/v1/connections", vec![]),
+        ("GET", "/v1/connections/acme-scope", vec![]),
+        ("POST", "/v1/connections/acme-scope/test", vec![]),
+        ("POST", "/v1/connections/acme-scope/revoke", vec![]),
+        ("GET", "/v1/services", vec![]),
+        ("GET", "/v1/services/acme-scope", vec![]),
+        ("GET", "/v1/schedules", vec![]),
+        ("GET", "/v1/schedules/tick", vec![]),
+        ("PUT", "/v1/schedules/intruder", schedule.into_bytes()),
+        ("DELETE", "/v1/schedules/tick", vec![]),
+        ("POST", "/v1/schedules/tick/pause", vec![]),
+        ("POST", "/v1/schedules/held/resume", vec![]),
+        ("GET", "/metrics", vec![]),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_admin_route_refuses_invoke_tokens_and_changes_nothing() {
+    let upstream = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
+    let api = start(test_config()).await;
+    connect_acme(&api.t, &upstream, "acme-scope").await;
+    api.upload("echo", "echo", "grant=acme-scope").await;
+    api.upload("echo", "other", "").await;
+    assert_eq!(api.invoke("echo", "{}").await.status, StatusCode::OK);
+    let admin = api.admin.clone();
+    for name in ["tick", "held"] {
+        let body = json!({"function": "echo", "every": "1h"}).to_string();
+        let path = format!("/v1/schedules/{name}");
+        let r = api
+            .send("PUT", &path, Some(&admin), body.into_bytes())
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let r = api
+        .send("POST", "/v1/schedules/held/pause", Some(&admin), vec![])
+        .await;
+    assert_eq!(r.json()["paused"], true, "{}", r.body);
+
+    // What an admin sees of everything the attempts below could change.
+    let snapshot = async || {
+        let get = async |path: &str| {
+            let r = api.get(path).await;
+            (r.status, r.body)
+        };
+        vec![
+            get("/v1/functions").await,
+            get("/v1/functions/echo").await,
+            get("/v1/functions/intruder").await,
+            get("/v1/functions/echo/grants").await,
+            get("/v1/functions/other/grants").await,
+            get("/v1/connections/acme-scope").await,
+            get("/v1/schedules").await,
+            get("/v1/schedules/intruder").await,
+        ]
+    };
+    let before = snapshot().await;
+    let verified = upstream.hits("/user");
+
+    let invoke = api.token(Scope::Invoke, None);
+    let bound = api.token(Scope::Invoke, Some("echo"));
+    for (method, path, body) in admin_routes() {
+        for (who, token) in [("invoke", &invoke), ("bound to echo", &bound)] {
+            let r = api.send(method, path, Some(token), body.clone()).await;
+            assert_eq!(
+                (r.status, r.kind().as_str()),
+                (StatusCode::FORBIDDEN, "forbidden"),
+                "{method} {path} with an {who} token: {}",
+                r.body
+            );
+        }
+        let r = api.send(method, path, None, body.clone()).await;
+        assert_eq!(
+            (r.status, r.kind().as_str()),
+            (StatusCode::UNAUTHORIZED, "unauthorized"),
+            "{method} {path} without a token: {}",
+            r.body
+        );
+    }
+
+    // A whole component: refused (or the connection dropped before the answer arrived).
+    // On a client of its own: the server closes such a connection after answering.
+    for token in [&invoke, &bound] {
+        let sent = reqwest::Client::new()
+            .post(format!("{}/v1/functions/intruder", api.base))
+            .bearer_auth(token)
+            .body(plugin("echo"))
+            .send()
+            .await;
+        if let Ok(r) = sent {
+            assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        }
+    }
+
+    // Nothing changed: no upload, deletion, grant, revocation, test call or schedule
+    // change went through.
+    let after = snapshot().await;
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert_eq!(b, a, "admin view {i} changed after refused requests");
+    }
+    assert_eq!(before[0].0, StatusCode::OK);
+    assert_eq!(before[2].0, StatusCode::NOT_FOUND, "{}", before[2].1);
+    assert_eq!(before[7].0, StatusCode::NOT_FOUND, "{}", before[7].1);
+    let connection: Value = serde_json::from_str(&after[5].1).unwrap();
+    assert_eq!(connection["status"], "connected", "{connection}");
+    let grants: Value = serde_json::from_str(&after[3].1).unwrap();
+    assert_eq!(grants["grants"], json!(["acme-scope"]));
+    let schedules: Value = serde_json::from_str(&after[6].1).unwrap();
+    let paused: Vec<(&str, bool)> = schedules
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["paused"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(paused, [("held", true), ("tick", false)], "{schedules}");
+    assert_eq!(
+        upstream.hits("/user"),
+        verified,
+        "a refused connection test called the upstream"
+    );
+    // The function still runs through its connection.
+    let r = api.invoke("echo", r#"{"still":"here"}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_in_flight_gauge_counts_a_running_invocation_then_drops_to_zero() {
+    // (Its own function name: metrics are counted per process.)
+    let upstream = FakeApi::start(Credential::api_key_header("X-API-Key", KEY)).await;
+    let api = Arc::new(start(test_config()).await);
+    connect_acme(&api.t, &upstream, "acme-gauge").await;
+    api.upload("misbehave", "gauged", "grant=acme-gauge").await;
+    let series = r#"keyhole_invocations_in_flight{function="gauged"}"#;
+    // Waits on the upstream for 2 s, the guest still running.
+    let running = tokio::spawn({
+        let api = api.clone();
+        async move {
+            let input = json!({"mode": "sleep-http", "connection": "acme-gauge", "target": "/slow?ms=2000"});
+            api.invoke("gauged", &input.to_string()).await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.hits("/slow") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the guest never called the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let during = api.metrics().await;
+    assert!(
+        !running.is_finished(),
+        "the invocation ended before the check"
+    );
+    assert_eq!(sample(&during, series), Some(1.0), "{during}");
+    let r = running.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["status"], 200, "{}", r.body);
+    let after = api.metrics().await;
+    assert_eq!(sample(&after, series), Some(0.0), "{after}");
+    assert_eq!(
+        sample(
+            &after,
+            r#"keyhole_invocations_total{function="gauged",outcome="ok"}"#
+        ),
+        Some(1.0),
+        "{after}"
+    );
+    Arc::try_unwrap(api)
+        .ok()
+        .expect("no other handle")
+        .shutdown()
+        .await;
+}
+
+const OAUTH_CLIENT_ID: &str = "keyhole-http-client";
+const OAUTH_CLIENT_SECRET: &str = "kh-http-oauth-client-secret-9d41";
+
+/// An authorization-code OAuth service and connection, both named `name`, against
+/// `server`, whose provider redirects to `redirect`.
+fn add_oauth_connection(t: &TestHost, server: &OAuthServer, name: &str, redirect: &str) {
+    server.register_client(
+        OAUTH_CLIENT_ID,
+        OAUTH_CLIENT_SECRET,
+        [redirect.to_string()],
+        ClientAuth::Basic,
+    );
+    let toml = format!(
+        "name = \"{name}\"\ndisplay_name = \"OAuth test provider\"\nauth = \"oauth2\"\nbase_url = \"{base}/api\"\n\n[verify]\npath = \"/user\"\n\n[oauth2]\ngrant = \"authorization_code\"\nauthorize_url = \"{authorize}\"\ntoken_url = \"{token}\"\nrevocation_url = \"{revoke}\"\nscopes = [\"read\"]\ndefault_scopes = [\"read\"]\ntoken_auth_method = \"basic\"\n",
+        base = server.base_url(),
+        authorize = server.authorize_url(),
+        token = server.token_url(),
+        revoke = server.revoke_url(),
+    );
+    let c = t.host.connections();
+    c.catalog()
+        .add(&ServiceDef::from_toml(&toml).unwrap())
+        .unwrap();
+    let client = ClientConfig {
+        client_id: OAUTH_CLIENT_ID.into(),
+        client_secret: Some(keyhole::secrets::Secret::new(OAUTH_CLIENT_SECRET)),
+        redirect_url: Some(redirect.to_string()),
+    };
+    c.set_oauth_client(name, &client).unwrap();
+    c.add(name, name, vec![], None).unwrap();
+}
+
+/// The `keyhole_token_refreshes_total` samples: `(ok, invalid_grant, transient)`.
+fn refreshes(metrics: &str) -> (f64, f64, f64) {
+    let get = |outcome: &str| {
+        let series = format!("keyhole_token_refreshes_total{{outcome=\"{outcome}\"}}");
+        sample(metrics, &series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    (get("ok"), get("invalid_grant"), get("transient"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_refresh_metrics_count_real_refreshes_by_outcome() {
+    // The only test of this suite that refreshes tokens: the process-wide counters move
+    // only by what it does.
+    let server = OAuthServer::start().await;
+    let api = start(test_config()).await;
+    let redirect = format!("http://127.0.0.1:{}/oauth/callback", free_port());
+    add_oauth_connection(&api.t, &server, "prov-metrics", &redirect);
+    // Tokens that live two seconds: expired (for keyhole and the provider) by the call.
+    server.set_access_ttl(2);
+    let c = api.t.host.connections();
+    let pending = c.begin_authorization("prov-metrics").unwrap();
+    let location = server.approve(&pending.authorize_url).await.unwrap();
+    let params = CallbackParams {
+        code: query_param(&location, "code"),
+        state: query_param(&location, "state"),
+        iss: query_param(&location, "iss"),
+        ..Default::default()
+    };
+    c.complete_authorization(&params, Some("prov-metrics"))
+        .await
+        .unwrap();
+    server.set_access_ttl(3600);
+    api.upload("hello-http", "refresher", "grant=prov-metrics")
+        .await;
+    let first = server.issued_access_tokens()[0].clone();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(!server.is_access_token_active(&first));
+
+    let input = json!({"connection": "prov-metrics", "target": "/user"}).to_string();
+    let (ok0, invalid0, transient0) = refreshes(&api.metrics().await);
+    let r = api.invoke("refresher", &input).await;
+    assert_eq!(r.json()["status"], 200, "{}", r.body);
+    assert_eq!(server.token_requests_for("refresh_token"), 1);
+    let (ok1, invalid1, transient1) = refreshes(&api.metrics().await);
+    assert_eq!(
+        (ok1 - ok0, invalid1 - invalid0, transient1 - transient0),
+        (1.0, 0.0, 0.0),
+        "one successful refresh"
+    );
+
+    // The provider drops the access token and refuses the refresh token: the 401 forces
+    // a refresh, answered invalid_grant.
+    server.expire_all_access_tokens();
+    server.reject_next_refreshes(1);
+    let r = api.invoke("refresher", &input).await;
+    assert_eq!(r.json()["error"], "not-connected", "{}", r.body);
+    assert_eq!(server.token_requests_for("refresh_token"), 2);
+    let (ok2, invalid2, transient2) = refreshes(&api.metrics().await);
+    assert_eq!(
+        (ok2 - ok1, invalid2 - invalid1, transient2 - transient1),
+        (0.0, 1.0, 0.0),
+        "one refused refresh"
+    );
+    let show = api.get("/v1/connections/prov-metrics").await.json();
+    assert_eq!(show["status"], "needs-reauth", "{show}");
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_completes_an_oauth_authorization_at_its_callback() {
+    let server = OAuthServer::start().await;
+    let t = TestHost::new();
+    let admin = t
+        .cli(&["tokens", "create", "--scope", "admin"])
+        .ok()
+        .trim()
+        .to_string();
+    let (child, base) = t.spawn_serve(&[]);
+    // Stopped even if the test fails half-way.
+    let mut child = KillOnDrop(child);
+    // The provider redirects to the server's own callback.
+    let redirect = format!("{base}/oauth/callback");
+    add_oauth_connection(&t, &server, "prov-serve", &redirect);
+    let wasm = plugin_path("hello-http");
+    t.cli(&[
+        "functions",
+        "upload",
+        wasm.to_str().unwrap(),
+        "--name",
+        "hello",
+        "--grant",
+        "prov-serve",
+    ])
+    .ok();
+
+    // The admin starts it without a listener of its own, as `keyhole serve` will take the
+    // redirect.
+    let out = t.cli(&["connections", "connect", "prov-serve", "--no-listen"]);
+    let url = out
+        .ok()
+        .lines()
+        .find(|l| l.starts_with(&server.authorize_url()))
+        .unwrap_or_else(|| panic!("no authorization URL in:\n{}", out.stdout))
+        .to_string();
+    assert!(out.stdout.contains(&redirect), "{}", out.stdout);
+    let location = server.approve(&url).await.unwrap();
+    assert!(location.starts_with(&redirect), "{location}");
+    assert_eq!(server.token_requests_for("authorization_code"), 0);
+
+    // The browser follows the redirect to the server, which completes the authorization.
+    let http = reqwest::Client::new();
+    let page = http.get(&location).send().await.unwrap();
+    let status = page.status();
+    let text = page.text().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(
+        text.contains("Connection prov-serve is connected"),
+        "{text}"
+    );
+    assert_eq!(server.token_requests_for("authorization_code"), 1);
+    let exchange = server.requests_to("/token");
+    let form = exchange.last().unwrap().form();
+    assert!(
+        form.iter()
+            .any(|(k, v)| k == "redirect_uri" && *v == redirect),
+        "{form:?}"
+    );
+    // The state was used up: the same redirect again is refused.
+    let again = http.get(&location).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+
+    let show = http
+        .get(format!("{base}/v1/connections/prov-serve"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let show: Value = show.json().await.unwrap();
+    assert_eq!(show["status"], "connected", "{show}");
+
+    // A call through the connection carries the token the provider issued.
+    let r = http
+        .post(format!("{base}/v1/functions/hello/invoke"))
+        .bearer_auth(&admin)
+        .body(json!({"connection": "prov-serve", "target": "/user"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], 200, "{body}");
+    let issued = server.issued_access_tokens();
+    assert_eq!(issued.len(), 1);
+    let sent = server.requests_to("/api/user");
+    assert_eq!(
+        sent.last().unwrap().header("authorization"),
+        Some(format!("Bearer {}", issued[0]).as_str())
+    );
+    let raw = String::from_utf8_lossy(&t.raw_database()).into_owned();
+    let refresh = server.issued_refresh_tokens();
+    assert!(!raw.contains(&issued[0]) && !raw.contains(&refresh[0]));
+    assert!(!show.to_string().contains(&issued[0]));
+    signal(&child.0, "-TERM");
+    assert_eq!(wait_exit(&mut child.0, Duration::from_secs(10)), 0);
+}
+
+/// A child process killed (if still running) when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -340,16 +340,40 @@ async fn expiry_and_401_each_trigger_exactly_one_refresh() {
     );
     let view = s.t.host.connections().show("prov").unwrap();
     assert_eq!(view.token["last_refresh_outcome"], "ok");
+
+    // The tokens each refresh brought (three of each: the code exchange's and two
+    // refreshes') are in neither the database file nor any log.
+    let mut secrets = s.server.issued_access_tokens();
+    let refresh = s.server.issued_refresh_tokens();
+    assert_eq!((secrets.len(), refresh.len()), (3, 3));
+    secrets.extend(refresh);
+    let raw = s.t.raw_database();
+    assert!(!raw.is_empty());
+    for secret in &secrets {
+        assert!(
+            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the raw database holds a token issued by a refresh"
+        );
+    }
+    let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    capture::assert_no_secrets(&refs);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hundred_concurrent_invocations_on_an_expired_token_cause_one_token_request() {
     let s = setup("authorization_code").await;
-    s.server.set_access_ttl(30);
+    // A token that lives two seconds, then is dead for keyhole and for the provider: a
+    // call that went out with it would be answered 401.
+    s.server.set_access_ttl(2);
     authorize(&s).await;
     s.t.upload("hello-http", "hello", &["prov"]).await;
     s.server.set_access_ttl(3600);
+    let old = s.server.issued_access_tokens()[0].clone();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    s.server.expire_all_access_tokens();
+    assert!(!s.server.is_access_token_active(&old));
     s.server.set_token_delay(300);
+    let hits = s.server.hits("/api/user");
     let t = Arc::new(s.t);
     let mut tasks = Vec::new();
     for _ in 0..100 {
@@ -357,12 +381,29 @@ async fn a_hundred_concurrent_invocations_on_an_expired_token_cause_one_token_re
         tasks.push(tokio::spawn(async move { call(&t, user()).await }));
     }
     for task in tasks {
-        assert_eq!(task.await.unwrap()["status"], 200);
+        let out = task.await.unwrap();
+        assert_eq!(out["status"], 200, "{out}");
     }
     assert_eq!(
         s.server.token_requests_for("refresh_token"),
         1,
         "refresh was not single-flight"
+    );
+    // Every call waited for the new token: none went out with the dead one (a 401 and a
+    // retry would make two requests).
+    assert_eq!(
+        s.server.hits("/api/user"),
+        hits + 100,
+        "calls went out with the expired token"
+    );
+    let new = s.server.issued_access_tokens().last().unwrap().clone();
+    let sent = s.server.requests_to("/api/user");
+    let expected = format!("Bearer {new}");
+    assert!(
+        sent[sent.len() - 100..]
+            .iter()
+            .all(|r| r.header("authorization") == Some(expected.as_str())),
+        "a call carried another token than the refreshed one"
     );
 }
 
