@@ -298,10 +298,16 @@ async fn a_guest_reaches_no_file_environment_argument_or_socket() {
         .await
         .unwrap();
     // A listener the guest is told about: it must never see a connection or a datagram.
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // (A TCP port whose UDP twin is taken is passed over.)
+    let (tcp, udp) = std::iter::repeat_with(|| {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        std::net::UdpSocket::bind(("127.0.0.1", port)).map(|udp| (tcp, udp))
+    })
+    .find_map(Result::ok)
+    .unwrap();
     let port = tcp.local_addr().unwrap().port();
     tcp.set_nonblocking(true).unwrap();
-    let udp = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
     udp.set_nonblocking(true).unwrap();
     // The host process has an environment and arguments; the guest must see neither.
     assert!(std::env::vars().next().is_some());

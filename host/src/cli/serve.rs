@@ -102,8 +102,9 @@ pub async fn serve(host: Keyhole, args: ServeArgs, json: bool) -> anyhow::Result
             server::keep_invocations_bounded(storage, keep, server::PRUNE_EVERY, token)
         });
     }
-    // Schedules run beside the API and stop (draining runs in flight) with it.
-    let drain = args.shutdown_timeout;
+    // Schedules run beside the API and stop (draining runs in flight) with it, a little
+    // before the server's own deadline so that runs cut off can release their schedules.
+    let drain = args.shutdown_timeout.mul_f64(0.9);
     let app = host.clone();
     server.spawn_background(move |token| {
         crate::schedules::Scheduler::run(host, async move { token.cancelled().await }, drain)

@@ -389,7 +389,12 @@ impl Connections {
                 )));
             }
             if !values.is_empty() {
-                return Err(unknown_param(&service));
+                return Err(ConnectionError::Invalid(format!(
+                    "{:?} gets its tokens with its OAuth client's credentials (`keyhole services \
+                     set-client`), so `connect` takes no values; set non-secret params with \
+                     `keyhole connections edit {name} --param NAME=VALUE`",
+                    service.display_name
+                )));
             }
             self.gateway
                 .oauth

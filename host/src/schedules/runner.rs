@@ -1,6 +1,6 @@
 //! The scheduler loop run by `keyhole serve`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +16,17 @@ pub const TICK: Duration = Duration::from_millis(200);
 /// How often the scheduler looks for next runs a clock change left too far ahead.
 const CLOCK_CHECK: Duration = Duration::from_secs(60);
 
+/// Writes of a run's outcome (which releases its claim) before giving up.
+const FINISH_ATTEMPTS: u32 = 5;
+
+/// This process's claim on a schedule: which schedule (one deleted and added again under
+/// the name is another), and until when it holds it.
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    created_at: i64,
+    lease: i64,
+}
+
 /// Runs due schedules until told to stop.
 #[derive(Debug)]
 pub struct Scheduler;
@@ -27,7 +38,8 @@ impl Scheduler {
         shutdown: impl std::future::Future<Output = ()>,
         drain: Duration,
     ) {
-        let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+        // The schedules this process runs now, with their claim once it is made.
+        let running: Arc<Mutex<HashMap<String, Option<Claim>>>> = Arc::default();
         let mut tasks = JoinSet::new();
         let mut clock_checked_at = None;
         tokio::pin!(shutdown);
@@ -51,10 +63,11 @@ impl Scheduler {
             };
             for schedule in due {
                 // Never overlap a schedule with itself: a run still going skips this slot.
-                if !running
+                if running
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(schedule.name.clone())
+                    .insert(schedule.name.clone(), None)
+                    .is_some()
                 {
                     continue;
                 }
@@ -70,6 +83,10 @@ impl Scheduler {
                     }
                 };
                 let next = cadence.next_after(schedule.next_run_at, now);
+                let claim = Claim {
+                    created_at: schedule.created_at,
+                    lease: now + lease(&host, &schedule.function),
+                };
                 // Run only a slot this process claimed: another server on this data
                 // directory may have claimed it or still be running the schedule, and a
                 // claim that cannot be written runs nothing (the slot stays due and is
@@ -82,7 +99,7 @@ impl Scheduler {
                         schedule.next_run_at,
                         now,
                         next,
-                        now + lease(&host, &schedule.function),
+                        claim.lease,
                     )
                     .unwrap_or_else(|e| {
                         tracing::error!(schedule = %schedule.name, error = %e, "cannot record a schedule run; not running it");
@@ -95,6 +112,10 @@ impl Scheduler {
                         .remove(&schedule.name);
                     continue;
                 }
+                running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(schedule.name.clone(), Some(claim));
                 let host = host.clone();
                 let running = running.clone();
                 tasks.spawn(async move {
@@ -107,8 +128,18 @@ impl Scheduler {
                     // A slot that fell due during the run is skipped, not run late.
                     let ended = now_ms();
                     let skip = (next <= ended).then(|| (next, cadence.next_after(next, ended)));
-                    if let Err(e) = host.storage().schedule_finished(&schedule.name, schedule.created_at, &outcome, id, skip) {
-                        tracing::error!(schedule = %schedule.name, error = %e, "cannot record a schedule outcome");
+                    // The finish also releases the claim; until it is written the schedule
+                    // waits for its lease to run out, so a write refused (another process
+                    // held the database's lock) is tried again.
+                    for attempt in 1..=FINISH_ATTEMPTS {
+                        match host.storage().schedule_finished(&schedule.name, claim.created_at, &outcome, id, skip, claim.lease) {
+                            Ok(()) => break,
+                            Err(e) if attempt < FINISH_ATTEMPTS => {
+                                tracing::warn!(schedule = %schedule.name, error = %e, attempt, "cannot record a schedule outcome yet; trying again");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            Err(e) => tracing::error!(schedule = %schedule.name, error = %e, "cannot record a schedule outcome; the schedule runs again when its claim runs out"),
+                        }
                     }
                     running.lock().unwrap_or_else(|p| p.into_inner()).remove(&schedule.name);
                 });
@@ -116,9 +147,28 @@ impl Scheduler {
         }
         if !tasks.is_empty() {
             tracing::info!(runs = tasks.len(), "waiting for scheduled runs to finish");
-            let _ =
+            let drained =
                 tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
                     .await;
+            if drained.is_err() {
+                // Runs cut off here release their schedules, so the next start (or another
+                // server) need not wait for their leases to run out.
+                let cut: Vec<(String, Claim)> = running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .filter_map(|(name, claim)| Some((name.clone(), (*claim)?)))
+                    .collect();
+                tasks.abort_all();
+                for (name, claim) in cut {
+                    if let Err(e) =
+                        host.storage()
+                            .release_schedule(&name, claim.created_at, claim.lease)
+                    {
+                        tracing::warn!(schedule = %name, error = %e, "cannot release a schedule whose run was cut off");
+                    }
+                }
+            }
         }
     }
 }

@@ -199,9 +199,10 @@ impl Storage {
     }
 
     /// A run of the schedule created at `created_at` finished: record its outcome and
-    /// release the schedule. `skip`: `(slot, to)` moves a slot that fell due while the
-    /// run was going on to `to`, if `next_run_at` is still `slot`. A schedule deleted
-    /// (or deleted and added again) meanwhile is left alone.
+    /// release the claim that held it until `lease` (if it is still that claim: after a
+    /// lease ran out, another server may hold a newer one). `skip`: `(slot, to)` moves a
+    /// slot that fell due while the run was going on to `to`, if `next_run_at` is still
+    /// `slot`. A schedule deleted (or deleted and added again) meanwhile is left alone.
     pub fn schedule_finished(
         &self,
         name: &str,
@@ -209,14 +210,34 @@ impl Storage {
         outcome: &str,
         invocation: Option<i64>,
         skip: Option<(i64, i64)>,
+        lease: i64,
     ) -> Result<(), StorageError> {
         let (slot, to) = skip.unzip();
         self.lock()?
             .execute_cached(
-                "UPDATE schedules SET last_outcome = ?3, last_invocation = ?4, running_until = NULL, \
+                "UPDATE schedules SET last_outcome = ?3, last_invocation = ?4, \
+                 running_until = CASE WHEN running_until = ?7 THEN NULL ELSE running_until END, \
                  next_run_at = CASE WHEN next_run_at = ?5 THEN ?6 ELSE next_run_at END \
                  WHERE name = ?1 AND created_at = ?2",
-                params![name, created_at, outcome, invocation, slot, to],
+                params![name, created_at, outcome, invocation, slot, to, lease],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Release the claim on the schedule created at `created_at` that holds it until
+    /// `lease`, if it is still that claim (a run cut off at shutdown).
+    pub fn release_schedule(
+        &self,
+        name: &str,
+        created_at: i64,
+        lease: i64,
+    ) -> Result<(), StorageError> {
+        self.lock()?
+            .execute_cached(
+                "UPDATE schedules SET running_until = NULL \
+                 WHERE name = ?1 AND created_at = ?2 AND running_until = ?3",
+                params![name, created_at, lease],
             )
             .map(drop)
             .map_err(|e| self.err(e))
