@@ -9,6 +9,7 @@ use std::time::Duration;
 use keyhole::Keyhole;
 use keyhole::runtime::RuntimeConfig;
 use keyhole::schedules::{Cadence, Scheduler};
+use keyhole::storage::ScheduleRow;
 use keyhole_tests::env::{TestHost, stop_serve};
 use keyhole_tests::plugins::plugin_path;
 use keyhole_tests::{Credential, FakeApi};
@@ -47,6 +48,39 @@ fn misbehave_calling(t: &TestHost, api: &FakeApi, connection: &str, function: &s
         connection,
     ])
     .ok();
+}
+
+/// A host with `counter` uploaded and schedule `tick` running it every `every`.
+async fn counter_ticking(every: Duration) -> (TestHost, ScheduleRow) {
+    let t = TestHost::new();
+    t.upload("counter", "counter", &[]).await;
+    let added = t
+        .host
+        .schedules()
+        .add("tick", "counter", &Cadence::Every(every), "{}")
+        .unwrap();
+    (t, added)
+}
+
+/// The data directory opened again, as another `keyhole serve` process opens it.
+fn server(t: &TestHost) -> Arc<Keyhole> {
+    Arc::new(
+        Keyhole::open(
+            t.home(),
+            RuntimeConfig {
+                max_instances: 8,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+/// Run `host`'s scheduler for `ms` milliseconds (the host is opened before the clock
+/// starts, so opening it takes none of that time).
+async fn schedule_for(host: Arc<Keyhole>, ms: u64) {
+    let stop = tokio::time::sleep(Duration::from_millis(ms));
+    Scheduler::run(host, stop, Duration::from_secs(5)).await;
 }
 
 #[test]
@@ -361,31 +395,10 @@ fn a_slow_schedule_never_overlaps_itself() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn runs_missed_while_down_happen_once_at_start() {
-    let t = TestHost::new();
-    t.upload("counter", "counter", &[]).await;
-    t.host
-        .schedules()
-        .add(
-            "tick",
-            "counter",
-            &Cadence::Every(Duration::from_secs(3)),
-            "{}",
-        )
-        .unwrap();
+    let (t, _) = counter_ticking(Duration::from_secs(3)).await;
     // The host is "down" across two slots.
     tokio::time::sleep(Duration::from_millis(7000)).await;
-    let host = Arc::new(
-        Keyhole::open(
-            t.home(),
-            RuntimeConfig {
-                max_instances: 8,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    );
-    let stop = tokio::time::sleep(Duration::from_millis(1000));
-    Scheduler::run(host, stop, Duration::from_secs(5)).await;
+    schedule_for(server(&t), 1000).await;
     assert_eq!(
         t.host.logs(Some("counter"), 10).unwrap().len(),
         1,
@@ -400,18 +413,8 @@ async fn runs_missed_while_down_happen_once_at_start() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_servers_on_one_data_directory_run_a_slot_once() {
-    let t = TestHost::new();
-    t.upload("counter", "counter", &[]).await;
-    t.host
-        .schedules()
-        .add(
-            "tick",
-            "counter",
-            &Cadence::Every(Duration::from_secs(2)),
-            "{}",
-        )
-        .unwrap();
-    let due = t.host.schedules().show("tick").unwrap().next_run_at;
+    let (t, added) = counter_ticking(Duration::from_secs(2)).await;
+    let due = added.next_run_at;
     // A claim of a slot someone else already moved on runs nothing.
     let storage = t.host.storage();
     assert!(
@@ -420,25 +423,9 @@ async fn two_servers_on_one_data_directory_run_a_slot_once() {
             .unwrap()
     );
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let open = || {
-        Arc::new(
-            Keyhole::open(
-                t.home(),
-                RuntimeConfig {
-                    max_instances: 8,
-                    ..Default::default()
-                },
-            )
-            .unwrap(),
-        )
-    };
     // Both schedulers start together, so their ticks read the due slot together.
-    let (a, b) = (open(), open());
-    let stop = || tokio::time::sleep(Duration::from_millis(1200));
-    tokio::join!(
-        Scheduler::run(a, stop(), Duration::from_secs(5)),
-        Scheduler::run(b, stop(), Duration::from_secs(5)),
-    );
+    let (a, b) = (server(&t), server(&t));
+    tokio::join!(schedule_for(a, 1200), schedule_for(b, 1200));
     assert_eq!(
         t.host.logs(Some("counter"), 10).unwrap().len(),
         1,
@@ -450,18 +437,7 @@ async fn two_servers_on_one_data_directory_run_a_slot_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_schedule_another_server_is_running_does_not_run_again_meanwhile() {
-    let t = TestHost::new();
-    t.upload("counter", "counter", &[]).await;
-    let added = t
-        .host
-        .schedules()
-        .add(
-            "tick",
-            "counter",
-            &Cadence::Every(Duration::from_secs(1)),
-            "{}",
-        )
-        .unwrap();
+    let (t, added) = counter_ticking(Duration::from_secs(1)).await;
     let due = added.next_run_at;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Another server claimed the slot and is still running it (a slow run: its claim
@@ -473,46 +449,20 @@ async fn a_schedule_another_server_is_running_does_not_run_again_meanwhile() {
             .claim_schedule_run("tick", due, now, due + 1000, now + 60_000)
             .unwrap()
     );
-    let open = || {
-        Arc::new(
-            Keyhole::open(
-                t.home(),
-                RuntimeConfig {
-                    max_instances: 8,
-                    ..Default::default()
-                },
-            )
-            .unwrap(),
-        )
-    };
     // Two more slots fall due while it runs: this server runs neither.
-    let host = open();
-    let stop = tokio::time::sleep(Duration::from_millis(2500));
-    Scheduler::run(host, stop, Duration::from_secs(5)).await;
+    schedule_for(server(&t), 2500).await;
     assert_eq!(t.host.logs(Some("counter"), 10).unwrap().len(), 0);
     // The other server's run ends: the schedule runs on its cadence again.
     storage
         .schedule_finished("tick", added.created_at, "ok", None, None, now + 60_000)
         .unwrap();
-    let host = open();
-    let stop = tokio::time::sleep(Duration::from_millis(2000));
-    Scheduler::run(host, stop, Duration::from_secs(5)).await;
+    schedule_for(server(&t), 2000).await;
     assert!(!t.host.logs(Some("counter"), 10).unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_next_run_left_far_ahead_by_a_clock_change_is_pulled_back() {
-    let t = TestHost::new();
-    t.upload("counter", "counter", &[]).await;
-    t.host
-        .schedules()
-        .add(
-            "tick",
-            "counter",
-            &Cadence::Every(Duration::from_secs(1)),
-            "{}",
-        )
-        .unwrap();
+    let (t, _) = counter_ticking(Duration::from_secs(1)).await;
     // Computed while the clock was a day ahead.
     let db = rusqlite::Connection::open(t.home().join("keyhole.db")).unwrap();
     db.execute(
@@ -520,18 +470,7 @@ async fn a_next_run_left_far_ahead_by_a_clock_change_is_pulled_back() {
         [],
     )
     .unwrap();
-    let host = Arc::new(
-        Keyhole::open(
-            t.home(),
-            RuntimeConfig {
-                max_instances: 8,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    );
-    let stop = tokio::time::sleep(Duration::from_millis(3000));
-    Scheduler::run(host, stop, Duration::from_secs(5)).await;
+    schedule_for(server(&t), 3000).await;
     assert!(
         !t.host.logs(Some("counter"), 10).unwrap().is_empty(),
         "the schedule stayed quiet"
