@@ -339,6 +339,11 @@ async fn a_run_posts_at_most_notify_max_and_the_next_runs_post_the_rest() {
     let ids = delivered(&hook);
     assert_eq!(ids.len(), 25);
     assert_no_duplicates(&ids);
+    // A cap of 0 would never post anything: it is refused, not taken.
+    let zero = json!({"video_id": VIDEO, "notify": "notify", "notify_max": 0});
+    let inv = t.host.invoke("watch", &zero.to_string()).await.unwrap();
+    let err = inv.result.unwrap_err().to_string();
+    assert!(err.contains("notify_max must be at least 1"), "{err}");
 }
 
 /// Slack's format through the `slack-webhook` preset: the connection keeps a

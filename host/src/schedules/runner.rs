@@ -1,6 +1,7 @@
 //! The scheduler loop run by `keyhole serve`.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,14 +63,17 @@ impl Scheduler {
                 }
             };
             for schedule in due {
-                // Never overlap a schedule with itself: a run still going skips this slot.
-                if running
+                // Never overlap a schedule with itself: a run still going skips this slot
+                // (and keeps its claim on record).
+                match running
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(schedule.name.clone(), None)
-                    .is_some()
+                    .entry(schedule.name.clone())
                 {
-                    continue;
+                    Entry::Occupied(_) => continue,
+                    Entry::Vacant(v) => {
+                        v.insert(None);
+                    }
                 }
                 let cadence = match Cadence::of(&schedule) {
                     Ok(c) => c,

@@ -552,14 +552,6 @@ impl Storage {
             .map_err(|e| self.err(e))
     }
 
-    /// Remove every grant of a function.
-    pub fn clear_grants(&self, function: &str) -> Result<(), StorageError> {
-        self.lock()?
-            .execute_cached("DELETE FROM grants WHERE function = ?1", params![function])
-            .map(drop)
-            .map_err(|e| self.err(e))
-    }
-
     /// Connections granted to a function.
     pub fn grants_of_function(&self, function: &str) -> Result<Vec<String>, StorageError> {
         self.query_strings(

@@ -86,6 +86,12 @@ fn run(input: Input) -> Result<Output, Error> {
     let video = input.video_id.trim();
     let youtube = Connection::new(input.connection.as_deref().unwrap_or("youtube"));
     let max = input.max.unwrap_or(DEFAULT_MAX);
+    let notify_max = input.notify_max.unwrap_or(DEFAULT_NOTIFY_MAX);
+    if notify_max == 0 {
+        return Err(Error::msg(
+            "notify_max must be at least 1 (it is how many comments one run posts)",
+        ));
+    }
     let mut comments = youtube_api::comment_threads(&youtube, video, max)?;
     comments.reverse(); // oldest first
     let key = format!("seen/{video}");
@@ -103,7 +109,6 @@ fn run(input: Input) -> Result<Output, Error> {
         seen.extend(fresh.iter().map(|c| c.id.clone()));
     } else {
         let hook = Connection::new(&input.notify);
-        let notify_max = input.notify_max.unwrap_or(DEFAULT_NOTIFY_MAX);
         pending = fresh.len().saturating_sub(notify_max);
         for comment in fresh.into_iter().take(notify_max) {
             if let Err(e) = notify(&hook, &input.format, video, comment) {
