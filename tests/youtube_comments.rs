@@ -309,10 +309,6 @@ async fn youtube_errors_name_their_reason() {
             json!({"video_id": VIDEO, "connection": "yt-wrong-key"}),
             "youtube: HTTP 400 (keyInvalid): API key not valid",
         ),
-        (
-            json!({"video_id": VIDEO, "connection": "not-granted"}),
-            "youtube: access denied",
-        ),
     ];
     for (input, expected) in cases {
         let err = run_err(&t, input.clone()).await;
@@ -338,6 +334,48 @@ async fn youtube_errors_name_their_reason() {
         150
     );
 
+    assert_no_secret_anywhere(&t);
+}
+
+/// What the SDK reports (the host refusing the call, an upstream it cannot reach) comes
+/// back worded as the SDK words it, with no `youtube: ` of the plugin's own in front: the
+/// plugin passes those errors through, so its callers still see their `kind()`.
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_errors_come_back_as_the_sdk_reports_them() {
+    let yt = FakeYouTube::start();
+    yt.add_comments(VIDEO, 3);
+    let t = setup(&yt).await;
+    let down = format!("http://127.0.0.1:{}", keyhole_tests::free_port());
+    connection(&t, None, "yt-down", "yt-key", Some(down), &[("key", KEY)]).await;
+    t.host.connections().grant("comments", "yt-down").unwrap();
+    t.host.connections().revoke("yt-oauth").await.unwrap();
+    let failed = "the function returned an error: ";
+
+    // access-denied
+    let err = run_err(&t, json!({"video_id": VIDEO, "connection": "not-granted"})).await;
+    assert_eq!(
+        err,
+        format!(
+            "{failed}access denied: the connection does not exist or is not granted to this \
+             function; check the name or ask an admin to grant it"
+        )
+    );
+    // not-connected
+    let err = run_err(&t, json!({"video_id": VIDEO, "connection": "yt-oauth"})).await;
+    assert_eq!(
+        err,
+        format!(
+            "{failed}connection has no usable credentials (pending, revoked or expired); \
+             ask an admin to reconnect it"
+        )
+    );
+    // upstream-unreachable
+    let err = run_err(&t, json!({"video_id": VIDEO, "connection": "yt-down"})).await;
+    assert!(
+        err.starts_with(&format!("{failed}upstream unreachable: ")),
+        "{err}"
+    );
+    assert_eq!(yt.hits(), 0, "a refused call reached the API");
     assert_no_secret_anywhere(&t);
 }
 

@@ -1,7 +1,8 @@
 //! The `youtube-watch` plugin end to end: keyhole runs it against `FakeYouTube` (through
 //! the `youtube-api-key` preset) and posts to a `WebhookReceiver` (through the `webhook`
 //! and `slack-webhook` presets). Each new comment is notified exactly once: across runs,
-//! across a host restart, after an upstream error and after a failed webhook POST.
+//! across a host restart, after an upstream error, after a revoked connection and after a
+//! failed webhook POST.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -236,6 +237,39 @@ async fn an_upstream_error_mid_run_notifies_nothing_and_keeps_the_state() {
     assert_eq!(counts(&run(&t, input.clone()).await), (2, 2, false));
     assert_eq!(counts(&run(&t, input).await), (0, 0, false));
     assert_eq!(delivered(&hook), new);
+}
+
+/// A revoked `youtube` connection fails the run with the SDK's own not-connected message
+/// (the plugin passes SDK errors through), notifying nothing; once reconnected, the next
+/// run posts what was missed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_youtube_connection_fails_as_not_connected() {
+    let (yt, hook) = (FakeYouTube::start(), WebhookReceiver::start());
+    let t = setup(&yt, &hook, None).await;
+    watch(&t).await;
+    let new = yt.add_comment(VIDEO, "Gus", "while revoked", 0, 0);
+    let before = seen(&t).unwrap();
+    t.host.connections().revoke("youtube").await.unwrap();
+
+    let input = json!({"video_id": VIDEO, "notify": "notify"});
+    let inv = t.host.invoke("watch", &input.to_string()).await.unwrap();
+    assert_eq!(
+        inv.result.unwrap_err().to_string(),
+        "the function returned an error: connection has no usable credentials (pending, \
+         revoked or expired); ask an admin to reconnect it"
+    );
+    assert_eq!(hook.count(), 0);
+    assert_eq!(seen(&t).unwrap(), before);
+
+    let values = BTreeMap::from([("key".to_owned(), Secret::new(KEY))]);
+    t.host
+        .connections()
+        .connect("youtube", values)
+        .await
+        .unwrap();
+    assert_eq!(counts(&watch(&t).await), (1, 1, false));
+    assert_eq!(delivered(&hook), [new]);
+    assert_no_secret_anywhere(&t);
 }
 
 #[tokio::test(flavor = "multi_thread")]

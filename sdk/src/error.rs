@@ -2,8 +2,10 @@
 //! a plugin's own errors.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::__private::http::Error as WitError;
+use crate::http::find_header;
 
 /// How many bytes of an upstream body [`Error::Status`] shows when displayed,
 /// so one error page does not flood the caller's message.
@@ -52,10 +54,16 @@ pub enum Error {
     /// failed on the way; the message says which.
     UpstreamUnreachable(String),
     /// The upstream answered with a non-2xx status; see
-    /// [`Response::error_for_status`](crate::Response::error_for_status).
+    /// [`Response::error_for_status`](crate::Response::error_for_status). The headers
+    /// stay readable, e.g. through [`Error::retry_after`] on a 429 or 503.
     Status {
         /// The HTTP status code.
         status: u16,
+        /// The response headers as [`Response::headers`](crate::Response::headers) gives
+        /// them: `(name, value)` pairs in the order received, names as the host passes them
+        /// (lower-case), secret values already `[redacted]`. Not part of the error's
+        /// `Display`.
+        headers: Vec<(String, String)>,
         /// The response body, decoded as UTF-8 with invalid bytes replaced.
         body: String,
     },
@@ -113,7 +121,8 @@ impl Error {
 
     /// The detail text carried by the case, if any: the host's explanation
     /// for `forbidden-destination`, `invalid-request` and
-    /// `upstream-unreachable`, the body for `status`, the message otherwise.
+    /// `upstream-unreachable`, the body for `status` (its headers through
+    /// [`Error::header`]), the message otherwise.
     ///
     /// ```
     /// let err = keyhole_sdk::Error::InvalidRequest("refused header: cookie".into());
@@ -137,6 +146,68 @@ impl Error {
             | Self::TooLarge
             | Self::TooManyRequests => None,
         }
+    }
+
+    /// For [`Error::Status`], the first response header called `name`, compared
+    /// case-insensitively, as [`Response::header`](crate::Response::header) finds it;
+    /// `None` for every other case.
+    ///
+    /// ```
+    /// let err = keyhole_sdk::Error::Status {
+    ///     status: 429,
+    ///     headers: vec![("x-ratelimit-reset".into(), "1767225600".into())],
+    ///     body: String::new(),
+    /// };
+    /// assert_eq!(err.header("X-RateLimit-Reset"), Some("1767225600"));
+    /// assert_eq!(keyhole_sdk::Error::Timeout.header("x-ratelimit-reset"), None);
+    /// ```
+    pub fn header(&self, name: impl AsRef<str>) -> Option<&str> {
+        match self {
+            Self::Status { headers, .. } => find_header(headers, name.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// For [`Error::Status`], how long the upstream asked to wait before trying again:
+    /// its `Retry-After` header in the delay-seconds form (RFC 9110, section 10.2.3),
+    /// digits only, with spaces or tabs around them. A number too large for a `u64` saturates.
+    ///
+    /// `None` when there is no such header, when it holds an HTTP date (`Retry-After:
+    /// Wed, 21 Oct 2026 07:28:00 GMT`; read it with [`Error::header`] and a date parser if
+    /// the upstream sends those) or anything else, and for every case but `Status`.
+    /// Only the first `Retry-After` header counts.
+    ///
+    /// ```no_run
+    /// use keyhole_sdk::Connection;
+    ///
+    /// let sent = Connection::new("api").get("/items").send()?.error_for_status();
+    /// if let Err(err) = &sent {
+    ///     if let Some(wait) = err.retry_after() {
+    ///         keyhole_sdk::warn!("api is busy; retry in {}s", wait.as_secs());
+    ///     }
+    /// }
+    /// # Ok::<(), keyhole_sdk::Error>(())
+    /// ```
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let busy = |value: &str| keyhole_sdk::Error::Status {
+    ///     status: 503,
+    ///     headers: vec![("retry-after".into(), value.into())],
+    ///     body: String::new(),
+    /// };
+    /// assert_eq!(busy("120").retry_after(), Some(Duration::from_secs(120)));
+    /// assert_eq!(busy("Wed, 21 Oct 2026 07:28:00 GMT").retry_after(), None);
+    /// ```
+    pub fn retry_after(&self) -> Option<Duration> {
+        let value = self.header("retry-after")?.trim_matches([' ', '\t']);
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        // Only digits are left, so a parse can fail only by overflowing.
+        let seconds = value.parse().unwrap_or(u64::MAX);
+        Some(Duration::from_secs(seconds))
     }
 }
 
@@ -172,7 +243,7 @@ impl fmt::Display for Error {
             Self::InvalidKey(detail) => write!(f, "invalid state key: {detail}"),
             Self::ValueTooLarge(detail) => write!(f, "state value too large: {detail}"),
             Self::QuotaExceeded(detail) => write!(f, "state quota exceeded: {detail}"),
-            Self::Status { status, body } => {
+            Self::Status { status, body, .. } => {
                 write!(f, "upstream answered HTTP {status}")?;
                 if !body.is_empty() {
                     write!(f, ": {}", truncate(body, DISPLAYED_BODY_LIMIT))?;
@@ -228,6 +299,7 @@ mod tests {
     fn status_display_truncates_long_bodies() {
         let err = Error::Status {
             status: 500,
+            headers: Vec::new(),
             body: "é".repeat(200),
         };
         let shown = err.to_string();
@@ -240,9 +312,68 @@ mod tests {
     fn status_display_omits_empty_body() {
         let err = Error::Status {
             status: 404,
+            headers: Vec::new(),
             body: String::new(),
         };
         assert_eq!(err.to_string(), "upstream answered HTTP 404");
+    }
+
+    /// A `Status` error whose headers are `headers`.
+    fn status_with(headers: &[(&str, &str)]) -> Error {
+        Error::Status {
+            status: 503,
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+            body: "busy".to_owned(),
+        }
+    }
+
+    #[test]
+    fn status_display_leaves_headers_out() {
+        let err = status_with(&[("retry-after", "7"), ("x-request-id", "r-1")]);
+        assert_eq!(err.to_string(), "upstream answered HTTP 503: busy");
+        assert_eq!(err.detail(), Some("busy"));
+    }
+
+    #[test]
+    fn header_ignores_case_and_takes_the_first() {
+        let err = status_with(&[("x-request-id", "r-1"), ("X-Request-Id", "r-2")]);
+        assert_eq!(err.header("X-REQUEST-ID"), Some("r-1"));
+        assert_eq!(err.header("x-missing"), None);
+        assert_eq!(Error::msg("x-request-id").header("x-request-id"), None);
+    }
+
+    #[test]
+    fn retry_after_reads_delay_seconds_only() {
+        let wait = |value: &str| status_with(&[("Retry-After", value)]).retry_after();
+        assert_eq!(wait("120"), Some(Duration::from_secs(120)));
+        assert_eq!(wait("0"), Some(Duration::ZERO));
+        assert_eq!(wait(" 5\t"), Some(Duration::from_secs(5)));
+        assert_eq!(
+            wait("99999999999999999999999"),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        for not_seconds in [
+            "Wed, 21 Oct 2026 07:28:00 GMT",
+            "",
+            "+5",
+            "-5",
+            "1.5",
+            "5 s",
+            "٣",
+        ] {
+            assert_eq!(wait(not_seconds), None, "{not_seconds:?}");
+        }
+        assert_eq!(status_with(&[]).retry_after(), None);
+        assert_eq!(Error::Timeout.retry_after(), None);
+    }
+
+    #[test]
+    fn retry_after_uses_the_first_header() {
+        let err = status_with(&[("retry-after", "soon"), ("retry-after", "10")]);
+        assert_eq!(err.retry_after(), None);
     }
 
     #[test]

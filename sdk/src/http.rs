@@ -335,11 +335,7 @@ impl Response {
     /// # Ok::<(), keyhole_sdk::Error>(())
     /// ```
     pub fn header(&self, name: impl AsRef<str>) -> Option<&str> {
-        let name = name.as_ref();
-        self.headers
-            .iter()
-            .find(|(candidate, _)| candidate.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
+        find_header(&self.headers, name.as_ref())
     }
 
     /// The raw body.
@@ -378,7 +374,8 @@ impl Response {
     }
 
     /// Passes a 2xx response through and turns any other status into
-    /// [`Error::Status`], carrying the body for the error message.
+    /// [`Error::Status`], carrying the body for the error message and the headers
+    /// for [`Error::header`] and [`Error::retry_after`].
     ///
     /// ```no_run
     /// let user: serde_json::Value = keyhole_sdk::Connection::new("github")
@@ -395,9 +392,19 @@ impl Response {
             Err(Error::Status {
                 status: self.status,
                 body: self.text(),
+                headers: self.headers,
             })
         }
     }
+}
+
+/// The first header in `headers` called `name`, compared case-insensitively: the one
+/// lookup behind [`Response::header`] and [`Error::header`].
+pub(crate) fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(candidate, _)| candidate.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.as_str())
 }
 
 #[cfg(test)]
@@ -429,9 +436,21 @@ mod tests {
             err,
             Error::Status {
                 status: 404,
+                headers: vec![("Content-Type".to_owned(), "application/json".to_owned())],
                 body: "not here".to_owned()
             }
         );
+    }
+
+    #[test]
+    fn error_for_status_keeps_retry_after() {
+        let mut busy = response(429, "slow down");
+        busy.headers
+            .push(("retry-after".to_owned(), "30".to_owned()));
+        let err = busy.error_for_status().unwrap_err();
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
+        assert_eq!(err.header("Content-Type"), Some("application/json"));
+        assert_eq!(err.to_string(), "upstream answered HTTP 429: slow down");
     }
 
     #[test]

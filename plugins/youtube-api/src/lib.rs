@@ -2,6 +2,11 @@
 //! top-level comments through a named connection, following `nextPageToken`, with
 //! Google's error bodies turned into messages that name the reason. The connection
 //! supplies the credentials (an API key or an OAuth token), never the plugin.
+//!
+//! The SDK's own errors (the host refusing the request, a timeout, an unreachable
+//! upstream, a body that is not JSON) come back unchanged, so a caller can still tell
+//! them apart with [`Error::kind`]; only the failures this crate finds itself (an empty
+//! video id, Google's error answers) are [`Error::Message`]s, each starting `youtube: `.
 
 use keyhole_sdk::{Connection, Error};
 use serde::{Deserialize, Serialize};
@@ -33,7 +38,9 @@ pub struct Comment {
 
 /// The newest `max` top-level comments on `video`, newest first (`order=time`), fetched
 /// a page at a time through `youtube`. `max` is capped at [`MAX_COMMENTS`]; 0 sends
-/// nothing. Any failure, on any page, is an error naming what went wrong.
+/// nothing. Any failure, on any page, fails the call: an SDK error as the SDK gave it
+/// (`not-connected`, `timeout`, `upstream-unreachable`, ...), a non-2xx answer as a
+/// message naming Google's reason.
 pub fn comment_threads(
     youtube: &Connection,
     video: &str,
@@ -57,9 +64,7 @@ pub fn comment_threads(
         if let Some(token) = &page_token {
             request = request.query("pageToken", token);
         }
-        let response = request
-            .send()
-            .map_err(|e| Error::msg(format!("youtube: {e}")))?;
+        let response = request.send()?;
         if !response.is_success() {
             return Err(api_error(response.status(), &response.text(), video));
         }
