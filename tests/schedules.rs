@@ -1,7 +1,7 @@
 //! Schedules: administration through the CLI, runs on time under `keyhole serve`, never
 //! overlapping itself (in one process or across two), slots missed during a run or while
 //! down skipped or collapsed into one, and each slot run once, only by the process that
-//! claimed it.
+//! claimed it; `show`, `list` and the HTTP API telling whether a claim holds a schedule.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use keyhole::Keyhole;
 use keyhole::runtime::RuntimeConfig;
 use keyhole::schedules::{Cadence, Scheduler};
+use keyhole::server::{Scope, create_token};
 use keyhole::storage::ScheduleRow;
 use keyhole_tests::env::{TestHost, stop_serve};
 use keyhole_tests::plugins::plugin_path;
@@ -530,4 +531,99 @@ fn a_slot_whose_claim_cannot_be_written_does_not_run() {
         during, 0,
         "slots ran while their claim could not be written"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn show_and_the_api_tell_whether_a_claim_holds_the_schedule() {
+    let (t, added) = counter_ticking(Duration::from_secs(3600)).await;
+    let storage = t.host.storage();
+    let running_line = |t: &TestHost| {
+        let out = t.cli(&["schedules", "show", "tick"]);
+        out.ok()
+            .lines()
+            .find(|l| l.starts_with("running "))
+            .unwrap_or_else(|| panic!("no running line: {}", out.stdout))
+            .to_string()
+    };
+    let show_json = |t: &TestHost| t.cli(&["schedules", "show", "tick", "--json"]).json();
+    // Nothing holds it: the field is there, null.
+    assert_eq!(
+        show_json(&t).get("running_until"),
+        Some(&serde_json::Value::Null)
+    );
+    assert!(running_line(&t).ends_with(" no"), "{}", running_line(&t));
+
+    // A server claims the slot and dies mid-run: its claim holds the schedule until the
+    // lease runs out, and show says so.
+    let now = keyhole::storage::now_ms();
+    let lease = now + 3_600_000;
+    let due = added.next_run_at;
+    assert!(
+        storage
+            .claim_schedule_run("tick", due, now, now + 3_600_000, lease)
+            .unwrap()
+    );
+    assert_eq!(show_json(&t)["running_until"], lease);
+    let line = running_line(&t);
+    assert!(
+        line.contains(&format!(
+            "yes, claimed until {}",
+            keyhole::util::format_ms(lease)
+        )),
+        "{line}"
+    );
+    let list = t.cli(&["schedules", "list"]);
+    assert!(
+        list.ok()
+            .lines()
+            .any(|l| l.starts_with("tick ") && l.contains(" running ")),
+        "{}",
+        list.stdout
+    );
+    assert_eq!(
+        t.cli(&["schedules", "list", "--json"]).json()[0]["running_until"],
+        lease
+    );
+
+    // The HTTP API answers the same row.
+    let admin = create_token(storage, Scope::Admin, None, Some("tests")).unwrap();
+    let admin = admin.token.expose().to_string();
+    let (child, base) = t.spawn_serve(&[]);
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{base}{path}")).bearer_auth(&admin).send();
+    let one: serde_json::Value = get("/v1/schedules/tick")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let all: serde_json::Value = get("/v1/schedules").await.unwrap().json().await.unwrap();
+    stop_serve(child);
+    assert_eq!(one["running_until"], lease, "{one}");
+    assert_eq!(all[0]["running_until"], lease, "{all}");
+
+    // The run finishes: its claim goes, and show says nothing holds the schedule.
+    storage
+        .schedule_finished("tick", added.created_at, "ok", None, None, lease)
+        .unwrap();
+    assert_eq!(
+        show_json(&t).get("running_until"),
+        Some(&serde_json::Value::Null)
+    );
+    assert!(running_line(&t).ends_with(" no"), "{}", running_line(&t));
+
+    // A lease that has run out holds nothing, though it stays stored: the scheduler would
+    // claim the schedule again, so show says it is not running.
+    let now = keyhole::storage::now_ms();
+    let due = show_json(&t)["next_run_at"].as_i64().unwrap();
+    assert!(
+        storage
+            .claim_schedule_run("tick", due, now, now + 3_600_000, now - 1)
+            .unwrap()
+    );
+    assert_eq!(
+        show_json(&t).get("running_until"),
+        Some(&serde_json::Value::Null)
+    );
+    assert!(running_line(&t).ends_with(" no"), "{}", running_line(&t));
 }

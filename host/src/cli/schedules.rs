@@ -62,6 +62,17 @@ fn cadence(row: &ScheduleRow) -> String {
         .unwrap_or_else(|e| e.to_string())
 }
 
+/// Whether a claimed run holds the schedule now, and until when.
+fn running(row: &ScheduleRow) -> String {
+    match row.running_until {
+        Some(until) => format!(
+            "yes, claimed until {} (a run cut off by a crash holds the schedule until then)",
+            output::time(Some(until))
+        ),
+        None => "no".into(),
+    }
+}
+
 fn print(row: &ScheduleRow) {
     output::fields(&[
         ("name", row.name.clone()),
@@ -76,6 +87,7 @@ fn print(row: &ScheduleRow) {
                 "active".into()
             },
         ),
+        ("running", running(row)),
         (
             "next run",
             if row.paused {
@@ -142,15 +154,20 @@ pub fn schedules(host: &Keyhole, cmd: SchedulesCmd, json: bool) -> anyhow::Resul
                 ],
                 |r| {
                     let (state, next) = if r.paused {
-                        ("paused".into(), "-".into())
+                        ("paused", "-".into())
                     } else {
-                        ("active".into(), output::time(Some(r.next_run_at)))
+                        let state = if r.running_until.is_some() {
+                            "running"
+                        } else {
+                            "active"
+                        };
+                        (state, output::time(Some(r.next_run_at)))
                     };
                     vec![
                         r.name.clone(),
                         r.function.clone(),
                         cadence(r),
-                        state,
+                        state.into(),
                         next,
                         r.last_outcome.clone().unwrap_or_else(|| "-".into()),
                     ]

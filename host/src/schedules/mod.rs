@@ -178,6 +178,7 @@ impl Schedules {
             last_run_at: None,
             last_outcome: None,
             last_invocation: None,
+            running_until: None,
             created_at: now,
         };
         self.storage.insert_schedule(&row)?;

@@ -37,6 +37,9 @@ pub struct ScheduleRow {
     pub last_outcome: Option<String>,
     /// Invocation id of the last run.
     pub last_invocation: Option<i64>,
+    /// Unix ms until which a claimed run holds the schedule (the run ends sooner and
+    /// releases it, unless it was cut off by a crash); `None` when no claim holds it now.
+    pub running_until: Option<i64>,
     /// Unix ms.
     pub created_at: i64,
 }
@@ -45,7 +48,7 @@ pub struct ScheduleRow {
 /// A macro, so statements are `concat!`-ed at compile time.
 macro_rules! schedule_columns {
     () => {
-        "name, function, input, every_ms, cron, paused, next_run_at, last_run_at, last_outcome, last_invocation, created_at"
+        "name, function, input, every_ms, cron, paused, next_run_at, last_run_at, last_outcome, last_invocation, created_at, running_until"
     };
 }
 
@@ -62,6 +65,12 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ScheduleRow> {
         last_outcome: r.get(8)?,
         last_invocation: r.get(9)?,
         created_at: r.get(10)?,
+        // A lease that has run out holds nothing (as the scheduler's `due_schedules` and
+        // `claim_schedule_run` read it, by the same clock), though it stays stored until
+        // the next claim overwrites it.
+        running_until: r
+            .get::<_, Option<i64>>(11)?
+            .filter(|&until| until > now_ms()),
     })
 }
 
@@ -73,7 +82,7 @@ impl Storage {
                 concat!(
                     "INSERT INTO schedules (",
                     schedule_columns!(),
-                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, NULL, ?8)"
+                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, NULL, ?8, NULL)"
                 ),
                 params![
                     s.name,
