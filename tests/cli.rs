@@ -235,6 +235,19 @@ fn failures_exit_non_zero_with_a_clear_message() {
         .ok();
     let out = t.cli(&["connections", "edit", "gh"]);
     assert!(out.err().contains("nothing to change"), "{}", out.stderr);
+    // Malformed, like a command line clap refuses: exit status 2.
+    assert_eq!(out.code, 2, "{}", out.stderr);
+
+    // An empty KEYHOLE_HOME means the default data directory, as an unset one does.
+    let data = tempfile::tempdir().unwrap();
+    let xdg = data.path().to_str().unwrap();
+    let out = t.cli_with(
+        &["services", "list", "--json"],
+        None,
+        &[("KEYHOLE_HOME", ""), ("XDG_DATA_HOME", xdg)],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(data.path().join("keyhole").join("keyhole.db").exists());
 
     // An OAuth connection takes no params on `connect`, rather than dropping them.
     let out = t.cli(&["connections", "connect", "gh", "--param", "x=y"]);
@@ -515,6 +528,12 @@ fn every_command_answers_in_json_and_errors_do_too() {
     assert_eq!(
         (paused["paused"].as_bool(), paused["changed"].as_bool()),
         (Some(true), Some(true))
+    );
+    // Always there for scripts: null while no claimed run holds the schedule.
+    assert_eq!(
+        paused.get("running_until"),
+        Some(&serde_json::Value::Null),
+        "{paused}"
     );
     assert_eq!(
         t.cli(&["schedules", "pause", "tick", "--json"]).json()["changed"],

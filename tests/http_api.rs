@@ -737,6 +737,90 @@ async fn a_declared_oversize_body_gets_413_before_it_is_sent() {
     api.shutdown().await;
 }
 
+/// An answer sent before the request body was read leaves the rest of the body on the
+/// connection, so it must say `Connection: close` (and close it), or a client reusing
+/// the connection loses its next request. An answer after the body was read, or to a
+/// request without one, keeps the connection open.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_before_the_body_is_read_closes_the_connection() {
+    let api = start(ServeConfig {
+        rate_limit: 1,
+        rate_burst: 1,
+        ..test_config()
+    })
+    .await;
+    api.upload("echo", "echo", "").await;
+    let closes = |r: &support::Reply| r.headers.get("connection").is_some_and(|v| v == "close");
+    let body = json!({"x": "y".repeat(32 << 10)}).to_string().into_bytes();
+    let invoke = api.token(Scope::Invoke, None);
+
+    // Refused up front: 401 without a token, 403 with the wrong scope, 429 over the rate.
+    let r = api
+        .send("POST", "/v1/functions/echo/invoke", None, body.clone())
+        .await;
+    assert_eq!((r.status, closes(&r)), (StatusCode::UNAUTHORIZED, true));
+    // (Another token: a refused scope still spends the token's rate.)
+    let other = api.token(Scope::Invoke, None);
+    let r = api
+        .send("POST", "/v1/connections/x/test", Some(&other), body.clone())
+        .await;
+    assert_eq!((r.status, closes(&r)), (StatusCode::FORBIDDEN, true));
+    let r = api
+        .send(
+            "POST",
+            "/v1/functions/echo/invoke",
+            Some(&invoke),
+            body.clone(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, closes(&r)),
+        (StatusCode::OK, false),
+        "{}",
+        r.body
+    );
+    let r = api
+        .send(
+            "POST",
+            "/v1/functions/echo/invoke",
+            Some(&invoke),
+            body.clone(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, closes(&r)),
+        (StatusCode::TOO_MANY_REQUESTS, true)
+    );
+    // No body to leave behind: the connection stays open.
+    let r = api.send("GET", "/v1/functions", None, vec![]).await;
+    assert_eq!((r.status, closes(&r)), (StatusCode::UNAUTHORIZED, false));
+
+    // Over a raw connection with most of the body still unsent: the server answers 401,
+    // says it will close, and does.
+    let answer = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = api.base.trim_start_matches("http://");
+        let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Length: 100000\r\n\r\n{{\"a\""
+        );
+        raw.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut answer))
+            .await
+            .expect("the server closes the connection after its answer")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    api.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_being_received_share_one_memory_budget() {
     use tokio::io::AsyncWriteExt;

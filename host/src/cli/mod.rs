@@ -20,6 +20,7 @@ mod tokens;
 
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 
 use crate::Keyhole;
@@ -31,8 +32,15 @@ use crate::runtime::RuntimeConfig;
 #[command(name = "keyhole", version, propagate_version = true)]
 pub struct Cli {
     /// Data directory (database, master key). Default: $KEYHOLE_HOME, else the
-    /// platform's per-user data directory (~/.local/share/keyhole on Linux).
-    #[arg(long, global = true, env = "KEYHOLE_HOME", value_name = "DIR")]
+    /// platform's per-user data directory (~/.local/share/keyhole on Linux). An empty
+    /// value (`KEYHOLE_HOME=`) means the default, as an unset one does.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYHOLE_HOME",
+        value_name = "DIR",
+        value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from)
+    )]
     pub home: Option<PathBuf>,
 
     /// Log more (info level); RUST_LOG overrides.
@@ -78,17 +86,26 @@ pub enum Command {
 
 /// Run the CLI; returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
-    let home = cli.home.clone().unwrap_or_else(crate::config::default_home);
+    let home = cli
+        .home
+        .clone()
+        .filter(|home| !home.as_os_str().is_empty())
+        .unwrap_or_else(crate::config::default_home);
     let json = cli.json;
     match dispatch(cli, home).await {
         Ok(code) => code,
-        Err(e) if json => {
-            json_error(kind(&e), &report(&e));
-            1
-        }
         Err(e) => {
-            eprintln!("error: {}", report(&e));
-            1
+            if json {
+                json_error(kind(&e), &report(&e));
+            } else {
+                eprintln!("error: {}", report(&e));
+            }
+            // A command line that cannot work as given exits as clap's own errors do.
+            if e.chain().any(|cause| cause.is::<Usage>()) {
+                2
+            } else {
+                1
+            }
         }
     }
 }
@@ -99,7 +116,8 @@ pub(crate) fn json_error(kind: &str, message: &str) {
     eprintln!("{body}");
 }
 
-/// A command line that cannot work as given (kind `invalid-request` under `--json`).
+/// A command line that cannot work as given (kind `invalid-request` under `--json`,
+/// exit status 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Usage(pub String);

@@ -125,14 +125,17 @@ impl MasterKey {
                 }
                 let mut bytes = Zeroizing::new([0u8; 32]);
                 rand::rng().fill_bytes(bytes.as_mut());
-                write_key_file(&path, &bytes).map_err(|source| SealError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                Ok(Self {
-                    bytes,
-                    source: KeySource::Created(path),
-                })
+                match create_key_file(dir, &path, &bytes) {
+                    Ok(()) => Ok(Self {
+                        bytes,
+                        source: KeySource::Created(path),
+                    }),
+                    // Another process made the key first: use its key.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Self::load(dir, false)
+                    }
+                    Err(source) => Err(SealError::Io { path, source }),
+                }
             }
             Err(source) => Err(SealError::Io { path, source }),
         }
@@ -164,7 +167,18 @@ fn parse_key(text: &str) -> Option<Zeroizing<[u8; 32]>> {
     Some(Zeroizing::new(arr))
 }
 
-fn write_key_file(path: &Path, key: &[u8; 32]) -> std::io::Result<()> {
+/// Create the key file at `path`, whole or not at all: the key is written and synced
+/// under a temporary name, then linked to `path`, which fails with `AlreadyExists` if
+/// another process got there first. So no reader ever sees an empty or half-written key,
+/// and a crash leaves at most a stray temporary file, never a broken key file.
+fn create_key_file(dir: &Path, path: &Path, key: &[u8; 32]) -> std::io::Result<()> {
+    let mut suffix = [0u8; 8];
+    rand::rng().fill_bytes(&mut suffix);
+    let temporary = dir.join(format!(
+        ".{MASTER_KEY_FILE}.{}.{}.tmp",
+        std::process::id(),
+        hex::encode(suffix)
+    ));
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -172,10 +186,18 @@ fn write_key_file(path: &Path, key: &[u8; 32]) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path)?;
-    file.write_all(Zeroizing::new(hex::encode(key)).as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()
+    let written = options.open(&temporary).and_then(|mut file| {
+        file.write_all(Zeroizing::new(hex::encode(key)).as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| fs::hard_link(&temporary, path));
+    let _ = fs::remove_file(&temporary);
+    linked?;
+    // Make the new name itself durable.
+    #[cfg(unix)]
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 /// Seals and opens blobs under the master key.
@@ -287,5 +309,45 @@ mod tests {
         assert!(matches!(k2.source(), KeySource::File(_)));
         let blob = Sealer::new(&k1).seal(b"x", "c");
         assert_eq!(&Sealer::new(&k2).open(&blob, "c").unwrap()[..], b"x");
+    }
+
+    /// Two processes starting on a new data directory at once must end up with one key:
+    /// a loser of the race reads the winner's whole key, never an empty or half-written
+    /// file, and never fails because the file appeared under it.
+    #[test]
+    fn racing_first_starts_agree_on_one_key() {
+        const RACERS: usize = 8;
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let barrier = std::sync::Barrier::new(RACERS);
+            let keys: Vec<MasterKey> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..RACERS)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            MasterKey::load(dir.path(), true)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap().expect("every racer gets a key"))
+                    .collect()
+            });
+            let created = keys
+                .iter()
+                .filter(|k| matches!(k.source(), KeySource::Created(_)))
+                .count();
+            assert_eq!(created, 1, "exactly one racer creates the key file");
+            let blob = Sealer::new(&keys[0]).seal(b"x", "c");
+            for key in &keys {
+                assert_eq!(&Sealer::new(key).open(&blob, "c").unwrap()[..], b"x");
+            }
+            let names: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, [MASTER_KEY_FILE], "no temporary file is left behind");
+        }
     }
 }

@@ -189,11 +189,6 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Bearer realm=\"keyhole\""),
             );
         }
-        // The rest of such a body was never read, so the connection cannot carry another
-        // request: say so, or a client reusing it loses its next request.
-        if matches!(self.kind, "body-too-large" | "body-timeout") {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
         response
     }
 }

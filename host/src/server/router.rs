@@ -2,9 +2,17 @@
 //! authentication, the per-token rate limit, body caps and the per-pause body timeout.
 //! (Invocation admission is in [`super::invoke`]: it needs the body read first.)
 //!
+//! An answer sent before the request body was read says `Connection: close`
+//! ([`close_if_body_unread`]).
+//!
 //! Open (no token): `GET /healthz`, `GET /oauth/callback`. Everything else, including
 //! unknown paths, answers 401 without a valid token, so a caller without one learns
 //! nothing about what exists.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
@@ -77,7 +85,69 @@ pub fn router(state: AppState) -> Router {
             header::HeaderName::from_static("keep-alive"),
             keep_alive_hint(state.config.header_timeout),
         ))
+        .layer(middleware::from_fn(close_if_body_unread))
         .with_state(state)
+}
+
+/// An answer sent before the request body was read to its end (a 401, 403, 429 or 503
+/// refused up front, a 413 over the cap, a 408 on a stalled body) leaves the rest of the
+/// body on the connection, so the connection cannot carry another request. Such an
+/// answer says `Connection: close`, or a client reusing the connection loses its next
+/// request. Answers to requests whose body was read, or that had none, keep it open.
+async fn close_if_body_unread(request: Request, next: Next) -> Response {
+    let declares_body = request.version() <= axum::http::Version::HTTP_11
+        && (request.headers().contains_key(header::TRANSFER_ENCODING)
+            || request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0"));
+    if !declares_body {
+        return next.run(request).await;
+    }
+    let read = Arc::new(AtomicBool::new(false));
+    let request = request.map(|body| {
+        axum::body::Body::new(TrackedBody {
+            inner: body,
+            read: read.clone(),
+        })
+    });
+    let mut response = next.run(request).await;
+    if !read.load(Ordering::Relaxed) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A request body that records when it has been read to its end.
+struct TrackedBody {
+    inner: axum::body::Body,
+    read: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Relaxed);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// `Keep-Alive: timeout=N`, N the whole seconds an idle connection is kept (the header
