@@ -238,16 +238,24 @@ fn failures_exit_non_zero_with_a_clear_message() {
     // Malformed, like a command line clap refuses: exit status 2.
     assert_eq!(out.code, 2, "{}", out.stderr);
 
-    // An empty KEYHOLE_HOME means the default data directory, as an unset one does.
-    let data = tempfile::tempdir().unwrap();
-    let xdg = data.path().to_str().unwrap();
-    let out = t.cli_with(
-        &["services", "list", "--json"],
-        None,
-        &[("KEYHOLE_HOME", ""), ("XDG_DATA_HOME", xdg)],
-    );
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(data.path().join("keyhole").join("keyhole.db").exists());
+    // An empty KEYHOLE_HOME means the default data directory, as an unset one does
+    // (XDG_DATA_HOME places that default on Linux only).
+    #[cfg(target_os = "linux")]
+    {
+        let data = tempfile::tempdir().unwrap();
+        let xdg = data.path().to_str().unwrap();
+        let out = t.cli_with(
+            &["services", "list", "--json"],
+            None,
+            &[("KEYHOLE_HOME", ""), ("XDG_DATA_HOME", xdg)],
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(data.path().join("keyhole").join("keyhole.db").exists());
+    }
+    // An explicitly empty --home is refused: it is a script's unset variable, not a
+    // request for the default data directory.
+    let out = t.cli(&["services", "list", "--home", ""]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
 
     // An OAuth connection takes no params on `connect`, rather than dropping them.
     let out = t.cli(&["connections", "connect", "gh", "--param", "x=y"]);

@@ -470,13 +470,13 @@ async fn connect(host: &Keyhole, args: ConnectArgs, json: bool) -> anyhow::Resul
         .is_some_and(|o| o.grant == crate::services::GrantType::AuthorizationCode)
     {
         if !args.params.is_empty() || args.params_stdin {
-            anyhow::bail!(
+            return Err(usage!(
                 "connection {:?} signs in with OAuth, so --param and --params-stdin do not \
                  apply to `connect`; set its non-secret params with `keyhole connections edit \
                  {} --param NAME=VALUE`, then connect without them",
                 args.name,
                 args.name
-            );
+            ));
         }
         return connect_oauth(host, &args, json).await;
     }

@@ -20,7 +20,6 @@ mod tokens;
 
 use std::path::PathBuf;
 
-use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 
 use crate::Keyhole;
@@ -31,16 +30,12 @@ use crate::runtime::RuntimeConfig;
 #[derive(Debug, Parser)]
 #[command(name = "keyhole", version, propagate_version = true)]
 pub struct Cli {
-    /// Data directory (database, master key). Default: $KEYHOLE_HOME, else the
-    /// platform's per-user data directory (~/.local/share/keyhole on Linux). An empty
-    /// value (`KEYHOLE_HOME=`) means the default, as an unset one does.
-    #[arg(
-        long,
-        global = true,
-        env = "KEYHOLE_HOME",
-        value_name = "DIR",
-        value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from)
-    )]
+    /// Data directory (database, master key). Default: $KEYHOLE_HOME (an empty value
+    /// counts as unset), else the platform's per-user data directory
+    /// (~/.local/share/keyhole on Linux).
+    // `KEYHOLE_HOME` is read by `config::default_home`, not by clap: clap would refuse an
+    // empty variable, while an empty `--home` is still refused (a script's unset variable).
+    #[arg(long, global = true, value_name = "DIR")]
     pub home: Option<PathBuf>,
 
     /// Log more (info level); RUST_LOG overrides.
@@ -86,11 +81,7 @@ pub enum Command {
 
 /// Run the CLI; returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
-    let home = cli
-        .home
-        .clone()
-        .filter(|home| !home.as_os_str().is_empty())
-        .unwrap_or_else(crate::config::default_home);
+    let home = cli.home.clone().unwrap_or_else(crate::config::default_home);
     let json = cli.json;
     match dispatch(cli, home).await {
         Ok(code) => code,

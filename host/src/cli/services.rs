@@ -410,11 +410,10 @@ fn from_flags(a: &AddArgs) -> anyhow::Result<ServiceDef> {
         ));
     }
     let base = a.base_url.as_deref().unwrap_or_default();
-    url::Url::parse(base)
-        .map_err(|e| anyhow::anyhow!("--base-url {base:?} is not a valid URL: {e}"))?;
+    url::Url::parse(base).map_err(|e| usage!("--base-url {base:?} is not a valid URL: {e}"))?;
     for origin in &a.origins {
         let url = url::Url::parse(origin).map_err(|e| {
-            anyhow::anyhow!("--origin {origin:?} is not a valid URL ({e}); give scheme and host, e.g. https://uploads.example.com")
+            usage!("--origin {origin:?} is not a valid URL ({e}); give scheme and host, e.g. https://uploads.example.com")
         })?;
         if !url.has_host() {
             return Err(usage!(

@@ -132,7 +132,13 @@ impl MasterKey {
                     }),
                     // Another process made the key first: use its key.
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        Self::load(dir, false)
+                        match Self::load(dir, false) {
+                            // Not a key file after all (say, a dangling symlink).
+                            Err(SealError::MissingKey { path }) => {
+                                Err(SealError::Io { path, source: e })
+                            }
+                            loaded => loaded,
+                        }
                     }
                     Err(source) => Err(SealError::Io { path, source }),
                 }
@@ -170,7 +176,9 @@ fn parse_key(text: &str) -> Option<Zeroizing<[u8; 32]>> {
 /// Create the key file at `path`, whole or not at all: the key is written and synced
 /// under a temporary name, then linked to `path`, which fails with `AlreadyExists` if
 /// another process got there first. So no reader ever sees an empty or half-written key,
-/// and a crash leaves at most a stray temporary file, never a broken key file.
+/// and a crash leaves at most a stray temporary file (`.master.key.*.tmp`, mode 0600),
+/// never a broken key file. On a file system without hard links the key is written in
+/// place, as `create_new` still keeps two processes from both writing one.
 fn create_key_file(dir: &Path, path: &Path, key: &[u8; 32]) -> std::io::Result<()> {
     let mut suffix = [0u8; 8];
     rand::rng().fill_bytes(&mut suffix);
@@ -191,13 +199,38 @@ fn create_key_file(dir: &Path, path: &Path, key: &[u8; 32]) -> std::io::Result<(
         file.write_all(b"\n")?;
         file.sync_all()
     });
-    let linked = written.and_then(|()| fs::hard_link(&temporary, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temporary);
+        return Err(e);
+    }
+    let linked = fs::hard_link(&temporary, path);
     let _ = fs::remove_file(&temporary);
-    linked?;
-    // Make the new name itself durable.
-    #[cfg(unix)]
-    fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    match linked {
+        Ok(()) => {
+            // Make the new name itself durable. The key is in place either way, so a
+            // directory that cannot be opened or synced is no reason to fail.
+            #[cfg(unix)]
+            let _ = fs::File::open(dir).and_then(|d| d.sync_all());
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+        // No hard links here (vfat, some network file systems): write in place.
+        Err(_) => write_in_place(path, &options, key),
+    }
+}
+
+/// Write the key file directly; `create_new` keeps a second process from writing it too.
+/// A failed write removes the file this call created, rather than leave a broken key.
+fn write_in_place(path: &Path, options: &fs::OpenOptions, key: &[u8; 32]) -> std::io::Result<()> {
+    let mut file = options.open(path)?;
+    let written = file
+        .write_all(Zeroizing::new(hex::encode(key)).as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all());
+    if written.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    written
 }
 
 /// Seals and opens blobs under the master key.

@@ -20,6 +20,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
+use hyper::body::Body as _;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
@@ -95,13 +96,7 @@ pub fn router(state: AppState) -> Router {
 /// answer says `Connection: close`, or a client reusing the connection loses its next
 /// request. Answers to requests whose body was read, or that had none, keep it open.
 async fn close_if_body_unread(request: Request, next: Next) -> Response {
-    let declares_body = request.version() <= axum::http::Version::HTTP_11
-        && (request.headers().contains_key(header::TRANSFER_ENCODING)
-            || request
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .is_some_and(|v| v.as_bytes() != b"0"));
-    if !declares_body {
+    if request.version() > axum::http::Version::HTTP_11 || request.body().is_end_stream() {
         return next.run(request).await;
     }
     let read = Arc::new(AtomicBool::new(false));
@@ -113,9 +108,9 @@ async fn close_if_body_unread(request: Request, next: Next) -> Response {
     });
     let mut response = next.run(request).await;
     if !read.load(Ordering::Relaxed) {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.remove(header::HeaderName::from_static("keep-alive"));
     }
     response
 }
