@@ -194,11 +194,9 @@ fn create_key_file(dir: &Path, path: &Path, key: &[u8; 32]) -> std::io::Result<(
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let written = options.open(&temporary).and_then(|mut file| {
-        file.write_all(Zeroizing::new(hex::encode(key)).as_bytes())?;
-        file.write_all(b"\n")?;
-        file.sync_all()
-    });
+    let written = options
+        .open(&temporary)
+        .and_then(|mut file| write_key(&mut file, key));
     if let Err(e) = written {
         let _ = fs::remove_file(&temporary);
         return Err(e);
@@ -222,15 +220,18 @@ fn create_key_file(dir: &Path, path: &Path, key: &[u8; 32]) -> std::io::Result<(
 /// Write the key file directly; `create_new` keeps a second process from writing it too.
 /// A failed write removes the file this call created, rather than leave a broken key.
 fn write_in_place(path: &Path, options: &fs::OpenOptions, key: &[u8; 32]) -> std::io::Result<()> {
-    let mut file = options.open(path)?;
-    let written = file
-        .write_all(Zeroizing::new(hex::encode(key)).as_bytes())
-        .and_then(|()| file.write_all(b"\n"))
-        .and_then(|()| file.sync_all());
+    let written = write_key(&mut options.open(path)?, key);
     if written.is_err() {
         let _ = fs::remove_file(path);
     }
     written
+}
+
+/// The key as the file holds it (hex and a newline), synced to disk.
+fn write_key(file: &mut fs::File, key: &[u8; 32]) -> std::io::Result<()> {
+    file.write_all(Zeroizing::new(hex::encode(key)).as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
 }
 
 /// Seals and opens blobs under the master key.
