@@ -8,6 +8,7 @@ use keyhole::config::Limits;
 use keyhole::secrets::Secret;
 use keyhole::services::ServiceDef;
 use keyhole_tests::env::TestHost;
+use keyhole_tests::fake_api::raw::{self, RawApi};
 use keyhole_tests::plugins::{plugin, plugin_path};
 use keyhole_tests::{Credential, FakeApi, capture};
 use serde_json::{Value, json};
@@ -1462,4 +1463,251 @@ async fn a_session_cookie_the_upstream_sets_never_reaches_the_guest() {
         assert!(!text.contains(session.as_str()), "{text}");
     }
     capture::assert_no_secrets(&[KEY, session]);
+}
+
+/// A host with the API-key header service `raw` on `api`, connection `raw` connected with
+/// [`KEY`], and `hello-http` uploaded as `hello` with a grant for it.
+async fn raw_host(api: &RawApi) -> TestHost {
+    let t = TestHost::new();
+    add_service(&t, &api_key_header_service("raw", &api.base_url()));
+    let out = connect(&t, "raw", "raw", &[("X-API-Key", KEY)]).await;
+    assert!(
+        out.verification.as_ref().unwrap().ok,
+        "{:?}",
+        out.verification
+    );
+    t.upload("hello-http", "hello", &["raw"]).await;
+    t
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_encoded_on_any_header_line_or_in_its_transfer_never_reaches_the_guest() {
+    // An upstream that echoes the key it was sent, compressed in ways no server library
+    // writes: a second `Content-Encoding` line after `identity`, or a transfer coding
+    // under the chunked framing. Hand-written bytes.
+    let api = RawApi::start(|req| {
+        let key = req.header("x-api-key").unwrap_or_default();
+        if key != KEY {
+            return raw::answer("401 Unauthorized", &[("content-length", "0")], b"");
+        }
+        // Long and repetitive enough that gzip compresses it: no byte of the key shows.
+        let echo = format!(r#"{{"echo":"{key}","again":"{key}","and again":"{key}"}}"#);
+        let gz = raw::gzipped(echo.as_bytes());
+        let json = ("content-type", "application/json");
+        match req.path() {
+            "/user" => raw::answer(
+                "200 OK",
+                &[json, ("content-length", "15")],
+                br#"{"login":"raw"}"#,
+            ),
+            "/chunked" => raw::answer(
+                "200 OK",
+                &[json, ("transfer-encoding", "chunked")],
+                &raw::chunked(echo.as_bytes()),
+            ),
+            "/encodings-on-two-lines" => raw::answer(
+                "200 OK",
+                &[
+                    json,
+                    ("content-encoding", "identity"),
+                    ("content-encoding", "gzip"),
+                    ("content-length", &gz.len().to_string()),
+                ],
+                &gz,
+            ),
+            "/encodings-in-a-list" => raw::answer(
+                "200 OK",
+                &[
+                    json,
+                    ("content-encoding", "identity, gzip"),
+                    ("content-length", &gz.len().to_string()),
+                ],
+                &gz,
+            ),
+            "/gzip-transfer" => raw::answer(
+                "200 OK",
+                &[json, ("transfer-encoding", "gzip, chunked")],
+                &raw::chunked(&gz),
+            ),
+            "/gzip-transfer-on-two-lines" => raw::answer(
+                "200 OK",
+                &[
+                    json,
+                    ("transfer-encoding", "gzip"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                &raw::chunked(&gz),
+            ),
+            "/gzip-transfer-to-the-close" => {
+                raw::answer("200 OK", &[json, ("transfer-encoding", "gzip")], &gz)
+            }
+            _ => raw::answer("404 Not Found", &[("content-length", "0")], b""),
+        }
+    });
+    let t = raw_host(&api).await;
+
+    // hyper takes a transfer coding under the chunked framing and removes only the
+    // framing: what it hands on is still gzip, which no scrubber can read, and which
+    // holds the key.
+    let direct = reqwest::Client::new()
+        .get(api.url("/gzip-transfer"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 200);
+    let body = direct.bytes().await.unwrap();
+    assert!(body.starts_with(&[0x1f, 0x8b]), "the body is still gzip");
+    assert!(!String::from_utf8_lossy(&body).contains(KEY));
+    let mut plain = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+        .unwrap();
+    assert!(
+        plain.contains(KEY),
+        "gzip hides the key from the scrubber only"
+    );
+
+    // Plain chunked framing is no encoding: scrubbed and passed on.
+    let out = call(
+        &t,
+        "hello",
+        json!({"connection": "raw", "target": "/chunked"}),
+    )
+    .await;
+    assert_eq!(out["status"], 200, "{out}");
+    assert_eq!(
+        out["body"], r#"{"echo":"[redacted]","again":"[redacted]","and again":"[redacted]"}"#,
+        "{out}"
+    );
+
+    for (target, said) in [
+        (
+            "/encodings-on-two-lines",
+            "Content-Encoding: identity, gzip",
+        ),
+        ("/encodings-in-a-list", "Content-Encoding: identity, gzip"),
+        ("/gzip-transfer", "Transfer-Encoding: gzip, chunked"),
+        (
+            "/gzip-transfer-on-two-lines",
+            "Transfer-Encoding: gzip, chunked",
+        ),
+        ("/gzip-transfer-to-the-close", "Transfer-Encoding: gzip"),
+    ] {
+        let out = call(&t, "hello", json!({"connection": "raw", "target": target})).await;
+        assert_eq!(out["error"], "upstream-unreachable", "{target}: {out}");
+        assert!(
+            out["detail"].as_str().unwrap().contains(said),
+            "{target}: {out}"
+        );
+    }
+    assert_eq!(
+        api.requests()
+            .iter()
+            .filter(|r| r.path() != "/user")
+            .count(),
+        7,
+        "each sent once"
+    );
+    capture::assert_no_secrets(&[KEY]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn head_and_304_answers_carry_no_digest_of_a_body_that_held_the_secret() {
+    let (t, api) = acme().await;
+    // `/leak`'s body holds the key, and its `ETag` and `Digest` hash that body: a guest
+    // holding them could test guesses at the key offline.
+    let direct = reqwest::Client::new()
+        .head(api.url("/leak"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        direct.headers().contains_key("etag") && direct.headers().contains_key("digest"),
+        "{:?}",
+        direct.headers().keys()
+    );
+
+    for (method, headers, status) in [
+        ("HEAD", json!([]), 200),
+        // `*` matches whatever the body is: the 304 carries the real tag.
+        ("GET", json!([["If-None-Match", "*"]]), 304),
+        // A GET gets the scrubbed body, whose digests go (as they always did).
+        ("GET", json!([]), 200),
+    ] {
+        let out = call(
+            &t,
+            "hello",
+            json!({"connection": "acme", "method": method, "target": "/leak", "headers": headers}),
+        )
+        .await;
+        assert_eq!(out["status"], status, "{method} {headers}: {out}");
+        let names: Vec<String> = out["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h[0].as_str().unwrap().to_ascii_lowercase())
+            .collect();
+        for digest in ["etag", "digest"] {
+            assert!(
+                !names.iter().any(|n| n == digest),
+                "{method} {headers}: {out}"
+            );
+        }
+        assert!(!out.to_string().contains(KEY), "{out}");
+    }
+    assert_eq!(
+        api.hits("/leak"),
+        4,
+        "the direct HEAD and the guest's three"
+    );
+    capture::assert_no_secrets(&[KEY]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_java_session_id_leaves_a_location() {
+    let (t, _api) = acme().await;
+    let out = call(
+        &t,
+        "hello",
+        json!({
+            "connection": "acme",
+            "target": "/redirect",
+            "query": [["to", "/a;jsessionid=kh-sess-1;JSESSIONID=kh-sess-2/b;jsessionid=kh-sess-3?q=1"]],
+        }),
+    )
+    .await;
+    assert_eq!(out["status"], 302, "{out}");
+    let location = out["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0] == "location")
+        .map(|h| h[1].clone());
+    assert_eq!(location, Some(json!("/a/b?q=1")), "{out}");
+    assert!(!out.to_string().contains("kh-sess-"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_echoed_percent_encoded_any_common_way_is_scrubbed() {
+    // `~` is kept by RFC 3986 encoders, `/`, `+` and `=` are not.
+    const ODD_KEY: &str = "kh~test/apikey+4f9a=";
+    let api = FakeApi::start(Credential::api_key_header("X-API-Key", ODD_KEY)).await;
+    let t = TestHost::new();
+    add_service(&t, &api_key_header_service("odd", &api.base_url()));
+    let out = connect(&t, "odd", "odd", &[("X-API-Key", ODD_KEY)]).await;
+    assert!(out.verification.as_ref().unwrap().ok);
+    t.upload("hello-http", "hello", &["odd"]).await;
+
+    let out = call(
+        &t,
+        "hello",
+        json!({"connection": "odd", "target": "/leak-escaped"}),
+    )
+    .await;
+    assert_eq!(out["status"], 200, "{out}");
+    // `kh~test%2Fapikey%2B4f9a%3D`, `kh~test%2fapikey%2b4f9a%3d`, `kh%7etest%2fapikey%2b4f9a%3d`.
+    assert_eq!(out["body"], "[redacted]\n[redacted]\n[redacted]", "{out}");
+    assert!(!out.to_string().contains("4f9a"), "{out}");
+    capture::assert_no_secrets(&[ODD_KEY]);
 }

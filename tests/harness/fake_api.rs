@@ -16,6 +16,7 @@ use axum::routing::{any, get};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 
 use crate::server::{Echo, RecordedRequest, RequestLog, TestServer, decode_pairs, record};
 
@@ -125,7 +126,9 @@ pub const DEFAULT_LOGIN: &str = "keyhole-test";
 /// A fake third-party API on `127.0.0.1`; it stops when dropped.
 ///
 /// Routes: `GET /user`, `GET /v1/user`, `ANY /echo`, `ANY /v1/echo[/*rest]` (gzip when
-/// the request accepts it), `ANY /gzip-echo` (gzip always), `GET /leak` (authenticated); `ANY /open/echo[/*rest]`, `GET /redirect?to=URL[&status=30x]`,
+/// the request accepts it), `ANY /gzip-echo` (gzip always), `GET /leak` (authenticated;
+/// with an `ETag` and a `Digest` of its body, and 304 to a matching `If-None-Match`),
+/// `GET /leak-escaped` (authenticated; the secrets percent-encoded); `ANY /open/echo[/*rest]`, `GET /redirect?to=URL[&status=30x]`,
 /// `GET /session` (authenticated; sets a session cookie that then authenticates alone),
 /// `GET /slow?ms=N`, `GET /big?bytes=N[&chunked=true]`, `ANY /status/{code}` (open).
 pub struct FakeApi {
@@ -166,6 +169,7 @@ impl FakeApi {
             .route("/open/echo/{*rest}", any(open_echo))
             .route("/gzip-echo", any(gzip_echo))
             .route("/leak", get(leak))
+            .route("/leak-escaped", get(leak_escaped))
             .route("/session", get(session))
             .route("/redirect", get(redirect))
             .route("/slow", get(slow))
@@ -462,21 +466,87 @@ async fn open_echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) ->
     Json(Echo::of(&method, &uri, &headers, &body)).into_response()
 }
 
+/// The presented secrets, one a line, with digests of that body (`ETag` and `Digest`, as
+/// frameworks that hash the body compute them) and conditional requests honoured: an
+/// `If-None-Match` of `*` or of the body's tag gets a 304 carrying the tag.
 async fn leak(State(state): State<Arc<ApiState>>, headers: HeaderMap, uri: Uri) -> Response {
     match authenticate(&state, &headers, &uri) {
         Auth::Ok(secrets) => {
             let first = secrets.first().cloned().unwrap_or_default();
+            let body = secrets.join("\n");
+            let hash = Sha256::digest(body.as_bytes());
+            let etag = format!("\"{}\"", hex(&hash));
+            let digests = [
+                (header::ETAG, etag.clone()),
+                (
+                    header::HeaderName::from_static("digest"),
+                    format!("sha-256={}", BASE64.encode(hash)),
+                ),
+            ];
+            let matched = headers
+                .get_all(header::IF_NONE_MATCH)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|tag| tag.trim() == "*" || tag.trim() == etag);
+            if matched {
+                return (StatusCode::NOT_MODIFIED, digests).into_response();
+            }
             (
                 [
                     (header::CONTENT_TYPE, "text/plain".to_owned()),
                     (header::HeaderName::from_static("x-leak"), first),
                 ],
-                secrets.join("\n"),
+                digests,
+                body,
             )
                 .into_response()
         }
         Auth::Denied(resp) => resp,
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The presented secrets percent-encoded the ways common encoders write them into a link,
+/// one a line: RFC 3986 (unreserved `-._~` kept; Go's `url.QueryEscape`, JavaScript's
+/// `encodeURIComponent`, Python's `quote`) in upper- and lower-case hex, and everything
+/// but letters and digits encoded in lower-case hex.
+async fn leak_escaped(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    match authenticate(&state, &headers, &uri) {
+        Auth::Ok(secrets) => {
+            let mut lines = Vec::new();
+            for secret in &secrets {
+                lines.push(percent_encode(secret, "-._~", false));
+                lines.push(percent_encode(secret, "-._~", true));
+                lines.push(percent_encode(secret, "", true));
+            }
+            ([(header::CONTENT_TYPE, "text/plain")], lines.join("\n")).into_response()
+        }
+        Auth::Denied(resp) => resp,
+    }
+}
+
+/// `s` with every byte but ASCII letters, digits and `keep` as `%XX`, in `lower` or
+/// upper-case hex.
+fn percent_encode(s: &str, keep: &str, lower: bool) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || keep.as_bytes().contains(&b) {
+            out.push(char::from(b));
+        } else if lower {
+            out.push_str(&format!("%{b:02x}"));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Opens a session, as Jira and other Java servers do on an authenticated request: the
@@ -568,6 +638,8 @@ async fn status(Path(code): Path<String>) -> Response {
     }
     (status, Json(json!({ "status": status.as_u16() }))).into_response()
 }
+
+pub mod raw;
 
 #[cfg(test)]
 mod tests;

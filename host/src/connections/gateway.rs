@@ -35,7 +35,8 @@ const UNSCRUBBABLE_HEADERS: &[&str] = &["accept-encoding", "te", "range", "if-ra
 const WITHHELD_RESPONSE_HEADERS: &[&str] = &["set-cookie", "set-cookie2"];
 
 /// Headers computed over the body as the upstream sent it. Once the scrubber has changed
-/// the body, they would let a guest test guesses at what was scrubbed out.
+/// the body, or when the answer has none the scrubber could check (HEAD, 304), they would
+/// let a guest test guesses at what was, or would have been, scrubbed out.
 const BODY_DIGEST_HEADERS: &[&str] = &[
     "etag",
     "content-md5",
@@ -483,21 +484,12 @@ impl Gateway {
                 .await
                 .map_err(|e| map_reqwest(e, redactor))?;
             let status = response.status().as_u16();
-            if let Some(encoding) = response
-                .headers()
-                .get(reqwest::header::CONTENT_ENCODING)
-                .map(|v| {
-                    String::from_utf8_lossy(v.as_bytes())
-                        .trim()
-                        .to_ascii_lowercase()
-                })
-                .filter(|e| !e.is_empty() && e != "identity")
-            {
+            if let Some(coding) = unscrubbable_coding(response.headers()) {
                 // Asked for identity and got something else: the scrubber cannot see into
                 // it, so it does not reach the guest.
                 return Err(SendError::UpstreamUnreachable(format!(
-                    "the upstream sent an encoded answer (Content-Encoding: {}) although keyhole asked for none; keyhole passes on only bodies it can check for secrets",
-                    redactor.scrub(&encoding)
+                    "the upstream sent an encoded answer ({}) although keyhole asked for none; keyhole passes on only bodies it can check for secrets",
+                    clip(&redactor.scrub(&coding), MAX_SHOWN_CODINGS)
                 )));
             }
             // Taken, not copied: the length check reads the body's size hint.
@@ -520,11 +512,14 @@ impl Gateway {
                 body.extend_from_slice(&chunk);
             }
             let (body, scrubbed) = redactor.scrub_vec(body);
+            // Methods are case-sensitive, but a server that takes `head` for HEAD answers
+            // it without a body all the same.
+            let no_body = prepared.method.as_str().eq_ignore_ascii_case("HEAD") || status == 304;
             let headers = guest_headers(
                 &upstream_headers,
                 redactor,
                 &prepared.credential_headers,
-                prepared.method == reqwest::Method::HEAD || status == 304,
+                no_body,
                 scrubbed.then_some(body.len()),
             );
             Ok(OutboundResponse {
@@ -542,12 +537,69 @@ impl Gateway {
     }
 }
 
+/// Longest list of codings an error quotes, in characters (the upstream chose them; it
+/// may send many lines of them).
+const MAX_SHOWN_CODINGS: usize = 200;
+
+/// What of an answer's codings would hand the guest a body the scrubber cannot read, as
+/// `Content-Encoding: …` or `Transfer-Encoding: …` with every value of every line of that
+/// header, or `None`. Every value counts, not just the first line's: an upstream may send
+/// `identity` on one `Content-Encoding` line and `gzip` on the next. And hyper removes
+/// only the chunked framing, so any other transfer coding (`gzip, chunked`) would reach
+/// the guest still applied. (The obsolete `Transfer-Encoding: identity` is refused too:
+/// no server needs it.)
+fn unscrubbable_coding(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    use reqwest::header::{CONTENT_ENCODING, TRANSFER_ENCODING};
+    [
+        (CONTENT_ENCODING, "Content-Encoding", "identity"),
+        (TRANSFER_ENCODING, "Transfer-Encoding", "chunked"),
+    ]
+    .into_iter()
+    .find_map(|(name, shown, plain)| {
+        // The common answer has neither header, or `chunked` alone: checked without
+        // allocating anything.
+        let codings = || {
+            headers
+                .get_all(&name)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
+                .filter(|c| !c.is_empty())
+        };
+        codings()
+            .any(|c| !c.eq_ignore_ascii_case(plain.as_bytes()))
+            .then(|| {
+                let listed: Vec<String> = codings()
+                    .map(|c| String::from_utf8_lossy(c).to_ascii_lowercase())
+                    .collect();
+                format!("{shown}: {}", listed.join(", "))
+            })
+    })
+}
+
+/// `text` cut to `max` characters.
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
 /// The response headers a guest gets: scrubbed, without the ones that carry or betray a
 /// credential ([`WITHHELD_RESPONSE_HEADERS`], the connection's `credential_headers`, a
 /// Java session id in `Location`), and with a `Content-Length` that is the body's the
 /// guest gets. `no_body`: an answer to HEAD, or a 304, whose `Content-Length` describes
 /// a body the guest never sees (dropped). `rescrubbed`: the body's length when the
 /// scrubber changed it (then headers computed over the original body go too).
+///
+/// A HEAD or 304 answer's body digests go as well whenever the connection has a secret
+/// the body could have held: they describe a body the scrubber never saw, so a guest
+/// could ask with HEAD (or `If-None-Match: *`) for the digest of a body that echoes the
+/// credential and test guesses at it offline (a Basic password is no long random key).
+/// keyhole cannot tell whether that body held a secret, so it assumes it did. A guest
+/// loses little: a 304 answers a tag it sent (or `*`), and a GET brings the tag of any
+/// body the scrubber left as it was. (A connection without secrets has nothing to guess
+/// at; its digests stay.)
 fn guest_headers(
     upstream: &reqwest::header::HeaderMap,
     redactor: &super::redact::Redactor,
@@ -555,12 +607,13 @@ fn guest_headers(
     no_body: bool,
     rescrubbed: Option<usize>,
 ) -> Vec<(String, String)> {
+    let digests_go = rescrubbed.is_some() || (no_body && !redactor.is_empty());
     let mut headers = Vec::with_capacity(upstream.len());
     for (name, value) in upstream {
         let name = name.as_str();
         if WITHHELD_RESPONSE_HEADERS.contains(&name)
             || credential_headers.iter().any(|c| c == name)
-            || (rescrubbed.is_some() && BODY_DIGEST_HEADERS.contains(&name))
+            || (digests_go && BODY_DIGEST_HEADERS.contains(&name))
             || (no_body && name == "content-length")
         {
             continue;
@@ -577,16 +630,27 @@ fn guest_headers(
     headers
 }
 
-/// `url` without a `;jsessionid=…` path parameter: Java servers put the session in the
-/// URL when the client sent no cookie back, and that id authenticates on its own.
+/// `url` without any `;jsessionid=…` path parameter (in any case, however many): Java
+/// servers put the session in the URL when the client sent no cookie back, and that id
+/// authenticates on its own.
 fn without_session_id(url: &str) -> String {
     const PARAM: &str = ";jsessionid=";
-    let Some(start) = url.to_ascii_lowercase().find(PARAM) else {
-        return url.to_string();
-    };
-    let rest = &url[start + PARAM.len()..];
-    let end = rest.find(['?', '#', '/', ';']).unwrap_or(rest.len());
-    format!("{}{}", &url[..start], &rest[end..])
+    // ASCII lower-casing keeps every byte where it was, so offsets carry over.
+    let lower = url.to_ascii_lowercase();
+    let mut out = String::with_capacity(url.len());
+    let mut at = 0;
+    while let Some(found) = lower[at..].find(PARAM) {
+        let start = at + found;
+        out.push_str(&url[at..start]);
+        let value = start + PARAM.len();
+        // What follows starts with one of these or is empty, so no new parameter can form
+        // across the cut.
+        at = url[value..]
+            .find(['?', '#', '/', ';'])
+            .map_or(url.len(), |end| value + end);
+    }
+    out.push_str(&url[at..]);
+    out
 }
 
 /// A checked request, ready for credentials.
@@ -749,11 +813,10 @@ fn record_refused_target(record: &mut OutboundCall, loaded: &Loaded, target: &st
 /// `path` as a record keeps it: scrubbed, then cut to [`MAX_RECORDED_PATH`] characters
 /// (in that order, so a cut cannot leave part of a secret unscrubbed).
 fn recorded_path(loaded: &Loaded, path: &str) -> String {
-    let scrubbed = scrub_path(&loaded.service, loaded.redactor(), path);
-    match scrubbed.char_indices().nth(MAX_RECORDED_PATH) {
-        Some((end, _)) => format!("{}…", &scrubbed[..end]),
-        None => scrubbed,
-    }
+    clip(
+        &scrub_path(&loaded.service, loaded.redactor(), path),
+        MAX_RECORDED_PATH,
+    )
 }
 
 /// The origin of `url` for a record, scrubbed: a capability URL may carry its secret in
@@ -880,9 +943,68 @@ mod tests {
         assert!(h.contains(&("content-length".into(), "25".into())));
         assert!(!names(&h).iter().any(|n| n == "etag" || n == "digest"));
 
-        // HEAD or 304: no body, so no length that would describe the unscrubbed one.
+        // HEAD or 304: no body, so no length that would describe the unscrubbed one, and
+        // no digests of a body that may have held a secret.
         let h = guest_headers(&raw, &redactor, &credential, true, None);
-        assert!(!names(&h).contains(&"content-length".to_string()));
+        assert_eq!(names(&h), ["content-type", "x-echo", "location"]);
+
+        // Unless the connection has no secret a body could hold.
+        let none = super::super::redact::Redactor::default();
+        let h = guest_headers(&raw, &none, &credential, true, None);
+        assert_eq!(
+            names(&h),
+            ["content-type", "etag", "digest", "x-echo", "location"]
+        );
+    }
+
+    #[test]
+    fn every_coding_but_identity_and_chunked_is_found_on_every_line() {
+        for (pairs, want) in [
+            (&[][..], None),
+            (&[("content-encoding", "identity")][..], None),
+            (&[("content-encoding", " Identity ,")][..], None),
+            (&[("transfer-encoding", "chunked")][..], None),
+            (
+                &[("transfer-encoding", "chunked"), ("content-encoding", "")][..],
+                None,
+            ),
+            (
+                &[("content-encoding", "gzip")][..],
+                Some("Content-Encoding: gzip"),
+            ),
+            (
+                &[
+                    ("content-encoding", "identity"),
+                    ("content-encoding", "GZIP"),
+                ][..],
+                Some("Content-Encoding: identity, gzip"),
+            ),
+            (
+                &[("content-encoding", "identity, br")][..],
+                Some("Content-Encoding: identity, br"),
+            ),
+            (
+                &[("transfer-encoding", "gzip, chunked")][..],
+                Some("Transfer-Encoding: gzip, chunked"),
+            ),
+            (
+                &[
+                    ("transfer-encoding", "gzip"),
+                    ("transfer-encoding", "chunked"),
+                ][..],
+                Some("Transfer-Encoding: gzip, chunked"),
+            ),
+            (
+                &[("transfer-encoding", "identity")][..],
+                Some("Transfer-Encoding: identity"),
+            ),
+        ] {
+            assert_eq!(
+                unscrubbable_coding(&upstream(pairs)).as_deref(),
+                want,
+                "{pairs:?}"
+            );
+        }
     }
 
     #[test]
@@ -892,6 +1014,13 @@ mod tests {
             ("/a;JSESSIONID=X1/b", "/a/b"),
             ("/a;jsessionid=X1;v=2#f", "/a;v=2#f"),
             ("/a;jsessionid=X1", "/a"),
+            ("/a;jsessionid=X1;jsessionid=X2", "/a"),
+            (
+                "/a;jsessionid=X1;JSessionId=X2/b;jsessionid=X3?q=1",
+                "/a/b?q=1",
+            ),
+            ("/a;jsessionid=;jsessionid=X2", "/a"),
+            ("/a;jsess;jsessionid=X1;ionid=X2", "/a;jsess;ionid=X2"),
             ("/a?q=1", "/a?q=1"),
         ] {
             assert_eq!(without_session_id(url), want, "{url}");

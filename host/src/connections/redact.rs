@@ -3,12 +3,14 @@
 //! An upstream may echo a credential back (an echo endpoint, an error page quoting the
 //! request). Every form in which we sent a secret — raw, inside a formatted header,
 //! Basic-encoded, percent-encoded in a query — is replaced by `[redacted]`, and so are
-//! the forms a JSON answer commonly quotes it in: `"`, `\` and control characters
-//! escaped, and any mix of what encoders add by default: `/` as `\/` (PHP), non-ASCII
-//! as `\uXXXX` (Python, PHP), `<`, `>`, `&` as `\u003c`, `\u003e`, `\u0026` (Go), those
-//! and `=`, `'` as `\u003d`, `\u0027` (Java's Gson), and `"`, `&`, `'`, `+`, `<`, `>`, `` ` ``
-//! and non-ASCII in upper-case hex, `\u002B` (.NET's `System.Text.Json`). A Basic blob ends
-//! in `=` more often than not, and a base64 key may hold `+`.
+//! the ways common URL encoders percent-encode it (see `PERCENT_KEPT`; upper- or
+//! lower-case hex, a space as `%20` or `+`) and the forms a JSON answer commonly quotes it
+//! in: `"`, `\` and control characters escaped, and any mix of what encoders add by
+//! default: `/` as `\/` (PHP), non-ASCII as `\uXXXX` (Python, PHP), `<`, `>`, `&` as
+//! `\u003c`, `\u003e`, `\u0026` (Go), those and `=`, `'` as `\u003d`, `\u0027` (Java's
+//! Gson), and `"`, `&`, `'`, `+`, `<`, `>`, `` ` `` and non-ASCII in upper-case hex,
+//! `\u002B` (.NET's `System.Text.Json`). A Basic blob ends in `=` more often than not,
+//! and a base64 key may hold `+`.
 
 /// What replaces a secret.
 pub const REDACTED: &str = "[redacted]";
@@ -37,11 +39,15 @@ impl Redactor {
             return;
         }
         self.push_quoted(secret);
-        let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-        self.push(encoded.into_bytes());
-        let pct = percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
-            .to_string();
-        self.push(pct.into_bytes());
+        // Identical forms are one needle (`push`): for a secret of letters and digits all
+        // of these are the raw value, and `-`, `.`, `_` add only the strictest encoding's.
+        for kept in PERCENT_KEPT {
+            for space_as_plus in [false, true] {
+                for lower in [false, true] {
+                    self.push(percent_encoded(secret, kept, space_as_plus, lower).into_bytes());
+                }
+            }
+        }
     }
 
     /// Add an exact byte string (e.g. a Basic `user:pass` base64 value), as it is and
@@ -77,6 +83,11 @@ impl Redactor {
         for form in forms {
             self.push(form.into_bytes());
         }
+    }
+
+    /// Whether there is nothing to scrub (no secret was added).
+    pub fn is_empty(&self) -> bool {
+        self.needles.is_empty()
     }
 
     fn push(&mut self, needle: Vec<u8>) {
@@ -122,6 +133,49 @@ impl Redactor {
             _ => text.to_string(),
         }
     }
+}
+
+/// The bytes besides ASCII letters and digits that common percent-encoders leave as they
+/// are. Each writes the rest as `%XX`, in upper-case hex (a few in lower), and a space as
+/// `%20` or `+`: every combination is scrubbed.
+const PERCENT_KEPT: &[&str] = &[
+    // None: `percent-encoding`'s `NON_ALPHANUMERIC`, what keyhole itself sends in a URL.
+    "",
+    // RFC 3986's unreserved: Go's `url.QueryEscape` and `url.PathEscape` of a value
+    // without sub-delimiters, Python's `quote`, PHP's `rawurlencode`, .NET's
+    // `Uri.EscapeDataString`.
+    "-._~",
+    // WHATWG form encoding: Java's `URLEncoder`, `URLSearchParams`, `form_urlencoded`.
+    "*-._",
+    // PHP's `urlencode`.
+    "-._",
+    // JavaScript's `encodeURIComponent`.
+    "!'()*-._~",
+    // .NET's `HttpUtility.UrlEncode` (lower-case hex) and `WebUtility.UrlEncode`.
+    "!()*-._",
+];
+
+/// `value` with every byte but ASCII letters, digits and `kept` as `%XX` (`lower`- or
+/// upper-case hex), a space as `+` if `space_as_plus`.
+fn percent_encoded(value: &str, kept: &str, space_as_plus: bool, lower: bool) -> String {
+    let hex: &[u8; 16] = if lower {
+        b"0123456789abcdef"
+    } else {
+        b"0123456789ABCDEF"
+    };
+    let mut out = String::with_capacity(value.len() * 3);
+    for &b in value.as_bytes() {
+        if b.is_ascii_alphanumeric() || kept.as_bytes().contains(&b) {
+            out.push(char::from(b));
+        } else if b == b' ' && space_as_plus {
+            out.push('+');
+        } else {
+            out.push('%');
+            out.push(char::from(hex[usize::from(b >> 4)]));
+            out.push(char::from(hex[usize::from(b & 0xf)]));
+        }
+    }
+    out
 }
 
 /// `/` as `\/` (PHP's default).
@@ -247,6 +301,47 @@ mod tests {
             r.scrub(r#"["Basic dXNl\/cjo="]"#),
             r#"["Basic [redacted]"]"#
         );
+    }
+
+    #[test]
+    fn scrubs_the_ways_encoders_percent_encode_a_secret() {
+        let mut r = Redactor::default();
+        r.add("ab~cd/ef g+ä");
+        for echoed in [
+            // RFC 3986 (Go, Python, PHP's `rawurlencode`), upper- and lower-case hex.
+            "ab~cd%2Fef%20g%2B%C3%A4",
+            "ab~cd%2fef%20g%2b%c3%a4",
+            // Go's `url.QueryEscape`: a space as `+`.
+            "ab~cd%2Fef+g%2B%C3%A4",
+            // Everything encoded, in lower-case hex.
+            "ab%7ecd%2fef%20g%2b%c3%a4",
+            // Form encoding, and PHP's `urlencode` (`~` encoded).
+            "ab%7Ecd%2Fef+g%2B%C3%A4",
+            // .NET's `HttpUtility.UrlEncode`.
+            "ab%7ecd%2fef+g%2b%c3%a4",
+        ] {
+            assert_eq!(
+                r.scrub(&format!("next={echoed}&")),
+                "next=[redacted]&",
+                "{echoed}"
+            );
+        }
+    }
+
+    #[test]
+    fn identical_forms_of_a_secret_are_one_needle() {
+        let mut r = Redactor::default();
+        r.add("abc123");
+        assert_eq!(
+            r.needles.len(),
+            1,
+            "letters and digits: the raw value alone"
+        );
+        let mut r = Redactor::default();
+        r.add("sk_live-1.2");
+        // Raw (every encoder but the strictest keeps `-._`), and the strictest in upper-
+        // and lower-case hex.
+        assert_eq!(r.needles.len(), 3);
     }
 
     #[test]
