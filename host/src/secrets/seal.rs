@@ -110,6 +110,7 @@ impl MasterKey {
             });
         }
         let path = dir.join(MASTER_KEY_FILE);
+        sweep_stray_temporaries(dir);
         match fs::read_to_string(&path) {
             Ok(text) => {
                 let bytes = parse_key(text.trim())
@@ -176,8 +177,8 @@ fn parse_key(text: &str) -> Option<Zeroizing<[u8; 32]>> {
 /// Create the key file at `path`, whole or not at all: the key is written and synced
 /// under a temporary name, then linked to `path`, which fails with `AlreadyExists` if
 /// another process got there first. So no reader ever sees an empty or half-written key,
-/// and a crash leaves at most a stray temporary file (`.master.key.*.tmp`, mode 0600),
-/// never a broken key file. On a file system without hard links the key is written in
+/// and a crash leaves at most a stray temporary file (`.master.key.*.tmp`, mode 0600,
+/// removed by a later start once a minute old), never a broken key file. On a file system without hard links the key is written in
 /// place, as `create_new` still keeps two processes from both writing one.
 fn create_key_file(dir: &Path, path: &Path, key: &[u8; 32]) -> std::io::Result<()> {
     let mut suffix = [0u8; 8];
@@ -214,6 +215,38 @@ fn create_key_file(dir: &Path, path: &Path, key: &[u8; 32]) -> std::io::Result<(
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
         // No hard links here (vfat, some network file systems): write in place.
         Err(_) => write_in_place(path, &options, key),
+    }
+}
+
+/// How old a temporary key file must be before a start removes it as a crash's leftover:
+/// far longer than writing one takes, so a process creating its key right now keeps its own.
+const STRAY_TEMPORARY_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Remove the temporary key files (`.master.key.*.tmp`) a crash left behind: each is a
+/// copy of a key (this directory's, or one that lost the race to be it) that nothing
+/// reads. Best effort: what cannot be listed or removed stays.
+fn sweep_stray_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{MASTER_KEY_FILE}.");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if !(name.starts_with(&prefix) && name.ends_with(".tmp")) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|at| at.elapsed().ok())
+            .is_some_and(|age| age >= STRAY_TEMPORARY_AGE);
+        if old && fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(file = %entry.path().display(), "removed a temporary key file left by an interrupted start");
+        }
     }
 }
 
@@ -348,6 +381,34 @@ mod tests {
     /// Two processes starting on a new data directory at once must end up with one key:
     /// a loser of the race reads the winner's whole key, never an empty or half-written
     /// file, and never fails because the file appeared under it.
+    #[test]
+    fn a_start_removes_old_temporary_key_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        MasterKey::load(dir.path(), true).unwrap();
+        let file = |name: &str, age_s: u64| {
+            let path = dir.path().join(name);
+            let f = fs::File::create(&path).unwrap();
+            let at = std::time::SystemTime::now() - std::time::Duration::from_secs(age_s);
+            f.set_modified(at).unwrap();
+            path
+        };
+        let stray = file(".master.key.4242.0011223344556677.tmp", 3600);
+        let fresh = file(".master.key.4243.8899aabbccddeeff.tmp", 0);
+        let other = file(".other.key.1.tmp", 3600);
+        let similar = file(".master.key.bak", 3600);
+        MasterKey::load(dir.path(), false).unwrap();
+        assert!(!stray.exists(), "an hour-old temporary key file stayed");
+        assert!(
+            fresh.exists(),
+            "a temporary key file being written now was removed"
+        );
+        assert!(
+            other.exists() && similar.exists(),
+            "another file was removed"
+        );
+        assert!(dir.path().join(MASTER_KEY_FILE).exists());
+    }
+
     #[test]
     fn racing_first_starts_agree_on_one_key() {
         const RACERS: usize = 8;
