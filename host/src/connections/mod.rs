@@ -6,6 +6,7 @@
 //! injection point) and scrubbed from the response by [`redact::Redactor`]. Nothing in
 //! this module hands a credential to a guest, a log line or an error message.
 
+mod answer;
 pub mod catalog;
 mod credentials;
 pub mod egress;
