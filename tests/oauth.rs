@@ -540,6 +540,101 @@ async fn a_rotated_refresh_token_survives_a_restart() {
     assert_eq!(s.server.token_requests_for("refresh_token"), before + 2);
 }
 
+/// Upload `hello-http` as `hello`, granted `prov`, with an invocation timeout of `ms`.
+async fn upload_hello_with_timeout(t: &TestHost, ms: u64) {
+    let options = keyhole::UploadOptions {
+        grants: vec!["prov".into()],
+        limits: Some(keyhole::config::Limits {
+            timeout_ms: ms,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    t.host
+        .upload(
+            "hello",
+            keyhole_tests::plugins::plugin("hello-http"),
+            options,
+        )
+        .await
+        .expect("upload");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_that_outlasts_its_invocation_still_stores_the_rotated_token() {
+    let s = setup("authorization_code").await;
+    s.server.set_access_ttl(30); // inside the skew: every call refreshes first
+    authorize(&s).await;
+    // Long enough for the guest to reach its call on a busy machine; the provider takes
+    // longer still.
+    upload_hello_with_timeout(&s.t, 3000).await;
+    // The provider rotates the refresh token at once but answers after the invocation
+    // has timed out.
+    s.server.set_token_answer_delay(5000);
+
+    // A one-shot command: the invocation times out, and the process must not exit (and
+    // cut the refresh off) before the provider's answer is stored.
+    let input = user().to_string();
+    let out = s.t.cli(&["run", "hello", "--input", &input, "--json"]);
+    let answer: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}\n{}", out.stdout, out.stderr);
+    });
+    assert_eq!(answer["outcome"], "timeout", "{answer}");
+    assert_eq!(s.server.token_requests_for("refresh_token"), 1);
+    let rotated = s.server.issued_refresh_tokens().last().unwrap().clone();
+    assert!(s.server.is_refresh_token_active(&rotated));
+
+    // In one process: the invocation is cut off by its timeout; the refresh goes on.
+    let inv = s.t.host.invoke("hello", &input).await.unwrap();
+    assert_eq!(inv.result.unwrap_err().kind(), "timeout");
+    s.t.host.refreshes_settled().await;
+    assert_eq!(s.server.token_requests_for("refresh_token"), 2);
+    assert!(
+        !s.server.is_refresh_token_active(&rotated),
+        "the second refresh did not present the token the first one brought"
+    );
+
+    // Each refresh presented the token the one before it brought: presenting one the
+    // provider had already rotated away would read as reuse and end the grant.
+    s.server.set_token_answer_delay(0);
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+    assert_eq!(s.server.token_requests_for("refresh_token"), 3);
+    let view = s.t.host.connections().show("prov").unwrap();
+    assert_eq!(view.status, Status::Connected, "{:?}", view.status_reason);
+    assert!(
+        s.server
+            .is_refresh_token_active(s.server.issued_refresh_tokens().last().unwrap())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_whose_answer_cannot_be_stored_at_once_keeps_trying() {
+    let s = setup("authorization_code").await;
+    s.server.set_access_ttl(30); // inside the skew: every call refreshes first
+    authorize(&s).await;
+    upload_hello_with_timeout(&s.t, 30_000).await;
+    // Another process holds the database's write lock past the busy timeout (10 s) while
+    // the provider's answer comes back.
+    let other = rusqlite::Connection::open(s.t.home().join("keyhole.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(12));
+        other.execute_batch("COMMIT").unwrap();
+        drop(other);
+    });
+    let inv = s.t.host.invoke("hello", &user().to_string()).await.unwrap();
+    release.join().unwrap();
+    let output: Value = serde_json::from_str(&inv.result.unwrap()).unwrap();
+    assert_eq!(output["status"], 200, "{output}");
+    assert_eq!(s.server.token_requests_for("refresh_token"), 1);
+
+    // The rotated token was stored: the next refresh presents it, not the old one.
+    assert_eq!(call(&s.t, user()).await["status"], 200);
+    assert_eq!(s.server.token_requests_for("refresh_token"), 2);
+    let view = s.t.host.connections().show("prov").unwrap();
+    assert_eq!(view.status, Status::Connected, "{:?}", view.status_reason);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_grant_needs_reauth_and_transient_failures_do_not() {
     let s = setup("authorization_code").await;
@@ -890,6 +985,44 @@ async fn revoke_calls_the_provider_and_reconnect_works_in_place() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_provider_refusing_to_revoke_a_dead_token_is_not_a_failed_revocation() {
+    let s = setup("authorization_code").await;
+    authorize(&s).await;
+    let access = s.server.issued_access_tokens().last().unwrap().clone();
+    let refresh = s.server.issued_refresh_tokens().last().unwrap().clone();
+    // Like Google: 400 `invalid_token` for a token that is no longer active. Revoking the
+    // refresh token ends its access token, so the second request gets that answer.
+    s.server.set_invalid_token_on_dead_revocation(true);
+    let out = s.t.cli(&["connections", "revoke", "prov", "--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let answer: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(answer["provider"][0]["outcome"], "revoked", "{answer}");
+    assert_eq!(
+        answer["provider"][1]["outcome"], "already-invalid",
+        "{answer}"
+    );
+    assert!(!s.server.is_access_token_active(&access));
+    assert!(!s.server.is_refresh_token_active(&refresh));
+    assert_eq!(s.server.revocations(), 1);
+
+    // Plain output says so, and a refusal for another reason still fails the command.
+    authorize(&s).await;
+    s.server.expire_all_access_tokens();
+    let out = s.t.cli(&["connections", "revoke", "prov"]);
+    let stdout = out.ok();
+    assert!(
+        stdout.contains("access token: already expired or revoked at the provider"),
+        "{stdout}"
+    );
+    authorize(&s).await;
+    s.server.fail_next_revocations(1);
+    let out = s.t.cli(&["connections", "revoke", "prov", "--json"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let answer: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(answer["provider"][0]["outcome"], "failed", "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_refresh_while_a_revocation_is_on_its_way_leaves_nothing_live() {
     let s = setup("authorization_code").await;
     authorize(&s).await;
@@ -1158,4 +1291,363 @@ async fn re_authorizing_as_another_account_is_recorded_and_said() {
     );
     let view = authorize_as(&s, "bob").await;
     assert_eq!(view.status_reason, None);
+}
+
+/// A provider whose token and revocation endpoints are where the connection's params put
+/// them, like GitLab's `https://{host}/oauth/token`. The test servers differ by port,
+/// which a host param cannot spell, so these params are whole URLs; with `choices`, the
+/// definition lists the servers it allows.
+fn hosted_service(api: &OAuthServer, grant: &str, choices: &[&OAuthServer]) -> String {
+    let authorize = if grant == "authorization_code" {
+        format!("authorize_url = \"{}\"\n", api.authorize_url())
+    } else {
+        String::new()
+    };
+    let choices = |url: fn(&OAuthServer) -> String| {
+        if choices.is_empty() {
+            return String::new();
+        }
+        let list: Vec<String> = choices.iter().map(|s| format!("\"{}\"", url(s))).collect();
+        format!("choices = [{}]\n", list.join(", "))
+    };
+    format!(
+        r#"name = "hosted"
+display_name = "Self-hosted provider"
+auth = "oauth2"
+base_url = "{base}/api"
+
+[[params]]
+name = "token_endpoint"
+display_name = "Token endpoint"
+location = "url"
+{token_choices}
+[[params]]
+name = "revocation_endpoint"
+display_name = "Revocation endpoint"
+location = "url"
+{revoke_choices}
+[verify]
+path = "/user"
+
+[oauth2]
+grant = "{grant}"
+{authorize}token_url = "{{token_endpoint}}"
+revocation_url = "{{revocation_endpoint}}"
+scopes = ["read"]
+default_scopes = ["read"]
+token_auth_method = "body"
+"#,
+        base = api.base_url(),
+        token_choices = choices(OAuthServer::token_url),
+        revoke_choices = choices(OAuthServer::revoke_url),
+    )
+}
+
+/// Two providers that both know the test client: `registered`, where the client was
+/// registered, and `other`, a host a connection may point at by mistake (or on purpose),
+/// which would take whatever it is sent.
+async fn two_hosts(redirect: &str) -> (OAuthServer, OAuthServer) {
+    let registered = OAuthServer::start().await;
+    let other = OAuthServer::start().await;
+    for s in [&registered, &other] {
+        s.register_client(CLIENT_ID, CLIENT_SECRET, [redirect], ClientAuth::Body);
+    }
+    (registered, other)
+}
+
+/// `token_endpoint=…` and `revocation_endpoint=…` for `server`.
+fn endpoints_at(server: &OAuthServer) -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([
+        ("token_endpoint".to_string(), server.token_url()),
+        ("revocation_endpoint".to_string(), server.revoke_url()),
+    ])
+}
+
+fn endpoint_flags(server: &OAuthServer) -> Vec<String> {
+    endpoints_at(server)
+        .into_iter()
+        .flat_map(|(k, v)| ["--param".to_string(), format!("{k}={v}")])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_secret_goes_only_to_the_host_the_client_is_registered_at() {
+    let redirect = format!("http://127.0.0.1:{}/oauth/callback", free_port());
+    let (registered, other) = two_hosts(&redirect).await;
+    let t = TestHost::new();
+    let file = t.home().join("hosted.toml");
+    std::fs::write(
+        &file,
+        hosted_service(&registered, "authorization_code", &[]),
+    )
+    .unwrap();
+    t.cli(&["services", "add", "--file", file.to_str().unwrap()])
+        .ok();
+
+    // Where the app is registered cannot be guessed: `set-client` asks for it.
+    let set_client = |extra: &[String]| {
+        let mut args = vec![
+            "services",
+            "set-client",
+            "hosted",
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret-stdin",
+            "--redirect-url",
+            &redirect,
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        t.cli_with(&args, Some(&format!("{CLIENT_SECRET}\n")), &[])
+    };
+    let refused = set_client(&[]);
+    assert!(
+        refused.err().contains("add --param token_endpoint=VALUE"),
+        "{}",
+        refused.stderr
+    );
+    let mut flags = endpoint_flags(&registered);
+    flags.push("--json".into());
+    let saved = set_client(&flags).json();
+    assert_eq!(
+        saved["oauth_client_origins"],
+        json!([registered.base_url()])
+    );
+    let shown = t.cli(&["services", "show", "hosted", "--json"]).json();
+    assert_eq!(
+        shown["oauth_client_origins"],
+        json!([registered.base_url()])
+    );
+    let shown = t.cli(&["services", "show", "hosted"]);
+    assert!(
+        shown
+            .ok()
+            .lines()
+            .any(|l| l.starts_with("client sent to") && l.contains(&registered.base_url())),
+        "{}",
+        shown.stdout
+    );
+
+    // A connection pointed at the other host (a new one moves freely: it holds nothing)
+    // does not get to start an authorization, whose code would take the secret there.
+    t.cli(&["connections", "add", "gl", "--service", "hosted"])
+        .ok();
+    let mut edit = vec!["connections", "edit", "gl"];
+    let to_other = endpoint_flags(&other);
+    edit.extend(to_other.iter().map(String::as_str));
+    t.cli(&edit).ok();
+    let out = t.cli(&["connections", "connect", "gl", "--no-listen", "--json"]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    let error: Value = serde_json::from_str(out.stderr.lines().last().unwrap()).unwrap();
+    assert_eq!(error["error"]["kind"], "oauth-error", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "registered for {}, not for {}",
+            registered.base_url(),
+            other.base_url()
+        )) && message.contains("set-client hosted --param token_endpoint="),
+        "{message}"
+    );
+
+    // Pointed at the registered host, it connects.
+    let c = t.host.connections();
+    c.edit("gl", None, None, endpoints_at(&registered), false)
+        .unwrap();
+    let pending = c.begin_authorization("gl").unwrap();
+    let location = registered.approve(&pending.authorize_url).await.unwrap();
+    let view = c
+        .complete_authorization(&callback(&location), Some("gl"))
+        .await
+        .unwrap();
+    assert_eq!(view.status, Status::Connected);
+
+    // Moved to the other host, confirmed: the tokens may go there, the client does not.
+    // A refresh is refused...
+    let mut edit = vec!["connections", "edit", "gl", "--move-credentials"];
+    edit.extend(to_other.iter().map(String::as_str));
+    t.cli(&edit).ok();
+    t.upload("hello-http", "hello", &["gl"]).await;
+    registered.expire_all_access_tokens();
+    let input = json!({"connection": "gl", "target": "/user"}).to_string();
+    let _ = t.host.invoke("hello", &input).await.unwrap();
+    // ...and so is the revocation, which says so and exits 1 (the grant may be live).
+    let revoked = t.cli(&["connections", "revoke", "gl"]);
+    assert_eq!(revoked.code, 1, "{}", revoked.all());
+    assert!(
+        revoked
+            .stdout
+            .contains("so its id and secret were not sent there"),
+        "{}",
+        revoked.all()
+    );
+    assert_eq!(registered.token_requests_for("refresh_token"), 0);
+    assert!(
+        other.requests().is_empty(),
+        "the other host was sent {:?}",
+        other.requests().iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+    capture::assert_no_secrets(&[CLIENT_SECRET]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_credentials_are_not_sent_to_a_host_the_client_is_not_registered_at() {
+    let redirect = format!("http://127.0.0.1:{}/oauth/callback", free_port());
+    let (registered, other) = two_hosts(&redirect).await;
+    let t = TestHost::new();
+    let c = t.host.connections();
+    let def = ServiceDef::from_toml(&hosted_service(&registered, "client_credentials", &[]));
+    c.catalog().add(&def.unwrap()).unwrap();
+    let config = ClientConfig {
+        client_id: CLIENT_ID.into(),
+        client_secret: Some(Secret::new(CLIENT_SECRET)),
+        redirect_url: None,
+    };
+    let origins = c
+        .set_oauth_client_at("hosted", &config, &endpoints_at(&registered))
+        .unwrap();
+    assert_eq!(origins, [registered.base_url()]);
+    c.add("cc", "hosted", vec![], None).unwrap();
+    c.edit("cc", None, None, endpoints_at(&other), false)
+        .unwrap();
+
+    let out = t.cli(&["connections", "connect", "cc"]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains("were not sent there"), "{}", out.stderr);
+    assert!(other.requests().is_empty(), "{:?}", other.requests());
+    assert_eq!(c.show("cc").unwrap().status, Status::Pending);
+
+    c.edit("cc", None, None, endpoints_at(&registered), false)
+        .unwrap();
+    t.cli(&["connections", "connect", "cc"]).ok();
+    assert_eq!(registered.token_requests_for("client_credentials"), 1);
+    assert!(other.requests().is_empty(), "{:?}", other.requests());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gitlab_client_is_sent_only_to_the_instance_it_is_registered_at() {
+    const SECRET: &str = "kh-gitlab-client-secret-71c3";
+    let t = TestHost::new();
+    let set_client = |service: &str, extra: &[&str]| {
+        let mut args = vec![
+            "services",
+            "set-client",
+            service,
+            "--client-id",
+            "gl-app",
+            "--client-secret-stdin",
+        ];
+        args.extend(extra);
+        t.cli_with(&args, Some(&format!("{SECRET}\n")), &[])
+    };
+    // Without --param, the default host: gitlab.com.
+    let saved = set_client("gitlab", &["--json"]).json();
+    assert_eq!(saved["oauth_client_origins"], json!(["https://gitlab.com"]));
+    t.cli(&["connections", "add", "gl", "--service", "gitlab"])
+        .ok();
+    t.cli(&[
+        "connections",
+        "edit",
+        "gl",
+        "--param",
+        "host=gitlab.example.com",
+    ])
+    .ok();
+    let out = t.cli(&["connections", "connect", "gl", "--no-listen"]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stderr.contains(
+            "registered for https://gitlab.com, not for https://gitlab.example.com, where this connection's token endpoint is"
+        ) && out
+            .stderr
+            .contains("`keyhole services set-client gitlab --param host=gitlab.example.com --client-id ID --client-secret-stdin`"),
+        "{}",
+        out.stderr
+    );
+
+    // Registered at that instance: the authorization starts there.
+    let saved = set_client("gitlab", &["--param", "host=gitlab.example.com", "--json"]).json();
+    assert_eq!(
+        saved["oauth_client_origins"],
+        json!(["https://gitlab.example.com"])
+    );
+    let out = t.cli(&["connections", "connect", "gl", "--no-listen", "--json"]);
+    let first: Value = serde_json::from_str(out.ok().lines().next().unwrap()).unwrap();
+    assert!(
+        first["authorize_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://gitlab.example.com/oauth/authorize?"),
+        "{first}"
+    );
+
+    // --param names the host, on services that have one.
+    let refused = set_client("github", &["--param", "X-GitHub-Api-Version=2022-11-28"]);
+    assert!(refused.err().contains("fixed URLs"), "{}", refused.stderr);
+    let refused = set_client("gitlab", &["--param", "nope=1"]);
+    assert_eq!(refused.code, 1, "{}", refused.all());
+    capture::assert_no_secrets(&[SECRET]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authorization_completes_only_at_the_token_endpoint_it_was_started_for() {
+    let redirect = format!("http://127.0.0.1:{}/oauth/callback", free_port());
+    let (first, second) = two_hosts(&redirect).await;
+    let t = TestHost::new();
+    let c = t.host.connections();
+    // Both token endpoints are the definition's own choices, and the client is
+    // registered at both: what changes under the authorization is only where it goes.
+    let def = hosted_service(&first, "authorization_code", &[&first, &second]);
+    c.catalog()
+        .add(&ServiceDef::from_toml(&def).unwrap())
+        .unwrap();
+    let config = ClientConfig {
+        client_id: CLIENT_ID.into(),
+        client_secret: Some(Secret::new(CLIENT_SECRET)),
+        redirect_url: Some(redirect.clone()),
+    };
+    c.set_oauth_client("hosted", &config).unwrap();
+    c.add("pc", "hosted", vec![], None).unwrap();
+    c.edit("pc", None, None, endpoints_at(&first), false)
+        .unwrap();
+
+    let pending = c.begin_authorization("pc").unwrap();
+    let location = first.approve(&pending.authorize_url).await.unwrap();
+    // While the browser is out, an admin points the connection elsewhere.
+    let mut edit = vec!["connections", "edit", "pc"];
+    let to_second = endpoint_flags(&second);
+    edit.extend(to_second.iter().map(String::as_str));
+    t.cli(&edit).ok();
+    let err = c
+        .complete_authorization(&callback(&location), Some("pc"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("changed after this authorization started")
+            && err.contains(&second.token_url())
+            && err.contains("start again"),
+        "{err}"
+    );
+    assert!(second.requests().is_empty(), "{:?}", second.requests());
+    assert_eq!(first.token_requests(), 0, "the code was not used");
+    let view = c.show("pc").unwrap();
+    assert_eq!(view.status, Status::Pending);
+    assert!(
+        view.status_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("changed after this authorization started")),
+        "{view:?}"
+    );
+
+    // Started again where it points, it completes.
+    c.edit("pc", None, None, endpoints_at(&first), false)
+        .unwrap();
+    let pending = c.begin_authorization("pc").unwrap();
+    let location = first.approve(&pending.authorize_url).await.unwrap();
+    let view = c
+        .complete_authorization(&callback(&location), Some("pc"))
+        .await
+        .unwrap();
+    assert_eq!(view.status, Status::Connected);
+    capture::assert_no_secrets(&[CLIENT_SECRET]);
 }

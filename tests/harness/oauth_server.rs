@@ -309,6 +309,19 @@ impl OAuthServer {
         self.store().knobs.revoke_delay = Duration::from_millis(ms);
     }
 
+    /// Delays every `/token` answer after the request was handled: the tokens are
+    /// issued (a refresh token rotated) before the wait, as at a provider whose answer is
+    /// slow to come back.
+    pub fn set_token_answer_delay(&self, ms: u64) {
+        self.store().knobs.token_answer_delay = Duration::from_millis(ms);
+    }
+
+    /// With `on`, `/revoke` answers 400 `invalid_token` for a token that is unknown,
+    /// expired or already revoked (as Google does) rather than RFC 7009's 200.
+    pub fn set_invalid_token_on_dead_revocation(&self, on: bool) {
+        self.store().knobs.invalid_token_on_dead_revocation = on;
+    }
+
     /// Delays every `/token` answer, so concurrent refreshers pile up.
     pub fn set_token_delay(&self, ms: u64) {
         self.store().knobs.token_delay = Duration::from_millis(ms);

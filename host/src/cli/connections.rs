@@ -111,7 +111,7 @@ pub struct ConnectArgs {
 /// `NAME=VALUE` for `--param`. Unlike clap's own error, a malformed one is not echoed
 /// back: it may be a secret typed without its name.
 #[derive(Clone)]
-struct KvParser;
+pub(super) struct KvParser;
 
 impl clap::builder::TypedValueParser for KvParser {
     type Value = (String, String);

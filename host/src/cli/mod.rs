@@ -157,18 +157,22 @@ async fn dispatch(cli: Cli, home: PathBuf) -> anyhow::Result<i32> {
         Command::Serve(args) => args.instances(),
         _ => 16,
     };
-    let host = open(&home, instances)?;
+    let host = std::sync::Arc::new(open(&home, instances)?);
     let json = cli.json;
-    match cli.command {
+    let result = match cli.command {
         Command::Functions(cmd) => functions::functions(&host, cmd, json).await,
         Command::Run(args) => functions::run(&host, args, json).await,
         Command::Logs(args) => functions::logs(&host, args, json),
         Command::Services(cmd) => services::services(&host, cmd, json),
         Command::Connections(cmd) => connections::connections(&host, cmd, json).await,
-        Command::Serve(args) => serve::serve(host, args, json).await,
+        Command::Serve(args) => serve::serve(host.clone(), args, json).await,
         Command::Tokens(cmd) => tokens::tokens(&host, cmd, json),
         Command::Schedules(cmd) => schedules::schedules(&host, cmd, json),
-    }
+    };
+    // A token refresh outlives the invocation that started it (one that timed out, say);
+    // exiting now would cut it off and could lose a refresh token the provider rotated.
+    host.refreshes_settled().await;
+    result
 }
 
 #[cfg(test)]

@@ -87,8 +87,7 @@ impl ServeArgs {
 
 /// Serve `host` (opened with [`ServeArgs::instances`] slots) until a signal. `json`: the
 /// address served and how it stopped, as one JSON line each on stdout.
-pub async fn serve(host: Keyhole, args: ServeArgs, json: bool) -> anyhow::Result<i32> {
-    let host = Arc::new(host);
+pub async fn serve(host: Arc<Keyhole>, args: ServeArgs, json: bool) -> anyhow::Result<i32> {
     let mut server = Server::bind(host.clone(), args.config()).await?;
     // A long-running process: checkpoint the WAL beside the requests, not inside one,
     // unless steady writes have kept the WAL from starting over.

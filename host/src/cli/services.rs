@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
+use super::connections::KvParser;
 use super::output;
 use crate::Keyhole;
 use crate::connections::CatalogEntry;
@@ -38,9 +39,20 @@ pub enum ServicesCmd {
     ///
     /// Register keyhole's callback URL (shown by `services show`) at the provider first.
     /// The secret is read from stdin with --client-secret-stdin, else asked for hidden.
+    ///
+    /// The client is bound to where it is registered: its id and secret are sent only to
+    /// the service's token and revocation endpoints on that host, and a connection that
+    /// points elsewhere is refused. Where those endpoints are on a host a param names
+    /// (GitLab's `host`), say which with --param.
     SetClient {
         /// Service name.
         name: String,
+        /// Where the OAuth app is registered, for a service whose OAuth endpoints are on a
+        /// host a param names: NAME=VALUE, e.g. host=gitlab.example.com (repeatable). A
+        /// param left out means its default (GitLab: gitlab.com), or, if it has a list of
+        /// choices (Zoho's dc), any of them.
+        #[arg(long = "param", value_parser = KvParser)]
+        params: Vec<(String, String)>,
         /// Client id issued by the provider.
         #[arg(long)]
         client_id: String,
@@ -167,19 +179,31 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd, json: bool) -> anyhow::Result<
             };
             if json {
                 let mut v = entry_json(&entry);
-                if let Some((client_id, redirect)) = &oauth {
-                    v["oauth_client_id"] = serde_json::json!(client_id);
-                    v["callback_url"] = serde_json::json!(redirect);
+                if let Some(summary) = &oauth {
+                    v["oauth_client_id"] = serde_json::json!(summary.client_id);
+                    v["callback_url"] = serde_json::json!(summary.callback_url);
+                    v["oauth_client_origins"] = serde_json::json!(summary.origins);
                 }
                 output::json(&v)?;
             } else {
                 show(&entry);
-                if let Some((client_id, redirect)) = oauth {
+                if let Some(summary) = oauth {
+                    let set = summary.client_id.is_some();
+                    let mut fields = vec![
+                        ("callback URL", format!("{}  (register exactly this at the provider)", summary.callback_url)),
+                        ("client id", summary.client_id.unwrap_or_else(|| format!("(not set: keyhole services set-client {name} --client-id ID --client-secret-stdin)"))),
+                    ];
+                    if set {
+                        fields.push((
+                            "client sent to",
+                            match summary.origins {
+                                Some(origins) => format!("{}  (the token and revocation endpoints there only)", origins.join(", ")),
+                                None => format!("(not recorded: saved by an older keyhole; run `keyhole services set-client {name} --param ...` again)"),
+                            },
+                        ));
+                    }
                     println!();
-                    output::fields(&[
-                        ("callback URL", format!("{redirect}  (register exactly this at the provider)")),
-                        ("client id", client_id.unwrap_or_else(|| format!("(not set: keyhole services set-client {name} --client-id ID --client-secret-stdin)"))),
-                    ]);
+                    output::fields(&fields);
                 }
             }
             Ok(0)
@@ -227,11 +251,16 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd, json: bool) -> anyhow::Result<
         }
         ServicesCmd::SetClient {
             name,
+            params,
             client_id,
             client_secret_stdin,
             public,
             redirect_url,
         } => {
+            let params: std::collections::BTreeMap<String, String> = params.into_iter().collect();
+            // Before the secret is asked for: a missing or wrong --param fails first.
+            host.connections()
+                .client_registration_origins(&name, &params)?;
             let client_secret = if public {
                 None
             } else if client_secret_stdin {
@@ -254,17 +283,24 @@ pub fn services(host: &Keyhole, cmd: ServicesCmd, json: bool) -> anyhow::Result<
                 client_secret,
                 redirect_url,
             };
-            host.connections().set_oauth_client(&name, &config)?;
+            let origins = host
+                .connections()
+                .set_oauth_client_at(&name, &config, &params)?;
             if json {
                 output::json(&serde_json::json!({
                     "service": name,
                     "oauth_client_id": config.client_id,
                     "public_client": config.client_secret.is_none(),
                     "callback_url": config.effective_redirect_url(),
+                    "oauth_client_origins": origins,
                 }))?;
                 return Ok(0);
             }
             println!("OAuth client for {name} saved (secret sealed)");
+            println!(
+                "it is sent only to the token and revocation endpoints on {}",
+                origins.join(", ")
+            );
             println!(
                 "callback URL to register at the provider: {}",
                 config.effective_redirect_url()

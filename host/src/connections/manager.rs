@@ -35,6 +35,19 @@ pub struct Connections {
     gateway: Arc<Gateway>,
 }
 
+/// A service's OAuth client as `services show` tells it (never the secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct OAuthClientSummary {
+    /// The client id, if a client is set.
+    pub client_id: Option<String>,
+    /// The redirect URL to register at the provider.
+    pub callback_url: String,
+    /// The origins the client's id and secret may be sent to (its token and revocation
+    /// endpoints). `None` without a client, or for one an older keyhole saved without
+    /// them whose service's endpoints are on a host a param names (`set-client` again).
+    pub origins: Option<Vec<String>>,
+}
+
 /// One param of a connection as shown to an admin: secrets only masked.
 #[derive(Debug, Clone, Serialize)]
 pub struct ParamView {
@@ -740,18 +753,79 @@ impl Connections {
         })
     }
 
-    /// Store a service's OAuth client registration (sealed).
+    /// Store a service's OAuth client registration (sealed), registered where the
+    /// service's endpoints are with their params' defaults (see
+    /// [`Self::set_oauth_client_at`]).
     pub fn set_oauth_client(
         &self,
         service: &str,
         config: &ClientConfig,
     ) -> Result<(), ConnectionError> {
-        let entry = self.catalog().require(service)?;
-        if entry.def.oauth2.is_none() {
+        self.set_oauth_client_at(service, config, &BTreeMap::new())
+            .map(drop)
+    }
+
+    /// The origins a client registration of `service` made with `params` (values of the
+    /// params its token and revocation endpoints' host is built from) would be bound to.
+    /// A param left out takes each of its choices, else its default; without either, it
+    /// must be given.
+    pub fn client_registration_origins(
+        &self,
+        service: &str,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>, ConnectionError> {
+        let def = self.catalog().require(service)?.def;
+        if def.oauth2.is_none() {
             return Err(ConnectionError::Invalid(format!(
                 "service {service:?} does not use OAuth 2.0"
             )));
         }
+        let hosts = crate::oauth::origin_params(&def);
+        if hosts.is_empty() && !params.is_empty() {
+            return Err(ConnectionError::Invalid(format!(
+                "the OAuth endpoints of service {service:?} are on fixed URLs, so `set-client` takes no --param"
+            )));
+        }
+        let mut given = BTreeMap::new();
+        for (k, v) in params {
+            let p = def.param(k).ok_or_else(|| unknown_param(&def))?;
+            if !hosts.contains(&p.name) {
+                return Err(ConnectionError::Invalid(format!(
+                    "param {:?} does not decide where the OAuth endpoints of service {service:?} are; --param takes only {}",
+                    p.name,
+                    hosts.join(", ")
+                )));
+            }
+            if p.secret {
+                return Err(ConnectionError::Invalid(format!(
+                    "param {:?} is a secret, and where a client is registered is shown; a client cannot be bound by it",
+                    p.name
+                )));
+            }
+            check_choice(p, v)?;
+            given.insert(p.name.clone(), v.clone());
+        }
+        crate::oauth::registration_origins(&def, &given, true).map_err(|e| match e {
+            crate::oauth::OriginsError::Missing(names) => ConnectionError::Invalid(format!(
+                "the OAuth endpoints of service {service:?} are on the host that param {} names, and the client is sent only there: add --param {}=VALUE, the value for the host the OAuth app is registered at",
+                names.join(", "),
+                names[0]
+            )),
+            crate::oauth::OriginsError::Invalid(message) => ConnectionError::Invalid(message),
+        })
+    }
+
+    /// Store a service's OAuth client registration (sealed), bound to where it is
+    /// registered: its id and secret are sent only to token and revocation endpoints on
+    /// the origins [`Self::client_registration_origins`] gives for `params`, which are
+    /// returned.
+    pub fn set_oauth_client_at(
+        &self,
+        service: &str,
+        config: &ClientConfig,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>, ConnectionError> {
+        let origins = self.client_registration_origins(service, params)?;
         if config.client_id.trim().is_empty() {
             return Err(ConnectionError::Invalid(
                 "the client id is empty; copy it from the OAuth app's settings at the provider"
@@ -773,22 +847,33 @@ impl Connections {
                 ConnectionError::Invalid(format!("redirect URL {url:?} is invalid: {e}"))
             })?;
         }
-        self.gateway.oauth.save_client(service, config)?;
-        tracing::info!(service, "OAuth client configured");
-        Ok(())
+        self.gateway.oauth.save_client(service, config, &origins)?;
+        tracing::info!(service, origins = %origins.join(", "), "OAuth client configured");
+        Ok(origins)
     }
 
-    /// The OAuth client id and the exact redirect URL to register at the provider.
+    /// The OAuth client id, the exact redirect URL to register at the provider and where
+    /// the client may be sent.
     pub fn oauth_client_summary(
         &self,
         service: &str,
-    ) -> Result<(Option<String>, String), ConnectionError> {
+    ) -> Result<OAuthClientSummary, ConnectionError> {
+        let def = self.catalog().require(service)?.def;
         let config = self.gateway.oauth.load_client(service)?;
-        let redirect = config
+        let origins = match self.gateway.oauth.client_origins(&def) {
+            Ok(origins) => origins,
+            Err(OAuthError::ClientUnbound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let callback_url = config
             .as_ref()
             .map(|c| c.effective_redirect_url())
             .unwrap_or_else(crate::oauth::client_default_redirect);
-        Ok((config.map(|c| c.client_id), redirect))
+        Ok(OAuthClientSummary {
+            client_id: config.map(|c| c.client_id),
+            callback_url,
+            origins,
+        })
     }
 
     /// Start authorizing an OAuth connection: the URL to open in a browser.

@@ -20,7 +20,8 @@ pub use catalog::{Catalog, CatalogEntry, ServiceSource};
 pub use credentials::{Credentials, Tokens};
 pub use gateway::{Gateway, build_client};
 pub use manager::{
-    ConnectOutcome, ConnectionView, Connections, ParamView, Revocation, VerifyOutcome,
+    ConnectOutcome, ConnectionView, Connections, OAuthClientSummary, ParamView, Revocation,
+    VerifyOutcome,
 };
 
 use serde::{Deserialize, Serialize};

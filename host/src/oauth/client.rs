@@ -1,7 +1,7 @@
-//! A service's OAuth client registration (sealed at rest) and the `oauth2` client built
-//! from it for one connection.
+//! A service's OAuth client registration (sealed at rest, bound to the origins it was
+//! registered for) and the `oauth2` client built from it for one connection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use oauth2::basic::BasicClient;
 use oauth2::{
@@ -9,17 +9,24 @@ use oauth2::{
     TokenUrl,
 };
 use serde::{Deserialize, Serialize};
+use url::Url;
 use zeroize::Zeroizing;
 
+use super::flow::url_params;
 use super::{OAuth, OAuthError};
 use crate::secrets::{SealError, Secret};
 use crate::services::{OAuth2Def, ServiceDef, TokenAuthMethod};
+use crate::storage::ConnectionRow;
 
 /// Where providers send the browser back to, unless a service's client config says
 /// otherwise. Register exactly this URL at the provider.
 pub const DEFAULT_REDIRECT_URL: &str = "http://127.0.0.1:8976/oauth/callback";
 /// Environment variable overriding [`DEFAULT_REDIRECT_URL`] for every service.
 pub const REDIRECT_URL_ENV: &str = "KEYHOLE_REDIRECT_URL";
+/// Most origins one client registration is bound to. Each combination of the `choices`
+/// of the params an endpoint's host is built from counts; past this, `set-client` asks
+/// for the values with `--param`.
+const MAX_CLIENT_ORIGINS: usize = 256;
 
 /// The `oauth2` client type used everywhere (endpoints loaded at runtime).
 pub(crate) type Client =
@@ -41,6 +48,215 @@ struct Stored {
     client_id: String,
     client_secret: Option<String>,
     redirect_url: Option<String>,
+    /// The origins (`scheme://host[:port]`) of the token and revocation endpoints the
+    /// client was registered for: its id and secret go nowhere else. Sealed with the
+    /// secret, so the binding cannot be changed without the master key. `None`: saved by
+    /// a keyhole from before the binding (see [`bound_origins`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origins: Option<Vec<String>>,
+}
+
+/// A stored registration with the origins it was saved for.
+struct Registration {
+    config: ClientConfig,
+    origins: Option<Vec<String>>,
+}
+
+/// Why the origins a registration is bound to cannot be worked out.
+#[derive(Debug)]
+pub(crate) enum OriginsError {
+    /// These params decide an endpoint's host and have neither a value, choices nor (where
+    /// defaults count) a default.
+    Missing(Vec<String>),
+    /// The definition or a value does not resolve (the message says why).
+    Invalid(String),
+}
+
+/// The names of the params that decide the host of `service`'s token or revocation
+/// endpoint (empty when those URLs are fixed by the definition).
+pub(crate) fn origin_params(service: &ServiceDef) -> Vec<String> {
+    let mut names = Vec::new();
+    for template in endpoint_templates(service) {
+        if let Ok((_, used)) = service.origin_template(template) {
+            for name in used {
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// The URLs a client's id and secret are sent to: the token endpoint and, if there is
+/// one, the revocation endpoint.
+fn endpoint_templates(service: &ServiceDef) -> impl Iterator<Item = &String> {
+    service
+        .oauth2
+        .iter()
+        .flat_map(|o| std::iter::once(&o.token_url).chain(&o.revocation_url))
+}
+
+/// The origins of `service`'s token and revocation endpoints for a registration made
+/// with `given` param values. A param that decides an endpoint's host and is not given
+/// takes each of its `choices` (the definition vouches for every one: a typo cannot
+/// pick a stranger's host), else, with `defaults`, its default. One with none of these
+/// is [`OriginsError::Missing`]: only the admin knows where the app is registered.
+pub(crate) fn registration_origins(
+    service: &ServiceDef,
+    given: &BTreeMap<String, String>,
+    defaults: bool,
+) -> Result<Vec<String>, OriginsError> {
+    let mut origins = BTreeSet::new();
+    let mut missing: Vec<String> = Vec::new();
+    for template in endpoint_templates(service) {
+        let (part, names) = service
+            .origin_template(template)
+            .map_err(|e| OriginsError::Invalid(e.to_string()))?;
+        let mut combinations = vec![BTreeMap::new()];
+        for name in names {
+            let values = match service.param(name) {
+                Some(p) if p.name == name => match given.get(name) {
+                    Some(v) => vec![v.clone()],
+                    None if !p.choices.is_empty() => p.choices.clone(),
+                    None => match (&p.default, defaults) {
+                        (Some(d), true) => vec![d.clone()],
+                        _ => {
+                            if !missing.iter().any(|m| m == name) {
+                                missing.push(name.to_string());
+                            }
+                            continue;
+                        }
+                    },
+                },
+                // `origin_template` only names placeholders, and a valid definition has a
+                // url param for each; resolving reports it otherwise.
+                _ => vec![String::new()],
+            };
+            combinations = combinations
+                .into_iter()
+                .flat_map(|c| {
+                    values.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.insert(name.to_string(), v.clone());
+                        c
+                    })
+                })
+                .collect();
+            if combinations.len() > MAX_CLIENT_ORIGINS {
+                return Err(OriginsError::Invalid(format!(
+                    "the OAuth endpoints of service {:?} can be on more than {MAX_CLIENT_ORIGINS} hosts; name the one the OAuth app is registered at with --param {name}=VALUE",
+                    service.name
+                )));
+            }
+        }
+        if !missing.is_empty() {
+            continue;
+        }
+        for params in combinations {
+            let url = service
+                .resolve_url(part, &params)
+                .map_err(|e| OriginsError::Invalid(e.to_string()))?;
+            origins.insert(url.origin().ascii_serialization());
+        }
+    }
+    if !missing.is_empty() {
+        return Err(OriginsError::Missing(missing));
+    }
+    Ok(origins.into_iter().collect())
+}
+
+/// Where a registration's id and secret may go. A registration saved with its origins
+/// is bound to those.
+///
+/// One saved by a keyhole from before the binding has none recorded. It is taken to be
+/// bound to what the service definition alone names: endpoints on fixed URLs (every
+/// service but those below: nothing changes for them), and, for a host param with
+/// `choices` (Zoho's `dc`, Salesforce's `login_host`), each choice. A host param without
+/// choices (GitLab's `host`) is not guessed, not even as its default: the app may be
+/// registered at a self-managed instance, and a connection left at the default would
+/// then hand that instance's secret to gitlab.com. Such a registration is refused until
+/// `set-client` saves it again with the host (there is no migration: the origins live
+/// inside the sealed blob, which only a holder of the master key can rewrite).
+fn bound_origins(
+    service: &ServiceDef,
+    recorded: Option<&[String]>,
+) -> Result<Vec<String>, OAuthError> {
+    if let Some(origins) = recorded {
+        return Ok(origins.to_vec());
+    }
+    registration_origins(service, &BTreeMap::new(), false).map_err(|e| match e {
+        OriginsError::Missing(params) => OAuthError::ClientUnbound {
+            service: service.name.clone(),
+            example: params[0].clone(),
+            params: params.join(", "),
+        },
+        OriginsError::Invalid(message) => OAuthError::Config(message),
+    })
+}
+
+/// Refuses `url` (where `endpoint`, the token or revocation endpoint, would send the
+/// client's id and secret) unless it is on one of the `bound` origins. `params` are the
+/// connection's url params, for the advice.
+fn check_bound(
+    service: &ServiceDef,
+    bound: &[String],
+    url: &Url,
+    endpoint: &'static str,
+    params: &BTreeMap<String, String>,
+) -> Result<(), OAuthError> {
+    let origin = url.origin().ascii_serialization();
+    if bound.contains(&origin) {
+        return Ok(());
+    }
+    let hosts = origin_params(service);
+    let next = if hosts.is_empty() {
+        // The definition moved the endpoint (`services edit`, or a preset changed).
+        format!(
+            "The service's {endpoint} endpoint moved since the client was saved; if the OAuth app is registered at {origin}, save the client again with `keyhole services set-client {} --client-id ID --client-secret-stdin`",
+            service.name
+        )
+    } else {
+        let values: Vec<String> = hosts
+            .iter()
+            .map(|name| {
+                let value = params
+                    .get(name)
+                    .or_else(|| service.param(name).and_then(|p| p.default.as_ref()))
+                    .map_or("VALUE", String::as_str);
+                format!("--param {name}={value}")
+            })
+            .collect();
+        format!(
+            "If the connection points at the wrong host, fix it with `keyhole connections edit NAME --param {}=VALUE`; if the OAuth app is registered at {origin}, save the client for that host with `keyhole services set-client {} {} --client-id ID --client-secret-stdin` (a service holds one client: for a second host, add a custom service)",
+            hosts[0],
+            service.name,
+            values.join(" ")
+        )
+    };
+    Err(OAuthError::ClientElsewhere {
+        service: service.name.clone(),
+        registered: bound.join(", "),
+        origin,
+        endpoint,
+        next,
+    })
+}
+
+/// The token endpoint of `service` with a connection's url params.
+pub(crate) fn token_endpoint(
+    service: &ServiceDef,
+    url_params: &BTreeMap<String, String>,
+) -> Result<Url, OAuthError> {
+    let def: &OAuth2Def = service.oauth2.as_ref().ok_or_else(|| {
+        OAuthError::Config(format!(
+            "service {:?} is not an OAuth service",
+            service.name
+        ))
+    })?;
+    service
+        .resolve_url(&def.token_url, url_params)
+        .map_err(|e| OAuthError::Config(e.to_string()))
 }
 
 impl Drop for Stored {
@@ -81,11 +297,13 @@ pub fn default_redirect_url() -> String {
 }
 
 impl OAuth {
-    /// Store (sealed) a service's client registration.
-    pub fn save_client(
+    /// Store (sealed) a service's client registration, bound to `origins` (see
+    /// [`registration_origins`]).
+    pub(crate) fn save_client(
         &self,
         service: &str,
         config: &ClientConfig,
+        origins: &[String],
     ) -> Result<(), crate::storage::StorageError> {
         let stored = Stored {
             client_id: config.client_id.clone(),
@@ -94,14 +312,58 @@ impl OAuth {
                 .as_ref()
                 .map(|s| s.expose().to_string()),
             redirect_url: config.redirect_url.clone(),
+            origins: Some(origins.to_vec()),
         };
         let json = Zeroizing::new(serde_json::to_vec(&stored).expect("client config serializes"));
         let blob = self.sealer.seal(&json, &context(service));
         self.storage.set_service_client(service, Some(&blob))
     }
 
-    /// A service's client registration, if set.
+    /// A service's client registration, if set. Whoever sends it checks first that the
+    /// endpoint is one it is bound to ([`Self::check_revocation_endpoint`]; `client_for`
+    /// checks the token endpoint).
     pub fn load_client(&self, service: &str) -> Result<Option<ClientConfig>, OAuthError> {
+        Ok(self.load_registration(service)?.map(|r| r.config))
+    }
+
+    /// Where `service`'s client may be sent (origins): `None` without a client; an error
+    /// for one saved before keyhole recorded where it is registered, when the service
+    /// definition alone does not say (see [`bound_origins`]).
+    pub fn client_origins(&self, service: &ServiceDef) -> Result<Option<Vec<String>>, OAuthError> {
+        match self.load_registration(&service.name)? {
+            Some(r) => bound_origins(service, r.origins.as_deref()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Refuses to revoke `row`'s tokens when that would send its service's client to a
+    /// revocation endpoint on an origin the client is not bound to. Nothing to check (no
+    /// revocation endpoint, no client, a URL that does not resolve) is no refusal: then
+    /// nothing is sent.
+    pub(crate) fn check_revocation_endpoint(
+        &self,
+        service: &ServiceDef,
+        row: &ConnectionRow,
+    ) -> Result<(), OAuthError> {
+        let Some(template) = service
+            .oauth2
+            .as_ref()
+            .and_then(|o| o.revocation_url.as_ref())
+        else {
+            return Ok(());
+        };
+        let Some(registration) = self.load_registration(&service.name)? else {
+            return Ok(());
+        };
+        let params = url_params(service, row);
+        let Ok(url) = service.resolve_url(template, &params) else {
+            return Ok(());
+        };
+        let bound = bound_origins(service, registration.origins.as_deref())?;
+        check_bound(service, &bound, &url, "revocation", &params)
+    }
+
+    fn load_registration(&self, service: &str) -> Result<Option<Registration>, OAuthError> {
         let row = self
             .storage
             .get_service(service)
@@ -115,14 +377,19 @@ impl OAuth {
             .map_err(|e: SealError| OAuthError::Config(e.to_string()))?;
         let mut stored: Stored = serde_json::from_slice(&json)
             .map_err(|_| OAuthError::Config("stored client config is malformed".into()))?;
-        Ok(Some(ClientConfig {
-            client_id: std::mem::take(&mut stored.client_id),
-            client_secret: stored.client_secret.take().map(Secret::new),
-            redirect_url: stored.redirect_url.take(),
+        Ok(Some(Registration {
+            config: ClientConfig {
+                client_id: std::mem::take(&mut stored.client_id),
+                client_secret: stored.client_secret.take().map(Secret::new),
+                redirect_url: stored.redirect_url.take(),
+            },
+            origins: stored.origins.take(),
         }))
     }
 
-    /// The `oauth2` client for `service` with this connection's URL params.
+    /// The `oauth2` client for `service` with this connection's URL params. Refused when
+    /// the token endpoint is not on an origin the client is bound to: the client secret
+    /// (and the code or refresh token) would go to a host it was not registered at.
     pub(crate) fn client_for(
         &self,
         service: &ServiceDef,
@@ -134,12 +401,13 @@ impl OAuth {
                 service.name
             ))
         })?;
-        let config = self
-            .load_client(&service.name)?
+        let registration = self
+            .load_registration(&service.name)?
             .ok_or_else(|| OAuthError::NoClient(service.name.clone()))?;
-        let token_url = service
-            .resolve_url(&def.token_url, url_params)
-            .map_err(|e| OAuthError::Config(e.to_string()))?;
+        let token_url = token_endpoint(service, url_params)?;
+        let bound = bound_origins(service, registration.origins.as_deref())?;
+        check_bound(service, &bound, &token_url, "token", url_params)?;
+        let config = registration.config;
         let auth_url = match &def.authorize_url {
             Some(u) => Some(
                 service
@@ -168,5 +436,127 @@ impl OAuth {
             TokenAuthMethod::Body => "body",
         };
         Ok((client, config, method))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::secrets::{MasterKey, Sealer};
+    use crate::services::find_preset;
+    use crate::storage::Storage;
+
+    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn oauth() -> (tempfile::TempDir, OAuth) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(&dir.path().join("db")).unwrap());
+        let sealer = Arc::new(Sealer::new(&MasterKey::from_bytes([3; 32])));
+        (dir, OAuth::new(storage, sealer))
+    }
+
+    fn refusal(o: &OAuth, service: &ServiceDef, pairs: &[(&str, &str)]) -> Option<String> {
+        o.client_for(service, &params(pairs))
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_registration_is_bound_to_where_its_endpoints_are() {
+        let of = |name: &str, pairs: &[(&str, &str)], defaults: bool| {
+            registration_origins(find_preset(name).unwrap(), &params(pairs), defaults)
+        };
+        // Fixed URLs, or a param only in the path: the definition says where.
+        assert_eq!(of("github", &[], false).unwrap(), ["https://github.com"]);
+        assert_eq!(
+            of("microsoft", &[], false).unwrap(),
+            ["https://login.microsoftonline.com"]
+        );
+        // A free host: the given one, else (for set-client) the default.
+        assert_eq!(of("gitlab", &[], true).unwrap(), ["https://gitlab.com"]);
+        assert_eq!(
+            of("gitlab", &[("host", "gitlab.example.com")], true).unwrap(),
+            ["https://gitlab.example.com"]
+        );
+        assert!(matches!(of("gitlab", &[], false), Err(OriginsError::Missing(p)) if p == ["host"]));
+        assert!(matches!(
+            of("gitlab", &[("host", "a:1")], true),
+            Err(OriginsError::Invalid(_))
+        ));
+        // A host from a list of choices: each of them, unless one is given.
+        assert_eq!(
+            of("salesforce", &[], false).unwrap(),
+            [
+                "https://login.salesforce.com",
+                "https://test.salesforce.com"
+            ]
+        );
+        assert_eq!(of("zoho", &[], false).unwrap().len(), 7);
+        assert_eq!(
+            of("zoho", &[("dc", "eu")], true).unwrap(),
+            ["https://accounts.zoho.eu"]
+        );
+    }
+
+    #[test]
+    fn a_client_goes_only_to_the_origins_it_was_saved_for() {
+        let (_dir, o) = oauth();
+        let gitlab = find_preset("gitlab").unwrap();
+        let config = ClientConfig {
+            client_id: "id".into(),
+            client_secret: Some(Secret::new("kh-unit-client-secret")),
+            redirect_url: None,
+        };
+        o.save_client("gitlab", &config, &["https://gitlab.com".into()])
+            .unwrap();
+        assert_eq!(refusal(&o, gitlab, &[]), None);
+        assert_eq!(refusal(&o, gitlab, &[("host", "gitlab.com")]), None);
+        let e = refusal(&o, gitlab, &[("host", "gitlab.example.com")]).unwrap();
+        assert!(
+            e.contains("registered for https://gitlab.com, not for https://gitlab.example.com")
+                && e.contains("set-client gitlab --param host=gitlab.example.com"),
+            "{e}"
+        );
+        assert!(!e.contains("kh-unit-client-secret"), "{e}");
+        assert_eq!(
+            o.client_origins(gitlab).unwrap().unwrap(),
+            ["https://gitlab.com"]
+        );
+    }
+
+    /// A client stored by a keyhole from before the binding (no origins in its blob).
+    #[test]
+    fn a_client_saved_before_the_binding_goes_only_where_the_definition_says() {
+        let (_dir, o) = oauth();
+        let legacy =
+            br#"{"client_id":"id","client_secret":"kh-unit-legacy-secret","redirect_url":null}"#;
+        for name in ["gitlab", "github", "zoho"] {
+            let blob = o.sealer.seal(legacy, &context(name));
+            o.storage.set_service_client(name, Some(&blob)).unwrap();
+        }
+        let gitlab = find_preset("gitlab").unwrap();
+        for host in ["gitlab.com", "gitlab.example.com"] {
+            let e = refusal(&o, gitlab, &[("host", host)]).unwrap();
+            assert!(
+                e.contains("older keyhole") && e.contains("--param host=HOST"),
+                "{e}"
+            );
+            assert!(!e.contains("kh-unit-legacy-secret"), "{e}");
+        }
+        assert!(matches!(
+            o.client_origins(gitlab),
+            Err(OAuthError::ClientUnbound { .. })
+        ));
+        assert_eq!(refusal(&o, find_preset("github").unwrap(), &[]), None);
+        let zoho = find_preset("zoho").unwrap();
+        assert_eq!(refusal(&o, zoho, &[("dc", "eu")]), None);
+        assert_eq!(o.client_origins(zoho).unwrap().unwrap().len(), 7);
     }
 }

@@ -11,6 +11,7 @@ use oauth2::{
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::client::token_endpoint;
 use super::{ClientConfig, OAuth, OAuthError, STATE_TTL, TokenInfo};
 use crate::connections::redact::Redactor;
 use crate::connections::{Credentials, Status, Tokens};
@@ -29,8 +30,9 @@ pub struct PendingAuthorization {
     pub expires_at: i64,
 }
 
-/// A consumed authorization state: whose it was, its PKCE verifier, and the redirect URL
-/// the authorization request carried. (oauth2's verifier prints as `[redacted]`.)
+/// A consumed authorization state: whose it was, its PKCE verifier, the redirect URL the
+/// authorization request carried and the token endpoint it was started for. (oauth2's
+/// verifier prints as `[redacted]`.)
 #[derive(Debug)]
 pub struct TakenState {
     /// The connection being authorized.
@@ -40,6 +42,9 @@ pub struct TakenState {
     pub verifier: Option<PkceCodeVerifier>,
     /// The `redirect_uri` sent with the authorization request.
     pub redirect_url: String,
+    /// The token endpoint the code was to be exchanged at when the authorization started
+    /// (`None`: started by a keyhole that did not record it).
+    pub token_url: Option<String>,
 }
 
 fn state_hash(state: &str) -> String {
@@ -197,7 +202,9 @@ impl OAuth {
                 service.name
             )));
         }
-        let (client, config, _) = self.client_for(service, &url_params(service, row))?;
+        let params = url_params(service, row);
+        let (client, config, _) = self.client_for(service, &params)?;
+        let token_url = token_endpoint(service, &params)?;
         let redirect_url = config.effective_redirect_url();
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = client.authorize_url(CsrfToken::new_random).map_err(|e| {
@@ -234,6 +241,7 @@ impl OAuth {
                     connection: row.name.clone(),
                     sealed_verifier,
                     redirect_url: redirect_url.clone(),
+                    token_url: Some(token_url.to_string()),
                     expires_at,
                 },
             )
@@ -286,12 +294,17 @@ impl OAuth {
             connection: pending.connection,
             verifier: (!verifier.is_empty()).then(|| PkceCodeVerifier::new(verifier)),
             redirect_url: pending.redirect_url,
+            token_url: pending.token_url,
         })
     }
 
     /// Exchange an authorization code and store the tokens; the connection becomes
     /// `connected`. The token request repeats the `redirect_uri` the authorization request
     /// carried (RFC 6749 §4.1.3), even if the configured one changed meanwhile.
+    ///
+    /// It goes only to the token endpoint the authorization was started for: if an edit
+    /// of the connection (its params) or of its service moved the endpoint while the
+    /// browser was out, the code, the verifier and the client secret are not sent.
     pub async fn exchange(
         &self,
         service: &ServiceDef,
@@ -303,7 +316,23 @@ impl OAuth {
             .oauth2
             .as_ref()
             .ok_or_else(|| OAuthError::Config("not an OAuth service".into()))?;
-        let (client, config, _) = self.client_for(service, &url_params(service, row))?;
+        let params = url_params(service, row);
+        let now = token_endpoint(service, &params)?;
+        match taken.token_url.as_deref() {
+            Some(then) if then == now.as_str() => {}
+            Some(then) => {
+                return Err(OAuthError::BadState(format!(
+                    "the token endpoint of connection {:?} changed after this authorization started (from {then} to {now}), so its code was not sent anywhere",
+                    row.name
+                )));
+            }
+            None => {
+                return Err(OAuthError::BadState(
+                    "the authorization was started by an older keyhole, which did not record its token endpoint, so its code was not sent anywhere".into(),
+                ));
+            }
+        }
+        let (client, config, _) = self.client_for(service, &params)?;
         let redirect = RedirectUrl::new(taken.redirect_url.clone()).map_err(|e| {
             OAuthError::Config(format!("redirect URL {:?}: {e}", taken.redirect_url))
         })?;
@@ -449,6 +478,7 @@ mod tests {
             connection: "c".into(),
             sealed_verifier: o.sealer.seal(b"verifier", &verifier_context("c")),
             redirect_url: "http://127.0.0.1:1/cb".into(),
+            token_url: Some("http://127.0.0.1:1/token".into()),
             expires_at,
         }
     }
@@ -492,9 +522,15 @@ mod tests {
             (
                 taken.connection.as_str(),
                 taken.verifier.as_ref().map(|v| v.secret().as_str()),
-                taken.redirect_url.as_str()
+                taken.redirect_url.as_str(),
+                taken.token_url.as_deref()
             ),
-            ("c", Some("verifier"), "http://127.0.0.1:1/cb")
+            (
+                "c",
+                Some("verifier"),
+                "http://127.0.0.1:1/cb",
+                Some("http://127.0.0.1:1/token")
+            )
         );
         assert!(o.take_state("s2", Some("c")).is_err(), "state reused");
 

@@ -16,6 +16,7 @@ pub use client::{
     ClientConfig, DEFAULT_REDIRECT_URL, REDIRECT_URL_ENV,
     default_redirect_url as client_default_redirect,
 };
+pub(crate) use client::{OriginsError, origin_params, registration_origins};
 pub(crate) use flow::url_params;
 pub use flow::{PendingAuthorization, TakenState};
 pub use revoke::{ProviderRevocation, RevocationOutcome};
@@ -47,6 +48,36 @@ pub enum OAuthError {
         "service {0:?} has no OAuth client configured; register keyhole's callback URL at the provider, then run `keyhole services set-client {0} --client-id ID --client-secret-stdin`"
     )]
     NoClient(String),
+    /// The token or revocation endpoint a connection would send the service's client to
+    /// is on an origin the client is not registered for.
+    #[error(
+        "the OAuth client of service {service:?} is registered for {registered}, not for {origin}, where this connection's {endpoint} endpoint is, so its id and secret were not sent there. {next}"
+    )]
+    ClientElsewhere {
+        /// Service name.
+        service: String,
+        /// The origins the client is bound to, joined.
+        registered: String,
+        /// The endpoint's origin.
+        origin: String,
+        /// `token` or `revocation`.
+        endpoint: &'static str,
+        /// What to do about it.
+        next: String,
+    },
+    /// The client was saved before keyhole recorded where it is registered, and the
+    /// service's endpoints are on a host a param names, so keyhole cannot tell.
+    #[error(
+        "the OAuth client of service {service:?} was saved by an older keyhole, which did not record the host it is registered at, and this service's OAuth endpoints are on the host that param {params} names, so nothing was sent. Save it again with `keyhole services set-client {service} --param {example}=HOST --client-id ID --client-secret-stdin`, HOST being where the OAuth app is registered"
+    )]
+    ClientUnbound {
+        /// Service name.
+        service: String,
+        /// The params the host is built from, joined.
+        params: String,
+        /// The first of them, for the example.
+        example: String,
+    },
     /// The callback's state is unknown, reused, expired or for another connection.
     #[error("{0}; start again with `keyhole connections connect`")]
     BadState(String),
@@ -110,6 +141,8 @@ pub struct OAuth {
     backoff: Mutex<HashMap<String, (Instant, Duration)>>,
     /// When a 401 last forced a refresh, per connection.
     forced: Mutex<HashMap<String, Instant>>,
+    /// Token refreshes under way, each a task of its own (see [`OAuth::refreshes_settled`]).
+    refreshes: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for OAuth {
@@ -136,7 +169,25 @@ impl OAuth {
             http,
             backoff: Mutex::new(HashMap::new()),
             forced: Mutex::new(HashMap::new()),
+            refreshes: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Wait, for at most `limit`, until the token refreshes under way have finished. A
+    /// refresh outlives the invocation that started it (so that a rotated refresh token
+    /// the provider has already issued is stored, not lost); a process about to exit calls
+    /// this so that exiting does not cut one off either.
+    pub async fn refreshes_settled(&self, limit: Duration) {
+        self.refreshes.close();
+        if tokio::time::timeout(limit, self.refreshes.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "a token refresh was still waiting for its provider at exit; if the provider rotates refresh tokens, its connection may need re-authorization"
+            );
+        }
+        self.refreshes.reopen();
     }
 
     fn backoff_until(&self, connection: &str) -> Option<Instant> {

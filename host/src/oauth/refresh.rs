@@ -5,7 +5,7 @@
 //! after transient failures (no refresh storms).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use oauth2::RefreshToken;
 use zeroize::Zeroizing;
@@ -15,11 +15,14 @@ use super::{OAuth, REFRESH_SKEW, TokenInfo};
 use crate::connections::gateway::Loaded;
 use crate::connections::{Credentials, SendError, Status};
 use crate::services::GrantType;
-use crate::storage::now_ms;
+use crate::storage::{StorageError, now_ms};
 
 /// What a guest is told when the token cannot be refreshed for now. The provider's own
 /// answer goes to the connection's status (scrubbed), not to guests.
 const REFRESH_FAILING: &str = "the connection's access token could not be refreshed (the provider's token endpoint is failing); keyhole retries after a backoff";
+
+/// How long a refresh keeps trying to store its answer before giving up on it.
+const STORE_PATIENCE: Duration = Duration::from_secs(30);
 
 fn needs_refresh(loaded: &Loaded) -> bool {
     match loaded.creds.tokens.as_ref().and_then(|t| t.expires_at) {
@@ -48,7 +51,7 @@ impl OAuth {
     /// refresh token, a 401 on a token that has not expired goes back to the guest too: it
     /// does not prove the grant dead, and any granted guest could provoke one.
     pub(crate) async fn ensure_fresh(
-        &self,
+        self: &Arc<Self>,
         loaded: &mut Loaded,
         force: bool,
     ) -> Result<bool, SendError> {
@@ -58,6 +61,34 @@ impl OAuth {
         if !force && !needs_refresh(loaded) {
             return Ok(false);
         }
+        // The rest runs as a task of its own, awaited here. The caller can be cancelled at
+        // any await (an invocation's timeout, a client that hung up), and a refresh the
+        // provider has answered must be stored all the same: the provider may have
+        // rotated the refresh token, and the old one, presented again, reads as reuse
+        // (`invalid_grant`; with reuse detection the whole grant is revoked). The task
+        // holds the refresh turn until it has stored the answer, whoever still waits.
+        let this = Arc::clone(self);
+        let mut owned = loaded.clone();
+        let task = self.refreshes.spawn(async move {
+            let answer = this.refresh_if_still_needed(&mut owned, force).await;
+            (owned, answer)
+        });
+        match task.await {
+            Ok((owned, answer)) => {
+                *loaded = owned;
+                answer
+            }
+            Err(e) => Err(host_fault(&e)),
+        }
+    }
+
+    /// [`OAuth::ensure_fresh`]'s work once a refresh looks due: take the connection's
+    /// turn, look again, and refresh if nobody else did.
+    async fn refresh_if_still_needed(
+        &self,
+        loaded: &mut Loaded,
+        force: bool,
+    ) -> Result<bool, SendError> {
         let name = loaded.row.name.clone();
         if let Some(answer) = self.backed_off(loaded, force) {
             return answer;
@@ -230,16 +261,14 @@ impl OAuth {
                     .then_some(loaded.row.status_reason.as_deref())
                     .flatten();
                 let swapped = self
-                    .storage
-                    .swap_credentials(
+                    .store_refreshed(
                         &name,
                         loaded.row.generation,
-                        Some(&sealed),
-                        Status::Connected.as_str(),
+                        &sealed,
                         reason,
                         &new_info.to_json(),
-                        false,
                     )
+                    .await
                     .map_err(|e| host_fault(&e))?;
                 match swapped {
                     Some(generation) => {
@@ -288,7 +317,13 @@ impl OAuth {
                 let wait = self.note_failure(&name);
                 tracing::warn!(connection = %name, %reason, retry_in_s = wait.as_secs(), "token refresh failed transiently");
                 info.last_refresh_outcome = Some(format!("transient: {reason}"));
-                if let Err(e) = self.storage.set_token_info(&name, &info.to_json()) {
+                // Only onto the grant this refresh was for: a re-authorization meanwhile
+                // has facts of its own.
+                let generation = loaded.row.generation;
+                if let Err(e) = self
+                    .storage
+                    .set_token_info(&name, generation, &info.to_json())
+                {
                     tracing::warn!(error = %e, "could not record the refresh outcome");
                 }
                 // After a 401 the current token is known bad; otherwise it may still serve.
@@ -298,6 +333,45 @@ impl OAuth {
                 } else {
                     Ok(false)
                 }
+            }
+        }
+    }
+
+    /// Store the tokens a refresh brought, trying again for up to [`STORE_PATIENCE`] when
+    /// the database refuses (another process's lock held past the busy timeout, a full
+    /// disk): if the provider rotated the refresh token, these are its only copy, and the
+    /// turn held meanwhile keeps anyone from presenting the old one.
+    async fn store_refreshed(
+        &self,
+        name: &str,
+        generation: i64,
+        sealed: &[u8],
+        reason: Option<&str>,
+        token_info: &serde_json::Value,
+    ) -> Result<Option<i64>, StorageError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let stored = self.storage.swap_credentials(
+                name,
+                generation,
+                Some(sealed),
+                Status::Connected.as_str(),
+                reason,
+                token_info,
+                false,
+            );
+            match stored {
+                Err(e) if started.elapsed() < STORE_PATIENCE => {
+                    tracing::warn!(connection = %name, error = %e, "could not store the refreshed tokens yet; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(connection = %name, error = %e, "could not store the refreshed tokens; if the provider rotated the refresh token, the connection will need re-authorization");
+                    return Err(e);
+                }
+                Ok(generation) => return Ok(generation),
             }
         }
     }

@@ -17,6 +17,10 @@ use crate::storage::ConnectionRow;
 pub enum RevocationOutcome {
     /// The provider confirmed it (RFC 7009: 200).
     Revoked,
+    /// The provider answered that the token was no longer valid (400 `invalid_token`, as
+    /// Google answers for a token already expired or revoked, where RFC 7009 would say
+    /// 200): nothing is left to revoke.
+    AlreadyInvalid,
     /// Nothing to do or no way to do it: no tokens held, no revocation endpoint.
     NotSupported,
     /// The provider refused or could not be reached: the grant may still be live there.
@@ -50,13 +54,21 @@ impl OAuth {
         row: &ConnectionRow,
         creds: &Credentials,
     ) -> Vec<ProviderRevocation> {
-        use RevocationOutcome::{Failed, NotSupported, Revoked};
+        use RevocationOutcome::{AlreadyInvalid, Failed, NotSupported, Revoked};
         let Some(def) = &service.oauth2 else {
             return vec![];
         };
         let Some(tokens) = &creds.tokens else {
             return vec![ProviderRevocation::new(NotSupported, "no tokens were held")];
         };
+        // The client's id and secret go with the tokens: only to a revocation endpoint on
+        // an origin the client is registered for.
+        if let Err(e) = self.check_revocation_endpoint(service, row) {
+            return vec![ProviderRevocation::new(
+                Failed,
+                format!("{e}; the tokens were wiped here only"),
+            )];
+        }
         let Some(template) = &def.revocation_url else {
             return vec![ProviderRevocation::new(
                 NotSupported,
@@ -138,11 +150,22 @@ impl OAuth {
                     let status = r.status().as_u16();
                     // Scrub before cutting, so a cut cannot leave part of a token behind.
                     let body = redactor.scrub(&r.text().await.unwrap_or_default());
-                    let body: String = body.trim().chars().take(200).collect();
-                    ProviderRevocation::new(
-                        Failed,
-                        format!("{label}: the provider answered {status}: {body}"),
-                    )
+                    if status == 400 && names_invalid_token(&body) {
+                        // Revoking the refresh token first usually ends its access token
+                        // too, and a provider like Google then refuses the second request.
+                        ProviderRevocation::new(
+                            AlreadyInvalid,
+                            format!(
+                                "{label}: already expired or revoked at the provider (400 invalid_token)"
+                            ),
+                        )
+                    } else {
+                        let body: String = body.trim().chars().take(200).collect();
+                        ProviderRevocation::new(
+                            Failed,
+                            format!("{label}: the provider answered {status}: {body}"),
+                        )
+                    }
                 }
                 Err(e) => ProviderRevocation::new(
                     Failed,
@@ -156,4 +179,10 @@ impl OAuth {
         }
         outcomes
     }
+}
+
+/// Whether a revocation endpoint's error body is an OAuth error naming `invalid_token`.
+fn names_invalid_token(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body)
+        .is_ok_and(|v| v["error"].as_str() == Some("invalid_token"))
 }

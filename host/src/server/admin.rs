@@ -288,8 +288,8 @@ pub async fn list_services(_: Admin, State(s): State<AppState>) -> ApiResult {
     Ok(Json(Value::Array(list.iter().map(entry_json).collect())))
 }
 
-/// `GET /v1/services/{name}`: the definition, plus the OAuth client id and callback URL
-/// for OAuth services (never the client secret).
+/// `GET /v1/services/{name}`: the definition, plus the OAuth client id, callback URL and
+/// the origins the client is sent to for OAuth services (never the client secret).
 pub async fn show_service(
     _: Admin,
     State(s): State<AppState>,
@@ -299,9 +299,10 @@ pub async fn show_service(
     let entry = connections.catalog().require(&name)?;
     let mut v = entry_json(&entry);
     if entry.def.oauth2.is_some() {
-        let (client_id, callback) = connections.oauth_client_summary(&name)?;
-        v["oauth_client_id"] = json!(client_id);
-        v["callback_url"] = json!(callback);
+        let summary = connections.oauth_client_summary(&name)?;
+        v["oauth_client_id"] = json!(summary.client_id);
+        v["callback_url"] = json!(summary.callback_url);
+        v["oauth_client_origins"] = json!(summary.origins);
     }
     Ok(Json(v))
 }

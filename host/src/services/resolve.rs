@@ -177,6 +177,37 @@ impl ServiceDef {
         self.resolve_field("url", template, url_params)
     }
 
+    /// The part of one of the service's URL templates that decides its origin (scheme,
+    /// host and port), and the params used in that part, each once.
+    ///
+    /// A value inside a URL holds only letters, digits, '.', '_' and '-', so no value can
+    /// end the host early or add one: the origin is decided by the text before the first
+    /// '/', '?' or '#' after "://". A template that is one placeholder is a whole URL,
+    /// decided by that param.
+    pub fn origin_template<'a>(
+        &self,
+        template: &'a str,
+    ) -> Result<(&'a str, Vec<&'a str>), ServiceError> {
+        let part = match template.find("://") {
+            Some(at) => {
+                let authority = at + "://".len();
+                let end = template[authority..]
+                    .find(['/', '?', '#'])
+                    .map_or(template.len(), |i| authority + i);
+                &template[..end]
+            }
+            None => template,
+        };
+        let segments = template::parse(part).map_err(|e| self.invalid("url", e))?;
+        let mut names: Vec<&str> = Vec::new();
+        for name in template::params(&segments) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        Ok((part, names))
+    }
+
     fn resolve_field(
         &self,
         field: &str,
@@ -482,5 +513,38 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("outside allowed_origins"), "{err}");
         assert!(!err.to_string().contains("SECRET"), "secret leaked: {err}");
+    }
+
+    #[test]
+    fn the_origin_of_a_template_is_decided_by_its_authority() {
+        let gitlab = find_preset("gitlab").unwrap();
+        let ms = find_preset("microsoft").unwrap();
+        for (def, template, part, names) in [
+            (
+                &gitlab,
+                "https://{host}/oauth/token",
+                "https://{host}",
+                vec!["host"],
+            ),
+            (
+                &ms,
+                "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
+                "https://login.microsoftonline.com",
+                vec![],
+            ),
+            (
+                &gitlab,
+                "https://{host}.{host}:8443?x={host}",
+                "https://{host}.{host}:8443",
+                vec!["host"],
+            ),
+            (&gitlab, "{host}", "{host}", vec!["host"]),
+        ] {
+            assert_eq!(
+                def.origin_template(template).unwrap(),
+                (part, names),
+                "{template}"
+            );
+        }
     }
 }

@@ -494,18 +494,22 @@ impl Storage {
         Ok(n > 0)
     }
 
-    /// Replace the non-secret token facts without touching credentials or generation.
+    /// Replace the non-secret token facts without touching credentials or generation,
+    /// only while the credentials are still those of `generation`: facts about a grant
+    /// must not land on the one a re-authorization stored meanwhile. Returns whether
+    /// they were written.
     pub fn set_token_info(
         &self,
         name: &str,
+        generation: i64,
         token_info: &serde_json::Value,
-    ) -> Result<(), StorageError> {
+    ) -> Result<bool, StorageError> {
         self.lock()?
             .execute_cached(
-                "UPDATE connections SET token_info = ?2 WHERE name = ?1",
-                params![name, json(token_info)?],
+                "UPDATE connections SET token_info = ?3 WHERE name = ?1 AND generation = ?2",
+                params![name, generation, json(token_info)?],
             )
-            .map(drop)
+            .map(|n| n > 0)
             .map_err(|e| self.err(e))
     }
 
@@ -630,6 +634,23 @@ mod tests {
         let row = s.get_connection("jira").unwrap().unwrap();
         assert_eq!(row.params["site"], "a");
         assert_eq!(row.sealed.as_deref(), Some(&b"creds-a"[..]));
+    }
+
+    #[test]
+    fn token_facts_land_only_on_the_grant_they_are_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(&dir.path().join("db")).unwrap();
+        s.insert_connection(&connection("gh")).unwrap();
+        let info = |n: i64| serde_json::json!({ "last_refresh_outcome": n.to_string() });
+        assert!(s.set_token_info("gh", 0, &info(0)).unwrap());
+        // A re-authorization stores new credentials (generation 1) meanwhile.
+        let stored = s
+            .swap_credentials("gh", 0, Some(b"new"), "connected", None, &info(1), true)
+            .unwrap();
+        assert_eq!(stored, Some(1));
+        assert!(!s.set_token_info("gh", 0, &info(0)).unwrap());
+        let row = s.get_connection("gh").unwrap().unwrap();
+        assert_eq!(row.token_info, info(1));
     }
 
     #[test]

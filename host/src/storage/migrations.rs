@@ -206,6 +206,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE schedules ADD COLUMN running_until INTEGER;
     "#,
+    // 13: the token endpoint a pending authorization was started for: its callback
+    // sends the code and the client secret there only. Rows from before (at most 10
+    // minutes old) have none, and their callbacks are refused.
+    r#"
+    ALTER TABLE oauth_states ADD COLUMN token_url TEXT;
+    "#,
 ];
 
 /// Bring the schema up to date.

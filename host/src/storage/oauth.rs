@@ -13,6 +13,9 @@ pub struct PendingState {
     pub sealed_verifier: Vec<u8>,
     /// Redirect URL used in the authorization request (must be repeated at the token endpoint).
     pub redirect_url: String,
+    /// The token endpoint the code is to be exchanged at (`None` in rows written before
+    /// migration 13).
+    pub token_url: Option<String>,
     /// Unix ms.
     pub expires_at: i64,
 }
@@ -33,8 +36,8 @@ impl Storage {
         )
         .map_err(|e| self.err(e))?;
         tx.execute_cached(
-            "INSERT INTO oauth_states (state_hash, connection, sealed_verifier, redirect_url, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![state_hash, p.connection, p.sealed_verifier, p.redirect_url, now_ms(), p.expires_at],
+            "INSERT INTO oauth_states (state_hash, connection, sealed_verifier, redirect_url, created_at, expires_at, token_url) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![state_hash, p.connection, p.sealed_verifier, p.redirect_url, now_ms(), p.expires_at, p.token_url],
         )
         .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
@@ -47,9 +50,9 @@ impl Storage {
         let tx = write_tx(&mut conn).map_err(|e| self.err(e))?;
         let row = tx
             .query_row_cached(
-                "SELECT connection, sealed_verifier, redirect_url, expires_at FROM oauth_states WHERE state_hash = ?1",
+                "SELECT connection, sealed_verifier, redirect_url, expires_at, token_url FROM oauth_states WHERE state_hash = ?1",
                 params![state_hash],
-                |r| Ok(PendingState { connection: r.get(0)?, sealed_verifier: r.get(1)?, redirect_url: r.get(2)?, expires_at: r.get(3)? }),
+                |r| Ok(PendingState { connection: r.get(0)?, sealed_verifier: r.get(1)?, redirect_url: r.get(2)?, expires_at: r.get(3)?, token_url: r.get(4)? }),
             )
             .optional()
             .map_err(|e| self.err(e))?;

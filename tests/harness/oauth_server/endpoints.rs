@@ -449,41 +449,48 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
         Ok(params) => params,
         Err(err) => return err.into_response(),
     };
-    let mut store = shared.store.lock().unwrap();
-    let client_id = match authenticate_client(&store, &headers, &params) {
-        Ok(id) => id,
-        Err(err) => return err.into_response(),
+    let (result, answer_delay) = {
+        let mut store = shared.store.lock().unwrap();
+        let client_id = match authenticate_client(&store, &headers, &params) {
+            Ok(id) => id,
+            Err(err) => return err.into_response(),
+        };
+        let result = match params.get("grant_type") {
+            None => Err(OAuthError::invalid_request("missing grant_type")),
+            Some("authorization_code") => match params.get("code") {
+                None => Err(OAuthError::invalid_request("missing code")),
+                Some(code) => store.exchange_code(
+                    &client_id,
+                    code,
+                    params.get("redirect_uri"),
+                    params.get("code_verifier"),
+                ),
+            },
+            Some("refresh_token") => match params.get("refresh_token") {
+                None => Err(OAuthError::invalid_request("missing refresh_token")),
+                Some(rt) => {
+                    let omit_scope = store.knobs.omit_scope_on_refresh;
+                    store
+                        .refresh(&client_id, rt, params.get("scope"))
+                        .map(|mut issued| {
+                            if omit_scope {
+                                issued.scope.clear();
+                            }
+                            issued
+                        })
+                }
+            },
+            Some("client_credentials") => store.client_credentials(&client_id, params.get("scope")),
+            Some(other) => Err(OAuthError::unsupported_grant_type(format!(
+                "grant_type {other} is not supported"
+            ))),
+        };
+        let answer_delay = store.knobs.token_answer_delay;
+        (result, answer_delay)
     };
-    let result = match params.get("grant_type") {
-        None => Err(OAuthError::invalid_request("missing grant_type")),
-        Some("authorization_code") => match params.get("code") {
-            None => Err(OAuthError::invalid_request("missing code")),
-            Some(code) => store.exchange_code(
-                &client_id,
-                code,
-                params.get("redirect_uri"),
-                params.get("code_verifier"),
-            ),
-        },
-        Some("refresh_token") => match params.get("refresh_token") {
-            None => Err(OAuthError::invalid_request("missing refresh_token")),
-            Some(rt) => {
-                let omit_scope = store.knobs.omit_scope_on_refresh;
-                store
-                    .refresh(&client_id, rt, params.get("scope"))
-                    .map(|mut issued| {
-                        if omit_scope {
-                            issued.scope.clear();
-                        }
-                        issued
-                    })
-            }
-        },
-        Some("client_credentials") => store.client_credentials(&client_id, params.get("scope")),
-        Some(other) => Err(OAuthError::unsupported_grant_type(format!(
-            "grant_type {other} is not supported"
-        ))),
-    };
+    if !answer_delay.is_zero() {
+        tokio::time::sleep(answer_delay).await;
+    }
     match result {
         Ok(issued) => token_response(issued),
         Err(err) if errors_with_200 => {
@@ -521,6 +528,13 @@ async fn revoke(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     let Some(token) = params.get("token") else {
         return OAuthError::invalid_request("missing token").into_response();
     };
+    if store.knobs.invalid_token_on_dead_revocation && !store.is_token_active(token) {
+        let body = json!({
+            "error": "invalid_token",
+            "error_description": "Token expired or revoked",
+        });
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
     match store.revoke(&client_id, token, params.get("token_type_hint")) {
         Ok(()) => StatusCode::OK.into_response(),
         Err(err) => err.into_response(),

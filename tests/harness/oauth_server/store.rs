@@ -147,6 +147,12 @@ pub(crate) struct Knobs {
     /// The error code `reject_next_refreshes` answers with.
     pub refresh_refusal: &'static str,
     pub revoke_delay: Duration,
+    /// A pause after a `/token` request has been handled (tokens issued, a refresh token
+    /// rotated) and before the answer goes out: a provider slow on the way back.
+    pub token_answer_delay: Duration,
+    /// `/revoke` answers 400 `invalid_token` for a token that is unknown or no longer
+    /// active, as Google's endpoint does, instead of RFC 7009's 200.
+    pub invalid_token_on_dead_revocation: bool,
     /// `iss` sent with every authorization response (RFC 9207), if any.
     pub issuer: Option<String>,
     /// Whether the server supports PKCE (then it requires it). Off, it is a provider that
@@ -172,6 +178,8 @@ impl Default for Knobs {
             fail_next_revocations: 0,
             refresh_refusal: "invalid_grant",
             revoke_delay: Duration::ZERO,
+            token_answer_delay: Duration::ZERO,
+            invalid_token_on_dead_revocation: false,
             issuer: None,
             pkce: true,
         }
@@ -543,6 +551,12 @@ impl Store {
             let owner = self.family_owner[a.family].clone();
             (a.client_id.clone(), a.scope.clone(), owner)
         })
+    }
+
+    /// Whether `token` is an access token [`Store::active_access`] accepts or an active
+    /// refresh token.
+    pub fn is_token_active(&self, token: &str) -> bool {
+        self.active_access(token).is_some() || self.is_refresh_active(token)
     }
 
     pub fn is_refresh_active(&self, token: &str) -> bool {
