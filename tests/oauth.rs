@@ -567,10 +567,10 @@ async fn a_refresh_that_outlasts_its_invocation_still_stores_the_rotated_token()
     authorize(&s).await;
     // Long enough for the guest to reach its call on a busy machine; the provider takes
     // longer still.
-    upload_hello_with_timeout(&s.t, 3000).await;
+    upload_hello_with_timeout(&s.t, 4000).await;
     // The provider rotates the refresh token at once but answers after the invocation
     // has timed out.
-    s.server.set_token_answer_delay(5000);
+    s.server.set_token_answer_delay(7000);
 
     // A one-shot command: the invocation times out, and the process must not exit (and
     // cut the refresh off) before the provider's answer is stored.
@@ -614,16 +614,26 @@ async fn a_refresh_whose_answer_cannot_be_stored_at_once_keeps_trying() {
     authorize(&s).await;
     upload_hello_with_timeout(&s.t, 30_000).await;
     // Another process holds the database's write lock past the busy timeout (10 s) while
-    // the provider's answer comes back.
+    // the provider's answer comes back; it lets go once storing has failed once.
     let other = rusqlite::Connection::open(s.t.home().join("keyhole.db")).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    const FAILED_ONCE: &str = "could not store the refreshed tokens yet";
+    let before = capture::text().matches(FAILED_ONCE).count();
     let release = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(12));
+        let waited = std::time::Instant::now();
+        while capture::text().matches(FAILED_ONCE).count() == before
+            && waited.elapsed() < std::time::Duration::from_secs(60)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         other.execute_batch("COMMIT").unwrap();
-        drop(other);
     });
     let inv = s.t.host.invoke("hello", &user().to_string()).await.unwrap();
     release.join().unwrap();
+    assert!(
+        capture::text().matches(FAILED_ONCE).count() > before,
+        "storing the refreshed tokens never had to be tried again"
+    );
     let output: Value = serde_json::from_str(&inv.result.unwrap()).unwrap();
     assert_eq!(output["status"], 200, "{output}");
     assert_eq!(s.server.token_requests_for("refresh_token"), 1);

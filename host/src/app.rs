@@ -362,16 +362,12 @@ impl Keyhole {
         self.recorder.settled().await;
     }
 
-    /// Wait until the OAuth token refreshes under way have stored their answers, for at
-    /// most 45 s (a slow provider's answer plus storing it). A refresh outlives the
-    /// invocation that started it, so that a refresh token the provider has already
-    /// rotated is never lost; a process calls this before it exits.
+    /// Wait until the OAuth token refreshes under way have stored their answers (at most
+    /// [`crate::oauth::REFRESH_SETTLE_LIMIT`], longer than a refresh can take). A refresh
+    /// outlives the invocation that started it, so that a refresh token the provider has
+    /// already rotated is never lost; a process calls this before it exits.
     pub async fn refreshes_settled(&self) {
-        self.connections
-            .gateway()
-            .oauth
-            .refreshes_settled(std::time::Duration::from_secs(45))
-            .await;
+        self.connections.gateway().oauth.refreshes_settled().await;
     }
 
     /// Take a block of invocation record ids ahead of the first invocation, for a

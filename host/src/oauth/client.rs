@@ -60,6 +60,8 @@ struct Stored {
 struct Registration {
     config: ClientConfig,
     origins: Option<Vec<String>>,
+    /// The sealed blob it was read from.
+    blob: Vec<u8>,
 }
 
 /// Why the origins a registration is bound to cannot be worked out.
@@ -176,8 +178,9 @@ pub(crate) fn registration_origins(
 /// choices (GitLab's `host`) is not guessed, not even as its default: the app may be
 /// registered at a self-managed instance, and a connection left at the default would
 /// then hand that instance's secret to gitlab.com. Such a registration is refused until
-/// `set-client` saves it again with the host (there is no migration: the origins live
-/// inside the sealed blob, which only a holder of the master key can rewrite).
+/// `set-client` saves it again with the host. (No migration does this: the origins live
+/// inside the sealed blob, which a migration, running without the master key, cannot
+/// open. Instead the first use seals them in: `registration_to_send`.)
 fn bound_origins(
     service: &ServiceDef,
     recorded: Option<&[String]>,
@@ -305,6 +308,17 @@ impl OAuth {
         config: &ClientConfig,
         origins: &[String],
     ) -> Result<(), crate::storage::StorageError> {
+        let blob = self.seal_registration(service, config, origins);
+        self.storage.set_service_client(service, Some(&blob))
+    }
+
+    /// A registration as stored: sealed, bound to `origins`.
+    fn seal_registration(
+        &self,
+        service: &str,
+        config: &ClientConfig,
+        origins: &[String],
+    ) -> Vec<u8> {
         let stored = Stored {
             client_id: config.client_id.clone(),
             client_secret: config
@@ -315,8 +329,7 @@ impl OAuth {
             origins: Some(origins.to_vec()),
         };
         let json = Zeroizing::new(serde_json::to_vec(&stored).expect("client config serializes"));
-        let blob = self.sealer.seal(&json, &context(service));
-        self.storage.set_service_client(service, Some(&blob))
+        self.sealer.seal(&json, &context(service))
     }
 
     /// A service's client registration, if set. Whoever sends it checks first that the
@@ -352,14 +365,13 @@ impl OAuth {
         else {
             return Ok(());
         };
-        let Some(registration) = self.load_registration(&service.name)? else {
-            return Ok(());
-        };
         let params = url_params(service, row);
         let Ok(url) = service.resolve_url(template, &params) else {
             return Ok(());
         };
-        let bound = bound_origins(service, registration.origins.as_deref())?;
+        let Some((_, bound)) = self.registration_to_send(service)? else {
+            return Ok(());
+        };
         check_bound(service, &bound, &url, "revocation", &params)
     }
 
@@ -371,6 +383,7 @@ impl OAuth {
         let Some(blob) = row.and_then(|r| r.sealed_client) else {
             return Ok(None);
         };
+        let sealed = blob.clone();
         let json = self
             .sealer
             .open(&blob, &context(service))
@@ -384,7 +397,38 @@ impl OAuth {
                 redirect_url: stored.redirect_url.take(),
             },
             origins: stored.origins.take(),
+            blob: sealed,
         }))
+    }
+
+    /// `service`'s registration and the origins it is bound to, for sending it. One saved
+    /// before keyhole recorded its origins is bound to what the service definition names
+    /// at its first use, and those origins are sealed into it then, so a later `services
+    /// edit` that moves an endpoint cannot take the client along (best effort: if the
+    /// write fails, the next use tries again; a `set-client` meanwhile wins).
+    fn registration_to_send(
+        &self,
+        service: &ServiceDef,
+    ) -> Result<Option<(ClientConfig, Vec<String>)>, OAuthError> {
+        let Some(registration) = self.load_registration(&service.name)? else {
+            return Ok(None);
+        };
+        let bound = bound_origins(service, registration.origins.as_deref())?;
+        if registration.origins.is_none() {
+            let blob = self.seal_registration(&service.name, &registration.config, &bound);
+            match self
+                .storage
+                .replace_service_client(&service.name, &registration.blob, &blob)
+            {
+                Ok(_) => {
+                    tracing::info!(service = %service.name, origins = %bound.join(", "), "recorded where an OAuth client saved by an older keyhole may be sent");
+                }
+                Err(e) => {
+                    tracing::warn!(service = %service.name, error = %e, "could not record where the OAuth client may be sent; trying again at its next use");
+                }
+            }
+        }
+        Ok(Some((registration.config, bound)))
     }
 
     /// The `oauth2` client for `service` with this connection's URL params. Refused when
@@ -401,13 +445,11 @@ impl OAuth {
                 service.name
             ))
         })?;
-        let registration = self
-            .load_registration(&service.name)?
+        let (config, bound) = self
+            .registration_to_send(service)?
             .ok_or_else(|| OAuthError::NoClient(service.name.clone()))?;
         let token_url = token_endpoint(service, url_params)?;
-        let bound = bound_origins(service, registration.origins.as_deref())?;
         check_bound(service, &bound, &token_url, "token", url_params)?;
-        let config = registration.config;
         let auth_url = match &def.authorize_url {
             Some(u) => Some(
                 service
@@ -554,9 +596,20 @@ mod tests {
             o.client_origins(gitlab),
             Err(OAuthError::ClientUnbound { .. })
         ));
-        assert_eq!(refusal(&o, find_preset("github").unwrap(), &[]), None);
+        let github = find_preset("github").unwrap();
+        assert_eq!(refusal(&o, github, &[]), None);
         let zoho = find_preset("zoho").unwrap();
         assert_eq!(refusal(&o, zoho, &[("dc", "eu")]), None);
         assert_eq!(o.client_origins(zoho).unwrap().unwrap().len(), 7);
+
+        // Its first use sealed in where it went: a definition moved since (a custom
+        // service's `services edit`) cannot take the client along.
+        let mut moved: ServiceDef = (**github).clone();
+        moved.oauth2.as_mut().unwrap().token_url = "https://elsewhere.example/token".into();
+        let e = refusal(&o, &moved, &[]).unwrap();
+        assert!(
+            e.contains("https://github.com") && e.contains("https://elsewhere.example"),
+            "{e}"
+        );
     }
 }

@@ -32,6 +32,18 @@ use crate::storage::Storage;
 
 /// A token within this much of its expiry is refreshed before use.
 pub const REFRESH_SKEW: Duration = Duration::from_secs(60);
+/// Longest a request to a token or revocation endpoint may take, connecting included.
+pub const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a process waits at exit for refreshes under way
+/// ([`OAuth::refreshes_settled`]): the provider's answer, then storing it, retried for
+/// [`refresh::STORE_PATIENCE`] with a last attempt that may wait out the busy timeout,
+/// and a few seconds to spare.
+pub const REFRESH_SETTLE_LIMIT: Duration = Duration::from_secs(
+    TOKEN_REQUEST_TIMEOUT.as_secs()
+        + refresh::STORE_PATIENCE.as_secs()
+        + crate::storage::BUSY_TIMEOUT.as_secs()
+        + 5,
+);
 /// After a 401 forced a refresh, further 401s go back to the guest for this long.
 pub const FORCED_REFRESH_COOLDOWN: Duration = Duration::from_secs(30);
 /// How long an authorization URL (its `state`) stays valid.
@@ -159,7 +171,7 @@ impl OAuth {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
+            .timeout(TOKEN_REQUEST_TIMEOUT)
             .user_agent(concat!("keyhole/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the TLS backend initialises");
@@ -173,21 +185,22 @@ impl OAuth {
         }
     }
 
-    /// Wait, for at most `limit`, until the token refreshes under way have finished. A
-    /// refresh outlives the invocation that started it (so that a rotated refresh token
-    /// the provider has already issued is stored, not lost); a process about to exit calls
-    /// this so that exiting does not cut one off either.
-    pub async fn refreshes_settled(&self, limit: Duration) {
+    /// Wait, for at most [`REFRESH_SETTLE_LIMIT`] (longer than any refresh can take),
+    /// until the token refreshes under way have finished. A refresh outlives the
+    /// invocation that started it (so that a rotated refresh token the provider has
+    /// already issued is stored, not lost); a process about to exit calls this so that
+    /// exiting does not cut one off either. (The tracker stays closed: it still takes new
+    /// refreshes, and a closed tracker's `wait` ends whenever none is left.)
+    pub async fn refreshes_settled(&self) {
         self.refreshes.close();
-        if tokio::time::timeout(limit, self.refreshes.wait())
+        if tokio::time::timeout(REFRESH_SETTLE_LIMIT, self.refreshes.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                "a token refresh was still waiting for its provider at exit; if the provider rotates refresh tokens, its connection may need re-authorization"
+                "a token refresh was still under way at exit; if the provider rotates refresh tokens, its connection may need re-authorization"
             );
         }
-        self.refreshes.reopen();
     }
 
     fn backoff_until(&self, connection: &str) -> Option<Instant> {

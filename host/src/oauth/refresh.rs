@@ -19,10 +19,10 @@ use crate::storage::{StorageError, now_ms};
 
 /// What a guest is told when the token cannot be refreshed for now. The provider's own
 /// answer goes to the connection's status (scrubbed), not to guests.
-const REFRESH_FAILING: &str = "the connection's access token could not be refreshed (the provider's token endpoint is failing); keyhole retries after a backoff";
+const REFRESH_FAILING: &str = "the connection's access token could not be refreshed (`keyhole connections show` tells an admin why); keyhole retries after a backoff";
 
 /// How long a refresh keeps trying to store its answer before giving up on it.
-const STORE_PATIENCE: Duration = Duration::from_secs(30);
+pub(super) const STORE_PATIENCE: Duration = Duration::from_secs(30);
 
 fn needs_refresh(loaded: &Loaded) -> bool {
     match loaded.creds.tokens.as_ref().and_then(|t| t.expires_at) {
@@ -197,49 +197,55 @@ impl OAuth {
                 .await
                 .map_err(|e| (false, e.to_string()))
         } else {
-            let Some(refresh) = loaded.creds.tokens.as_ref().and_then(|t| t.refresh.clone()) else {
-                if !expired(loaded) {
-                    // Within the skew of expiry, but still good: use it while it lasts.
-                    return Ok(false);
-                }
-                self.mark_needs_reauth(
-                    loaded,
-                    "the access token expired and the provider issued no refresh token",
-                )?;
-                return Err(SendError::NotConnected);
-            };
-            let (client, config, _) =
-                match self.client_for(&loaded.service, &url_params(&loaded.service, &loaded.row)) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        return Err(SendError::UpstreamUnreachable(format!(
-                            "cannot refresh: {e}"
-                        )));
+            'refresh: {
+                let Some(refresh) = loaded.creds.tokens.as_ref().and_then(|t| t.refresh.clone())
+                else {
+                    if !expired(loaded) {
+                        // Within the skew of expiry, but still good: use it while it lasts.
+                        return Ok(false);
                     }
+                    self.mark_needs_reauth(
+                        loaded,
+                        "the access token expired and the provider issued no refresh token",
+                    )?;
+                    return Err(SendError::NotConnected);
                 };
-            let refresh_token = RefreshToken::new(refresh.expose().to_string());
-            let request = client
-                .exchange_refresh_token(&refresh_token)
-                .map_err(|e| SendError::UpstreamUnreachable(format!("cannot refresh: {e}")))?;
-            let access = loaded.creds.tokens.as_ref().map(|t| t.access.expose());
-            let redactor =
-                token_endpoint_redactor(&config, &[refresh.expose(), access.unwrap_or_default()]);
-            // An answer without `scope` leaves the grant's scopes as they were (RFC 6749
-            // §5.1), not as requested since (`connections edit --scope` asks at the next
-            // authorization).
-            let unchanged = if info.granted_scopes.is_empty() {
-                &loaded.row.scopes
-            } else {
-                &info.granted_scopes
-            };
-            match request.request_async(&self.http).await {
-                Ok(response) => Ok(tokens_from(
-                    &response,
-                    Some(refresh),
-                    unchanged,
-                    &def.scope_separator,
-                )),
-                Err(e) => Err(describe(&e, &redactor, &def.reauth_errors)),
+                let (client, config, _) = match self
+                    .client_for(&loaded.service, &url_params(&loaded.service, &loaded.row))
+                {
+                    Ok(c) => c,
+                    // keyhole's own refusal (no client, or one registered elsewhere than
+                    // this connection's token endpoint): handled as a failure that may
+                    // pass (an admin fixes it), so it is logged, shown by `connections
+                    // show`, backed off, and the guest gets the fixed message.
+                    Err(e) => break 'refresh Err((false, format!("cannot refresh: {e}"))),
+                };
+                let refresh_token = RefreshToken::new(refresh.expose().to_string());
+                let request = client
+                    .exchange_refresh_token(&refresh_token)
+                    .map_err(|e| SendError::UpstreamUnreachable(format!("cannot refresh: {e}")))?;
+                let access = loaded.creds.tokens.as_ref().map(|t| t.access.expose());
+                let redactor = token_endpoint_redactor(
+                    &config,
+                    &[refresh.expose(), access.unwrap_or_default()],
+                );
+                // An answer without `scope` leaves the grant's scopes as they were (RFC 6749
+                // §5.1), not as requested since (`connections edit --scope` asks at the next
+                // authorization).
+                let unchanged = if info.granted_scopes.is_empty() {
+                    &loaded.row.scopes
+                } else {
+                    &info.granted_scopes
+                };
+                match request.request_async(&self.http).await {
+                    Ok(response) => Ok(tokens_from(
+                        &response,
+                        Some(refresh),
+                        unchanged,
+                        &def.scope_separator,
+                    )),
+                    Err(e) => Err(describe(&e, &redactor, &def.reauth_errors)),
+                }
             }
         };
 
@@ -362,7 +368,7 @@ impl OAuth {
                 false,
             );
             match stored {
-                Err(e) if started.elapsed() < STORE_PATIENCE => {
+                Err(e) if e.may_pass_later() && started.elapsed() < STORE_PATIENCE => {
                     tracing::warn!(connection = %name, error = %e, "could not store the refreshed tokens yet; trying again");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));

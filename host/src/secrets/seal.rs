@@ -378,9 +378,6 @@ mod tests {
         assert_eq!(&Sealer::new(&k2).open(&blob, "c").unwrap()[..], b"x");
     }
 
-    /// Two processes starting on a new data directory at once must end up with one key:
-    /// a loser of the race reads the winner's whole key, never an empty or half-written
-    /// file, and never fails because the file appeared under it.
     #[test]
     fn a_start_removes_old_temporary_key_files_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -409,6 +406,9 @@ mod tests {
         assert!(dir.path().join(MASTER_KEY_FILE).exists());
     }
 
+    /// Two processes starting on a new data directory at once must end up with one key:
+    /// a loser of the race reads the winner's whole key, never an empty or half-written
+    /// file, and never fails because the file appeared under it.
     #[test]
     fn racing_first_starts_agree_on_one_key() {
         const RACERS: usize = 8;

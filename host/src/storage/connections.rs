@@ -171,6 +171,24 @@ impl Storage {
             .map_err(|e| self.err(e))
     }
 
+    /// Replace a service's sealed OAuth client only if it is still `expected`: a rewrite
+    /// of a registration must not undo a `set-client` that landed meanwhile. Returns
+    /// whether it was replaced.
+    pub fn replace_service_client(
+        &self,
+        name: &str,
+        expected: &[u8],
+        sealed: &[u8],
+    ) -> Result<bool, StorageError> {
+        self.lock()?
+            .execute_cached(
+                "UPDATE services SET sealed_client = ?3 WHERE name = ?1 AND sealed_client = ?2",
+                params![name, expected, sealed],
+            )
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+
     /// A stored service row.
     pub fn get_service(&self, name: &str) -> Result<Option<ServiceRow>, StorageError> {
         self.read()?

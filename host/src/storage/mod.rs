@@ -5,6 +5,7 @@
 //! credential blobs pass through here opaque (this module never sees plaintext secrets).
 
 mod busy;
+pub use busy::BUSY_TIMEOUT;
 mod connections;
 mod functions;
 mod invocations;
@@ -107,6 +108,20 @@ impl StorageError {
     /// Whether retrying later may succeed: another process held the lock.
     pub fn is_busy(&self) -> bool {
         matches!(self, Self::Busy { .. })
+    }
+
+    /// Whether the same write may succeed a little later: the lock was held, or the disk
+    /// was full or failed for a moment. (Not a constraint, a corrupt file, a bad query.)
+    pub fn may_pass_later(&self) -> bool {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, DiskFull, SystemIoFailure};
+        match self {
+            Self::Busy { .. } => true,
+            Self::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure)
+            ),
+            _ => false,
+        }
     }
 }
 
