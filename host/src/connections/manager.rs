@@ -1000,12 +1000,9 @@ impl Connections {
     /// `needs-reauth` still needs it, `revoked` holds nothing), with the failure as the
     /// reason.
     fn note_failure(&self, name: &str, reason: &str) {
-        if let Ok(Some(row)) = self.gateway.storage.get_connection(name) {
-            let _ = self.gateway.storage.set_connection_status(
-                name,
-                &row.status,
-                Some(&format!("authorization failed: {reason}")),
-            );
+        let reason = format!("authorization failed: {reason}");
+        if let Err(e) = self.gateway.storage.set_status_reason(name, &reason) {
+            tracing::warn!(connection = %name, error = %e, "could not record why an authorization failed");
         }
     }
 

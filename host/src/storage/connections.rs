@@ -488,6 +488,19 @@ impl Storage {
             .map_err(|e| self.err(e))
     }
 
+    /// Set a connection's status reason and leave its status as it is at the moment of the
+    /// write (reading the status first and writing it back could undo a change made
+    /// meanwhile, say a refresh marking it `needs-reauth`).
+    pub fn set_status_reason(&self, name: &str, reason: &str) -> Result<(), StorageError> {
+        self.lock()?
+            .execute_cached(
+                "UPDATE connections SET status_reason = ?2 WHERE name = ?1",
+                params![name, reason],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
     /// Record whose credentials generation `generation` of a connection holds: `account`
     /// is (pointer, name), `None` for not known. With a `note`, a connected connection
     /// gets it as its status reason. Nothing changes if the credentials changed meanwhile
@@ -652,6 +665,24 @@ mod tests {
         let row = s.get_connection("jira").unwrap().unwrap();
         assert_eq!(row.params["site"], "a");
         assert_eq!(row.sealed.as_deref(), Some(&b"creds-a"[..]));
+    }
+
+    #[test]
+    fn a_status_reason_leaves_the_status_as_it_is_at_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(&dir.path().join("db")).unwrap();
+        s.insert_connection(&connection("gh")).unwrap();
+        // Changed after a caller read `connected`, before it notes its failure.
+        s.set_connection_status("gh", "needs-reauth", Some("refresh token rejected"))
+            .unwrap();
+        s.set_status_reason("gh", "authorization failed: denied")
+            .unwrap();
+        let row = s.get_connection("gh").unwrap().unwrap();
+        assert_eq!(row.status, "needs-reauth");
+        assert_eq!(
+            row.status_reason.as_deref(),
+            Some("authorization failed: denied")
+        );
     }
 
     #[test]
