@@ -56,7 +56,7 @@ pub enum ConnectionsCmd {
         #[arg(long)]
         clear_base_url: bool,
         /// Set a non-secret param (NAME=VALUE, repeatable).
-        #[arg(long = "param", value_parser = KvParser)]
+        #[arg(long = "param", value_name = "NAME=VALUE", value_parser = KvParser)]
         params: Vec<(String, String)>,
         /// Confirm that the stored credentials may go to the new origins (without it, a
         /// change of where a connected connection points is refused).
@@ -95,7 +95,7 @@ pub struct ConnectArgs {
     /// Connection name.
     pub name: String,
     /// A param value as NAME=VALUE, by wire name or display name (repeatable).
-    #[arg(long = "param", value_parser = KvParser)]
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = KvParser)]
     pub params: Vec<(String, String)>,
     /// Read NAME=VALUE lines from stdin (for scripts; keeps secrets out of the process list).
     #[arg(long)]

@@ -51,7 +51,7 @@ pub enum ServicesCmd {
         /// host a param names: NAME=VALUE, e.g. host=gitlab.example.com (repeatable). A
         /// param left out means its default (GitLab: gitlab.com), or, if it has a list of
         /// choices (Zoho's dc), any of them.
-        #[arg(long = "param", value_parser = KvParser)]
+        #[arg(long = "param", value_name = "NAME=VALUE", value_parser = KvParser)]
         params: Vec<(String, String)>,
         /// Client id issued by the provider.
         #[arg(long)]
