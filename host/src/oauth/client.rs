@@ -420,9 +420,11 @@ impl OAuth {
                 .storage
                 .replace_service_client(&service.name, &registration.blob, &blob)
             {
-                Ok(_) => {
+                Ok(true) => {
                     tracing::info!(service = %service.name, origins = %bound.join(", "), "recorded where an OAuth client saved by an older keyhole may be sent");
                 }
+                // A `set-client` landed meanwhile: its registration is bound already.
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(service = %service.name, error = %e, "could not record where the OAuth client may be sent; trying again at its next use");
                 }
