@@ -6,13 +6,14 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
+use std::time::Duration;
 
 use keyhole::connections::Status;
 use keyhole::oauth::{CallbackParams, ClientConfig};
 use keyhole::secrets::Secret;
 use keyhole::services::ServiceDef;
 use keyhole_tests::env::TestHost;
-use keyhole_tests::{ClientAuth, OAuthServer, capture, free_port, query_param};
+use keyhole_tests::{AnswerStyle, ClientAuth, OAuthServer, capture, free_port, query_param};
 use serde_json::{Value, json};
 
 const CLIENT_ID: &str = "keyhole-test-client";
@@ -357,6 +358,149 @@ async fn expiry_and_401_each_trigger_exactly_one_refresh() {
     }
     let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
     capture::assert_no_secrets(&refs);
+}
+
+/// How long from now (ms) the stored access token of `prov` expires.
+fn expires_in_ms(s: &Setup) -> i64 {
+    let view = s.t.host.connections().show("prov").unwrap();
+    let at = view.token["expires_at"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no expiry stored: {}", view.token));
+    at - keyhole::storage::now_ms()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn providers_answering_off_spec_connect_refresh_and_fail_as_they_mean() {
+    for style in [
+        AnswerStyle::OffSpec,
+        AnswerStyle::Form,
+        AnswerStyle::JsonAsText,
+    ] {
+        let s = setup("authorization_code").await;
+        s.server.set_token_answer_style(style);
+        s.server.set_access_ttl(30); // inside the 60 s skew: refreshed before use
+        authorize(&s).await;
+        let left = expires_in_ms(&s);
+        assert!(
+            (25_000..=30_000).contains(&left),
+            "{style:?}: the lifetime was not read: {left} ms"
+        );
+
+        s.t.upload("hello-http", "hello", &["prov"]).await;
+        s.server.set_access_ttl(3600);
+        assert_eq!(call(&s.t, user()).await["status"], 200, "{style:?}");
+        assert_eq!(s.server.token_requests_for("refresh_token"), 1, "{style:?}");
+        let view = s.t.host.connections().show("prov").unwrap();
+        assert_eq!(
+            view.token["last_refresh_outcome"], "ok",
+            "{style:?}: {}",
+            view.token
+        );
+        let left = expires_in_ms(&s);
+        assert!(
+            (3_590_000..=3_600_000).contains(&left),
+            "{style:?}: the refreshed lifetime was not read: {left} ms"
+        );
+        // Fresh now: the next call sends no refresh.
+        assert_eq!(call(&s.t, user()).await["status"], 200, "{style:?}");
+        assert_eq!(s.server.token_requests_for("refresh_token"), 1, "{style:?}");
+
+        // A refusal in the same form still means what it says: re-authorize.
+        s.server.expire_all_access_tokens();
+        s.server.reject_next_refreshes(1);
+        assert_eq!(
+            call(&s.t, user()).await["error"],
+            "not-connected",
+            "{style:?}"
+        );
+        let view = s.t.host.connections().show("prov").unwrap();
+        assert_eq!(view.status, Status::NeedsReauth, "{style:?}");
+        let reason = view.status_reason.unwrap_or_default();
+        assert!(reason.contains("invalid_grant"), "{style:?}: {reason}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_token_answer_is_refused_unread_and_nothing_is_stored() {
+    let s = setup("authorization_code").await;
+    s.server.set_token_answer_padding(300 * 1024);
+    let c = s.t.host.connections();
+    let pending = c.begin_authorization("prov").unwrap();
+    let location = s.server.approve(&pending.authorize_url).await.unwrap();
+    let err = c
+        .complete_authorization(&callback(&location), Some("prov"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("longer than 262144 bytes"), "{err}");
+    let view = c.show("prov").unwrap();
+    assert_ne!(view.status, Status::Connected);
+    assert!(view.token.get("expires_at").is_none(), "tokens were stored");
+    let issued = s.server.issued_access_tokens();
+    let refs: Vec<&str> = issued.iter().map(String::as_str).collect();
+    assert!(!refs.iter().any(|t| err.contains(t)), "{err}");
+
+    // The same provider with a sane answer connects at once.
+    s.server.set_token_answer_padding(0);
+    authorize(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_grant_is_kept_alive_and_a_dead_one_found_before_any_call() {
+    use keyhole::connections::KeepAlive;
+    let s = setup("authorization_code").await;
+    authorize(&s).await;
+    let c = s.t.host.connections();
+    // Just connected: not idle for an hour, so nothing is asked.
+    assert_eq!(c.keep_alive(Duration::from_secs(3600)).await.unwrap(), []);
+    assert_eq!(s.server.token_requests_for("refresh_token"), 0);
+
+    // Idle for any time at all: refreshed once, and the rotated token stored.
+    let report = c.keep_alive(Duration::ZERO).await.unwrap();
+    assert_eq!(report, [("prov".to_string(), KeepAlive::Refreshed)]);
+    assert_eq!(s.server.token_requests_for("refresh_token"), 1);
+    let rotated = s.server.issued_refresh_tokens().last().unwrap().clone();
+    assert!(s.server.is_refresh_token_active(&rotated));
+    let view = c.show("prov").unwrap();
+    assert_eq!(view.token["last_refresh_outcome"], "ok", "{}", view.token);
+    // Refreshed just now: no longer idle.
+    assert_eq!(c.keep_alive(Duration::from_secs(3600)).await.unwrap(), []);
+    assert_eq!(s.server.token_requests_for("refresh_token"), 1);
+
+    // The provider ends the grant: the keep-alive finds it, no function has to.
+    s.server.revoke_all();
+    let report = c.keep_alive(Duration::ZERO).await.unwrap();
+    assert_eq!(report, [("prov".to_string(), KeepAlive::NeedsReauth)]);
+    assert_eq!(c.show("prov").unwrap().status, Status::NeedsReauth);
+    // A connection that needs re-authorization is left alone.
+    assert_eq!(c.keep_alive(Duration::ZERO).await.unwrap(), []);
+    assert_eq!(s.server.token_requests_for("refresh_token"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyhole_serve_refreshes_grants_idle_past_refresh_idle_after() {
+    let s = setup("authorization_code").await;
+    authorize(&s).await;
+    let (child, _) = s.t.spawn_serve(&["--refresh-idle-after", "2s"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s.server.token_requests_for("refresh_token") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve did not refresh the idle grant within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    keyhole_tests::env::stop_serve(child);
+    let view = s.t.host.connections().show("prov").unwrap();
+    assert_eq!(view.status, Status::Connected);
+    assert_eq!(view.token["last_refresh_outcome"], "ok", "{}", view.token);
+
+    // Off with 0s: nothing is refreshed however idle.
+    let asked = s.server.token_requests_for("refresh_token");
+    let (child, _) = s.t.spawn_serve(&["--refresh-idle-after", "0s"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    keyhole_tests::env::stop_serve(child);
+    assert_eq!(s.server.token_requests_for("refresh_token"), asked);
 }
 
 #[tokio::test(flavor = "multi_thread")]

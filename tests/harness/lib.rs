@@ -16,7 +16,9 @@ pub mod webhook_receiver;
 pub mod youtube_api;
 
 pub use fake_api::{Credential, FakeApi, SESSION_COOKIE, basic_blob};
-pub use oauth_server::{ClientAuth, OAuthServer, pkce_challenge, pkce_pair, query_param};
+pub use oauth_server::{
+    AnswerStyle, ClientAuth, OAuthServer, pkce_challenge, pkce_pair, query_param,
+};
 pub use server::{Echo, RecordedRequest};
 
 use std::sync::Once;

@@ -22,8 +22,8 @@ use serde::Deserialize;
 
 use crate::server::{RecordedRequest, RequestLog, TestServer};
 use endpoints::Shared;
+pub use store::{AnswerStyle, ClientAuth, pkce_challenge};
 use store::{Client, Store};
-pub use store::{ClientAuth, pkce_challenge};
 
 /// A loopback OAuth 2.0 authorization server; it stops when dropped.
 pub struct OAuthServer {
@@ -320,6 +320,16 @@ impl OAuthServer {
     /// expired or already revoked (as Google does) rather than RFC 7009's 200.
     pub fn set_invalid_token_on_dead_revocation(&self, on: bool) {
         self.store().knobs.invalid_token_on_dead_revocation = on;
+    }
+
+    /// How `/token` writes its answers from now on (default [`AnswerStyle::Json`]).
+    pub fn set_token_answer_style(&self, style: AnswerStyle) {
+        self.store().knobs.answer_style = style;
+    }
+
+    /// Adds a field of `bytes` bytes to every successful `/token` answer (0: none).
+    pub fn set_token_answer_padding(&self, bytes: usize) {
+        self.store().knobs.answer_padding = bytes;
     }
 
     /// Delays every `/token` answer, so concurrent refreshers pile up.

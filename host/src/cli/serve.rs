@@ -60,6 +60,12 @@ pub struct ServeArgs {
     /// record (the database then grows without end).
     #[arg(long, default_value_t = server::DEFAULT_KEEP_INVOCATIONS, value_name = "N")]
     pub keep_invocations: u64,
+    /// Refresh an OAuth grant that nothing has refreshed, nor anyone connected, for this
+    /// long, e.g. 24h. Providers end refresh tokens left unused (Microsoft after 90 days),
+    /// and a grant revoked at the provider then shows as needs-reauth before a function
+    /// finds out. 0s turns it off.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub refresh_idle_after: Duration,
 }
 
 impl ServeArgs {
@@ -100,6 +106,10 @@ pub async fn serve(host: Arc<Keyhole>, args: ServeArgs, json: bool) -> anyhow::R
         server.spawn_background(move |token| {
             server::keep_invocations_bounded(storage, keep, server::PRUNE_EVERY, token)
         });
+    }
+    if !args.refresh_idle_after.is_zero() {
+        let (host, idle) = (host.clone(), args.refresh_idle_after);
+        server.spawn_background(move |token| server::keep_grants_alive(host, idle, token));
     }
     // Schedules run beside the API and stop (draining runs in flight) with it, a little
     // before the server's own deadline so that runs cut off can release their schedules.

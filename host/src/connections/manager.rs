@@ -35,6 +35,20 @@ pub struct Connections {
     gateway: Arc<Gateway>,
 }
 
+/// What a keep-alive pass did with one connection ([`Connections::keep_alive`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// Refreshed: the provider's new tokens are stored.
+    Refreshed,
+    /// Not refreshed now: it was refreshed meanwhile, or the provider failed in a way
+    /// that may pass (`connections show` says how; it is tried again later).
+    NotRefreshed,
+    /// The provider refused the refresh token: the connection needs re-authorization.
+    NeedsReauth,
+    /// keyhole could not open the connection or store the answer.
+    Failed(String),
+}
+
 /// A service's OAuth client as `services show` tells it (never the secret).
 #[derive(Debug, Clone, Serialize)]
 pub struct OAuthClientSummary {
@@ -588,6 +602,47 @@ impl Connections {
                 account_change: None,
             },
         }
+    }
+
+    /// Refresh every OAuth grant that nothing has refreshed, nor anyone connected, for
+    /// `idle` (see [`crate::oauth::OAuth`]'s keep-alive): what became of each one tried.
+    /// `keyhole serve` runs this now and then (`--refresh-idle-after`).
+    pub async fn keep_alive(
+        &self,
+        idle: Duration,
+    ) -> Result<Vec<(String, KeepAlive)>, ConnectionError> {
+        let rows = self.gateway.storage.list_connections()?;
+        let mut report = Vec::new();
+        for row in rows {
+            if !crate::oauth::idle_for(&row, idle) {
+                continue;
+            }
+            let name = row.name.clone();
+            let loaded = match self.gateway.load(&name) {
+                Ok(Some(l)) => l,
+                Ok(None) => continue,
+                Err(e) => {
+                    report.push((name, KeepAlive::Failed(e.to_string())));
+                    continue;
+                }
+            };
+            let code_grant = loaded
+                .service
+                .oauth2
+                .as_ref()
+                .is_some_and(|d| d.grant == GrantType::AuthorizationCode);
+            if !code_grant {
+                continue;
+            }
+            let outcome = match self.gateway.oauth.keep_alive(loaded, idle).await {
+                Ok(true) => KeepAlive::Refreshed,
+                Ok(false) => KeepAlive::NotRefreshed,
+                Err(super::SendError::NotConnected) => KeepAlive::NeedsReauth,
+                Err(e) => KeepAlive::Failed(e.to_string()),
+            };
+            report.push((name, outcome));
+        }
+        Ok(report)
     }
 
     /// Run the service's verification request with the stored credentials.

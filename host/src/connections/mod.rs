@@ -20,8 +20,8 @@ pub use catalog::{Catalog, CatalogEntry, ServiceSource};
 pub use credentials::{Credentials, Tokens};
 pub use gateway::{Gateway, build_client};
 pub use manager::{
-    ConnectOutcome, ConnectionView, Connections, OAuthClientSummary, ParamView, Revocation,
-    VerifyOutcome,
+    ConnectOutcome, ConnectionView, Connections, KeepAlive, OAuthClientSummary, ParamView,
+    Revocation, VerifyOutcome,
 };
 
 use serde::{Deserialize, Serialize};

@@ -3,16 +3,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use oauth2::basic::BasicClient;
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+};
 use oauth2::{
     AuthType, AuthUrl, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet, RedirectUrl,
-    TokenUrl,
+    StandardRevocableToken, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 use url::Url;
 use zeroize::Zeroizing;
 
 use super::flow::url_params;
+use super::token::TokenAnswer;
 use super::{OAuth, OAuthError};
 use crate::secrets::{SealError, Secret};
 use crate::services::{OAuth2Def, ServiceDef, TokenAuthMethod};
@@ -28,9 +31,29 @@ pub const REDIRECT_URL_ENV: &str = "KEYHOLE_REDIRECT_URL";
 /// for the values with `--param`.
 const MAX_CLIENT_ORIGINS: usize = 256;
 
+/// An `oauth2` client whose token answers are read as providers send them
+/// ([`TokenAnswer`]); with no endpoint set yet.
+type NewClient = oauth2::Client<
+    BasicErrorResponse,
+    TokenAnswer,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+>;
+
 /// The `oauth2` client type used everywhere (endpoints loaded at runtime).
-pub(crate) type Client =
-    BasicClient<EndpointMaybeSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet>;
+pub(crate) type Client = oauth2::Client<
+    BasicErrorResponse,
+    TokenAnswer,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointMaybeSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+>;
 
 /// A service's registration at the provider.
 #[derive(Debug, Clone)]
@@ -461,7 +484,7 @@ impl OAuth {
             None => None,
         };
         let redirect = config.effective_redirect_url();
-        let mut client = BasicClient::new(ClientId::new(config.client_id.clone()))
+        let mut client = NewClient::new(ClientId::new(config.client_id.clone()))
             .set_auth_uri_option(auth_url.map(AuthUrl::from_url))
             .set_token_uri_option(Some(TokenUrl::from_url(token_url)))
             .set_redirect_uri(

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use oauth2::basic::{BasicErrorResponse, BasicErrorResponseType, BasicTokenResponse};
+use oauth2::basic::{BasicErrorResponse, BasicErrorResponseType};
 use oauth2::{
     AuthorizationCode, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
     RequestTokenError, TokenResponse,
@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::client::token_endpoint;
+use super::token::{self, AnswerError, TokenAnswer};
 use super::{ClientConfig, OAuth, OAuthError, STATE_TTL, TokenInfo};
 use crate::connections::redact::Redactor;
 use crate::connections::{Credentials, Status, Tokens};
@@ -91,8 +92,8 @@ pub(crate) fn token_endpoint_redactor(config: &ClientConfig, more: &[&str]) -> R
 ///
 /// An error object sent with status 200 (GitHub, Slack and Zoho do) counts as the error
 /// it is, not as a malformed token response.
-pub(crate) fn describe<RE: std::error::Error + 'static>(
-    e: &RequestTokenError<RE, BasicErrorResponse>,
+pub(crate) fn describe(
+    e: &RequestTokenError<AnswerError, BasicErrorResponse>,
     redactor: &Redactor,
     reauth_errors: &[String],
 ) -> (bool, String) {
@@ -110,8 +111,11 @@ pub(crate) fn describe<RE: std::error::Error + 'static>(
     };
     let (terminal, msg) = match e {
         RequestTokenError::ServerResponse(r) => server(r),
-        RequestTokenError::Request(e) => {
+        RequestTokenError::Request(AnswerError::Request(e)) => {
             (false, format!("could not reach the token endpoint: {e}"))
+        }
+        RequestTokenError::Request(e @ AnswerError::TooLong) => {
+            (false, format!("the token endpoint answered, but {e}"))
         }
         RequestTokenError::Parse(e, body) => {
             match serde_json::from_slice::<BasicErrorResponse>(body) {
@@ -147,7 +151,7 @@ fn add_values(r: &mut Redactor, value: &serde_json::Value) {
 /// Turn a token response into credentials and facts. `previous_refresh` is kept when the
 /// provider did not send a new refresh token.
 pub(crate) fn tokens_from(
-    response: &BasicTokenResponse,
+    response: &TokenAnswer,
     previous_refresh: Option<Secret>,
     scopes_if_unsaid: &[String],
     separator: &str,
@@ -347,7 +351,7 @@ impl OAuth {
             request = request.set_pkce_verifier(verifier);
         }
         let response = request
-            .request_async(&self.http)
+            .request_async(&token::Http(&self.http))
             .await
             .map_err(|e| OAuthError::Token(describe(&e, &redactor, &[]).1))?;
         let (tokens, info) = tokens_from(&response, None, &row.scopes, &def.scope_separator);
@@ -382,7 +386,7 @@ impl OAuth {
             request = request.add_extra_param("scope", row.scopes.join(&def.scope_separator));
         }
         let response = request
-            .request_async(&self.http)
+            .request_async(&token::Http(&self.http))
             .await
             .map_err(|e| OAuthError::Token(describe(&e, &redactor, &[]).1))?;
         Ok(tokens_from(
@@ -487,11 +491,11 @@ mod tests {
     fn a_malformed_token_answer_is_described_without_its_values() {
         // A token in the wrong type: serde's message would quote it.
         let body = br#"{"access_token": 98765432123456789, "token_type": "bearer"}"#.to_vec();
-        let parse = serde_path_to_error::deserialize::<_, BasicTokenResponse>(
+        let parse = serde_path_to_error::deserialize::<_, TokenAnswer>(
             &mut serde_json::Deserializer::from_slice(&body),
         )
         .unwrap_err();
-        let e = RequestTokenError::<std::io::Error, BasicErrorResponse>::Parse(parse, body);
+        let e = RequestTokenError::<AnswerError, BasicErrorResponse>::Parse(parse, body);
         let (terminal, msg) = describe(&e, &Redactor::default(), &[]);
         assert!(!terminal);
         assert!(msg.starts_with("unexpected token endpoint answer"), "{msg}");

@@ -10,6 +10,7 @@ mod client;
 mod flow;
 mod refresh;
 mod revoke;
+mod token;
 
 pub use callback::{CallbackListener, CallbackParams, bind_callback, page};
 pub use client::{
@@ -19,6 +20,7 @@ pub use client::{
 pub(crate) use client::{OriginsError, origin_params, registration_origins};
 pub(crate) use flow::url_params;
 pub use flow::{PendingAuthorization, TakenState};
+pub(crate) use refresh::idle_for;
 pub use revoke::{ProviderRevocation, RevocationOutcome};
 
 use std::collections::HashMap;

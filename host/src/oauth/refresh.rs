@@ -1,8 +1,9 @@
 //! Keeping access tokens fresh: refresh within the skew of expiry, force one refresh after
 //! a 401, single-flight per connection (within a process and, by a file lock, across the
 //! processes sharing a data directory), rotation persisted before use, a generation
-//! compare-and-swap against stale writers, `invalid_grant` → needs-reauth, and backoff
-//! after transient failures (no refresh storms).
+//! compare-and-swap against stale writers, `invalid_grant` → needs-reauth, backoff
+//! after transient failures (no refresh storms), and keep-alive refreshes of grants
+//! nothing has refreshed for a while.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use super::{OAuth, REFRESH_SKEW, TokenInfo};
 use crate::connections::gateway::Loaded;
 use crate::connections::{Credentials, SendError, Status};
 use crate::services::GrantType;
-use crate::storage::{StorageError, now_ms};
+use crate::storage::{ConnectionRow, StorageError, now_ms};
 
 /// What a guest is told when the token cannot be refreshed for now. The provider's own
 /// answer goes to the connection's status (scrubbed), not to guests.
@@ -29,6 +30,23 @@ fn needs_refresh(loaded: &Loaded) -> bool {
         Some(at) => at - now_ms() <= REFRESH_SKEW.as_millis() as i64,
         None => false,
     }
+}
+
+/// Whether `row` is a connected grant with a refresh token that nothing has refreshed,
+/// nor anyone connected, for `idle`: due a keep-alive refresh ([`OAuth::keep_alive`]).
+/// A failed refresh counts as one, so a failing provider is asked again only after
+/// `idle` (and after its backoff).
+pub(crate) fn idle_for(row: &ConnectionRow, idle: Duration) -> bool {
+    let info = TokenInfo::from_json(&row.token_info);
+    if Status::parse(&row.status) != Status::Connected || !info.has_refresh_token {
+        return false;
+    }
+    let last = [info.last_refresh_at, row.connected_at]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(row.created_at);
+    now_ms().saturating_sub(last) >= idle.as_millis().min(i64::MAX as u128) as i64
 }
 
 fn expired(loaded: &Loaded) -> bool {
@@ -80,6 +98,42 @@ impl OAuth {
             }
             Err(e) => Err(host_fault(&e)),
         }
+    }
+
+    /// Refresh `loaded`'s grant if it is [`idle_for`] `idle`, as a task of its own (like
+    /// [`OAuth::ensure_fresh`], so a caller cut off cannot lose a rotated token). Whether
+    /// it refreshed; `NotConnected` when the provider refused the refresh token (the
+    /// connection then needs re-authorization).
+    ///
+    /// Providers end refresh tokens left unused (Microsoft after 90 days, Salesforce and
+    /// Okta by policy): a connection that functions call rarely would otherwise be found
+    /// dead only when one calls it. This keeps it alive, and finds a dead grant early.
+    pub(crate) async fn keep_alive(
+        self: &Arc<Self>,
+        mut loaded: Loaded,
+        idle: Duration,
+    ) -> Result<bool, SendError> {
+        let this = Arc::clone(self);
+        let task = self
+            .refreshes
+            .spawn(async move { this.refresh_if_idle(&mut loaded, idle).await });
+        task.await.map_err(|e| host_fault(&e))?
+    }
+
+    /// [`OAuth::keep_alive`]'s work: take the connection's turn, look again, and refresh
+    /// if it is still idle (a call or another process may have refreshed meanwhile).
+    async fn refresh_if_idle(
+        &self,
+        loaded: &mut Loaded,
+        idle: Duration,
+    ) -> Result<bool, SendError> {
+        let name = loaded.row.name.clone();
+        let _turn = self.storage.turn(&format!("refresh-{name}")).await;
+        *loaded = self.reload(loaded)?;
+        if !idle_for(&loaded.row, idle) || self.backed_off(loaded, false).is_some() {
+            return Ok(false);
+        }
+        self.refresh_locked(loaded, false).await
     }
 
     /// [`OAuth::ensure_fresh`]'s work once a refresh looks due: take the connection's
@@ -237,7 +291,7 @@ impl OAuth {
                 } else {
                     &info.granted_scopes
                 };
-                match request.request_async(&self.http).await {
+                match request.request_async(&super::token::Http(&self.http)).await {
                     Ok(response) => Ok(tokens_from(
                         &response,
                         Some(refresh),
@@ -438,6 +492,39 @@ mod tests {
             account: None,
             account_source: None,
         }
+    }
+
+    #[test]
+    fn a_grant_is_idle_from_its_last_refresh_or_connect_whichever_is_later() {
+        let hour = Duration::from_secs(3600);
+        let now = now_ms();
+        let at = |token_info: serde_json::Value, connected_at: Option<i64>| {
+            let mut r = row(&[], now - 10 * 3_600_000);
+            r.token_info = token_info;
+            r.connected_at = connected_at;
+            r
+        };
+        let refreshed = |ago_h: i64| serde_json::json!({"has_refresh_token": true, "last_refresh_at": now - ago_h * 3_600_000});
+        assert!(idle_for(&at(refreshed(2), None), hour));
+        assert!(!idle_for(&at(refreshed(0), None), hour), "just refreshed");
+        assert!(
+            !idle_for(&at(refreshed(2), Some(now)), hour),
+            "just connected"
+        );
+        // Neither: from its creation.
+        assert!(idle_for(
+            &at(serde_json::json!({"has_refresh_token": true}), None),
+            hour
+        ));
+        // Nothing to refresh with, or not connected: never due.
+        assert!(!idle_for(
+            &at(serde_json::json!({"last_refresh_at": 0}), None),
+            hour
+        ));
+        let mut r = at(refreshed(2), None);
+        r.status = "needs-reauth".into();
+        assert!(!idle_for(&r, hour));
+        assert!(idle_for(&at(refreshed(0), None), Duration::ZERO));
     }
 
     #[test]

@@ -146,10 +146,14 @@ impl OAuth {
                     Revoked,
                     format!("{label}: revoked at the provider ({})", r.status().as_u16()),
                 ),
-                Ok(r) => {
+                Ok(mut r) => {
                     let status = r.status().as_u16();
+                    let body = match super::token::read_capped(&mut r).await {
+                        Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+                        Err(e) => format!("({e})"),
+                    };
                     // Scrub before cutting, so a cut cannot leave part of a token behind.
-                    let body = redactor.scrub(&r.text().await.unwrap_or_default());
+                    let body = redactor.scrub(&body);
                     if status == 400 && names_invalid_token(&body) {
                         // Revoking the refresh token first usually ends its access token
                         // too, and a provider like Google then refuses the second request.

@@ -61,6 +61,7 @@ use tokio::task::JoinHandle;
 
 use self::limits::{BodyBudget, Capacity, RateLimit};
 use crate::Keyhole;
+use crate::connections::KeepAlive;
 use crate::runtime::DEFAULT_MAX_INSTANCES;
 use crate::storage::Storage;
 
@@ -138,6 +139,51 @@ pub async fn keep_invocations_bounded(
         tokio::select! {
             () = token.cancelled() => return,
             () = tokio::time::sleep(next_prune_in(deleted, every)) => {}
+        }
+    }
+}
+
+/// Keep OAuth grants alive until `token` is cancelled: now and then, every grant that
+/// nothing has refreshed (nor anyone connected) for `idle` is refreshed
+/// ([`crate::connections::Connections::keep_alive`]), so providers that end unused refresh
+/// tokens do not end these, and a grant revoked at the provider shows as needing
+/// re-authorization before a function finds out. Passes come every quarter of `idle`,
+/// between a second and an hour apart.
+pub async fn keep_grants_alive(host: Arc<Keyhole>, idle: Duration, token: CancellationToken) {
+    let every = (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    loop {
+        let pass = host.connections().keep_alive(idle);
+        let report = tokio::select! {
+            () = token.cancelled() => return,
+            report = pass => report,
+        };
+        match report {
+            Ok(report) => {
+                for (connection, outcome) in report {
+                    match outcome {
+                        KeepAlive::Refreshed => {
+                            tracing::info!(%connection, "refreshed an idle OAuth grant")
+                        }
+                        KeepAlive::NotRefreshed => {}
+                        KeepAlive::NeedsReauth => tracing::warn!(
+                            %connection,
+                            "an idle OAuth grant was refused by its provider; the connection needs re-authorization"
+                        ),
+                        KeepAlive::Failed(error) => tracing::warn!(
+                            %connection,
+                            %error,
+                            "could not refresh an idle OAuth grant; will retry"
+                        ),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list connections to keep their grants alive; will retry")
+            }
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -15,7 +15,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
 use super::store::{
-    ClientAuth, Issued, OAuthError, PendingConsent, Store, is_pkce_string, is_valid_scope,
+    AnswerStyle, ClientAuth, Issued, OAuthError, PendingConsent, Store, is_pkce_string,
+    is_valid_scope,
 };
 use crate::fake_api::strip_scheme;
 use crate::server::{Echo, RequestLog, decode_pairs, record};
@@ -378,7 +379,7 @@ fn form_params(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthError> {
     Ok(params)
 }
 
-fn token_response(issued: Issued) -> Response {
+fn token_response(issued: Issued, style: AnswerStyle, padding: usize) -> Response {
     let mut body = json!({
         "access_token": issued.access_token,
         "token_type": "Bearer",
@@ -390,7 +391,54 @@ fn token_response(issued: Issued) -> Response {
     if !issued.scope.is_empty() {
         body["scope"] = issued.scope.into();
     }
-    json_no_store(StatusCode::OK, body)
+    if padding > 0 {
+        body["padding"] = "x".repeat(padding).into();
+    }
+    styled(StatusCode::OK, body, style)
+}
+
+/// A `/token` answer (a token or an error object) written as `style` says.
+fn styled(status: StatusCode, mut body: Value, style: AnswerStyle) -> Response {
+    let no_store = [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::PRAGMA, "no-cache"),
+    ];
+    match style {
+        AnswerStyle::Json => json_no_store(status, body),
+        AnswerStyle::OffSpec => {
+            if let Some(n) = body.get("expires_in").and_then(Value::as_u64) {
+                body["expires_in"] = n.to_string().into();
+            }
+            if let Some(fields) = body.as_object_mut() {
+                fields.remove("token_type");
+            }
+            json_no_store(status, body)
+        }
+        AnswerStyle::JsonAsText => {
+            let mut response = (status, no_store, body.to_string()).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            response
+        }
+        AnswerStyle::Form => {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            for (name, value) in body.as_object().into_iter().flatten() {
+                match value {
+                    Value::String(s) => form.append_pair(name, s),
+                    Value::Null => continue,
+                    other => form.append_pair(name, &other.to_string()),
+                };
+            }
+            let mut response = (status, no_store, form.finish()).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/x-www-form-urlencoded"),
+            );
+            response
+        }
+    }
 }
 
 /// `POST /token` (RFC 6749 §4.1.3, §4.4.2, §6).
@@ -449,7 +497,7 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
         Ok(params) => params,
         Err(err) => return err.into_response(),
     };
-    let (result, answer_delay) = {
+    let (result, answer) = {
         let mut store = shared.store.lock().unwrap();
         let client_id = match authenticate_client(&store, &headers, &params) {
             Ok(id) => id,
@@ -485,18 +533,28 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
                 "grant_type {other} is not supported"
             ))),
         };
-        let answer_delay = store.knobs.token_answer_delay;
-        (result, answer_delay)
+        let knobs = &store.knobs;
+        let answer = (
+            knobs.token_answer_delay,
+            knobs.answer_style,
+            knobs.answer_padding,
+        );
+        (result, answer)
     };
+    let (answer_delay, style, padding) = answer;
     if !answer_delay.is_zero() {
         tokio::time::sleep(answer_delay).await;
     }
     match result {
-        Ok(issued) => token_response(issued),
+        Ok(issued) => token_response(issued, style, padding),
         Err(err) if errors_with_200 => {
             let mut response = err.into_response();
             *response.status_mut() = StatusCode::OK;
             response
+        }
+        Err(err) if style == AnswerStyle::Form => {
+            let body = json!({ "error": err.code, "error_description": err.description });
+            styled(err.status, body, style)
         }
         Err(err) => err.into_response(),
     }

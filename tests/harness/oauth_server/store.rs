@@ -128,6 +128,21 @@ pub(crate) struct Issued {
     pub scope: String,
 }
 
+/// How `/token` writes its answers: as RFC 6749 §5.1 says, or as some providers do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AnswerStyle {
+    /// `application/json`, `expires_in` a number, `token_type` given.
+    #[default]
+    Json,
+    /// `"expires_in": "3600"` (a string) and no `token_type`.
+    OffSpec,
+    /// Successes and errors form-encoded (`access_token=…&token_type=bearer`), as GitHub
+    /// answers a client that does not ask for JSON.
+    Form,
+    /// JSON, labelled `text/plain`.
+    JsonAsText,
+}
+
 /// Test knobs; see the setters on `OAuthServer`.
 pub(crate) struct Knobs {
     pub access_ttl: u64,
@@ -153,6 +168,10 @@ pub(crate) struct Knobs {
     /// `/revoke` answers 400 `invalid_token` for a token that is unknown or no longer
     /// active, as Google's endpoint does, instead of RFC 7009's 200.
     pub invalid_token_on_dead_revocation: bool,
+    /// How `/token` writes its answers.
+    pub answer_style: AnswerStyle,
+    /// A field of this many bytes added to every successful `/token` answer.
+    pub answer_padding: usize,
     /// `iss` sent with every authorization response (RFC 9207), if any.
     pub issuer: Option<String>,
     /// Whether the server supports PKCE (then it requires it). Off, it is a provider that
@@ -180,6 +199,8 @@ impl Default for Knobs {
             revoke_delay: Duration::ZERO,
             token_answer_delay: Duration::ZERO,
             invalid_token_on_dead_revocation: false,
+            answer_style: AnswerStyle::Json,
+            answer_padding: 0,
             issuer: None,
             pkce: true,
         }
