@@ -11,9 +11,10 @@
 //!
 //! `record_after` does not wait: it hands back the id the record will have, taken from
 //! a block of ids this process reserved in the database, and the record joins the queue
-//! for a drain task. `keyhole serve` answers that way, so no invocation waits for a
-//! commit; [`Recorder::settled`] lets its readers wait for the records it has answered
-//! with an id.
+//! for a drain task, which lets such records gather for [`LINGER`] before it commits
+//! them. `keyhole serve` answers that way, so no invocation waits for a commit, and one
+//! request at a time does not cost a commit each; [`Recorder::settled`] lets its readers
+//! wait for the records it has answered with an id.
 //!
 //! When another process holds the database's write lock past the busy timeout (or, for
 //! callers queued behind that wait, past the storage's give-up time), a waiting caller
@@ -35,6 +36,13 @@ use super::{InvocationRow, Storage, StorageError};
 
 /// Most records in one transaction.
 const MAX_BATCH: usize = 256;
+
+/// How long the drain task lets records that nobody waits for gather before it commits
+/// them. A commit costs tens of µs of CPU (the WAL frames written, their checksums), more
+/// than the rest of a record; with one request at a time, each record would be a commit
+/// of its own, on the core the next request needs. The records of a process that dies
+/// meanwhile are lost, as any answered before their commit are.
+const LINGER: Duration = Duration::from_millis(5);
 
 /// How many record ids a process takes at a time for [`Recorder::record_after`]: more
 /// than the records of several full batches, so with a spare block taken along by a
@@ -466,12 +474,24 @@ fn drain(storage: Arc<Storage>, state: Arc<Mutex<State>>) -> impl Future<Output 
                 seen = n;
                 requeue_once().await;
             }
+            if nobody_waits(&state) {
+                tokio::time::sleep(LINGER).await;
+            }
             if !commit_waiting(&storage, &state) {
                 abandon.disarm();
                 return;
             }
         }
     }
+}
+
+/// Whether every waiting record is one nobody waits for (`record_after`'s: a server's,
+/// answered already), and a batch has room for more: then the drain lingers for
+/// [`LINGER`] before it commits, so that records arriving one at a time share a commit.
+fn nobody_waits(state: &Mutex<State>) -> bool {
+    let state = lock(state);
+    let n = state.waiting.len();
+    n > 0 && n < MAX_BATCH && state.waiting.iter().all(|(_, reply)| reply.is_closed())
 }
 
 /// See [`drain`]; disarmed (`None`) when the drain ends normally.
