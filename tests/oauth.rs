@@ -121,6 +121,17 @@ async fn authorize_with(s: &Setup, pending: keyhole::oauth::PendingAuthorization
     assert_eq!(view.status, Status::Connected);
 }
 
+/// Complete an authorization from `params` through the library, which must fail: the
+/// error's text.
+async fn refused_completion(s: &Setup, params: &CallbackParams) -> String {
+    s.t.host
+        .connections()
+        .complete_authorization(params, Some("prov"))
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 /// The test provider's service, with its verification request naming the account.
 fn naming_the_account(toml: String) -> String {
     toml.replace(
@@ -256,21 +267,13 @@ async fn pkce_mismatch_state_tampering_reuse_and_denial_store_nothing() {
         state: Some(state.clone()),
         ..Default::default()
     };
-    let err = c
-        .complete_authorization(&params, Some("prov"))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refused_completion(&s, &params).await;
     assert!(err.contains("invalid_grant"), "{err}");
     let view = c.show("prov").unwrap();
     assert_eq!(view.status, Status::Pending);
     assert!(view.status_reason.unwrap().contains("invalid_grant"));
     // ...and the state was used up.
-    let err = c
-        .complete_authorization(&params, Some("prov"))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refused_completion(&s, &params).await;
     assert!(err.contains("unknown or was already used"), "{err}");
 
     // A tampered state is refused before any token request.
@@ -279,11 +282,7 @@ async fn pkce_mismatch_state_tampering_reuse_and_denial_store_nothing() {
     let mut tampered = callback(&location);
     tampered.state = Some(format!("{}x", tampered.state.unwrap()));
     let before = s.server.token_requests();
-    let err = c
-        .complete_authorization(&tampered, Some("prov"))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refused_completion(&s, &tampered).await;
     assert!(err.contains("state"), "{err}");
     assert_eq!(
         s.server.token_requests(),
@@ -294,11 +293,7 @@ async fn pkce_mismatch_state_tampering_reuse_and_denial_store_nothing() {
     // The provider's error redirect.
     let pending = c.begin_authorization("prov").unwrap();
     let location = s.server.deny(&pending.authorize_url).await.unwrap();
-    let err = c
-        .complete_authorization(&callback(&location), Some("prov"))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refused_completion(&s, &callback(&location)).await;
     assert!(err.contains("access_denied"), "{err}");
     let view = c.show("prov").unwrap();
     assert_eq!(view.status, Status::Pending);
@@ -427,11 +422,7 @@ async fn an_endless_token_answer_is_refused_unread_and_nothing_is_stored() {
     let c = s.t.host.connections();
     let pending = c.begin_authorization("prov").unwrap();
     let location = s.server.approve(&pending.authorize_url).await.unwrap();
-    let err = c
-        .complete_authorization(&callback(&location), Some("prov"))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refused_completion(&s, &callback(&location)).await;
     assert!(err.contains("longer than 262144 bytes"), "{err}");
     let view = c.show("prov").unwrap();
     assert_ne!(view.status, Status::Connected);
@@ -1290,11 +1281,7 @@ async fn with_its_issuer_declared_a_response_from_another_issuer_is_refused_unus
         s.server.set_issuer_in_responses(sent);
         let pending = c.begin_authorization("prov").unwrap();
         let location = s.server.approve(&pending.authorize_url).await.unwrap();
-        let err = c
-            .complete_authorization(&callback(&location), Some("prov"))
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = refused_completion(&s, &callback(&location)).await;
         assert!(err.contains(says) && err.contains("RFC 9207"), "{err}");
         // Refused before the code went anywhere; the working tokens stay.
         assert_eq!(s.server.token_requests_for("authorization_code"), exchanges);
