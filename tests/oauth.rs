@@ -457,6 +457,11 @@ async fn an_idle_grant_is_kept_alive_and_a_dead_one_found_before_any_call() {
     // Refreshed just now: no longer idle.
     assert_eq!(c.keep_alive(Duration::from_secs(3600)).await.unwrap(), []);
     assert_eq!(s.server.token_requests_for("refresh_token"), 1);
+    // Again: the server rotates refresh tokens and refuses a used one, so this works
+    // only if keyhole stored the one the last refresh brought.
+    let report = c.keep_alive(Duration::ZERO).await.unwrap();
+    assert_eq!(report, [("prov".to_string(), KeepAlive::Refreshed)]);
+    assert!(!s.server.is_refresh_token_active(&rotated), "not rotated");
 
     // The provider ends the grant: the keep-alive finds it, no function has to.
     s.server.revoke_all();
@@ -465,7 +470,7 @@ async fn an_idle_grant_is_kept_alive_and_a_dead_one_found_before_any_call() {
     assert_eq!(c.show("prov").unwrap().status, Status::NeedsReauth);
     // A connection that needs re-authorization is left alone.
     assert_eq!(c.keep_alive(Duration::ZERO).await.unwrap(), []);
-    assert_eq!(s.server.token_requests_for("refresh_token"), 2);
+    assert_eq!(s.server.token_requests_for("refresh_token"), 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -63,7 +63,8 @@ pub struct ServeArgs {
     /// Refresh an OAuth grant that nothing has refreshed, nor anyone connected, for this
     /// long, e.g. 24h. Providers end refresh tokens left unused (Microsoft after 90 days),
     /// and a grant revoked at the provider then shows as needs-reauth before a function
-    /// finds out. 0s turns it off.
+    /// finds out. Passes run every quarter of it (at most hourly, at least every
+    /// second); a value of minutes refreshes every grant that often. 0s turns it off.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub refresh_idle_after: Duration,
 }

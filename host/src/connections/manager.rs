@@ -40,8 +40,9 @@ pub struct Connections {
 pub enum KeepAlive {
     /// Refreshed: the provider's new tokens are stored.
     Refreshed,
-    /// Not refreshed now: it was refreshed meanwhile, or the provider failed in a way
-    /// that may pass (`connections show` says how; it is tried again later).
+    /// Not refreshed now: it was refreshed, revoked, deleted or edited meanwhile, or the
+    /// provider failed in a way that may pass (`connections show` says how; it is tried
+    /// again later).
     NotRefreshed,
     /// The provider refused the refresh token: the connection needs re-authorization.
     NeedsReauth,
@@ -626,18 +627,18 @@ impl Connections {
                     continue;
                 }
             };
-            let code_grant = loaded
-                .service
-                .oauth2
-                .as_ref()
-                .is_some_and(|d| d.grant == GrantType::AuthorizationCode);
-            if !code_grant {
-                continue;
-            }
             let outcome = match self.gateway.oauth.keep_alive(loaded, idle).await {
                 Ok(true) => KeepAlive::Refreshed,
                 Ok(false) => KeepAlive::NotRefreshed,
-                Err(super::SendError::NotConnected) => KeepAlive::NeedsReauth,
+                // The provider refused the refresh token, or the connection changed under
+                // the refresh (revoked, deleted, edited): the stored status tells which.
+                Err(super::SendError::NotConnected) => {
+                    let now = self.gateway.storage.get_connection(&name)?;
+                    match now.map(|row| Status::parse(&row.status)) {
+                        Some(Status::NeedsReauth) => KeepAlive::NeedsReauth,
+                        _ => KeepAlive::NotRefreshed,
+                    }
+                }
                 Err(e) => KeepAlive::Failed(e.to_string()),
             };
             report.push((name, outcome));

@@ -127,6 +127,16 @@ impl OAuth {
         loaded: &mut Loaded,
         idle: Duration,
     ) -> Result<bool, SendError> {
+        // Client credentials hold no refresh token to keep alive: a new token is simply
+        // fetched when one is needed.
+        let code_grant = loaded
+            .service
+            .oauth2
+            .as_ref()
+            .is_some_and(|d| d.grant == GrantType::AuthorizationCode);
+        if !code_grant {
+            return Ok(false);
+        }
         let name = loaded.row.name.clone();
         let _turn = self.storage.turn(&format!("refresh-{name}")).await;
         *loaded = self.reload(loaded)?;

@@ -150,6 +150,9 @@ impl OAuth {
                     let status = r.status().as_u16();
                     let body = match super::token::read_capped(&mut r).await {
                         Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+                        Err(super::token::AnswerError::Request(e)) => {
+                            format!("(its answer could not be read: {})", e.without_url())
+                        }
                         Err(e) => format!("({e})"),
                     };
                     // Scrub before cutting, so a cut cannot leave part of a token behind.

@@ -12,9 +12,10 @@
 //!   (`access_token=…&token_type=bearer`, as GitHub answers without `Accept`), or a
 //!   success status other than 200.
 //!
-//! Only the shape is relaxed: an answer without an access token, or with a value that is
-//! not what its field says (a negative lifetime, a token that is a number), is still
-//! refused, and the error names the field, never its value.
+//! Only the shape is relaxed: an answer without an access token (or with an empty one),
+//! or with a value that is not what its field says (a negative lifetime, a token that is
+//! a number), is still refused. keyhole's own messages name no value; serde's may quote
+//! one, and `flow::describe` scrubs every value of the answer from the message.
 
 use std::fmt;
 use std::future::Future;
@@ -136,7 +137,13 @@ fn from_form(body: &[u8]) -> Option<serde_json::Map<String, serde_json::Value>> 
             return None;
         }
     }
-    (object.contains_key("access_token") || object.contains_key("error")).then_some(object)
+    let named = |field: &str| {
+        object
+            .get(field)
+            .and_then(|v| v.as_str())
+            .is_some_and(|v| !v.is_empty())
+    };
+    (named("access_token") || named("error")).then_some(object)
 }
 
 /// Longest access-token lifetime believed: a provider's `expires_in` past it (a
@@ -146,6 +153,7 @@ pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 36
 /// A successful token response (RFC 6749 §5.1, §6), read leniently; see the module docs.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TokenAnswer {
+    #[serde(deserialize_with = "access_token")]
     access_token: AccessToken,
     /// Absent means `bearer`, the only type keyhole injects.
     #[serde(default = "bearer", deserialize_with = "token_type")]
@@ -184,6 +192,14 @@ impl TokenResponse for TokenAnswer {
     fn scopes(&self) -> Option<&Vec<Scope>> {
         self.scope.as_ref()
     }
+}
+
+fn access_token<'de, D: Deserializer<'de>>(d: D) -> Result<AccessToken, D::Error> {
+    let token = String::deserialize(d)?;
+    if token.is_empty() {
+        return Err(de::Error::custom("access_token is empty"));
+    }
+    Ok(AccessToken::new(token))
 }
 
 fn bearer() -> BasicTokenType {
@@ -381,6 +397,8 @@ mod tests {
             "",
             "a=1&b=2",
             "access_token=x&access_token=y",
+            "access_token=",
+            "access_token",
             "not json {",
         ] {
             let a = normalize(answer(200, Some("text/html"), body));
@@ -458,22 +476,28 @@ mod tests {
     }
 
     #[test]
-    fn what_is_not_a_token_answer_is_refused_without_its_values() {
-        for (body, field) in [
-            (r#"{"token_type":"bearer"}"#, "access_token"),
-            (r#"{"access_token":98765432123456789}"#, ""),
+    fn what_is_not_a_token_answer_is_refused() {
+        for (body, why) in [
+            (r#"{"token_type":"bearer"}"#, "missing field `access_token`"),
+            (r#"{"access_token":""}"#, "access_token is empty"),
+            (r#"{"access_token":98765432123456789}"#, "expected a string"),
             (r#"{"access_token":"at","expires_in":-5}"#, "negative"),
             (r#"{"access_token":"at","expires_in":"-5"}"#, "negative"),
             (
                 r#"{"access_token":"at","expires_in":"soon-7731"}"#,
                 "not a number",
             ),
-            (r#"{"access_token":"at","expires_in":true}"#, "seconds"),
-            (r#"{"access_token":"at","scope":{"a":1}}"#, ""),
+            (
+                r#"{"access_token":"at","expires_in":true}"#,
+                "lifetime in seconds",
+            ),
+            (r#"{"access_token":"at","scope":{"a":1}}"#, "did not match"),
         ] {
             let e = read(body).map(|_| ()).expect_err(body);
-            assert!(e.contains(field), "{body}: {e}");
-            assert!(!e.contains("7731"), "{body}: {e}");
+            assert!(e.contains(why), "{body}: {e}");
         }
+        // A string lifetime that is not a number is not quoted back.
+        let e = read(r#"{"access_token":"at","expires_in":"soon-7731"}"#).map(|_| ());
+        assert!(!e.unwrap_err().contains("7731"));
     }
 }

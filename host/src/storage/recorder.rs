@@ -5,7 +5,9 @@
 //!
 //! Under load this turns N commits into one (the commit, not the insert, is what costs).
 //! With one invocation at a time, the caller commits its own record: no task hop and no
-//! cross-thread wake-up on the path to its answer. Either way a caller waits until its
+//! cross-thread wake-up on the path to its answer. (One that arrives while a drain task
+//! lingers over a server's records, below, waits for that drain: at most [`LINGER`]
+//! more.) Either way a caller waits until its
 //! record is committed and gets its id: when `record` returns an id, the row is in the
 //! database.
 //!
