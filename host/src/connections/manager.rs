@@ -633,10 +633,13 @@ impl Connections {
                 // The provider refused the refresh token, or the connection changed under
                 // the refresh (revoked, deleted, edited): the stored status tells which.
                 Err(super::SendError::NotConnected) => {
-                    let now = self.gateway.storage.get_connection(&name)?;
-                    match now.map(|row| Status::parse(&row.status)) {
-                        Some(Status::NeedsReauth) => KeepAlive::NeedsReauth,
-                        _ => KeepAlive::NotRefreshed,
+                    match self.gateway.storage.get_connection(&name) {
+                        Ok(Some(row)) if Status::parse(&row.status) == Status::NeedsReauth => {
+                            KeepAlive::NeedsReauth
+                        }
+                        Ok(_) => KeepAlive::NotRefreshed,
+                        // One connection's read failing does not end the pass for the rest.
+                        Err(e) => KeepAlive::Failed(e.to_string()),
                     }
                 }
                 Err(e) => KeepAlive::Failed(e.to_string()),

@@ -49,6 +49,15 @@ pub(crate) fn idle_for(row: &ConnectionRow, idle: Duration) -> bool {
     now_ms().saturating_sub(last) >= idle.as_millis().min(i64::MAX as u128) as i64
 }
 
+/// Whether `loaded` is an authorization-code grant (the kind a refresh token serves).
+fn code_grant(loaded: &Loaded) -> bool {
+    loaded
+        .service
+        .oauth2
+        .as_ref()
+        .is_some_and(|d| d.grant == GrantType::AuthorizationCode)
+}
+
 fn expired(loaded: &Loaded) -> bool {
     loaded
         .creds
@@ -129,12 +138,7 @@ impl OAuth {
     ) -> Result<bool, SendError> {
         // Client credentials hold no refresh token to keep alive: a new token is simply
         // fetched when one is needed.
-        let code_grant = loaded
-            .service
-            .oauth2
-            .as_ref()
-            .is_some_and(|d| d.grant == GrantType::AuthorizationCode);
-        if !code_grant {
+        if !code_grant(loaded) {
             return Ok(false);
         }
         let name = loaded.row.name.clone();
@@ -185,12 +189,7 @@ impl OAuth {
                 .tokens
                 .as_ref()
                 .is_some_and(|t| t.refresh.is_some());
-            let code_grant = loaded
-                .service
-                .oauth2
-                .as_ref()
-                .is_some_and(|d| d.grant == GrantType::AuthorizationCode);
-            if code_grant && !has_refresh && !expired(loaded) {
+            if code_grant(loaded) && !has_refresh && !expired(loaded) {
                 return Ok(false);
             }
             if !self.may_force_refresh(&name) {
