@@ -370,6 +370,7 @@ async fn providers_answering_off_spec_connect_refresh_and_fail_as_they_mean() {
         AnswerStyle::OffSpec,
         AnswerStyle::Form,
         AnswerStyle::JsonAsText,
+        AnswerStyle::Chunked,
     ] {
         let s = setup("authorization_code").await;
         s.server.set_token_answer_style(style);
@@ -417,23 +418,30 @@ async fn providers_answering_off_spec_connect_refresh_and_fail_as_they_mean() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_endless_token_answer_is_refused_unread_and_nothing_is_stored() {
-    let s = setup("authorization_code").await;
-    s.server.set_token_answer_padding(300 * 1024);
-    let c = s.t.host.connections();
-    let pending = c.begin_authorization("prov").unwrap();
-    let location = s.server.approve(&pending.authorize_url).await.unwrap();
-    let err = refused_completion(&s, &callback(&location)).await;
-    assert!(err.contains("longer than 262144 bytes"), "{err}");
-    let view = c.show("prov").unwrap();
-    assert_ne!(view.status, Status::Connected);
-    assert!(view.token.get("expires_at").is_none(), "tokens were stored");
-    let issued = s.server.issued_access_tokens();
-    let refs: Vec<&str> = issued.iter().map(String::as_str).collect();
-    assert!(!refs.iter().any(|t| err.contains(t)), "{err}");
+    // Announced by its `Content-Length`, or found out while reading it (chunked).
+    for style in [AnswerStyle::Json, AnswerStyle::Chunked] {
+        let s = setup("authorization_code").await;
+        s.server.set_token_answer_style(style);
+        s.server.set_token_answer_padding(300 * 1024);
+        let c = s.t.host.connections();
+        let pending = c.begin_authorization("prov").unwrap();
+        let location = s.server.approve(&pending.authorize_url).await.unwrap();
+        let err = refused_completion(&s, &callback(&location)).await;
+        assert!(err.contains("longer than 262144 bytes"), "{style:?}: {err}");
+        let view = c.show("prov").unwrap();
+        assert_ne!(view.status, Status::Connected, "{style:?}");
+        assert!(
+            view.token.get("expires_at").is_none(),
+            "{style:?}: tokens were stored"
+        );
+        let issued = s.server.issued_access_tokens();
+        let refs: Vec<&str> = issued.iter().map(String::as_str).collect();
+        assert!(!refs.iter().any(|t| err.contains(t)), "{style:?}: {err}");
 
-    // The same provider with a sane answer connects at once.
-    s.server.set_token_answer_padding(0);
-    authorize(&s).await;
+        // The same provider with a sane answer connects at once.
+        s.server.set_token_answer_padding(0);
+        authorize(&s).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

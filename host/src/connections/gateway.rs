@@ -174,10 +174,14 @@ pub(crate) struct RequestLimits {
 
 /// The shared outbound client: never follows redirects (a 3xx goes back to the guest,
 /// so credentials never travel to a Location the upstream chose) and ignores proxy
-/// environment variables (credentials go only where the connection says).
+/// environment variables (credentials go only where the connection says). It makes no
+/// retries of its own: reqwest's default policy retries only HTTP/2 refusals (this build
+/// speaks HTTP/1.1 alone) yet copies every request, credentials included, in case it
+/// should; hyper still resends a request a pooled connection closed before taking it.
 pub fn build_client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         .no_proxy()
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("keyhole/", env!("CARGO_PKG_VERSION")))

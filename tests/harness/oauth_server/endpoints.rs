@@ -422,6 +422,24 @@ fn styled(status: StatusCode, mut body: Value, style: AnswerStyle) -> Response {
             );
             response
         }
+        AnswerStyle::Chunked => {
+            let text = body.to_string().into_bytes();
+            let pieces: Vec<Result<Bytes, std::convert::Infallible>> = text
+                .chunks(16 * 1024)
+                .map(|piece| Ok(Bytes::copy_from_slice(piece)))
+                .collect();
+            let mut response = (
+                status,
+                no_store,
+                axum::body::Body::from_stream(futures::stream::iter(pieces)),
+            )
+                .into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
         AnswerStyle::Form => {
             let mut form = url::form_urlencoded::Serializer::new(String::new());
             for (name, value) in body.as_object().into_iter().flatten() {

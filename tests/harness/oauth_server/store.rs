@@ -141,6 +141,9 @@ pub enum AnswerStyle {
     Form,
     /// JSON, labelled `text/plain`.
     JsonAsText,
+    /// JSON sent in 16 KiB pieces with no `Content-Length` (chunked transfer coding), so
+    /// a reader learns the answer's size only by reading it.
+    Chunked,
 }
 
 /// Test knobs; see the setters on `OAuthServer`.
