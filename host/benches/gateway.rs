@@ -5,7 +5,7 @@
 //! A local upstream (axum, on 127.0.0.1, answering 401 without the right `X-API-Key`)
 //! and three cases, all on one current-thread tokio runtime:
 //!
-//! - `direct`: a reqwest GET to the upstream with the key, from the same process and the
+//! - `direct`: a GET to the upstream with the key, from the same process and on the
 //!   same kind of pooled client keyhole uses: the call itself, nothing of keyhole's.
 //! - `refused`: invoking `fetch` (the `hello-http` plugin) on a connection it was not
 //!   granted: the whole invocation (instance, input, output, record) without the call.
@@ -59,7 +59,7 @@ struct Fixture {
     rt: Tokio,
     _home: tempfile::TempDir,
     host: Keyhole,
-    client: reqwest::Client,
+    client: keyhole::connections::outbound::Client,
     url: String,
     key: String,
 }
@@ -136,9 +136,8 @@ location = "header"
             serde_json::from_str(&f.rt.block_on(f.invoke(REFUSED))).expect("JSON");
         assert_eq!(refused["error"], "access-denied", "{refused}");
         assert_eq!(f.rt.block_on(f.direct()), StatusCode::OK.as_u16());
-        let keyless = f.rt.block_on(async { f.client.get(&f.url).send().await });
         assert_eq!(
-            keyless.expect("keyless GET").status(),
+            f.rt.block_on(f.get(None)),
             StatusCode::UNAUTHORIZED,
             "the upstream checks the key, so a 200 from fetch means keyhole injected it"
         );
@@ -151,15 +150,20 @@ location = "header"
     }
 
     async fn direct(&self) -> u16 {
-        let r = self
-            .client
-            .get(&self.url)
-            .header("X-API-Key", &self.key)
-            .send()
-            .await
-            .expect("direct GET");
-        let status = r.status().as_u16();
-        black_box(r.bytes().await.expect("body"));
+        self.get(Some(&self.key)).await
+    }
+
+    /// A GET to the upstream with `key` (if any) on the client keyhole's gateway uses.
+    async fn get(&self, key: Option<&str>) -> u16 {
+        use http_body_util::BodyExt as _;
+        let mut request = axum::http::Request::get(&self.url);
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        let request = request.body(Default::default()).expect("a valid request");
+        let response = self.client.request(request).await.expect("direct GET");
+        let status = response.status().as_u16();
+        black_box(response.into_body().collect().await.expect("body"));
         status
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt as _;
 use reqwest::header::{HeaderName, HeaderValue};
 
 use super::answer::{MAX_SHOWN_CODINGS, clip, guest_headers, unscrubbable_coding};
@@ -12,6 +13,7 @@ use super::credentials::Credentials;
 use super::redact::Redactor;
 use super::{
     Catalog, ConnectionError, OutboundRequest, OutboundResponse, SendError, Status, egress, inject,
+    outbound,
 };
 use crate::oauth::OAuth;
 use crate::runtime::HttpState;
@@ -36,7 +38,7 @@ pub struct Gateway {
     pub(crate) storage: Arc<Storage>,
     pub(crate) sealer: Arc<Sealer>,
     pub(crate) catalog: Catalog,
-    pub(crate) client: reqwest::Client,
+    pub(crate) client: outbound::Client,
     pub(crate) oauth: Arc<OAuth>,
     opened: Mutex<HashMap<String, Opened>>,
     calls: Mutex<CallCache>,
@@ -172,23 +174,6 @@ pub(crate) struct RequestLimits {
     pub max_request_bytes: u64,
 }
 
-/// The shared outbound client: never follows redirects (a 3xx goes back to the guest,
-/// so credentials never travel to a Location the upstream chose) and ignores proxy
-/// environment variables (credentials go only where the connection says). It makes no
-/// retries of its own: reqwest's default policy retries only HTTP/2 refusals (this build
-/// speaks HTTP/1.1 alone) yet copies every request, credentials included, in case it
-/// should; hyper still resends a request a pooled connection closed before taking it.
-pub fn build_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .retry(reqwest::retry::never().max_retries_per_request(0))
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(10))
-        .user_agent(concat!("keyhole/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("the TLS backend initialises")
-}
-
 impl Gateway {
     /// A gateway over `storage`, sealing with `sealer`.
     pub fn new(storage: Arc<Storage>, sealer: Arc<Sealer>) -> Self {
@@ -197,7 +182,7 @@ impl Gateway {
             catalog: Catalog::new(storage.clone()),
             storage,
             sealer,
-            client: build_client(),
+            client: outbound::build_client(),
             oauth,
             opened: Mutex::default(),
             calls: Mutex::default(),
@@ -450,27 +435,35 @@ impl Gateway {
         limits: &RequestLimits,
     ) -> Result<OutboundResponse, SendError> {
         let redactor = loaded.redactor();
-        let mut request = reqwest::Request::new(prepared.method.clone(), prepared.url.clone());
-        *request.headers_mut() = prepared.headers.clone();
-        if !prepared.body.is_empty() {
-            *request.body_mut() = Some(prepared.body.clone().into());
-        }
+        let mut url = prepared.url.clone();
+        let mut headers = prepared.headers.clone();
         // Last step before sending: attach the credentials.
         inject::apply(
-            &mut request,
+            &mut url,
+            &mut headers,
             &loaded.service,
             &loaded.creds,
             &loaded.row.params,
         )?;
+        outbound::add_default_headers(&mut headers);
+        // Not echoed: the URL may carry an API key in its query.
+        let uri: hyper::Uri = url.as_str().parse().map_err(|_| {
+            SendError::InvalidRequest("the target is not a URL that can be sent".into())
+        })?;
+        let mut request = hyper::Request::new(outbound::OutboundBody::from(prepared.body.clone()));
+        *request.method_mut() = prepared.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
 
         let send = async {
-            let mut response = self
+            let response = self
                 .client
-                .execute(request)
+                .request(request)
                 .await
-                .map_err(|e| map_reqwest(e, redactor))?;
-            let status = response.status().as_u16();
-            if let Some(coding) = unscrubbable_coding(response.headers()) {
+                .map_err(|e| map_send_error(&e, redactor))?;
+            let (mut parts, mut incoming) = response.into_parts();
+            let status = parts.status.as_u16();
+            if let Some(coding) = unscrubbable_coding(&parts.headers) {
                 // Asked for identity and got something else: the scrubber cannot see into
                 // it, so it does not reach the guest.
                 return Err(SendError::UpstreamUnreachable(format!(
@@ -479,19 +472,19 @@ impl Gateway {
                 )));
             }
             // Taken, not copied: the length check reads the body's size hint.
-            let upstream_headers = std::mem::take(response.headers_mut());
-            if response
-                .content_length()
+            let upstream_headers = std::mem::take(&mut parts.headers);
+            if hyper::body::Body::size_hint(&incoming)
+                .exact()
                 .is_some_and(|n| n > limits.max_response_bytes)
             {
                 return Err(SendError::TooLarge);
             }
             let mut body = Vec::new();
-            while let Some(chunk) = response
-                .chunk()
-                .await
-                .map_err(|e| map_reqwest(e, redactor))?
-            {
+            while let Some(frame) = incoming.frame().await {
+                let frame = frame.map_err(|e| map_send_error(&e, redactor))?;
+                let Ok(chunk) = frame.into_data() else {
+                    continue; // trailers: not passed on
+                };
                 if (body.len() + chunk.len()) as u64 > limits.max_response_bytes {
                     return Err(SendError::TooLarge);
                 }
@@ -709,20 +702,13 @@ fn scrub_path(service: &ServiceDef, redactor: &Redactor, path: &str) -> String {
     }
 }
 
-fn map_reqwest(e: reqwest::Error, redactor: &Redactor) -> SendError {
-    if e.is_timeout() {
+/// A failed exchange as the guest sees it: a timeout, or the cause, scrubbed. hyper's
+/// errors do not carry the URL (which may hold an API key in its query).
+fn map_send_error(e: &(dyn std::error::Error + 'static), redactor: &Redactor) -> SendError {
+    if outbound::is_timeout(e) {
         return SendError::Timeout;
     }
-    // `without_url`: the URL may carry an API key in its query.
-    let e = e.without_url();
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    SendError::UpstreamUnreachable(redactor.scrub(&message))
+    SendError::UpstreamUnreachable(redactor.scrub(&outbound::chain(e)))
 }
 
 fn host_fault(e: &dyn std::fmt::Display) -> SendError {

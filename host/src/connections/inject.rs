@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use url::Url;
 
 use super::SendError;
 use super::credentials::Credentials;
@@ -135,11 +136,12 @@ fn basic_encoded(user: &str, password: Option<&str>) -> String {
     base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
 }
 
-/// Attach `creds` to `request` as `service` says. `plain` holds the connection's
+/// Attach `creds` to a request (its `url` and `headers`) as `service` says. `plain` holds the connection's
 /// non-secret param values (a non-secret header param, e.g. an account id, is sent too).
 /// Every secret form attached here is in [`redactor_for`]'s set.
 pub fn apply(
-    request: &mut reqwest::Request,
+    url: &mut Url,
+    headers: &mut HeaderMap,
     service: &ServiceDef,
     creds: &Credentials,
     plain: &BTreeMap<String, String>,
@@ -159,7 +161,7 @@ pub fn apply(
         match p.location {
             ParamLocation::Header => {
                 let rendered = p.format().replace("{value}", &value);
-                set_header(request, &p.name, &rendered, p.secret)?;
+                set_header(headers, &p.name, &rendered, p.secret)?;
             }
             ParamLocation::Query => query.push((p.name.clone(), value)),
             ParamLocation::BasicUser => basic_user = Some(value),
@@ -171,7 +173,7 @@ pub fn apply(
     if let Some(user) = basic_user {
         let encoded = basic_encoded(&user, basic_password.as_deref());
         set_header(
-            request,
+            headers,
             AUTHORIZATION.as_str(),
             &format!("Basic {encoded}"),
             true,
@@ -185,14 +187,14 @@ pub fn apply(
             .replace("{token}", t.access.expose());
         match o.token_placement.location {
             TokenLocation::Header => {
-                set_header(request, o.token_placement.name(), &rendered, true)?;
+                set_header(headers, o.token_placement.name(), &rendered, true)?;
             }
             TokenLocation::Query => query.push((o.token_placement.name().to_string(), rendered)),
         }
     }
 
     if !query.is_empty() {
-        let mut pairs = request.url_mut().query_pairs_mut();
+        let mut pairs = url.query_pairs_mut();
         for (k, v) in &query {
             pairs.append_pair(k, v);
         }
@@ -201,7 +203,7 @@ pub fn apply(
 }
 
 fn set_header(
-    request: &mut reqwest::Request,
+    headers: &mut HeaderMap,
     name: &str,
     value: &str,
     sensitive: bool,
@@ -217,7 +219,7 @@ fn set_header(
         SendError::InvalidRequest(format!("the connection's value for header {name} is not a valid header value; reconnect with a valid credential"))
     })?;
     value.set_sensitive(sensitive);
-    request.headers_mut().insert(name, value);
+    headers.insert(name, value);
     Ok(())
 }
 

@@ -13,16 +13,18 @@ pub mod egress;
 pub(crate) mod gateway;
 pub mod inject;
 mod manager;
+pub mod outbound;
 pub(crate) use manager::unknown_param;
 pub mod redact;
 
 pub use catalog::{Catalog, CatalogEntry, ServiceSource};
 pub use credentials::{Credentials, Tokens};
-pub use gateway::{Gateway, build_client};
+pub use gateway::Gateway;
 pub use manager::{
     ConnectOutcome, ConnectionView, Connections, KeepAlive, OAuthClientSummary, ParamView,
     Revocation, VerifyOutcome,
 };
+pub use outbound::build_client;
 
 use serde::{Deserialize, Serialize};
 
