@@ -7,8 +7,17 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Log targets that see outbound URLs (see `main`).
-const HTTP_CLIENT_TARGETS: [&str; 4] = ["reqwest", "hyper_util", "hyper", "h2"];
+/// Log targets that see outbound URLs or host names (see `main`); rustls names the
+/// server at debug level.
+const HTTP_CLIENT_TARGETS: [&str; 7] = [
+    "reqwest",
+    "hyper_util",
+    "hyper",
+    "h2",
+    "hyper_rustls",
+    "tokio_rustls",
+    "rustls",
+];
 
 /// Whether `target` is one of [`HTTP_CLIENT_TARGETS`] or inside one.
 fn http_client(target: &str) -> bool {
@@ -115,6 +124,8 @@ mod tests {
         assert!(http_client("hyper"));
         assert!(http_client("hyper_util::client::legacy"));
         assert!(http_client("reqwest::connect"));
+        assert!(http_client("rustls::client::hs"));
+        assert!(!http_client("rustlsx"));
         assert!(!http_client("hyperx"));
         assert!(!http_client("keyhole::gateway"));
     }

@@ -127,4 +127,52 @@ mod tests {
         let refused = Outer(std::io::ErrorKind::ConnectionRefused.into());
         assert!(!is_timeout(&refused));
     }
+
+    /// An `https` call goes over TLS and checks the server's certificate: a server on
+    /// 127.0.0.1 with a self-signed certificate for `localhost` gets a TLS handshake
+    /// from the client, which then refuses the certificate and sends nothing more.
+    #[tokio::test]
+    async fn https_is_tls_with_the_certificate_checked() {
+        use std::sync::Arc;
+        use tokio_rustls::rustls;
+
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .expect("a self-signed certificate");
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![made.cert.der().clone()], key)
+        .expect("server TLS config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            // The handshake's outcome on the server's side: the client's alert.
+            acceptor.accept(tcp).await.map(drop)
+        });
+
+        let client = build_client();
+        let request = hyper::Request::get(format!("https://localhost:{port}/"))
+            .body(OutboundBody::default())
+            .unwrap();
+        let err = client
+            .request(request)
+            .await
+            .expect_err("a self-signed certificate must be refused");
+        let message = chain(&err);
+        assert!(
+            message.contains("invalid peer certificate") && message.contains("UnknownIssuer"),
+            "{message}"
+        );
+        let handshake = server.await.unwrap();
+        assert!(
+            handshake.is_err(),
+            "the server saw a completed handshake: the client accepted the certificate"
+        );
+    }
 }
