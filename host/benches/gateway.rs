@@ -6,7 +6,7 @@
 //! and three cases, all on one current-thread tokio runtime:
 //!
 //! - `direct`: a GET to the upstream with the key, from the same process and on the
-//!   same kind of pooled client keyhole uses: the call itself, nothing of keyhole's.
+//!   pooled client keyhole's gateway uses: the call itself, nothing of keyhole's.
 //! - `refused`: invoking `fetch` (the `hello-http` plugin) on a connection it was not
 //!   granted: the whole invocation (instance, input, output, record) without the call.
 //! - `fetch`: invoking `fetch` to make the GET through connection `upstream` (grant

@@ -1,5 +1,12 @@
 //! Small formatting helpers shared by the library and the CLI.
 
+/// `e` and the errors under it (its sources), outermost first.
+pub fn error_chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |s| s.source())
+}
+
 /// Format Unix milliseconds as RFC 3339 UTC (seconds precision).
 pub fn format_ms(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)

@@ -708,7 +708,7 @@ fn map_send_error(e: &(dyn std::error::Error + 'static), redactor: &Redactor) ->
     if outbound::is_timeout(e) {
         return SendError::Timeout;
     }
-    SendError::UpstreamUnreachable(redactor.scrub(&outbound::chain(e)))
+    SendError::UpstreamUnreachable(redactor.scrub(&outbound::describe(e)))
 }
 
 fn host_fault(e: &dyn std::fmt::Display) -> SendError {

@@ -136,9 +136,9 @@ fn basic_encoded(user: &str, password: Option<&str>) -> String {
     base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
 }
 
-/// Attach `creds` to a request (its `url` and `headers`) as `service` says. `plain` holds the connection's
-/// non-secret param values (a non-secret header param, e.g. an account id, is sent too).
-/// Every secret form attached here is in [`redactor_for`]'s set.
+/// Attach `creds` to a request (its `url` and `headers`) as `service` says. `plain`
+/// holds the connection's non-secret param values (a non-secret header param, e.g. an
+/// account id, is sent too). Every secret form attached here is in [`redactor_for`]'s set.
 pub fn apply(
     url: &mut Url,
     headers: &mut HeaderMap,

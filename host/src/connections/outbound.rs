@@ -24,6 +24,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, USER_AGENT};
 
+use crate::util::error_chain;
+
 /// The body type the gateway sends: the whole request body, already in memory.
 pub type OutboundBody = http_body_util::Full<hyper::body::Bytes>;
 
@@ -118,28 +120,18 @@ pub(crate) fn add_default_headers(headers: &mut HeaderMap) {
 /// Whether `e` (or an error under it) is an I/O timeout: a connection that did not open
 /// within [`CONNECT_TIMEOUT`].
 pub(crate) fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(e);
-    while let Some(s) = source {
-        if s.downcast_ref::<std::io::Error>()
+    error_chain(e).any(|s| {
+        s.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
+    })
 }
 
 /// `e` and every error under it, joined with `: `.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    error_chain(e)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 #[cfg(test)]
@@ -175,7 +167,7 @@ mod tests {
         ));
         assert!(is_timeout(&timed_out));
         assert_eq!(
-            chain(&timed_out),
+            describe(&timed_out),
             "client error (Connect): connect timed out"
         );
         let refused = Outer(std::io::ErrorKind::ConnectionRefused.into());
@@ -231,7 +223,7 @@ mod tests {
             .request(request)
             .await
             .expect_err("a self-signed certificate must be refused");
-        let message = chain(&err);
+        let message = describe(&err);
         assert!(
             message.contains("invalid peer certificate") && message.contains("UnknownIssuer"),
             "{message}"

@@ -118,7 +118,7 @@ impl ApiError {
     pub fn from_body_error(e: &axum::Error) -> Self {
         if paused(e) {
             Self::body_paused()
-        } else if chain(e).any(|s| s.is::<http_body_util::LengthLimitError>()) {
+        } else if crate::util::error_chain(e).any(|s| s.is::<http_body_util::LengthLimitError>()) {
             Self::body_too_large()
         } else {
             Self::new(
@@ -334,16 +334,9 @@ impl From<TokenError> for ApiError {
     }
 }
 
-/// `e` and its sources.
-fn chain<'a>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(e), |s| s.source())
-}
-
 /// Whether a body read failed on the router's per-pause body timeout.
 fn paused(e: &(dyn std::error::Error + 'static)) -> bool {
-    chain(e).any(|s| s.is::<tower_http::timeout::TimeoutError>())
+    crate::util::error_chain(e).any(|s| s.is::<tower_http::timeout::TimeoutError>())
 }
 
 #[cfg(test)]
