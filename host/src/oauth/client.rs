@@ -222,10 +222,11 @@ fn bound_origins(
 }
 
 /// Refuses `url` (where `endpoint`, the token or revocation endpoint, would send the
-/// client's id and secret) unless it is on one of the `bound` origins. `params` are the
-/// connection's url params, for the advice.
+/// client's id and secret) unless it is on one of the `bound` origins. `connection` and
+/// `params` (its url params) are for the advice.
 fn check_bound(
     service: &ServiceDef,
+    connection: &str,
     bound: &[String],
     url: &Url,
     endpoint: &'static str,
@@ -254,7 +255,7 @@ fn check_bound(
             })
             .collect();
         format!(
-            "If the connection points at the wrong host, fix it with `keyhole connections edit NAME --param {}=VALUE`; if the OAuth app is registered at {origin}, save the client for that host with `keyhole services set-client {} {} --client-id ID --client-secret-stdin` (a service holds one client: for a second host, add a custom service)",
+            "If the connection points at the wrong host, fix it with `keyhole connections edit {connection} --param {}=VALUE`; if the OAuth app is registered at {origin}, save the client for that host with `keyhole services set-client {} {} --client-id ID --client-secret-stdin` (a service holds one client: for a second host, add a custom service)",
             hosts[0],
             service.name,
             values.join(" ")
@@ -395,7 +396,7 @@ impl OAuth {
         let Some((_, bound)) = self.registration_to_send(service)? else {
             return Ok(());
         };
-        check_bound(service, &bound, &url, "revocation", &params)
+        check_bound(service, &row.name, &bound, &url, "revocation", &params)
     }
 
     fn load_registration(&self, service: &str) -> Result<Option<Registration>, OAuthError> {
@@ -456,12 +457,13 @@ impl OAuth {
         Ok(Some((registration.config, bound)))
     }
 
-    /// The `oauth2` client for `service` with this connection's URL params. Refused when
+    /// The `oauth2` client for `service` with `connection`'s URL params. Refused when
     /// the token endpoint is not on an origin the client is bound to: the client secret
     /// (and the code or refresh token) would go to a host it was not registered at.
     pub(crate) fn client_for(
         &self,
         service: &ServiceDef,
+        connection: &str,
         url_params: &BTreeMap<String, String>,
     ) -> Result<(Client, ClientConfig, &'static str), OAuthError> {
         let def: &OAuth2Def = service.oauth2.as_ref().ok_or_else(|| {
@@ -474,7 +476,7 @@ impl OAuth {
             .registration_to_send(service)?
             .ok_or_else(|| OAuthError::NoClient(service.name.clone()))?;
         let token_url = token_endpoint(service, url_params)?;
-        check_bound(service, &bound, &token_url, "token", url_params)?;
+        check_bound(service, connection, &bound, &token_url, "token", url_params)?;
         let auth_url = match &def.authorize_url {
             Some(u) => Some(
                 service
@@ -530,7 +532,7 @@ mod tests {
     }
 
     fn refusal(o: &OAuth, service: &ServiceDef, pairs: &[(&str, &str)]) -> Option<String> {
-        o.client_for(service, &params(pairs))
+        o.client_for(service, "conn", &params(pairs))
             .err()
             .map(|e| e.to_string())
     }
@@ -588,7 +590,8 @@ mod tests {
         let e = refusal(&o, gitlab, &[("host", "gitlab.example.com")]).unwrap();
         assert!(
             e.contains("registered for https://gitlab.com, not for https://gitlab.example.com")
-                && e.contains("set-client gitlab --param host=gitlab.example.com"),
+                && e.contains("set-client gitlab --param host=gitlab.example.com")
+                && e.contains("`keyhole connections edit conn --param host=VALUE`"),
             "{e}"
         );
         assert!(!e.contains("kh-unit-client-secret"), "{e}");

@@ -207,7 +207,7 @@ impl OAuth {
             )));
         }
         let params = url_params(service, row);
-        let (client, config, _) = self.client_for(service, &params)?;
+        let (client, config, _) = self.client_for(service, &row.name, &params)?;
         let token_url = token_endpoint(service, &params)?;
         let redirect_url = config.effective_redirect_url();
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -336,7 +336,7 @@ impl OAuth {
                 ));
             }
         }
-        let (client, config, _) = self.client_for(service, &params)?;
+        let (client, config, _) = self.client_for(service, &row.name, &params)?;
         let redirect = RedirectUrl::new(taken.redirect_url.clone()).map_err(|e| {
             OAuthError::Config(format!("redirect URL {:?}: {e}", taken.redirect_url))
         })?;
@@ -377,7 +377,7 @@ impl OAuth {
             .oauth2
             .as_ref()
             .ok_or_else(|| OAuthError::Config("not an OAuth service".into()))?;
-        let (client, config, _) = self.client_for(service, &url_params(service, row))?;
+        let (client, config, _) = self.client_for(service, &row.name, &url_params(service, row))?;
         let redactor = token_endpoint_redactor(&config, &[]);
         let mut request = client
             .exchange_client_credentials()

@@ -273,9 +273,11 @@ impl OAuth {
                     )?;
                     return Err(SendError::NotConnected);
                 };
-                let (client, config, _) = match self
-                    .client_for(&loaded.service, &url_params(&loaded.service, &loaded.row))
-                {
+                let (client, config, _) = match self.client_for(
+                    &loaded.service,
+                    &loaded.row.name,
+                    &url_params(&loaded.service, &loaded.row),
+                ) {
                     Ok(c) => c,
                     // keyhole's own refusal (no client, or one registered elsewhere than
                     // this connection's token endpoint): handled as a failure that may
