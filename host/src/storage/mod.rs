@@ -543,8 +543,9 @@ mod tests {
                 }
             }
         }
-        // Its last checkpoint copies every frame; the next commit starts the WAL over and
-        // cuts the file back to `journal_size_limit`, twice the bound.
+        // Its last checkpoint copies every frame (or it had just started the WAL over
+        // itself); either way the file is then cut back to `journal_size_limit`, twice
+        // the bound, at the commit that starts it over.
         drop(checkpointer);
         s.insert_invocation(&row()).unwrap();
         let after = std::fs::metadata(&wal).unwrap().len();
