@@ -1,7 +1,8 @@
 //! Schedules: administration through the CLI, runs on time under `keyhole serve`, never
 //! overlapping itself (in one process or across two), slots missed during a run or while
 //! down skipped or collapsed into one, and each slot run once, only by the process that
-//! claimed it; `show`, `list` and the HTTP API telling whether a claim holds a schedule.
+//! claimed it; `show`, `list` and the HTTP API telling whether a claim holds a schedule,
+//! and releasing a crashed run's claim by hand.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,6 +219,10 @@ fn schedules_are_administered_from_the_cli() {
         (
             vec!["schedules", "add", "x", "--function", "counter"],
             "--every",
+        ),
+        (
+            vec!["schedules", "release", "nope"],
+            "no schedule named \"nope\"; `keyhole schedules list` shows them",
         ),
     ] {
         let out = t.cli(&args);
@@ -626,4 +631,147 @@ async fn show_and_the_api_tell_whether_a_claim_holds_the_schedule() {
         Some(&serde_json::Value::Null)
     );
     assert!(running_line(&t).ends_with(" no"), "{}", running_line(&t));
+}
+
+#[test]
+fn a_crashed_runs_claim_is_released_by_hand_and_the_schedule_runs_again_at_once() {
+    let api = FakeApi::start_blocking(vec![]);
+    let t = TestHost::new();
+    misbehave_calling(&t, &api, "open", "poster");
+    let input = r#"{"mode":"sleep-http","connection":"open","target":"/slow?ms=3000"}"#;
+    t.cli(&[
+        "schedules",
+        "add",
+        "post",
+        "--function",
+        "poster",
+        "--every",
+        "1s",
+        "--input",
+        input,
+    ])
+    .ok();
+    // Nothing holds it yet: releasing changes nothing, and says so.
+    let out = t.cli(&["schedules", "release", "post"]);
+    assert_eq!(
+        out.ok().trim(),
+        "no run holds schedule post; nothing changed"
+    );
+    let none = t.cli(&["schedules", "release", "post", "--json"]).json();
+    assert_eq!(none["released"], serde_json::Value::Null, "{none}");
+    assert_eq!(none["name"], "post", "{none}");
+
+    // A server claims a slot, and is killed (SIGKILL) mid-run: its claim stays behind,
+    // holding the schedule for the function's timeout (10 s) and a minute.
+    let wait_for_hits = |n: usize, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while api.hits("/slow") < n {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (mut child, _) = t.spawn_serve(&[]);
+    wait_for_hits(1, "the schedule never ran");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let shown = t.cli(&["schedules", "show", "post"]);
+    assert!(
+        shown
+            .ok()
+            .contains("`keyhole schedules release post` releases its claim"),
+        "{}",
+        shown.stdout
+    );
+    let held = t.cli(&["schedules", "show", "post", "--json"]).json();
+    let until = held["running_until"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no claim left behind: {held}"));
+    assert!(until > keyhole::storage::now_ms() + 55_000, "{held}");
+
+    // A claim that is not the one read (a newer run's) is left alone.
+    let created_at = held["created_at"].as_i64().unwrap();
+    assert!(
+        !t.host
+            .storage()
+            .release_schedule("post", created_at, until - 1)
+            .unwrap()
+    );
+    assert_eq!(
+        t.cli(&["schedules", "show", "post", "--json"]).json()["running_until"],
+        until
+    );
+
+    // The admin releases it: show says nothing holds it, and a server started now runs
+    // the schedule at once instead of a minute on.
+    let out = t.cli(&["schedules", "release", "post"]);
+    let text = out.ok();
+    assert!(
+        text.starts_with(&format!(
+            "released schedule post: the claim that held it until {} is gone",
+            keyhole::util::format_ms(until)
+        )),
+        "{text}"
+    );
+    assert!(text.contains("next run at "), "{text}");
+    assert_eq!(
+        t.cli(&["schedules", "show", "post", "--json"]).json()["running_until"],
+        serde_json::Value::Null
+    );
+    let (child, _) = t.spawn_serve(&[]);
+    wait_for_hits(2, "the released schedule did not run again");
+    stop_serve(child);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_releases_a_claim_an_admin_token_asks_it_to() {
+    let (t, added) = counter_ticking(Duration::from_secs(3600)).await;
+    let storage = t.host.storage();
+    let now = keyhole::storage::now_ms();
+    let lease = now + 3_600_000;
+    assert!(
+        storage
+            .claim_schedule_run("tick", added.next_run_at, now, now + 3_600_000, lease)
+            .unwrap()
+    );
+    let admin = create_token(storage, Scope::Admin, None, Some("tests")).unwrap();
+    let admin = admin.token.expose().to_string();
+    let invoke = create_token(storage, Scope::Invoke, None, Some("tests")).unwrap();
+    let invoke = invoke.token.expose().to_string();
+    let (child, base) = t.spawn_serve(&[]);
+    let http = reqwest::Client::new();
+    let release = |name: &str, token: &str| {
+        http.post(format!("{base}/v1/schedules/{name}/release"))
+            .bearer_auth(token)
+            .send()
+    };
+    // An invoke token may not; the claim stays.
+    let refused = release("tick", &invoke).await.unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
+    assert_eq!(
+        t.host.schedules().show("tick").unwrap().running_until,
+        Some(lease)
+    );
+    // An admin token releases it, and is told which claim went.
+    let r = release("tick", &admin).await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["released"], lease, "{body}");
+    assert_eq!(body["running_until"], serde_json::Value::Null, "{body}");
+    assert_eq!(body["name"], "tick", "{body}");
+    // Again: nothing holds it, nothing changes.
+    let again: serde_json::Value = release("tick", &admin).await.unwrap().json().await.unwrap();
+    assert_eq!(again["released"], serde_json::Value::Null, "{again}");
+    // An unknown schedule is a 404 with the usual error body.
+    let unknown = release("nope", &admin).await.unwrap();
+    assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
+    let err: serde_json::Value = unknown.json().await.unwrap();
+    stop_serve(child);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no schedule named \"nope\""),
+        "{err}"
+    );
+    assert_eq!(t.host.schedules().show("tick").unwrap().running_until, None);
 }

@@ -49,6 +49,18 @@ pub enum SchedulesCmd {
         /// Schedule name.
         name: String,
     },
+    /// Release the claim a run cut off by a crash left, so the schedule can run again.
+    ///
+    /// A run claims its schedule for the function's timeout and a minute; the claim goes
+    /// when the run ends. A `keyhole serve` killed mid-run (SIGKILL, a power cut) leaves its
+    /// claim behind, and `show` says "running" until it runs out. Release it when you know
+    /// that run is gone: the schedule then runs at its next due slot (at once, if one is
+    /// due). Releasing a claim whose run is in fact still going lets another server run the
+    /// schedule beside it. With no claim holding the schedule, nothing changes.
+    Release {
+        /// Schedule name.
+        name: String,
+    },
     /// Delete a schedule.
     Delete {
         /// Schedule name.
@@ -66,8 +78,10 @@ fn cadence(row: &ScheduleRow) -> String {
 fn running(row: &ScheduleRow) -> String {
     match row.running_until {
         Some(until) => format!(
-            "yes, claimed until {} (a run cut off by a crash holds the schedule until then)",
-            output::time(Some(until))
+            "yes, claimed until {} (a run cut off by a crash holds the schedule until then; \
+             `keyhole schedules release {}` releases its claim)",
+            output::time(Some(until)),
+            row.name
         ),
         None => "no".into(),
     }
@@ -211,6 +225,27 @@ pub fn schedules(host: &Keyhole, cmd: SchedulesCmd, json: bool) -> anyhow::Resul
                 println!("resumed schedule {name}; next run at {next}");
             } else {
                 println!("schedule {name} is not paused; nothing changed (next run at {next})");
+            }
+        }
+        SchedulesCmd::Release { name } => {
+            let release = s.release(&name)?;
+            if json {
+                output::json(&release)?;
+            } else if let Some(until) = release.released {
+                println!(
+                    "released schedule {name}: the claim that held it until {} is gone",
+                    output::time(Some(until))
+                );
+                if release.row.paused {
+                    println!("it is paused; `keyhole schedules resume {name}` runs it again");
+                } else {
+                    println!(
+                        "next run at {} (under `keyhole serve`; a slot already due runs at once)",
+                        output::time(Some(release.row.next_run_at))
+                    );
+                }
+            } else {
+                println!("no run holds schedule {name}; nothing changed");
             }
         }
         SchedulesCmd::Delete { name } => {

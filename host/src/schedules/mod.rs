@@ -110,6 +110,17 @@ impl Cadence {
     }
 }
 
+/// What [`Schedules::release`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Release {
+    /// The schedule as it is now.
+    #[serde(flatten)]
+    pub row: ScheduleRow,
+    /// The end of the lease of the claim released (Unix ms); `None`: no claim held the
+    /// schedule (or it ended meanwhile), and nothing changed.
+    pub released: Option<i64>,
+}
+
 /// Administration of schedules.
 #[derive(Debug, Clone)]
 pub struct Schedules {
@@ -218,6 +229,36 @@ impl Schedules {
         let next = Cadence::of(&row)?.next_after(row.next_run_at, now);
         self.storage.set_schedule_paused(name, false, Some(next))?;
         self.show(name)
+    }
+
+    /// Release the claim that holds a schedule now: for a run cut off by a crash (a
+    /// killed `keyhole serve`), whose claim would otherwise hold the schedule until its
+    /// lease — the function's timeout and a minute — runs out. The schedule then runs at
+    /// its next due slot (at once if one is due). Only the claim read here is released:
+    /// one that ended, or was replaced by a newer run's, meanwhile is left alone.
+    ///
+    /// Releasing the claim of a run that is in fact still going lets another server start
+    /// the schedule beside it (the server running it never overlaps itself).
+    pub fn release(&self, name: &str) -> Result<Release, ScheduleError> {
+        let row = self.show(name)?;
+        let released = match row.running_until {
+            Some(until) => self
+                .storage
+                .release_schedule(name, row.created_at, until)?
+                .then_some(until),
+            None => None,
+        };
+        if let Some(until) = released {
+            tracing::warn!(
+                schedule = name,
+                claimed_until = until,
+                "schedule claim released by hand"
+            );
+        }
+        Ok(Release {
+            row: self.show(name)?,
+            released,
+        })
     }
 
     /// Delete a schedule.

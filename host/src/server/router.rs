@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/schedules/{name}/pause", post(schedules::pause))
         .route("/v1/schedules/{name}/resume", post(schedules::resume))
+        .route("/v1/schedules/{name}/release", post(schedules::release))
         .route("/metrics", get(metrics))
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));

@@ -1,5 +1,5 @@
 //! Schedule admin endpoints (admin token), mirroring `keyhole schedules …`:
-//! list, show, create, pause, resume, delete.
+//! list, show, create, pause, resume, release, delete.
 //!
 //! `PUT /v1/schedules/{name}` takes `{"function": "f", "every": "5m" | "every_ms": 300000 | "cron": "0 */5 * * * *",
 //! "input": <any JSON, default {}>}`.
@@ -90,6 +90,13 @@ pub async fn pause(_: Admin, State(s): State<AppState>, Path(name): Path<String>
 /// `POST /v1/schedules/{name}/resume`
 pub async fn resume(_: Admin, State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
     to_json(schedules(&s).resume(&name)?)
+}
+
+/// `POST /v1/schedules/{name}/release`: release the claim of a run cut off by a crash
+/// (`keyhole schedules release`); the schedule with `"released"`, the end of the lease
+/// released, or `null` when no claim held it.
+pub async fn release(_: Admin, State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    to_json(schedules(&s).release(&name)?)
 }
 
 /// `DELETE /v1/schedules/{name}`

@@ -235,20 +235,21 @@ impl Storage {
     }
 
     /// Release the claim on the schedule created at `created_at` that holds it until
-    /// `lease`, if it is still that claim (a run cut off at shutdown).
+    /// `lease`, if it is still that claim (a run cut off at shutdown, or one an admin
+    /// knows was cut off by a crash). `true`: it was, and is released.
     pub fn release_schedule(
         &self,
         name: &str,
         created_at: i64,
         lease: i64,
-    ) -> Result<(), StorageError> {
+    ) -> Result<bool, StorageError> {
         self.lock()?
             .execute_cached(
                 "UPDATE schedules SET running_until = NULL \
                  WHERE name = ?1 AND created_at = ?2 AND running_until = ?3",
                 params![name, created_at, lease],
             )
-            .map(drop)
+            .map(|n| n == 1)
             .map_err(|e| self.err(e))
     }
 
