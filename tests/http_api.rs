@@ -1281,6 +1281,62 @@ async fn binary_a_second_signal_stops_at_once_with_status_1() {
     assert!(in_flight.await.unwrap().is_err());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_stops_with_status_1_when_a_newer_keyhole_migrates_its_database() {
+    use std::io::{BufRead, BufReader, Read};
+    let t = TestHost::new();
+    let mut child = t.spawn_cli(&["serve", "--listen", "127.0.0.1:0", "--json"]);
+    let mut stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let serving: Value = serde_json::from_str(&stdout.next().unwrap().unwrap()).unwrap();
+    let base = serving["serving"].as_str().unwrap().to_string();
+    let health = |base: String| async move { reqwest::get(format!("{base}/healthz")).await };
+    assert_eq!(health(base.clone()).await.unwrap().status(), StatusCode::OK);
+
+    // A newer keyhole opens the data directory and applies its next migration.
+    let db = rusqlite::Connection::open(t.home().join("keyhole.db")).unwrap();
+    let known: i64 = db
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    db.pragma_update(None, "user_version", known + 1).unwrap();
+    drop(db);
+
+    // The server notices, drains, and exits 1 with the reason.
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)), 1);
+    let stopped: Value = serde_json::from_str(&stdout.next().unwrap().unwrap()).unwrap();
+    assert_eq!(stopped["stopped"]["forced"], false, "{stopped}");
+    let log = log.join().unwrap();
+    keyhole_tests::capture::record(&log);
+    let error: Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v.get("error").is_some())
+        .unwrap_or_else(|| panic!("no JSON error line: {log}"));
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "keyhole serve stopped: a newer keyhole migrated the database while it ran"
+        ) && message.contains(&format!(
+            "has schema version {}, newer than this keyhole understands ({known})",
+            known + 1
+        )),
+        "{error}"
+    );
+    assert!(health(base).await.is_err(), "still serving");
+    // This keyhole refuses the database from now on, saying why.
+    let refused = t.cli(&["functions", "list"]);
+    assert!(
+        refused.err().contains("upgrade keyhole"),
+        "{}",
+        refused.stderr
+    );
+}
+
 /// Upload `sleepy` (the misbehave fixture) with a grant on connection `acme`.
 fn upload_sleepy(t: &TestHost) {
     let wasm = plugin_path("misbehave");

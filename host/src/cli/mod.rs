@@ -70,6 +70,11 @@ pub enum Command {
     Connections(connections::ConnectionsCmd),
     /// Run the HTTP API (invoke, admin, /metrics, /healthz, the OAuth callback) until
     /// SIGINT/SIGTERM; default address 127.0.0.1:8976 (loopback only).
+    ///
+    /// SIGINT/SIGTERM drain (in-flight invocations finish, up to --shutdown-timeout) and
+    /// exit 0. When a newer keyhole migrates the database (an upgrade run while this
+    /// server runs), the server notices within seconds, drains the same way and exits 1:
+    /// then run the newer keyhole's `keyhole serve`.
     Serve(serve::ServeArgs),
     /// Run functions periodically (under `keyhole serve`).
     #[command(subcommand)]

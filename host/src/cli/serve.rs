@@ -1,4 +1,5 @@
-//! `keyhole serve`: run the HTTP API until SIGINT/SIGTERM, then drain and exit 0.
+//! `keyhole serve`: run the HTTP API until SIGINT/SIGTERM, then drain and exit 0 (or 1
+//! when a newer keyhole migrated the database under it).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -112,6 +113,19 @@ pub async fn serve(host: Arc<Keyhole>, args: ServeArgs, json: bool) -> anyhow::R
         let (host, idle) = (host.clone(), args.refresh_idle_after);
         server.spawn_background(move |token| server::keep_grants_alive(host, idle, token));
     }
+    // A newer keyhole that migrates the database stops this server (its error is the
+    // exit's).
+    let newer_schema = Arc::new(std::sync::Mutex::new(None));
+    {
+        let (storage, stop, found) = (
+            host.storage().clone(),
+            server.shutdown_token(),
+            newer_schema.clone(),
+        );
+        server.spawn_background(move |token| {
+            server::stop_on_newer_schema(storage, server::SCHEMA_CHECK_EVERY, stop, found, token)
+        });
+    }
     // Schedules run beside the API and stop (draining runs in flight) with it, a little
     // before the server's own deadline so that runs cut off can release their schedules.
     let drain = args.shutdown_timeout.mul_f64(0.9);
@@ -156,6 +170,15 @@ pub async fn serve(host: Arc<Keyhole>, args: ServeArgs, json: bool) -> anyhow::R
             "stopped: in-flight requests finished in {:.1}s",
             report.drained_in.as_secs_f64()
         );
+    }
+    if let Some(e) = newer_schema
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        return Err(anyhow::Error::new(e).context(
+            "keyhole serve stopped: a newer keyhole migrated the database while it ran, so start the newer keyhole's `keyhole serve` instead",
+        ));
     }
     Ok(0)
 }

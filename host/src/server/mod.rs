@@ -15,7 +15,7 @@
 //! | `POST /v1/connections/{name}/test`, `.../revoke` | admin | verify / wipe credentials |
 //! | `GET /v1/services`, `GET /v1/services/{name}` | admin | service catalog |
 //! | `GET /v1/schedules`, `GET/PUT/DELETE /v1/schedules/{name}` | admin | list / show / create / delete |
-//! | `POST /v1/schedules/{name}/pause`, `.../resume` | admin | pause / resume |
+//! | `POST /v1/schedules/{name}/pause`, `.../resume`, `.../release` | admin | pause / resume / release a crashed run's claim |
 //! | `GET /metrics` | admin | Prometheus (OpenMetrics text) |
 //!
 //! Errors are JSON `{"error": {"kind", "message"}}` (see [`error`]). Missing or bad
@@ -63,7 +63,7 @@ use self::limits::{BodyBudget, Capacity, RateLimit};
 use crate::Keyhole;
 use crate::connections::KeepAlive;
 use crate::runtime::DEFAULT_MAX_INSTANCES;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 
 /// Default listen address: loopback only. Expose the API beyond this machine only
 /// behind TLS (a reverse proxy); tokens are bearer credentials.
@@ -184,6 +184,46 @@ pub async fn keep_grants_alive(host: Arc<Keyhole>, idle: Duration, token: Cancel
         tokio::select! {
             () = token.cancelled() => return,
             () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// How often [`stop_on_newer_schema`] looks at the database's schema version.
+pub const SCHEMA_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Stop the server when a newer keyhole migrates its database: every `every` until
+/// `token` is cancelled, [`Storage::check_schema`]; once it finds the schema past what
+/// this build knows, the error is logged and put in `found`, and `stop` (the server's
+/// shutdown token) is cancelled, so the server drains and exits instead of going on
+/// writing rows that the newer schema may read otherwise. Any other error (another
+/// process held the lock) waits for the next check.
+pub async fn stop_on_newer_schema(
+    storage: Arc<Storage>,
+    every: Duration,
+    stop: CancellationToken,
+    found: Arc<std::sync::Mutex<Option<StorageError>>>,
+    token: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let check = {
+            let storage = storage.clone();
+            tokio::task::spawn_blocking(move || storage.check_schema()).await
+        };
+        match check {
+            Ok(Err(e @ StorageError::TooNew { .. })) => {
+                tracing::error!(error = %e, "a newer keyhole migrated the database; stopping this server");
+                *found.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                stop.cancel();
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "could not check the database's schema version; will retry")
+            }
+            Ok(Ok(())) | Err(_) => {}
         }
     }
 }

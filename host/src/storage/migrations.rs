@@ -219,6 +219,23 @@ pub fn apply(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
     apply_list(conn, path, MIGRATIONS)
 }
 
+/// Fail with [`StorageError::TooNew`] if another process (a newer keyhole) has migrated
+/// the database past the schema this build knows since it was opened.
+pub fn check_not_newer(conn: &Connection, path: &Path) -> Result<(), StorageError> {
+    let supported = MIGRATIONS.len() as i64;
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|source| StorageError::from_sqlite(path, source))?;
+    if found > supported {
+        return Err(StorageError::TooNew {
+            path: path.to_path_buf(),
+            found,
+            supported,
+        });
+    }
+    Ok(())
+}
+
 /// Apply the migrations of `migrations` not applied yet, one transaction each. Each
 /// reads the schema version inside its own write transaction, so processes opening a
 /// new data directory at the same moment apply each migration once, in turn.

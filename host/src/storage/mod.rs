@@ -380,6 +380,13 @@ impl Storage {
         }
     }
 
+    /// Whether the database is still at a schema this build understands:
+    /// [`StorageError::TooNew`] once a newer keyhole has migrated it. A long-running
+    /// process (`keyhole serve`) checks this now and then, and stops on it.
+    pub fn check_schema(&self) -> Result<(), StorageError> {
+        migrations::check_not_newer(&*self.read()?, &self.path)
+    }
+
     fn err(&self, source: rusqlite::Error) -> StorageError {
         StorageError::from_sqlite(&self.path, source)
     }
