@@ -52,6 +52,36 @@ fn misbehave_calling(t: &TestHost, api: &FakeApi, connection: &str, function: &s
     .ok();
 }
 
+/// A host with `poster` (`misbehave`, granted connection `open` at `api`) and schedule
+/// `post` running it every second; each run's call to `/slow` takes `ms`.
+fn posting_every_second(api: &FakeApi, ms: u64) -> TestHost {
+    let t = TestHost::new();
+    misbehave_calling(&t, api, "open", "poster");
+    let input = format!(r#"{{"mode":"sleep-http","connection":"open","target":"/slow?ms={ms}"}}"#);
+    t.cli(&[
+        "schedules",
+        "add",
+        "post",
+        "--function",
+        "poster",
+        "--every",
+        "1s",
+        "--input",
+        &input,
+    ])
+    .ok();
+    t
+}
+
+/// Wait up to `secs` until `api` has had `n` calls to `/slow`; fail with `what` if not.
+fn wait_for_slow_calls(api: &FakeApi, n: usize, secs: u64, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while api.hits("/slow") < n {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A host with `counter` uploaded and schedule `tick` running it every `every`.
 async fn counter_ticking(every: Duration) -> (TestHost, ScheduleRow) {
     let t = TestHost::new();
@@ -488,30 +518,9 @@ async fn a_next_run_left_far_ahead_by_a_clock_change_is_pulled_back() {
 #[test]
 fn a_slot_whose_claim_cannot_be_written_does_not_run() {
     let api = FakeApi::start_blocking(vec![]);
-    let t = TestHost::new();
-    misbehave_calling(&t, &api, "open", "poster");
-    let input = r#"{"mode":"sleep-http","connection":"open","target":"/slow?ms=1"}"#;
-    t.cli(&[
-        "schedules",
-        "add",
-        "post",
-        "--function",
-        "poster",
-        "--every",
-        "1s",
-        "--input",
-        input,
-    ])
-    .ok();
+    let t = posting_every_second(&api, 1);
     let (child, _) = t.spawn_serve(&[]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while api.hits("/slow") == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the schedule never ran"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_slow_calls(&api, 1, 10, "the schedule never ran");
     std::thread::sleep(Duration::from_millis(300)); // its record commits
     // Another process (a backup, an sqlite3 shell) holds the write lock past the busy
     // timeout: the next slots cannot be claimed, so they must not run (each run would
@@ -523,14 +532,12 @@ fn a_slot_whose_claim_cannot_be_written_does_not_run() {
     let during = api.hits("/slow") - before;
     other.execute_batch("ROLLBACK").unwrap();
     // Once the lock is gone the schedule runs again.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while api.hits("/slow") == before + during {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the schedule did not run again"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_slow_calls(
+        &api,
+        before + during + 1,
+        15,
+        "the schedule did not run again",
+    );
     stop_serve(child);
     assert_eq!(
         during, 0,
@@ -636,21 +643,7 @@ async fn show_and_the_api_tell_whether_a_claim_holds_the_schedule() {
 #[test]
 fn a_crashed_runs_claim_is_released_by_hand_and_the_schedule_runs_again_at_once() {
     let api = FakeApi::start_blocking(vec![]);
-    let t = TestHost::new();
-    misbehave_calling(&t, &api, "open", "poster");
-    let input = r#"{"mode":"sleep-http","connection":"open","target":"/slow?ms=3000"}"#;
-    t.cli(&[
-        "schedules",
-        "add",
-        "post",
-        "--function",
-        "poster",
-        "--every",
-        "1s",
-        "--input",
-        input,
-    ])
-    .ok();
+    let t = posting_every_second(&api, 3000);
     // Nothing holds it yet: releasing changes nothing, and says so.
     let out = t.cli(&["schedules", "release", "post"]);
     assert_eq!(
@@ -663,15 +656,8 @@ fn a_crashed_runs_claim_is_released_by_hand_and_the_schedule_runs_again_at_once(
 
     // A server claims a slot, and is killed (SIGKILL) mid-run: its claim stays behind,
     // holding the schedule for the function's timeout (10 s) and a minute.
-    let wait_for_hits = |n: usize, what: &str| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while api.hits("/slow") < n {
-            assert!(std::time::Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
     let (mut child, _) = t.spawn_serve(&[]);
-    wait_for_hits(1, "the schedule never ran");
+    wait_for_slow_calls(&api, 1, 15, "the schedule never ran");
     child.kill().unwrap();
     child.wait().unwrap();
     let shown = t.cli(&["schedules", "show", "post"]);
@@ -718,7 +704,7 @@ fn a_crashed_runs_claim_is_released_by_hand_and_the_schedule_runs_again_at_once(
         serde_json::Value::Null
     );
     let (child, _) = t.spawn_serve(&[]);
-    wait_for_hits(2, "the released schedule did not run again");
+    wait_for_slow_calls(&api, 2, 15, "the released schedule did not run again");
     stop_serve(child);
 }
 
