@@ -195,8 +195,8 @@ pub const SCHEMA_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// `token` is cancelled, [`Storage::check_schema`]; once it finds the schema past what
 /// this build knows, the error is logged and put in `found`, and `stop` (the server's
 /// shutdown token) is cancelled, so the server drains and exits instead of going on
-/// writing rows that the newer schema may read otherwise. Any other error (another
-/// process held the lock) waits for the next check.
+/// writing rows the way an older schema wants them. Any other error (another process
+/// held the lock) waits for the next check.
 pub async fn stop_on_newer_schema(
     storage: Arc<Storage>,
     every: Duration,

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
-use super::StorageError;
+use super::{CachedExt, StorageError};
 
 /// Each entry moves the schema from version `i` to `i + 1`. Never edit a released entry:
 /// append a new one.
@@ -220,11 +220,14 @@ pub fn apply(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
 }
 
 /// Fail with [`StorageError::TooNew`] if another process (a newer keyhole) has migrated
-/// the database past the schema this build knows since it was opened.
+/// the database past the schema this build knows since it was opened. Run now and then
+/// for as long as a process lives, so through the statement cache.
 pub fn check_not_newer(conn: &Connection, path: &Path) -> Result<(), StorageError> {
     let supported = MIGRATIONS.len() as i64;
     let found: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .query_row_cached("SELECT user_version FROM pragma_user_version", [], |r| {
+            r.get(0)
+        })
         .map_err(|source| StorageError::from_sqlite(path, source))?;
     if found > supported {
         return Err(StorageError::TooNew {
@@ -356,5 +359,26 @@ mod tests {
             .map(|r| r.id)
             .collect();
         assert_eq!(ids, [46, 45, 41]);
+    }
+
+    /// A database another process migrates past this build's schema while it is open is
+    /// found out by the next check, on the connection opened before.
+    #[test]
+    fn a_migration_by_a_newer_keyhole_is_found_on_a_connection_already_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyhole.db");
+        let mut conn = Connection::open(&path).unwrap();
+        apply(&mut conn, &path).unwrap();
+        check_not_newer(&conn, &path).unwrap();
+        let newer = Connection::open(&path).unwrap();
+        newer
+            .pragma_update(None, "user_version", MIGRATIONS.len() as i64 + 1)
+            .unwrap();
+        match check_not_newer(&conn, &path) {
+            Err(StorageError::TooNew {
+                found, supported, ..
+            }) => assert_eq!((found, supported), (supported + 1, MIGRATIONS.len() as i64)),
+            other => panic!("expected TooNew, got {other:?}"),
+        }
     }
 }
