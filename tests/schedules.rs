@@ -1,8 +1,9 @@
 //! Schedules: administration through the CLI, runs on time under `keyhole serve`, never
 //! overlapping itself (in one process or across two), slots missed during a run or while
 //! down skipped or collapsed into one, and each slot run once, only by the process that
-//! claimed it; `show`, `list` and the HTTP API telling whether a claim holds a schedule,
-//! and releasing a crashed run's claim by hand.
+//! claimed it; `show`, `list` and the HTTP API telling whether a claim holds a schedule
+//! (and which process made it), and releasing a crashed run's claim by hand, but not a
+//! live process's without `--force`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -657,10 +658,16 @@ fn a_crashed_runs_claim_is_released_by_hand_and_the_schedule_runs_again_at_once(
     // A server claims a slot, and is killed (SIGKILL) mid-run: its claim stays behind,
     // holding the schedule for the function's timeout (10 s) and a minute.
     let (mut child, _) = t.spawn_serve(&[]);
+    let pid = child.id();
     wait_for_slow_calls(&api, 1, 15, "the schedule never ran");
     child.kill().unwrap();
     child.wait().unwrap();
     let shown = t.cli(&["schedules", "show", "post"]);
+    assert!(
+        shown.ok().contains(&format!("by process {pid} (")),
+        "{}",
+        shown.stdout
+    );
     assert!(
         shown
             .ok()
@@ -673,6 +680,7 @@ fn a_crashed_runs_claim_is_released_by_hand_and_the_schedule_runs_again_at_once(
         .as_i64()
         .unwrap_or_else(|| panic!("no claim left behind: {held}"));
     assert!(until > keyhole::storage::now_ms() + 55_000, "{held}");
+    assert_eq!(held["claimed_by"], pid, "{held}");
 
     // A claim that is not the one read (a newer run's) is left alone.
     let created_at = held["created_at"].as_i64().unwrap();
@@ -709,7 +717,8 @@ fn a_crashed_runs_claim_is_released_by_hand_and_the_schedule_runs_again_at_once(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_api_releases_a_claim_an_admin_token_asks_it_to() {
+async fn the_api_releases_a_claim_an_admin_token_asks_it_to_once_its_process_is_gone_or_with_force()
+{
     let (t, added) = counter_ticking(Duration::from_secs(3600)).await;
     let storage = t.host.storage();
     let now = keyhole::storage::now_ms();
@@ -737,12 +746,41 @@ async fn the_api_releases_a_claim_an_admin_token_asks_it_to() {
         t.host.schedules().show("tick").unwrap().running_until,
         Some(lease)
     );
-    // An admin token releases it, and is told which claim went.
-    let r = release("tick", &admin).await.unwrap();
+    // The claim names its process (this test's), which still runs: refused, 409.
+    let me = std::process::id();
+    assert_eq!(
+        t.host.schedules().show("tick").unwrap().claimed_by,
+        Some(i64::from(me))
+    );
+    let live = release("tick", &admin).await.unwrap();
+    assert_eq!(live.status(), reqwest::StatusCode::CONFLICT);
+    let live: serde_json::Value = live.json().await.unwrap();
+    assert_eq!(live["error"]["kind"], "conflict", "{live}");
+    assert!(
+        live["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!(
+                "process {me} claimed schedule \"tick\" and is still running"
+            )),
+        "{live}"
+    );
+    assert_eq!(
+        t.host.schedules().show("tick").unwrap().running_until,
+        Some(lease)
+    );
+    // With force, an admin token releases it, and is told which claim went.
+    let r = http
+        .post(format!("{base}/v1/schedules/tick/release?force=true"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::OK);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["released"], lease, "{body}");
     assert_eq!(body["running_until"], serde_json::Value::Null, "{body}");
+    assert_eq!(body["claimed_by"], serde_json::Value::Null, "{body}");
     assert_eq!(body["name"], "tick", "{body}");
     // Again: nothing holds it, nothing changes.
     let again: serde_json::Value = release("tick", &admin).await.unwrap().json().await.unwrap();
@@ -760,4 +798,65 @@ async fn the_api_releases_a_claim_an_admin_token_asks_it_to() {
         "{err}"
     );
     assert_eq!(t.host.schedules().show("tick").unwrap().running_until, None);
+}
+
+#[test]
+fn a_live_servers_claim_is_not_released_without_force() {
+    let api = FakeApi::start_blocking(vec![]);
+    let t = posting_every_second(&api, 6000);
+    let admin = t
+        .cli(&["tokens", "create", "--scope", "admin"])
+        .ok()
+        .trim()
+        .to_string();
+    let (child, base) = t.spawn_serve(&[]);
+    let pid = child.id();
+    wait_for_slow_calls(&api, 1, 15, "the schedule never ran");
+    std::thread::sleep(Duration::from_millis(200));
+    let claim = t.cli(&["schedules", "show", "post", "--json"]).json();
+    assert_eq!(claim["claimed_by"], pid, "{claim}");
+    let until = claim["running_until"].as_i64().unwrap();
+
+    // The server that claimed it runs: the CLI refuses, says why, and changes nothing.
+    let refused = t.cli(&["schedules", "release", "post"]);
+    assert!(
+        refused.err().starts_with(&format!(
+            "error: process {pid} claimed schedule \"post\" and is still running"
+        )) && refused.stderr.contains("--force"),
+        "{}",
+        refused.stderr
+    );
+    let json = t.cli(&["schedules", "release", "post", "--json"]);
+    let error: serde_json::Value = serde_json::from_str(json.err().trim()).unwrap();
+    assert_eq!(error["error"]["kind"], "conflict", "{error}");
+    // The server itself refuses too, naming itself.
+    let (status, body) = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/v1/schedules/post/release"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<serde_json::Value>().await.unwrap())
+    });
+    assert_eq!(status, reqwest::StatusCode::CONFLICT);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("this server (process {pid}) claimed schedule")),
+        "{body}"
+    );
+    assert_eq!(
+        t.cli(&["schedules", "show", "post", "--json"]).json()["running_until"],
+        until
+    );
+
+    // --force releases it all the same.
+    let forced = t
+        .cli(&["schedules", "release", "post", "--force", "--json"])
+        .json();
+    assert_eq!(forced["released"], until, "{forced}");
+    assert_eq!(forced["claimed_by"], serde_json::Value::Null, "{forced}");
+    stop_serve(child);
 }

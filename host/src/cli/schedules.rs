@@ -55,11 +55,19 @@ pub enum SchedulesCmd {
     /// when the run ends. A `keyhole serve` killed mid-run (SIGKILL, a power cut) leaves its
     /// claim behind, and `show` says "running" until it runs out. Release it when you know
     /// that run is gone: the schedule then runs at its next due slot (at once, if one is
-    /// due). Releasing a claim whose run is in fact still going lets another server run the
-    /// schedule beside it. With no claim holding the schedule, nothing changes.
+    /// due). With no claim holding the schedule, nothing changes.
+    ///
+    /// A claim names the process that made it: while that process still runs on this
+    /// machine, the release is refused (its run is going on, and ends by the claim's end).
+    /// Releasing a claim whose run is in fact still going lets another server run the
+    /// schedule beside it.
     Release {
         /// Schedule name.
         name: String,
+        /// Release even though the process that claimed the schedule still runs (when
+        /// its id now belongs to another program).
+        #[arg(long)]
+        force: bool,
     },
     /// Delete a schedule.
     Delete {
@@ -78,9 +86,12 @@ fn cadence(row: &ScheduleRow) -> String {
 fn running(row: &ScheduleRow) -> String {
     match row.running_until {
         Some(until) => format!(
-            "yes, claimed until {} (a run cut off by a crash holds the schedule until then; \
+            "yes, claimed until {}{} (a run cut off by a crash holds the schedule until then; \
              `keyhole schedules release {}` releases its claim)",
             output::time(Some(until)),
+            row.claimed_by
+                .map(|pid| format!(" by process {pid}"))
+                .unwrap_or_default(),
             row.name
         ),
         None => "no".into(),
@@ -227,8 +238,8 @@ pub fn schedules(host: &Keyhole, cmd: SchedulesCmd, json: bool) -> anyhow::Resul
                 println!("schedule {name} is not paused; nothing changed (next run at {next})");
             }
         }
-        SchedulesCmd::Release { name } => {
-            let release = s.release(&name)?;
+        SchedulesCmd::Release { name, force } => {
+            let release = s.release(&name, force)?;
             if json {
                 output::json(&release)?;
             } else if let Some(until) = release.released {

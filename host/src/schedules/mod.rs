@@ -27,6 +27,20 @@ pub enum ScheduleError {
     /// Bad input.
     #[error("{0}")]
     Invalid(String),
+    /// A release by hand found the process that claimed the schedule still running.
+    #[error(
+        "{claimer} claimed schedule {name:?} and is still running: if it is a `keyhole serve`, its run is going on, and releases the schedule when it ends (by {until} at the latest); wait for it, or stop that server. If process {pid} is not keyhole (its id was given to another process), release anyway with --force (HTTP: ?force=true)"
+    )]
+    ClaimLive {
+        /// Schedule name.
+        name: String,
+        /// The claiming process's id.
+        pid: i64,
+        /// Who claimed it: `process N`, or `this server (process N)` for a server's own run.
+        claimer: String,
+        /// The end of the claim's lease, as text.
+        until: String,
+    },
     /// Storage problem.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -190,6 +204,7 @@ impl Schedules {
             last_outcome: None,
             last_invocation: None,
             running_until: None,
+            claimed_by: None,
             created_at: now,
         };
         self.storage.insert_schedule(&row)?;
@@ -237,10 +252,29 @@ impl Schedules {
     /// its next due slot (at once if one is due). Only the claim read here is released:
     /// one that ended, or was replaced by a newer run's, meanwhile is left alone.
     ///
-    /// Releasing the claim of a run that is in fact still going lets another server start
-    /// the schedule beside it (the server running it never overlaps itself).
-    pub fn release(&self, name: &str) -> Result<Release, ScheduleError> {
+    /// Refused ([`ScheduleError::ClaimLive`]) while the process that claimed it is still
+    /// running, as far as this machine's `/proc` tells (servers sharing a data directory
+    /// share a machine), unless `force`. Releasing the claim of a run that is in fact
+    /// still going lets another server start the schedule beside it (the server running
+    /// it never overlaps itself).
+    pub fn release(&self, name: &str, force: bool) -> Result<Release, ScheduleError> {
         let row = self.show(name)?;
+        if let (Some(until), Some(pid)) = (row.running_until, row.claimed_by)
+            && !force
+            && process_is_running(pid)
+        {
+            let claimer = if pid == i64::from(std::process::id()) {
+                format!("this server (process {pid})")
+            } else {
+                format!("process {pid}")
+            };
+            return Err(ScheduleError::ClaimLive {
+                name: name.to_string(),
+                pid,
+                claimer,
+                until: crate::util::format_ms(until),
+            });
+        }
         let released = match row.running_until {
             Some(until) => self
                 .storage
@@ -270,9 +304,37 @@ impl Schedules {
     }
 }
 
+/// Whether process `pid` is running on this machine: it has a `/proc` entry and is not a
+/// zombie. Where there is no `/proc` to ask, `false` (a release then goes ahead, as the
+/// admin asked).
+fn process_is_running(pid: i64) -> bool {
+    if pid <= 0 || !std::path::Path::new("/proc/self/stat").exists() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S …`: the state follows the last `)` (the name may hold one).
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_none_or(|state| !matches!(state, 'Z' | 'X' | 'x')),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_running_process_is_told_from_an_ended_one() {
+        assert!(process_is_running(i64::from(std::process::id())));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = i64::from(child.id());
+        child.wait().unwrap();
+        assert!(!process_is_running(pid), "a reaped child counts as running");
+        assert!(!process_is_running(0));
+        assert!(!process_is_running(-1));
+    }
 
     #[test]
     fn missed_slots_collapse_into_one_and_keep_the_cadence() {

@@ -260,6 +260,7 @@ fn schedule_status(e: &ScheduleError) -> (StatusCode, &'static str) {
     match e {
         ScheduleError::Unknown(_) => (StatusCode::NOT_FOUND, "not-found"),
         ScheduleError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid-request"),
+        ScheduleError::ClaimLive { .. } => (StatusCode::CONFLICT, "conflict"),
         ScheduleError::Storage(s) => storage_status(s),
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -92,11 +92,25 @@ pub async fn resume(_: Admin, State(s): State<AppState>, Path(name): Path<String
     to_json(schedules(&s).resume(&name)?)
 }
 
-/// `POST /v1/schedules/{name}/release`: release the claim of a run cut off by a crash
-/// (`keyhole schedules release`); the schedule with `"released"`, the end of the lease
-/// released, or `null` when no claim held it.
-pub async fn release(_: Admin, State(s): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    to_json(schedules(&s).release(&name)?)
+/// `POST /v1/schedules/{name}/release[?force=true]`: release the claim of a run cut off
+/// by a crash (`keyhole schedules release`); the schedule with `"released"`, the end of
+/// the lease released, or `null` when no claim held it. 409 `conflict` while the
+/// process that claimed it still runs, unless `force`.
+pub async fn release(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ReleaseQuery>,
+) -> ApiResult {
+    to_json(schedules(&s).release(&name, q.force)?)
+}
+
+/// Query of `POST /v1/schedules/{name}/release`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ReleaseQuery {
+    /// Release even while the process that claimed the schedule still runs.
+    #[serde(default)]
+    force: bool,
 }
 
 /// `DELETE /v1/schedules/{name}`

@@ -212,6 +212,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE oauth_states ADD COLUMN token_url TEXT;
     "#,
+    // 14: the process id of the server whose claim holds a schedule, so that a release
+    // by hand can tell a crashed run's claim from a live one.
+    r#"
+    ALTER TABLE schedules ADD COLUMN claimed_by INTEGER;
+    "#,
 ];
 
 /// Bring the schema up to date.

@@ -40,6 +40,9 @@ pub struct ScheduleRow {
     /// Unix ms until which a claimed run holds the schedule (the run ends sooner and
     /// releases it, unless it was cut off by a crash); `None` when no claim holds it now.
     pub running_until: Option<i64>,
+    /// The process id of the server whose claim holds the schedule now (`None` when no
+    /// claim holds it, or a keyhole from before this field made it).
+    pub claimed_by: Option<i64>,
     /// Unix ms.
     pub created_at: i64,
 }
@@ -48,11 +51,17 @@ pub struct ScheduleRow {
 /// A macro, so statements are `concat!`-ed at compile time.
 macro_rules! schedule_columns {
     () => {
-        "name, function, input, every_ms, cron, paused, next_run_at, last_run_at, last_outcome, last_invocation, created_at, running_until"
+        "name, function, input, every_ms, cron, paused, next_run_at, last_run_at, last_outcome, last_invocation, created_at, running_until, claimed_by"
     };
 }
 
 fn row(r: &Row<'_>) -> rusqlite::Result<ScheduleRow> {
+    // A lease that has run out holds nothing (as the scheduler's `due_schedules` and
+    // `claim_schedule_run` read it, by the same clock), though it stays stored until
+    // the next claim overwrites it.
+    let running_until = r
+        .get::<_, Option<i64>>(11)?
+        .filter(|&until| until > now_ms());
     Ok(ScheduleRow {
         name: r.get(0)?,
         function: r.get(1)?,
@@ -65,12 +74,11 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ScheduleRow> {
         last_outcome: r.get(8)?,
         last_invocation: r.get(9)?,
         created_at: r.get(10)?,
-        // A lease that has run out holds nothing (as the scheduler's `due_schedules` and
-        // `claim_schedule_run` read it, by the same clock), though it stays stored until
-        // the next claim overwrites it.
-        running_until: r
-            .get::<_, Option<i64>>(11)?
-            .filter(|&until| until > now_ms()),
+        running_until,
+        claimed_by: match running_until {
+            Some(_) => r.get(12)?,
+            None => None,
+        },
     })
 }
 
@@ -82,7 +90,7 @@ impl Storage {
                 concat!(
                     "INSERT INTO schedules (",
                     schedule_columns!(),
-                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, NULL, ?8, NULL)"
+                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, NULL, ?8, NULL, NULL)"
                 ),
                 params![
                     s.name,
@@ -170,8 +178,8 @@ impl Storage {
     /// Claim the run due at `due_at`: record it as started, move `next_run_at` on and
     /// hold the schedule until `running_until` (or until [`Storage::schedule_finished`]),
     /// if the slot is still the one read, the schedule still runs, and no run holds it
-    /// (here or in another process on this data directory). `false`: not claimed; run
-    /// nothing.
+    /// (here or in another process on this data directory). The claim names this
+    /// process (`claimed_by`). `false`: not claimed; run nothing.
     pub fn claim_schedule_run(
         &self,
         name: &str,
@@ -182,10 +190,18 @@ impl Storage {
     ) -> Result<bool, StorageError> {
         self.lock()?
             .execute_cached(
-                "UPDATE schedules SET last_run_at = ?2, next_run_at = ?3, running_until = ?5 \
+                "UPDATE schedules SET last_run_at = ?2, next_run_at = ?3, running_until = ?5, \
+                 claimed_by = ?6 \
                  WHERE name = ?1 AND next_run_at = ?4 AND paused = 0 \
                  AND (running_until IS NULL OR running_until <= ?2)",
-                params![name, started_at, next_run_at, due_at, running_until],
+                params![
+                    name,
+                    started_at,
+                    next_run_at,
+                    due_at,
+                    running_until,
+                    std::process::id()
+                ],
             )
             .map(|n| n == 1)
             .map_err(|e| self.err(e))
@@ -226,6 +242,7 @@ impl Storage {
             .execute_cached(
                 "UPDATE schedules SET last_outcome = ?3, last_invocation = ?4, \
                  running_until = CASE WHEN running_until = ?7 THEN NULL ELSE running_until END, \
+                 claimed_by = CASE WHEN running_until = ?7 THEN NULL ELSE claimed_by END, \
                  next_run_at = CASE WHEN next_run_at = ?5 THEN ?6 ELSE next_run_at END \
                  WHERE name = ?1 AND created_at = ?2",
                 params![name, created_at, outcome, invocation, slot, to, lease],
@@ -245,7 +262,7 @@ impl Storage {
     ) -> Result<bool, StorageError> {
         self.lock()?
             .execute_cached(
-                "UPDATE schedules SET running_until = NULL \
+                "UPDATE schedules SET running_until = NULL, claimed_by = NULL \
                  WHERE name = ?1 AND created_at = ?2 AND running_until = ?3",
                 params![name, created_at, lease],
             )
