@@ -734,13 +734,14 @@ async fn the_api_releases_a_claim_an_admin_token_asks_it_to_once_its_process_is_
     let invoke = invoke.token.expose().to_string();
     let (child, base) = t.spawn_serve(&[]);
     let http = reqwest::Client::new();
-    let release = |name: &str, token: &str| {
-        http.post(format!("{base}/v1/schedules/{name}/release"))
+    // `POST /v1/schedules/{name}/release{query}`
+    let release = |name: &str, query: &str, token: &str| {
+        http.post(format!("{base}/v1/schedules/{name}/release{query}"))
             .bearer_auth(token)
             .send()
     };
     // An invoke token may not; the claim stays.
-    let refused = release("tick", &invoke).await.unwrap();
+    let refused = release("tick", "", &invoke).await.unwrap();
     assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
     assert_eq!(
         t.host.schedules().show("tick").unwrap().running_until,
@@ -752,7 +753,7 @@ async fn the_api_releases_a_claim_an_admin_token_asks_it_to_once_its_process_is_
         t.host.schedules().show("tick").unwrap().claimed_by,
         Some(i64::from(me))
     );
-    let live = release("tick", &admin).await.unwrap();
+    let live = release("tick", "", &admin).await.unwrap();
     assert_eq!(live.status(), reqwest::StatusCode::CONFLICT);
     let live: serde_json::Value = live.json().await.unwrap();
     assert_eq!(live["error"]["kind"], "conflict", "{live}");
@@ -770,12 +771,7 @@ async fn the_api_releases_a_claim_an_admin_token_asks_it_to_once_its_process_is_
         Some(lease)
     );
     // With force, an admin token releases it, and is told which claim went.
-    let r = http
-        .post(format!("{base}/v1/schedules/tick/release?force=true"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let r = release("tick", "?force=true", &admin).await.unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::OK);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["released"], lease, "{body}");
@@ -783,10 +779,15 @@ async fn the_api_releases_a_claim_an_admin_token_asks_it_to_once_its_process_is_
     assert_eq!(body["claimed_by"], serde_json::Value::Null, "{body}");
     assert_eq!(body["name"], "tick", "{body}");
     // Again: nothing holds it, nothing changes.
-    let again: serde_json::Value = release("tick", &admin).await.unwrap().json().await.unwrap();
+    let again: serde_json::Value = release("tick", "", &admin)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(again["released"], serde_json::Value::Null, "{again}");
     // An unknown schedule is a 404 with the usual error body.
-    let unknown = release("nope", &admin).await.unwrap();
+    let unknown = release("nope", "", &admin).await.unwrap();
     assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
     let err: serde_json::Value = unknown.json().await.unwrap();
     stop_serve(child);
@@ -804,11 +805,8 @@ async fn the_api_releases_a_claim_an_admin_token_asks_it_to_once_its_process_is_
 fn a_live_servers_claim_is_not_released_without_force() {
     let api = FakeApi::start_blocking(vec![]);
     let t = posting_every_second(&api, 6000);
-    let admin = t
-        .cli(&["tokens", "create", "--scope", "admin"])
-        .ok()
-        .trim()
-        .to_string();
+    let admin = create_token(t.host.storage(), Scope::Admin, None, Some("tests")).unwrap();
+    let admin = admin.token.expose().to_string();
     let (child, base) = t.spawn_serve(&[]);
     let pid = child.id();
     wait_for_slow_calls(&api, 1, 15, "the schedule never ran");
