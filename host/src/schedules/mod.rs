@@ -29,15 +29,17 @@ pub enum ScheduleError {
     Invalid(String),
     /// A release by hand found the process that claimed the schedule still running.
     #[error(
-        "{claimer} claimed schedule {name:?} and is still running: if it is a `keyhole serve`, its run is going on, and releases the schedule when it ends (by {until} at the latest); wait for it, or stop that server. If process {pid} is not keyhole (its id was given to another process), release anyway with --force (HTTP: ?force=true)"
+        "{}process {pid}{} claimed schedule {name:?} and is still running: if it is a `keyhole serve`, its run is going on, and releases the schedule when it ends (by {until} at the latest); wait for it, or stop that server. If process {pid} is not keyhole (its id was given to another process), release anyway with --force (HTTP: ?force=true)",
+        if *.ours { "this server (" } else { "" },
+        if *.ours { ")" } else { "" }
     )]
     ClaimLive {
         /// Schedule name.
         name: String,
         /// The claiming process's id.
         pid: i64,
-        /// Who claimed it: `process N`, or `this server (process N)` for a server's own run.
-        claimer: String,
+        /// Whether it is the process asked to release (a server's own run).
+        ours: bool,
         /// The end of the claim's lease, as text.
         until: String,
     },
@@ -263,15 +265,10 @@ impl Schedules {
             && !force
             && process_is_running(pid)
         {
-            let claimer = if pid == i64::from(std::process::id()) {
-                format!("this server (process {pid})")
-            } else {
-                format!("process {pid}")
-            };
             return Err(ScheduleError::ClaimLive {
                 name: name.to_string(),
                 pid,
-                claimer,
+                ours: pid == i64::from(std::process::id()),
                 until: crate::util::format_ms(until),
             });
         }

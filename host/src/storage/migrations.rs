@@ -225,10 +225,14 @@ pub fn apply(conn: &mut Connection, path: &Path) -> Result<(), StorageError> {
 }
 
 /// Fail with [`StorageError::TooNew`] if another process (a newer keyhole) has migrated
-/// the database past the schema this build knows since it was opened. Run now and then
-/// for as long as a process lives, so through the statement cache.
+/// the database past the schema this build knows since it was opened.
 pub fn check_not_newer(conn: &Connection, path: &Path) -> Result<(), StorageError> {
-    let supported = MIGRATIONS.len() as i64;
+    version_within(conn, path, MIGRATIONS.len() as i64).map(drop)
+}
+
+/// The database's schema version, or [`StorageError::TooNew`] if it is past `supported`.
+/// Read through the statement cache: a long-running process asks now and then.
+fn version_within(conn: &Connection, path: &Path, supported: i64) -> Result<i64, StorageError> {
     let found: i64 = conn
         .query_row_cached("SELECT user_version FROM pragma_user_version", [], |r| {
             r.get(0)
@@ -241,7 +245,7 @@ pub fn check_not_newer(conn: &Connection, path: &Path) -> Result<(), StorageErro
             supported,
         });
     }
-    Ok(())
+    Ok(found)
 }
 
 /// Apply the migrations of `migrations` not applied yet, one transaction each. Each
@@ -250,19 +254,7 @@ pub fn check_not_newer(conn: &Connection, path: &Path) -> Result<(), StorageErro
 fn apply_list(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), StorageError> {
     let err = |source| StorageError::from_sqlite(path, source);
     let supported = migrations.len() as i64;
-    let version = |conn: &Connection| -> Result<i64, StorageError> {
-        let current: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(err)?;
-        if current > supported {
-            return Err(StorageError::TooNew {
-                path: path.to_path_buf(),
-                found: current,
-                supported,
-            });
-        }
-        Ok(current)
-    };
+    let version = |conn: &Connection| version_within(conn, path, supported);
     // Up to date (every open but the first): no write lock needed.
     if version(conn)? == supported {
         return Ok(());
