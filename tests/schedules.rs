@@ -3,14 +3,15 @@
 //! down skipped or collapsed into one, and each slot run once, only by the process that
 //! claimed it; `show`, `list` and the HTTP API telling whether a claim holds a schedule
 //! (and which process made it), and releasing a crashed run's claim by hand, but not a
-//! live process's without `--force`.
+//! live process's without `--force`; editing a schedule (CLI and HTTP), which applies from
+//! the next run, also in a server already running.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use keyhole::Keyhole;
 use keyhole::runtime::RuntimeConfig;
-use keyhole::schedules::{Cadence, Scheduler};
+use keyhole::schedules::{Cadence, ScheduleEdit, Scheduler};
 use keyhole::server::{Scope, create_token};
 use keyhole::storage::ScheduleRow;
 use keyhole_tests::env::{TestHost, stop_serve};
@@ -338,6 +339,373 @@ fn schedules_are_administered_from_the_cli() {
 }
 
 #[test]
+fn a_schedule_is_edited_from_the_cli_and_a_refused_edit_changes_nothing() {
+    let t = TestHost::new();
+    upload(&t, "counter", "counter");
+    upload(&t, "echo", "echo");
+    t.cli(&[
+        "schedules",
+        "add",
+        "tick",
+        "--function",
+        "counter",
+        "--every",
+        "1h",
+        "--input",
+        r#"{"a":1}"#,
+    ])
+    .ok();
+    let show = |t: &TestHost| t.cli(&["schedules", "show", "tick", "--json"]).json();
+    let before = show(&t);
+    for (args, message) in [
+        (
+            vec!["schedules", "edit", "tick"],
+            "say what to change: --function F, --every DURATION, --cron EXPR or --input JSON",
+        ),
+        (
+            vec!["schedules", "edit", "nope", "--input", "{}"],
+            "no schedule named \"nope\"",
+        ),
+        (
+            vec!["schedules", "edit", "tick", "--function", "nope"],
+            "no function named \"nope\"",
+        ),
+        (
+            vec!["schedules", "edit", "tick", "--input", "{"],
+            "not valid JSON",
+        ),
+        (
+            vec!["schedules", "edit", "tick", "--every", "100ms"],
+            "at least 1s",
+        ),
+        (
+            vec!["schedules", "edit", "tick", "--cron", "0 0 0 31 2 *"],
+            "never fires",
+        ),
+        (
+            vec![
+                "schedules",
+                "edit",
+                "tick",
+                "--every",
+                "1m",
+                "--cron",
+                "0 * * * * *",
+            ],
+            "cannot be used with",
+        ),
+        // Checked before anything is written: the valid part of an edit does not land.
+        (
+            vec![
+                "schedules",
+                "edit",
+                "tick",
+                "--every",
+                "1m",
+                "--function",
+                "nope",
+            ],
+            "no function named \"nope\"",
+        ),
+    ] {
+        let out = t.cli(&args);
+        assert!(out.err().contains(message), "{args:?}: {}", out.stderr);
+    }
+    assert_eq!(show(&t), before, "a refused edit changed the schedule");
+
+    // The input alone: the next run stays where it was.
+    let out = t.cli(&["schedules", "edit", "tick", "--input", r#"{"b":2}"#]);
+    assert!(
+        out.ok()
+            .contains(r#"edited schedule tick: counter runs every 1h with input {"b":2}"#),
+        "{}",
+        out.stdout
+    );
+    let after = show(&t);
+    assert_eq!(after["input"], serde_json::json!({"b": 2}));
+    for same in [
+        "next_run_at",
+        "created_at",
+        "every_ms",
+        "function",
+        "paused",
+    ] {
+        assert_eq!(after[same], before[same], "{same} changed");
+    }
+
+    // Another function and cadence: the next run is the new cadence's first from now.
+    let start = keyhole::storage::now_ms();
+    let edited = t
+        .cli(&[
+            "schedules",
+            "edit",
+            "tick",
+            "--function",
+            "echo",
+            "--every",
+            "10m",
+            "--json",
+        ])
+        .json();
+    let end = keyhole::storage::now_ms();
+    assert_eq!(edited["function"], "echo", "{edited}");
+    assert_eq!(edited["every_ms"], 600_000, "{edited}");
+    assert_eq!(edited["input"], serde_json::json!({"b": 2}), "{edited}");
+    let next = edited["next_run_at"].as_i64().unwrap();
+    assert!(
+        (start + 600_000..=end + 600_000).contains(&next),
+        "next run {next} is not 10 minutes from the edit ({start}..{end})"
+    );
+    assert_eq!(show(&t), edited);
+
+    // A cron expression replaces the interval.
+    let edited = t
+        .cli(&[
+            "schedules",
+            "edit",
+            "tick",
+            "--cron",
+            "0 0 3 * * *",
+            "--json",
+        ])
+        .json();
+    assert_eq!(edited["every_ms"], serde_json::Value::Null, "{edited}");
+    assert_eq!(edited["cron"], "0 0 3 * * *", "{edited}");
+    assert!(
+        t.cli(&["schedules", "show", "tick"])
+            .ok()
+            .contains("cron 0 0 3 * * *")
+    );
+
+    // A paused schedule stays paused, and says how to resume it.
+    t.cli(&["schedules", "pause", "tick"]).ok();
+    let out = t.cli(&["schedules", "edit", "tick", "--every", "5m"]);
+    assert!(
+        out.ok()
+            .contains("it is paused; `keyhole schedules resume tick` runs it again"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(show(&t)["paused"], true);
+    assert_eq!(show(&t)["every_ms"], 300_000);
+}
+
+#[tokio::test]
+async fn a_slot_read_before_an_edit_is_not_claimed_to_run_what_was_read() {
+    let (t, added) = counter_ticking(Duration::from_secs(3600)).await;
+    let schedules = t.host.schedules();
+    schedules
+        .edit(
+            "tick",
+            &ScheduleEdit {
+                input: Some(r#"{"fail_after_write":true}"#.into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // The scheduler read the slot before the edit (same slot: an input edit keeps it),
+    // and claims it after: refused, so no run starts with the old input.
+    let storage = t.host.storage();
+    let now = keyhole::storage::now_ms();
+    assert!(
+        !storage
+            .claim_schedule_run(&added, now, now + 3_600_000, now + 60_000)
+            .unwrap(),
+        "a slot was claimed to run the schedule as it was before the edit"
+    );
+    let read = schedules.show("tick").unwrap();
+    assert_eq!(read.last_run_at, None);
+    assert_eq!(read.next_run_at, added.next_run_at);
+    // Read afresh (the next tick), it is claimed.
+    assert!(
+        storage
+            .claim_schedule_run(&read, now, now + 3_600_000, now + 60_000)
+            .unwrap()
+    );
+}
+
+#[test]
+fn an_edit_applies_from_the_next_run_of_a_server_already_running() {
+    let t = TestHost::new();
+    upload(&t, "counter", "counter");
+    t.cli(&[
+        "schedules",
+        "add",
+        "tick",
+        "--function",
+        "counter",
+        "--every",
+        "1s",
+    ])
+    .ok();
+    let (child, _) = t.spawn_serve(&[]);
+    let runs = || t.host.logs(Some("counter"), 100).unwrap();
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("the schedule did not run", &|| !runs().is_empty());
+
+    // A new input: the runs after the edit fail after writing, as the input asks.
+    let editing = keyhole::storage::now_ms();
+    t.cli(&[
+        "schedules",
+        "edit",
+        "tick",
+        "--input",
+        r#"{"fail_after_write":true}"#,
+    ])
+    .ok();
+    let edited = keyhole::storage::now_ms();
+    wait_for("no run after the edit", &|| {
+        runs().iter().any(|r| r.started_at > edited + 100)
+    });
+
+    // A new cadence: the next run is an hour away, so the runs stop.
+    t.cli(&["schedules", "edit", "tick", "--every", "1h"]).ok();
+    let slowed = keyhole::storage::now_ms();
+    std::thread::sleep(Duration::from_millis(2500));
+    stop_serve(child);
+    let runs = runs();
+    for run in &runs {
+        if run.started_at < editing {
+            assert_eq!(run.outcome, "ok", "a run before the edit: {run:?}");
+        } else if run.started_at > edited + 100 {
+            assert_ne!(run.outcome, "ok", "a run after the edit: {run:?}");
+        }
+    }
+    assert!(
+        runs.iter().all(|r| r.started_at < slowed + 100),
+        "a run started after the cadence became hourly: {runs:?}"
+    );
+    let show = t.cli(&["schedules", "show", "tick", "--json"]).json();
+    assert!(
+        show["next_run_at"].as_i64().unwrap() > slowed + 3_500_000,
+        "{show}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_edits_a_schedule_for_an_admin_token_and_a_refused_edit_changes_nothing() {
+    let (t, _) = counter_ticking(Duration::from_secs(3600)).await;
+    let storage = t.host.storage();
+    let admin = create_token(storage, Scope::Admin, None, Some("tests")).unwrap();
+    let admin = admin.token.expose().to_string();
+    let invoke = create_token(storage, Scope::Invoke, None, Some("tests")).unwrap();
+    let invoke = invoke.token.expose().to_string();
+    let (child, base) = t.spawn_serve(&[]);
+    let http = reqwest::Client::new();
+    let before = serde_json::to_value(t.host.schedules().show("tick").unwrap()).unwrap();
+    // `PATCH /v1/schedules/{name}` with `body`.
+    let patch = |name: &str, body: serde_json::Value, token: Option<&str>| {
+        let request = http
+            .patch(format!("{base}/v1/schedules/{name}"))
+            .json(&body);
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+        .send()
+    };
+    for (name, body, token, status, message) in [
+        ("tick", serde_json::json!({"every": "5m"}), None, 401, ""),
+        (
+            "tick",
+            serde_json::json!({"every": "5m"}),
+            Some(invoke.as_str()),
+            403,
+            "",
+        ),
+        (
+            "tick",
+            serde_json::json!({}),
+            Some(admin.as_str()),
+            400,
+            "nothing to change",
+        ),
+        (
+            "tick",
+            serde_json::json!({"every": "5m", "cron": "0 * * * * *"}),
+            Some(admin.as_str()),
+            400,
+            "give only one of",
+        ),
+        (
+            "tick",
+            serde_json::json!({"every": "soon"}),
+            Some(admin.as_str()),
+            400,
+            "is not a duration",
+        ),
+        (
+            "tick",
+            serde_json::json!({"colour": "red"}),
+            Some(admin.as_str()),
+            400,
+            "unknown field `colour`",
+        ),
+        (
+            "tick",
+            serde_json::json!({"function": "nope", "every": "5m"}),
+            Some(admin.as_str()),
+            400,
+            "no function named \"nope\"",
+        ),
+        (
+            "nope",
+            serde_json::json!({"every": "5m"}),
+            Some(admin.as_str()),
+            404,
+            "no schedule named \"nope\"",
+        ),
+    ] {
+        let r = patch(name, body.clone(), token).await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{body}");
+        let err: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(message),
+            "{body}: {err}"
+        );
+        assert_eq!(
+            serde_json::to_value(t.host.schedules().show("tick").unwrap()).unwrap(),
+            before,
+            "a refused edit ({body}) changed the schedule"
+        );
+    }
+    let start = keyhole::storage::now_ms();
+    let r = patch(
+        "tick",
+        serde_json::json!({"input": {"x": [1, 2]}, "every": "10m"}),
+        Some(&admin),
+    )
+    .await
+    .unwrap();
+    let end = keyhole::storage::now_ms();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let edited: serde_json::Value = r.json().await.unwrap();
+    stop_serve(child);
+    assert_eq!(
+        edited["input"],
+        serde_json::json!({"x": [1, 2]}),
+        "{edited}"
+    );
+    assert_eq!(edited["every_ms"], 600_000, "{edited}");
+    assert_eq!(edited["function"], "counter", "{edited}");
+    let next = edited["next_run_at"].as_i64().unwrap();
+    assert!(
+        (start + 600_000..=end + 600_000).contains(&next),
+        "next run {next} is not 10 minutes from the edit ({start}..{end})"
+    );
+    assert_eq!(
+        serde_json::to_value(t.host.schedules().show("tick").unwrap()).unwrap(),
+        edited
+    );
+}
+
+#[test]
 fn a_schedule_runs_on_time_under_serve() {
     let t = TestHost::new();
     upload(&t, "counter", "counter");
@@ -456,7 +824,15 @@ async fn two_servers_on_one_data_directory_run_a_slot_once() {
     let storage = t.host.storage();
     assert!(
         !storage
-            .claim_schedule_run("tick", due - 1, due, due + 2000, due + 60_000)
+            .claim_schedule_run(
+                &ScheduleRow {
+                    next_run_at: due - 1,
+                    ..added.clone()
+                },
+                due,
+                due + 2000,
+                due + 60_000
+            )
             .unwrap()
     );
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -483,7 +859,7 @@ async fn a_schedule_another_server_is_running_does_not_run_again_meanwhile() {
     let now = keyhole::storage::now_ms();
     assert!(
         storage
-            .claim_schedule_run("tick", due, now, due + 1000, now + 60_000)
+            .claim_schedule_run(&added, now, due + 1000, now + 60_000)
             .unwrap()
     );
     // Two more slots fall due while it runs: this server runs neither.
@@ -570,10 +946,9 @@ async fn show_and_the_api_tell_whether_a_claim_holds_the_schedule() {
     // lease runs out, and show says so.
     let now = keyhole::storage::now_ms();
     let lease = now + 3_600_000;
-    let due = added.next_run_at;
     assert!(
         storage
-            .claim_schedule_run("tick", due, now, now + 3_600_000, lease)
+            .claim_schedule_run(&added, now, now + 3_600_000, lease)
             .unwrap()
     );
     assert_eq!(show_json(&t)["running_until"], lease);
@@ -628,10 +1003,10 @@ async fn show_and_the_api_tell_whether_a_claim_holds_the_schedule() {
     // A lease that has run out holds nothing, though it stays stored: the scheduler would
     // claim the schedule again, so show says it is not running.
     let now = keyhole::storage::now_ms();
-    let due = show_json(&t)["next_run_at"].as_i64().unwrap();
+    let read = t.host.schedules().show("tick").unwrap();
     assert!(
         storage
-            .claim_schedule_run("tick", due, now, now + 3_600_000, now - 1)
+            .claim_schedule_run(&read, now, now + 3_600_000, now - 1)
             .unwrap()
     );
     assert_eq!(
@@ -725,7 +1100,7 @@ async fn the_api_releases_a_claim_an_admin_token_asks_it_to_once_its_process_is_
     let lease = now + 3_600_000;
     assert!(
         storage
-            .claim_schedule_run("tick", added.next_run_at, now, now + 3_600_000, lease)
+            .claim_schedule_run(&added, now, now + 3_600_000, lease)
             .unwrap()
     );
     let admin = create_token(storage, Scope::Admin, None, Some("tests")).unwrap();

@@ -6,7 +6,7 @@ use clap::Subcommand;
 
 use super::output;
 use crate::Keyhole;
-use crate::schedules::Cadence;
+use crate::schedules::{Cadence, ScheduleEdit};
 use crate::storage::ScheduleRow;
 
 /// `keyhole schedules` subcommands.
@@ -31,6 +31,28 @@ pub enum SchedulesCmd {
         /// Input JSON passed on every run.
         #[arg(long, default_value = "{}")]
         input: String,
+    },
+    /// Change a schedule's function, cadence or input; what is not given stays.
+    ///
+    /// A new cadence starts afresh, as for a new schedule: the next run is one interval
+    /// (or the next cron time) from now. The change applies from the next run, also in a
+    /// `keyhole serve` already running; a run going on finishes as it started. The
+    /// schedule keeps its name, its state (paused or active) and its history.
+    Edit {
+        /// Schedule name.
+        name: String,
+        /// Run this function instead.
+        #[arg(long)]
+        function: Option<String>,
+        /// New interval, e.g. 30s, 5m, 1h (at least 1s, at most 366 days).
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "cron")]
+        every: Option<Duration>,
+        /// New cron expression (UTC, seconds field first), e.g. "0 */5 * * * *".
+        #[arg(long)]
+        cron: Option<String>,
+        /// New input JSON, passed on every run.
+        #[arg(long)]
+        input: Option<String>,
     },
     /// List schedules.
     List,
@@ -162,6 +184,56 @@ pub fn schedules(host: &Keyhole, cmd: SchedulesCmd, json: bool) -> anyhow::Resul
                     "first run at {} (schedules run while `keyhole serve` runs)",
                     output::time(Some(row.next_run_at))
                 );
+            }
+        }
+        SchedulesCmd::Edit {
+            name,
+            function,
+            every,
+            cron,
+            input,
+        } => {
+            if function.is_none() && every.is_none() && cron.is_none() && input.is_none() {
+                return Err(usage!(
+                    "say what to change: --function F, --every DURATION, --cron EXPR or --input JSON"
+                ));
+            }
+            let new_cadence = match (every, cron) {
+                (Some(d), _) => Some(Cadence::Every(d)),
+                (None, Some(expr)) => Some(Cadence::cron(&expr)?),
+                (None, None) => None,
+            };
+            let moved = new_cadence.is_some();
+            let row = s.edit(
+                &name,
+                &ScheduleEdit {
+                    function,
+                    cadence: new_cadence,
+                    input,
+                },
+            )?;
+            if json {
+                output::json(&row)?;
+            } else {
+                println!(
+                    "edited schedule {name}: {} runs {} with input {}",
+                    row.function,
+                    cadence(&row),
+                    row.input
+                );
+                if row.paused {
+                    println!("it is paused; `keyhole schedules resume {name}` runs it again");
+                } else {
+                    println!(
+                        "next run at {}{}",
+                        output::time(Some(row.next_run_at)),
+                        if moved {
+                            " (the new cadence starts now)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
             }
         }
         SchedulesCmd::List => {

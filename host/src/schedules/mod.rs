@@ -158,42 +158,10 @@ impl Schedules {
         input: &str,
     ) -> Result<ScheduleRow, ScheduleError> {
         validate_name("schedule", name).map_err(|e| ScheduleError::Invalid(e.to_string()))?;
-        if self.storage.latest_function(function)?.is_none() {
-            return Err(ScheduleError::Invalid(format!(
-                "no function named {function:?}; upload it first (`keyhole functions upload`)"
-            )));
-        }
-        serde_json::from_str::<serde::de::IgnoredAny>(input)
-            .map_err(|e| ScheduleError::Invalid(format!("--input is not valid JSON: {e}")))?;
-        let (every_ms, cron) = match cadence {
-            Cadence::Every(d) if *d < MIN_EVERY => {
-                return Err(ScheduleError::Invalid(format!(
-                    "the interval must be at least {}s",
-                    MIN_EVERY.as_secs()
-                )));
-            }
-            Cadence::Every(d) if *d > MAX_EVERY => {
-                return Err(ScheduleError::Invalid(format!(
-                    "the interval must be at most {} days; for rarer runs use a cron expression",
-                    MAX_EVERY.as_secs() / 86_400
-                )));
-            }
-            Cadence::Every(d) => (Some(d.as_millis() as i64), None),
-            Cadence::Cron(_, expr) => (None, Some(expr.clone())),
-        };
+        self.check_function(function)?;
+        check_input(input)?;
         let now = now_ms();
-        let first = match cadence {
-            Cadence::Every(d) => now + d.as_millis() as i64,
-            Cadence::Cron(_, expr) => match cadence.next_after(now, now) {
-                i64::MAX => {
-                    return Err(ScheduleError::Invalid(format!(
-                        "the cron expression {expr:?} never fires from now on (a past year, or a \
-                         date that does not exist such as 31 February); check its fields"
-                    )));
-                }
-                first => first,
-            },
-        };
+        let (every_ms, cron, first) = stored_cadence(cadence, now)?;
         let row = ScheduleRow {
             name: name.to_string(),
             function: function.to_string(),
@@ -212,6 +180,57 @@ impl Schedules {
         self.storage.insert_schedule(&row)?;
         tracing::info!(schedule = name, function, cadence = %cadence.describe(), "schedule added");
         self.show(name)
+    }
+
+    /// Change what a schedule runs, how often, or with which input; what is `None` stays.
+    /// A new cadence starts afresh: the next run is one interval (or the next cron time)
+    /// from now, as for a new schedule. A run going on keeps what it started with; the
+    /// change applies from the next run (a slot claimed before the change, and so read
+    /// before it, is the only one that runs as it was).
+    pub fn edit(&self, name: &str, edit: &ScheduleEdit) -> Result<ScheduleRow, ScheduleError> {
+        if edit.function.is_none() && edit.cadence.is_none() && edit.input.is_none() {
+            return Err(ScheduleError::Invalid(
+                "nothing to change: give a function, a cadence (every or cron) or an input".into(),
+            ));
+        }
+        if let Some(function) = &edit.function {
+            self.check_function(function)?;
+        }
+        if let Some(input) = &edit.input {
+            check_input(input)?;
+        }
+        let cadence = match &edit.cadence {
+            Some(cadence) => Some(stored_cadence(cadence, now_ms())?),
+            None => None,
+        };
+        if !self.storage.update_schedule(
+            name,
+            edit.function.as_deref(),
+            edit.input.as_deref(),
+            cadence
+                .as_ref()
+                .map(|(every_ms, cron, first)| (*every_ms, cron.as_deref(), *first)),
+        )? {
+            return Err(ScheduleError::Unknown(name.to_string()));
+        }
+        let row = self.show(name)?;
+        tracing::info!(
+            schedule = name,
+            function = %row.function,
+            cadence = %Cadence::of(&row).map(|c| c.describe()).unwrap_or_default(),
+            "schedule edited"
+        );
+        Ok(row)
+    }
+
+    /// Refuse a function that does not exist.
+    fn check_function(&self, function: &str) -> Result<(), ScheduleError> {
+        match self.storage.latest_function(function)? {
+            Some(_) => Ok(()),
+            None => Err(ScheduleError::Invalid(format!(
+                "no function named {function:?}; upload it first (`keyhole functions upload`)"
+            ))),
+        }
     }
 
     /// Every schedule.
@@ -298,6 +317,50 @@ impl Schedules {
             return Err(ScheduleError::Unknown(name.to_string()));
         }
         Ok(())
+    }
+}
+
+/// What [`Schedules::edit`] changes; `None` leaves that part as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ScheduleEdit {
+    /// Another function to run.
+    pub function: Option<String>,
+    /// Another cadence (the next run moves to its first slot from now).
+    pub cadence: Option<Cadence>,
+    /// Another input (JSON text).
+    pub input: Option<String>,
+}
+
+/// Refuse input that is not JSON.
+fn check_input(input: &str) -> Result<(), ScheduleError> {
+    serde_json::from_str::<serde::de::IgnoredAny>(input)
+        .map(drop)
+        .map_err(|e| ScheduleError::Invalid(format!("--input is not valid JSON: {e}")))
+}
+
+/// A cadence as stored (`every_ms`, `cron`) with its first run after `now`, or why it
+/// cannot be a schedule's.
+fn stored_cadence(
+    cadence: &Cadence,
+    now: i64,
+) -> Result<(Option<i64>, Option<String>, i64), ScheduleError> {
+    match cadence {
+        Cadence::Every(d) if *d < MIN_EVERY => Err(ScheduleError::Invalid(format!(
+            "the interval must be at least {}s",
+            MIN_EVERY.as_secs()
+        ))),
+        Cadence::Every(d) if *d > MAX_EVERY => Err(ScheduleError::Invalid(format!(
+            "the interval must be at most {} days; for rarer runs use a cron expression",
+            MAX_EVERY.as_secs() / 86_400
+        ))),
+        Cadence::Every(d) => Ok((Some(d.as_millis() as i64), None, now + d.as_millis() as i64)),
+        Cadence::Cron(_, expr) => match cadence.next_after(now, now) {
+            i64::MAX => Err(ScheduleError::Invalid(format!(
+                "the cron expression {expr:?} never fires from now on (a past year, or a \
+                 date that does not exist such as 31 February); check its fields"
+            ))),
+            first => Ok((None, Some(expr.clone()), first)),
+        },
     }
 }
 

@@ -92,19 +92,14 @@ impl Scheduler {
                     lease: now + lease(&host, &schedule.function),
                 };
                 // Run only a slot this process claimed: another server on this data
-                // directory may have claimed it or still be running the schedule, and a
-                // claim that cannot be written runs nothing (the slot stays due and is
-                // tried again at the next tick). The claim holds the schedule for the
-                // run's longest possible time, in case this process dies mid-run.
+                // directory may have claimed it or still be running the schedule, an
+                // admin may have edited it since it was read, and a claim that cannot be
+                // written runs nothing (the slot stays due and is tried again, read
+                // afresh, at the next tick). The claim holds the schedule for the run's
+                // longest possible time, in case this process dies mid-run.
                 let claimed = host
                     .storage()
-                    .claim_schedule_run(
-                        &schedule.name,
-                        schedule.next_run_at,
-                        now,
-                        next,
-                        claim.lease,
-                    )
+                    .claim_schedule_run(&schedule, now, next, claim.lease)
                     .unwrap_or_else(|e| {
                         tracing::error!(schedule = %schedule.name, error = %e, "cannot record a schedule run; not running it");
                         false

@@ -67,6 +67,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/schedules/{name}",
             get(schedules::show)
                 .put(schedules::create)
+                .patch(schedules::edit)
                 .delete(schedules::delete),
         )
         .route("/v1/schedules/{name}/pause", post(schedules::pause))

@@ -1,8 +1,8 @@
 //! Schedule admin endpoints (admin token), mirroring `keyhole schedules …`:
-//! list, show, create, pause, resume, release, delete.
+//! list, show, create, edit, pause, resume, release, delete.
 //!
 //! `PUT /v1/schedules/{name}` takes `{"function": "f", "every": "5m" | "every_ms": 300000 | "cron": "0 */5 * * * *",
-//! "input": <any JSON, default {}>}`.
+//! "input": <any JSON, default {}>}`; `PATCH` takes any of those fields, and changes those.
 
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use super::AppState;
 use super::admin::{ApiResult, to_json};
 use super::auth::Admin;
 use super::error::ApiError;
-use crate::schedules::{Cadence, Schedules};
+use crate::schedules::{Cadence, ScheduleEdit, Schedules};
 
 fn schedules(s: &AppState) -> Schedules {
     Schedules::new(s.host.storage().clone())
@@ -61,7 +61,68 @@ pub async fn create(
     let body = body.map_err(ApiError::from_body)?;
     let new: NewSchedule = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the body is not a schedule: {e}")))?;
-    let cadence = match (&new.every, new.every_ms, &new.cron) {
+    let cadence =
+        cadence(new.every.as_deref(), new.every_ms, new.cron.as_deref())?.ok_or_else(|| {
+            ApiError::bad_request(
+                "say when it runs: give one of \"every\" (e.g. \"5m\"), \"every_ms\" and \"cron\"",
+            )
+        })?;
+    let input = new.input.unwrap_or_else(|| json!({})).to_string();
+    let row = schedules(&s).add(&name, &new.function, &cadence, &input)?;
+    Ok((StatusCode::CREATED, to_json(row)?))
+}
+
+/// Body of `PATCH /v1/schedules/{name}`: what to change; what is left out stays.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleChange {
+    /// Another function to run.
+    pub function: Option<String>,
+    /// Another interval, e.g. `30s`, `5m`.
+    pub every: Option<String>,
+    /// The same in milliseconds.
+    pub every_ms: Option<u64>,
+    /// Another cron expression, seconds first (UTC).
+    pub cron: Option<String>,
+    /// Another input (any JSON).
+    pub input: Option<Value>,
+}
+
+/// `PATCH /v1/schedules/{name}`: change a schedule (`keyhole schedules edit`); a new
+/// cadence starts afresh from now.
+pub async fn edit(
+    _: Admin,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body.map_err(ApiError::from_body)?;
+    let change: ScheduleChange = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body is not a schedule change: {e}; give any of \"function\", \"every\" (or \"every_ms\" or \"cron\") and \"input\""
+        ))
+    })?;
+    let edit = ScheduleEdit {
+        function: change.function,
+        cadence: cadence(
+            change.every.as_deref(),
+            change.every_ms,
+            change.cron.as_deref(),
+        )?,
+        input: change.input.map(|v| v.to_string()),
+    };
+    to_json(schedules(&s).edit(&name, &edit)?)
+}
+
+/// The cadence a body gives in one of `every`, `every_ms` and `cron`; `None` when it
+/// gives none.
+fn cadence(
+    every: Option<&str>,
+    every_ms: Option<u64>,
+    cron: Option<&str>,
+) -> Result<Option<Cadence>, ApiError> {
+    Ok(Some(match (every, every_ms, cron) {
+        (None, None, None) => return Ok(None),
         (Some(every), None, None) => {
             Cadence::Every(humantime::parse_duration(every).map_err(|e| {
                 ApiError::bad_request(format!(
@@ -73,13 +134,10 @@ pub async fn create(
         (None, None, Some(expr)) => Cadence::cron(expr)?,
         _ => {
             return Err(ApiError::bad_request(
-                "give exactly one of \"every\" (e.g. \"5m\"), \"every_ms\" and \"cron\"",
+                "give only one of \"every\" (e.g. \"5m\"), \"every_ms\" and \"cron\"",
             ));
         }
-    };
-    let input = new.input.unwrap_or_else(|| json!({})).to_string();
-    let row = schedules(&s).add(&name, &new.function, &cadence, &input)?;
-    Ok((StatusCode::CREATED, to_json(row)?))
+    }))
 }
 
 /// `POST /v1/schedules/{name}/pause`

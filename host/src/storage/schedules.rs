@@ -175,15 +175,16 @@ impl Storage {
             .map_err(|e| self.err(e))
     }
 
-    /// Claim the run due at `due_at`: record it as started, move `next_run_at` on and
-    /// hold the schedule until `running_until` (or until [`Storage::schedule_finished`]),
-    /// if the slot is still the one read, the schedule still runs, and no run holds it
-    /// (here or in another process on this data directory). The claim names this
-    /// process (`claimed_by`). `false`: not claimed; run nothing.
+    /// Claim the run of the slot `read` found due (its `next_run_at`): record it as
+    /// started, move `next_run_at` on and hold the schedule until `running_until` (or
+    /// until [`Storage::schedule_finished`]), if the slot is still the one read, the
+    /// schedule still runs, is still what was read (not edited, nor deleted and added
+    /// again, meanwhile: a run starts with what the schedule says when it is claimed),
+    /// and no run holds it (here or in another process on this data directory). The
+    /// claim names this process (`claimed_by`). `false`: not claimed; run nothing.
     pub fn claim_schedule_run(
         &self,
-        name: &str,
-        due_at: i64,
+        read: &ScheduleRow,
         started_at: i64,
         next_run_at: i64,
         running_until: i64,
@@ -193,17 +194,51 @@ impl Storage {
                 "UPDATE schedules SET last_run_at = ?2, next_run_at = ?3, running_until = ?5, \
                  claimed_by = ?6 \
                  WHERE name = ?1 AND next_run_at = ?4 AND paused = 0 \
-                 AND (running_until IS NULL OR running_until <= ?2)",
+                 AND (running_until IS NULL OR running_until <= ?2) \
+                 AND created_at = ?7 AND function = ?8 AND input = ?9 \
+                 AND every_ms IS ?10 AND cron IS ?11",
                 params![
-                    name,
+                    read.name,
                     started_at,
                     next_run_at,
-                    due_at,
+                    read.next_run_at,
                     running_until,
-                    std::process::id()
+                    std::process::id(),
+                    read.created_at,
+                    read.function,
+                    read.input,
+                    read.every_ms,
+                    read.cron,
                 ],
             )
             .map(|n| n == 1)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Change a schedule's function, input, or cadence (`(every_ms, cron, next_run_at)`:
+    /// all three are written); what is `None` stays as it is. Returns false if absent.
+    pub fn update_schedule(
+        &self,
+        name: &str,
+        function: Option<&str>,
+        input: Option<&str>,
+        cadence: Option<(Option<i64>, Option<&str>, i64)>,
+    ) -> Result<bool, StorageError> {
+        let (every_ms, cron, next_run_at) = match cadence {
+            Some((every_ms, cron, next)) => (every_ms, cron, Some(next)),
+            None => (None, None, None),
+        };
+        self.lock()?
+            .execute_cached(
+                "UPDATE schedules SET function = COALESCE(?2, function), \
+                 input = COALESCE(?3, input), \
+                 every_ms = CASE WHEN ?6 IS NULL THEN every_ms ELSE ?4 END, \
+                 cron = CASE WHEN ?6 IS NULL THEN cron ELSE ?5 END, \
+                 next_run_at = COALESCE(?6, next_run_at) \
+                 WHERE name = ?1",
+                params![name, function, input, every_ms, cron, next_run_at],
+            )
+            .map(|n| n > 0)
             .map_err(|e| self.err(e))
     }
 
