@@ -151,6 +151,15 @@ fn print(row: &ScheduleRow) {
     ]);
 }
 
+/// The cadence `--every` or `--cron` gives, if either does (clap refuses both).
+fn given_cadence(every: Option<Duration>, cron: Option<String>) -> anyhow::Result<Option<Cadence>> {
+    Ok(match (every, cron) {
+        (Some(d), _) => Some(Cadence::Every(d)),
+        (None, Some(expr)) => Some(Cadence::cron(&expr)?),
+        (None, None) => None,
+    })
+}
+
 /// `keyhole schedules …`; `json`: print JSON.
 pub fn schedules(host: &Keyhole, cmd: SchedulesCmd, json: bool) -> anyhow::Result<i32> {
     let s = host.schedules();
@@ -162,15 +171,11 @@ pub fn schedules(host: &Keyhole, cmd: SchedulesCmd, json: bool) -> anyhow::Resul
             cron,
             input,
         } => {
-            let cadence = match (every, cron) {
-                (Some(d), _) => Cadence::Every(d),
-                (None, Some(expr)) => Cadence::cron(&expr)?,
-                (None, None) => {
-                    return Err(usage!(
-                        "say when it runs: --every DURATION (e.g. 5m) or --cron EXPR (e.g. \"0 */5 * * * *\")"
-                    ));
-                }
-            };
+            let cadence = given_cadence(every, cron)?.ok_or_else(|| {
+                usage!(
+                    "say when it runs: --every DURATION (e.g. 5m) or --cron EXPR (e.g. \"0 */5 * * * *\")"
+                )
+            })?;
             let row = s.add(&name, &function, &cadence, &input)?;
             if json {
                 output::json(&row)?;
@@ -198,11 +203,7 @@ pub fn schedules(host: &Keyhole, cmd: SchedulesCmd, json: bool) -> anyhow::Resul
                     "say what to change: --function F, --every DURATION, --cron EXPR or --input JSON"
                 ));
             }
-            let new_cadence = match (every, cron) {
-                (Some(d), _) => Some(Cadence::Every(d)),
-                (None, Some(expr)) => Some(Cadence::cron(&expr)?),
-                (None, None) => None,
-            };
+            let new_cadence = given_cadence(every, cron)?;
             let moved = new_cadence.is_some();
             let row = s.edit(
                 &name,
